@@ -1,0 +1,547 @@
+//! Request bodies of the OpenAI routes and their checks, as vLLM 0.33 applies them.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::api::error::ApiError;
+use crate::config::{ContextOverflow, EngineConfig, LoraModule};
+use crate::scheduler::LoraRef;
+use crate::tokenizer::{self, ChatTurn};
+
+/// Largest number of sequences (prompts × `n`) one request may start.
+pub(crate) const MAX_SEQS_PER_REQUEST: usize = 4096;
+
+/// Parses a JSON body, mapping failures to vLLM's 400 validation errors with the path of
+/// the offending field.
+pub(crate) fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    match serde_path_to_error::deserialize::<_, T>(&mut de) {
+        Ok(v) => de.end().map(|()| v).map_err(|e| {
+            ApiError::validation("json_invalid", "", &format!("JSON decode error: {e}"))
+        }),
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let (kind, loc) = match inner.classify() {
+                serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                    ("json_invalid", String::new())
+                }
+                _ if inner.to_string().starts_with("missing field") => ("missing", path),
+                _ => ("value_error", path),
+            };
+            let loc = if loc == "." { String::new() } else { loc };
+            Err(ApiError::validation(kind, &loc, &inner.to_string()))
+        }
+    }
+}
+
+/// `prompt` / `input`: a string, strings, token ids, or lists of token ids.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum PromptInput {
+    Text(String),
+    Tokens(Vec<u32>),
+    Texts(Vec<String>),
+    TokenLists(Vec<Vec<u32>>),
+}
+
+impl PromptInput {
+    /// Tokenized prompts (`add_special_tokens` applies to text prompts only).
+    pub(crate) fn tokenize(
+        &self,
+        add_special_tokens: bool,
+        param: &str,
+    ) -> Result<Vec<Vec<u32>>, ApiError> {
+        let out: Vec<Vec<u32>> = match self {
+            Self::Text(s) => vec![tokenizer::encode(s, add_special_tokens && !s.is_empty())],
+            Self::Texts(v) => v
+                .iter()
+                .map(|s| tokenizer::encode(s, add_special_tokens && !s.is_empty()))
+                .collect(),
+            Self::Tokens(t) => vec![t.clone()],
+            Self::TokenLists(v) => v.clone(),
+        };
+        if out.is_empty() {
+            return Err(ApiError::bad_request(
+                format!("{param} must not be an empty list"),
+                Some(param),
+            ));
+        }
+        for p in &out {
+            if let Some(bad) = p.iter().find(|&&t| !tokenizer::is_valid(t)) {
+                return Err(ApiError::bad_request(
+                    format!("Token id {bad} is out of vocabulary"),
+                    Some(param),
+                ));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// `stop`: one string or a list.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum StopInput {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// `stream_options`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct StreamOptions {
+    #[serde(default)]
+    pub(crate) include_usage: Option<bool>,
+    #[serde(default)]
+    pub(crate) continuous_usage_stats: Option<bool>,
+}
+
+/// Fields shared by completions and chat.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct SamplingFields {
+    #[serde(default)]
+    pub(crate) model: Option<String>,
+    #[serde(default)]
+    pub(crate) stream: Option<bool>,
+    #[serde(default)]
+    pub(crate) stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    pub(crate) n: Option<i64>,
+    #[serde(default)]
+    pub(crate) max_tokens: Option<i64>,
+    #[serde(default)]
+    pub(crate) min_tokens: Option<i64>,
+    #[serde(default)]
+    pub(crate) ignore_eos: Option<bool>,
+    #[serde(default)]
+    pub(crate) stop: Option<StopInput>,
+    #[serde(default)]
+    pub(crate) stop_token_ids: Option<Vec<u32>>,
+    #[serde(default)]
+    pub(crate) include_stop_str_in_output: Option<bool>,
+    #[serde(default)]
+    pub(crate) seed: Option<i64>,
+    #[serde(default)]
+    pub(crate) cache_salt: Option<String>,
+    #[serde(default)]
+    pub(crate) return_token_ids: Option<bool>,
+    #[serde(default)]
+    pub(crate) request_id: Option<String>,
+    #[serde(default)]
+    pub(crate) priority: Option<i64>,
+}
+
+/// `POST /v1/completions`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct CompletionRequest {
+    pub(crate) prompt: PromptInput,
+    #[serde(default)]
+    pub(crate) echo: Option<bool>,
+    #[serde(flatten)]
+    pub(crate) fields: SamplingFields,
+}
+
+/// One chat message.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ChatMessage {
+    pub(crate) role: String,
+    #[serde(default)]
+    pub(crate) content: Option<ChatContent>,
+}
+
+/// A message's `content`: a string or a list of parts.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum ChatContent {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+/// One content part; non-text parts render as a placeholder naming their type.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ContentPart {
+    #[serde(rename = "type")]
+    pub(crate) kind: String,
+    #[serde(default)]
+    pub(crate) text: Option<String>,
+}
+
+impl ChatContent {
+    /// The text the template sees (parts joined with newlines, as Llama's template does).
+    pub(crate) fn text(&self) -> String {
+        match self {
+            Self::Text(s) => s.clone(),
+            Self::Parts(parts) => parts
+                .iter()
+                .map(|p| match (&*p.kind, &p.text) {
+                    ("text" | "input_text", Some(t)) => t.clone(),
+                    (kind, _) => format!("<{kind}>"),
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
+}
+
+/// `POST /v1/chat/completions`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ChatRequest {
+    pub(crate) messages: Vec<ChatMessage>,
+    #[serde(default)]
+    pub(crate) max_completion_tokens: Option<i64>,
+    #[serde(default)]
+    pub(crate) add_generation_prompt: Option<bool>,
+    #[serde(flatten)]
+    pub(crate) fields: SamplingFields,
+}
+
+/// Renders chat messages with the template.
+pub(crate) fn render_messages(messages: &[ChatMessage], add_generation_prompt: bool) -> Vec<u32> {
+    let texts: Vec<(String, String)> = messages
+        .iter()
+        .map(|m| {
+            (
+                m.role.clone(),
+                m.content
+                    .as_ref()
+                    .map(ChatContent::text)
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    tokenizer::render_chat(
+        texts
+            .iter()
+            .map(|(role, content)| ChatTurn { role, content }),
+        add_generation_prompt,
+    )
+}
+
+/// `POST /v1/embeddings`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct EmbeddingRequest {
+    #[serde(default)]
+    pub(crate) model: Option<String>,
+    pub(crate) input: PromptInput,
+    #[serde(default)]
+    pub(crate) encoding_format: Option<String>,
+    #[serde(default)]
+    pub(crate) dimensions: Option<i64>,
+}
+
+/// `POST /tokenize`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct TokenizeRequest {
+    #[serde(default)]
+    pub(crate) model: Option<String>,
+    #[serde(default)]
+    pub(crate) prompt: Option<String>,
+    #[serde(default)]
+    pub(crate) messages: Option<Vec<ChatMessage>>,
+    #[serde(default)]
+    pub(crate) add_special_tokens: Option<bool>,
+    #[serde(default)]
+    pub(crate) add_generation_prompt: Option<bool>,
+    #[serde(default)]
+    pub(crate) return_token_strs: Option<bool>,
+}
+
+/// `POST /detokenize`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct DetokenizeRequest {
+    #[serde(default)]
+    pub(crate) model: Option<String>,
+    pub(crate) tokens: Vec<u32>,
+}
+
+/// The model a request addressed: a served name, or a LoRA adapter of it.
+#[derive(Debug, Clone)]
+pub(crate) struct ResolvedModel {
+    /// The name responses report.
+    pub(crate) name: String,
+    pub(crate) lora: Option<LoraRef>,
+}
+
+/// Resolves `model` (absent: the base model) against served names and adapters.
+pub(crate) fn resolve_model(
+    requested: Option<&str>,
+    config: &EngineConfig,
+    loras: &[LoraModule],
+) -> Result<ResolvedModel, ApiError> {
+    let primary = config.primary_name();
+    let Some(name) = requested else {
+        return Ok(ResolvedModel {
+            name: primary,
+            lora: None,
+        });
+    };
+    let served = config.served_names();
+    if served.iter().any(|s| s == name) {
+        return Ok(ResolvedModel {
+            name: primary,
+            lora: None,
+        });
+    }
+    if let Some(l) = loras.iter().find(|l| l.name == name) {
+        return Ok(ResolvedModel {
+            name: l.name.clone(),
+            lora: Some(LoraRef {
+                name: l.name.as_str().into(),
+                path: l.path.as_str().into(),
+            }),
+        });
+    }
+    let mut valid = served;
+    valid.extend(loras.iter().map(|l| l.name.clone()));
+    Err(ApiError::model_not_found(name, &valid))
+}
+
+/// Sampling parameters after every check.
+#[derive(Debug, Clone)]
+pub(crate) struct Sampling {
+    pub(crate) n: usize,
+    /// Per prompt, clamped to the context.
+    pub(crate) max_tokens: Vec<usize>,
+    pub(crate) min_tokens: usize,
+    pub(crate) ignore_eos: bool,
+    pub(crate) stop: Arc<[String]>,
+    pub(crate) include_stop: bool,
+    pub(crate) stop_token_ids: Arc<[u32]>,
+    pub(crate) stream: bool,
+    pub(crate) include_usage: bool,
+    pub(crate) continuous_usage: bool,
+    pub(crate) return_token_ids: bool,
+    pub(crate) seed: Option<u64>,
+    pub(crate) cache_salt: Option<Arc<str>>,
+}
+
+fn non_negative(v: Option<i64>, param: &str, min: i64) -> Result<Option<usize>, ApiError> {
+    match v {
+        None => Ok(None),
+        Some(x) if x < min => Err(ApiError::validation(
+            "greater_than_equal",
+            param,
+            &format!("Input should be greater than or equal to {min}"),
+        )),
+        Some(x) => Ok(Some(usize::try_from(x).unwrap_or(usize::MAX))),
+    }
+}
+
+/// Applies vLLM's length rules (vllm.md §2.4) and the other field checks.
+pub(crate) fn check_sampling(
+    f: &SamplingFields,
+    max_tokens_field: (&str, Option<i64>),
+    default_max_tokens: Option<usize>,
+    prompts: &[Vec<u32>],
+    config: &EngineConfig,
+) -> Result<Sampling, ApiError> {
+    let stream = f.stream.unwrap_or(false);
+    if f.stream_options.is_some() && !stream {
+        return Err(ApiError::validation(
+            "value_error",
+            "stream_options",
+            "Value error, Stream options can only be defined when `stream=True`.",
+        ));
+    }
+    if f.priority.unwrap_or(0) != 0 {
+        return Err(ApiError::bad_request(
+            "Priority scheduling is not enabled. Please set --scheduling-policy to priority.",
+            Some("priority"),
+        ));
+    }
+    if let Some(salt) = &f.cache_salt
+        && (salt.is_empty() || salt.len() > 1024)
+    {
+        return Err(ApiError::validation(
+            "value_error",
+            "cache_salt",
+            "Value error, cache_salt must be 1..1024 characters",
+        ));
+    }
+    let n = non_negative(f.n, "n", 1)?.unwrap_or(1);
+    if n.saturating_mul(prompts.len()) > MAX_SEQS_PER_REQUEST {
+        return Err(ApiError::bad_request(
+            format!(
+                "n × prompts must be at most {MAX_SEQS_PER_REQUEST} (got {})",
+                n.saturating_mul(prompts.len())
+            ),
+            Some("n"),
+        ));
+    }
+    let (field, value) = max_tokens_field;
+    let requested = non_negative(value, field, 1)?.or(default_max_tokens);
+    let max_len = config.max_model_len();
+    if let Some(m) = requested
+        && m > max_len
+    {
+        return Err(ApiError::bad_request(
+            format!(
+                "max_tokens={m} cannot be greater than max_model_len={max_len}. Please request fewer output tokens."
+            ),
+            Some(field),
+        ));
+    }
+    let mut max_tokens = Vec::with_capacity(prompts.len());
+    for p in prompts {
+        let len = p.len();
+        if len == 0 {
+            return Err(ApiError::bad_request(
+                "The decoder prompt cannot be empty",
+                Some("prompt"),
+            ));
+        }
+        if len > max_len {
+            return Err(ApiError::bad_request(
+                format!(
+                    "This model's maximum context length is {max_len} tokens. However, your prompt contains {len} input tokens, which exceeds this limit even without any output tokens. Please reduce the length of the input prompt."
+                ),
+                Some("input_tokens"),
+            ));
+        }
+        if len == max_len {
+            return Err(ApiError::bad_request(
+                format!(
+                    "This model's maximum context length is {max_len} tokens. However, your request has {len} input tokens, which plus the number of requested output tokens (at least 1) is longer than the maximum model length. Please reduce the length of the input prompt."
+                ),
+                Some("input_tokens"),
+            ));
+        }
+        let room = max_len - len;
+        let want = requested.unwrap_or(room);
+        if want > room && config.context_overflow == ContextOverflow::Reject {
+            return Err(ApiError::bad_request(
+                format!(
+                    "This model's maximum context length is {max_len} tokens. However, you requested {want} output tokens and your prompt contains at least {len} input tokens, for a total of at least {} tokens. Please reduce the length of the input prompt or the number of requested output tokens.",
+                    want + len
+                ),
+                Some(field),
+            ));
+        }
+        max_tokens.push(want.min(room));
+    }
+    let stop: Vec<String> = match &f.stop {
+        None => Vec::new(),
+        Some(StopInput::One(s)) => vec![s.clone()],
+        Some(StopInput::Many(v)) => v.clone(),
+    };
+    let stop: Vec<String> = stop.into_iter().filter(|s| !s.is_empty()).collect();
+    let opts = f.stream_options.as_ref();
+    let include_usage = opts.and_then(|o| o.include_usage).unwrap_or(false);
+    Ok(Sampling {
+        n,
+        max_tokens,
+        min_tokens: non_negative(f.min_tokens, "min_tokens", 0)?.unwrap_or(0),
+        ignore_eos: f.ignore_eos.unwrap_or(false),
+        stop: stop.into(),
+        include_stop: f.include_stop_str_in_output.unwrap_or(false),
+        stop_token_ids: f.stop_token_ids.clone().unwrap_or_default().into(),
+        stream,
+        include_usage,
+        continuous_usage: include_usage
+            && opts.and_then(|o| o.continuous_usage_stats).unwrap_or(false),
+        return_token_ids: f.return_token_ids.unwrap_or(false),
+        seed: f.seed.map(|s| s as u64),
+        cache_salt: f.cache_salt.as_deref().map(Arc::from),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(json: &str) -> SamplingFields {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn parse_reports_paths() {
+        let e = parse::<CompletionRequest>(br#"{"prompt":"x","max_tokens":"lots"}"#).unwrap_err();
+        assert_eq!(e.status, 400);
+        assert_eq!(e.param.as_deref(), Some("max_tokens"));
+        let e = parse::<ChatRequest>(br#"{"model":"m"}"#).unwrap_err();
+        assert!(e.message.contains("'missing'"), "{}", e.message);
+        let e = parse::<ChatRequest>(b"{not json").unwrap_err();
+        assert!(e.message.contains("json_invalid"), "{}", e.message);
+        let e = parse::<ChatRequest>(br#"{"messages":[{"role":"user","content":7}]}"#).unwrap_err();
+        assert_eq!(e.kind, "Bad Request");
+    }
+
+    #[test]
+    fn length_rules() {
+        let mut c = EngineConfig::new("m");
+        c.max_model_len = Some(100);
+        let f = fields(r#"{"max_tokens": 50}"#);
+        let ok = check_sampling(
+            &f,
+            ("max_tokens", f.max_tokens),
+            Some(16),
+            &[vec![1; 80]],
+            &c,
+        )
+        .unwrap();
+        assert_eq!(ok.max_tokens, vec![20], "clamped to the room left");
+        let e =
+            check_sampling(&f, ("max_tokens", Some(101)), None, &[vec![1; 10]], &c).unwrap_err();
+        assert!(
+            e.message
+                .starts_with("max_tokens=101 cannot be greater than max_model_len=100")
+        );
+        let e = check_sampling(&f, ("max_tokens", None), None, &[vec![1; 101]], &c).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("input_tokens"));
+        let e = check_sampling(&f, ("max_tokens", None), None, &[vec![1; 100]], &c).unwrap_err();
+        assert!(e.message.contains("at least 1"));
+        let e = check_sampling(&f, ("max_tokens", None), None, &[vec![]], &c).unwrap_err();
+        assert_eq!(e.message, "The decoder prompt cannot be empty");
+        c.context_overflow = ContextOverflow::Reject;
+        assert!(check_sampling(&f, ("max_tokens", Some(50)), None, &[vec![1; 80]], &c).is_err());
+        let f = fields(r#"{"stream_options": {"include_usage": true}}"#);
+        assert_eq!(
+            check_sampling(&f, ("max_tokens", None), None, &[vec![1]], &c)
+                .unwrap_err()
+                .param
+                .as_deref(),
+            Some("stream_options")
+        );
+        let f = fields(r#"{"max_tokens": 0}"#);
+        assert!(check_sampling(&f, ("max_tokens", f.max_tokens), None, &[vec![1]], &c).is_err());
+    }
+
+    #[test]
+    fn chat_content_parts_render_like_strings() {
+        let a: ChatRequest =
+            serde_json::from_str(r#"{"messages":[{"role":"user","content":"hi there"}]}"#).unwrap();
+        let b: ChatRequest = serde_json::from_str(
+            r#"{"messages":[{"role":"user","content":[{"type":"text","text":"hi there"}]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            render_messages(&a.messages, true),
+            render_messages(&b.messages, true)
+        );
+    }
+
+    #[test]
+    fn models_resolve_to_base_or_adapter() {
+        let mut c = EngineConfig::new("base");
+        c.served_model_names = vec!["alias".into(), "other".into()];
+        let loras = vec![LoraModule {
+            name: "sql".into(),
+            path: "/a/sql".into(),
+        }];
+        assert_eq!(
+            resolve_model(Some("other"), &c, &loras).unwrap().name,
+            "alias"
+        );
+        assert_eq!(resolve_model(None, &c, &loras).unwrap().name, "alias");
+        let l = resolve_model(Some("sql"), &c, &loras).unwrap();
+        assert_eq!(
+            (l.name.as_str(), l.lora.unwrap().path.as_ref()),
+            ("sql", "/a/sql")
+        );
+        let e = resolve_model(Some("nope"), &c, &loras).unwrap_err();
+        assert_eq!(e.status, 404);
+        assert!(e.message.contains("alias, other, sql"));
+    }
+}
