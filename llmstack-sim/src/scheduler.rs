@@ -419,6 +419,7 @@ impl EngineCore {
             self.plan_entry(plan, id, hit_tokens, num_new);
             *budget -= num_new;
         }
+        m.waiting_deferred = deferred.len();
         for id in deferred.into_iter().rev() {
             self.waiting.push_front(id);
         }
@@ -478,8 +479,9 @@ impl EngineCore {
             }
             seq.last_token = Some(now);
             m.generation_tokens += 1;
+            let stop_allowed = k + 1 >= seq.new.min_tokens;
             let stop_token =
-                (eos_allowed && seq.new.stop_token_ids.contains(&token)).then_some(token);
+                (stop_allowed && seq.new.stop_token_ids.contains(&token)).then_some(token);
             let reason = if token == tokenizer::EOT && eos_allowed || stop_token.is_some() {
                 Some(FinishReason::Stop)
             } else if seq.output.len() >= seq.new.max_tokens

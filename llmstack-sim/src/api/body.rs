@@ -196,7 +196,7 @@ impl SseStream {
         }
         if !self.ended
             && self.out.done()
-            && !self.close_after.is_some_and(|l| self.events_sent >= l)
+            && self.close_after.is_none_or(|l| self.events_sent < l)
         {
             self.events_sent += self.out.write_end(&mut buf) as u32;
             self.ended = true;

@@ -217,12 +217,13 @@ impl EngineApp {
         let loras = self.shared.loras();
         let (fields, prompts, max_field, default_max, echo) = match kind {
             Kind::Completion => {
-                let r: CompletionRequest = parse(&body)?;
-                let model = resolve_model(r.fields.model.as_deref(), cfg, &loras)?;
+                let mut r: CompletionRequest = parse(&body)?;
+                let fields = r.take_fields();
+                let model = resolve_model(fields.model.as_deref(), cfg, &loras)?;
                 let prompts = r.prompt.tokenize(true, "prompt")?;
-                let max = r.fields.max_tokens;
+                let max = fields.max_tokens;
                 (
-                    r.fields,
+                    fields,
                     (model, prompts),
                     ("max_tokens", max),
                     Some(16),
@@ -230,14 +231,15 @@ impl EngineApp {
                 )
             }
             Kind::Chat => {
-                let r: ChatRequest = parse(&body)?;
-                let model = resolve_model(r.fields.model.as_deref(), cfg, &loras)?;
+                let mut r: ChatRequest = parse(&body)?;
+                let fields = r.take_fields();
+                let model = resolve_model(fields.model.as_deref(), cfg, &loras)?;
                 let prompt = render_messages(&r.messages, r.add_generation_prompt.unwrap_or(true));
                 let max = match r.max_completion_tokens {
                     Some(m) => ("max_completion_tokens", Some(m)),
-                    None => ("max_tokens", r.fields.max_tokens),
+                    None => ("max_tokens", fields.max_tokens),
                 };
-                (r.fields, (model, vec![prompt]), max, None, false)
+                (fields, (model, vec![prompt]), max, None, false)
             }
         };
         let (model, prompts) = prompts;

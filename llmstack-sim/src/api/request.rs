@@ -98,49 +98,84 @@ pub(crate) struct StreamOptions {
     pub(crate) continuous_usage_stats: Option<bool>,
 }
 
-/// Fields shared by completions and chat.
-#[derive(Debug, Default, Deserialize)]
+/// Fields shared by completions and chat, after parsing.
+#[derive(Debug, Default)]
 pub(crate) struct SamplingFields {
-    #[serde(default)]
     pub(crate) model: Option<String>,
-    #[serde(default)]
     pub(crate) stream: Option<bool>,
-    #[serde(default)]
     pub(crate) stream_options: Option<StreamOptions>,
-    #[serde(default)]
     pub(crate) n: Option<i64>,
-    #[serde(default)]
     pub(crate) max_tokens: Option<i64>,
-    #[serde(default)]
     pub(crate) min_tokens: Option<i64>,
-    #[serde(default)]
     pub(crate) ignore_eos: Option<bool>,
-    #[serde(default)]
     pub(crate) stop: Option<StopInput>,
-    #[serde(default)]
     pub(crate) stop_token_ids: Option<Vec<u32>>,
-    #[serde(default)]
     pub(crate) include_stop_str_in_output: Option<bool>,
-    #[serde(default)]
     pub(crate) seed: Option<i64>,
-    #[serde(default)]
     pub(crate) cache_salt: Option<String>,
-    #[serde(default)]
     pub(crate) return_token_ids: Option<bool>,
-    #[serde(default)]
     pub(crate) request_id: Option<String>,
-    #[serde(default)]
     pub(crate) priority: Option<i64>,
 }
 
-/// `POST /v1/completions`.
-#[derive(Debug, Deserialize)]
-pub(crate) struct CompletionRequest {
-    pub(crate) prompt: PromptInput,
-    #[serde(default)]
-    pub(crate) echo: Option<bool>,
-    #[serde(flatten)]
-    pub(crate) fields: SamplingFields,
+/// Declares a request body with its own fields plus the [`SamplingFields`], inline:
+/// `#[serde(flatten)]` would lose the field path that vLLM's 400s report.
+macro_rules! request_with_sampling {
+    ($(#[$meta:meta])* $name:ident { $($field:ident: $ty:ty),* $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Deserialize)]
+        pub(crate) struct $name {
+            $(pub(crate) $field: $ty,)*
+            model: Option<String>,
+            stream: Option<bool>,
+            stream_options: Option<StreamOptions>,
+            n: Option<i64>,
+            max_tokens: Option<i64>,
+            min_tokens: Option<i64>,
+            ignore_eos: Option<bool>,
+            stop: Option<StopInput>,
+            stop_token_ids: Option<Vec<u32>>,
+            include_stop_str_in_output: Option<bool>,
+            seed: Option<i64>,
+            cache_salt: Option<String>,
+            return_token_ids: Option<bool>,
+            request_id: Option<String>,
+            priority: Option<i64>,
+        }
+
+        impl $name {
+            /// Moves the shared fields out.
+            pub(crate) fn take_fields(&mut self) -> SamplingFields {
+                SamplingFields {
+                    model: self.model.take(),
+                    stream: self.stream.take(),
+                    stream_options: self.stream_options.take(),
+                    n: self.n.take(),
+                    max_tokens: self.max_tokens.take(),
+                    min_tokens: self.min_tokens.take(),
+                    ignore_eos: self.ignore_eos.take(),
+                    stop: self.stop.take(),
+                    stop_token_ids: self.stop_token_ids.take(),
+                    include_stop_str_in_output: self.include_stop_str_in_output.take(),
+                    seed: self.seed.take(),
+                    cache_salt: self.cache_salt.take(),
+                    return_token_ids: self.return_token_ids.take(),
+                    request_id: self.request_id.take(),
+                    priority: self.priority.take(),
+                }
+            }
+        }
+    };
+}
+
+request_with_sampling! {
+    /// `POST /v1/completions`.
+    CompletionRequest { prompt: PromptInput, echo: Option<bool> }
+}
+
+request_with_sampling! {
+    /// `POST /v1/chat/completions`.
+    ChatRequest { messages: Vec<ChatMessage>, max_completion_tokens: Option<i64>, add_generation_prompt: Option<bool> }
 }
 
 /// One chat message.
@@ -183,18 +218,6 @@ impl ChatContent {
                 .join("\n"),
         }
     }
-}
-
-/// `POST /v1/chat/completions`.
-#[derive(Debug, Deserialize)]
-pub(crate) struct ChatRequest {
-    pub(crate) messages: Vec<ChatMessage>,
-    #[serde(default)]
-    pub(crate) max_completion_tokens: Option<i64>,
-    #[serde(default)]
-    pub(crate) add_generation_prompt: Option<bool>,
-    #[serde(flatten)]
-    pub(crate) fields: SamplingFields,
 }
 
 /// Renders chat messages with the template.
@@ -452,7 +475,9 @@ mod tests {
     use super::*;
 
     fn fields(json: &str) -> SamplingFields {
-        serde_json::from_str(json).unwrap()
+        let mut r: CompletionRequest =
+            serde_json::from_str(&json.replacen('{', r#"{"prompt":"x","#, 1)).unwrap();
+        r.take_fields()
     }
 
     #[test]
