@@ -130,7 +130,12 @@ pub(crate) struct SseStream {
     pub(crate) delay: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The sequences to hand to the engine once `delay` has passed.
     pub(crate) submit: Option<Command>,
+    /// Pause before cutting the connection (close-after-chunks fault).
+    pub(crate) cut: Option<Pin<Box<tokio::time::Sleep>>>,
 }
+
+/// How long a close-after-chunks fault lets written chunks flush before cutting.
+const CUT_FLUSH_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl SseStream {
     fn poll_frame(
@@ -143,6 +148,13 @@ impl SseStream {
         if let Some(limit) = self.close_after
             && self.events_sent >= limit
         {
+            // Return Pending once so hyper flushes the chunks already written, then cut.
+            let flush = self
+                .cut
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(CUT_FLUSH_DELAY)));
+            if flush.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
             self.ended = true;
             return Poll::Ready(Some(Err(io::Error::new(
                 io::ErrorKind::ConnectionAborted,
@@ -194,10 +206,7 @@ impl SseStream {
                 Poll::Pending => break,
             }
         }
-        if !self.ended
-            && self.out.done()
-            && self.close_after.is_none_or(|l| self.events_sent < l)
-        {
+        if !self.ended && self.out.done() && self.close_after.is_none_or(|l| self.events_sent < l) {
             self.events_sent += self.out.write_end(&mut buf) as u32;
             self.ended = true;
         }

@@ -353,6 +353,7 @@ impl EngineApp {
                 ended: false,
                 delay,
                 submit,
+                cut: None,
             };
             let mut r = Response::new(SimBody::Stream(Box::new(stream)));
             r.headers_mut().insert(

@@ -1,0 +1,227 @@
+//! Sleep / wake, prefix-cache reset, runtime LoRA loading, admission control, state.
+
+use std::time::Duration;
+
+use http::Method;
+use llmstack_sim::EngineConfig;
+use serde_json::json;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn sleep_aborts_in_flight_and_queues_until_woken() {
+    let e = engine(EngineConfig::new("m")).await;
+    let c = client();
+    let u = |p: &str| format!("{}{p}", e.base_url());
+    // A long request in flight is aborted by sleep (mode=abort, the default).
+    let long = tokio::spawn({
+        let (c, url) = (c.clone(), u("/v1/completions"));
+        async move {
+            stream(
+                &c,
+                &url,
+                &json!({"prompt": "x", "max_tokens": 5000, "ignore_eos": true, "stream": true}),
+            )
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let s = send(&c, Method::POST, &u("/sleep?level=1"), &[], "").await;
+    assert_eq!(s.text(), r#"{"status":"sleeping","level":1}"#);
+    let aborted = long.await.unwrap();
+    let last = aborted
+        .events
+        .iter()
+        .rev()
+        .find(|e| e.data != "[DONE]")
+        .unwrap()
+        .json();
+    assert_eq!(last["choices"][0]["finish_reason"], "abort");
+    assert_eq!(
+        get(&c, &u("/is_sleeping")).await.text(),
+        r#"{"is_sleeping":true}"#
+    );
+    let m = get(&c, &u("/metrics")).await;
+    assert_eq!(
+        sample(
+            m.text(),
+            "vllm:engine_sleep_state",
+            &[("sleep_state", "weights_offloaded")]
+        ),
+        Some(1.0)
+    );
+    // While asleep requests queue.
+    let queued = tokio::spawn({
+        let (c, url) = (c.clone(), u("/v1/completions"));
+        async move { post(&c, &url, &json!({"prompt": "x", "max_tokens": 2})).await }
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(!queued.is_finished());
+    assert_eq!(e.state().await.unwrap().waiting, 1);
+    let w = send(&c, Method::POST, &u("/wake_up"), &[], "").await;
+    assert_eq!(w.text(), r#"{"status":"awake","tags":null}"#);
+    assert_eq!(queued.await.unwrap().status, 200);
+}
+
+#[tokio::test]
+async fn sleep_wait_mode_lets_running_requests_finish() {
+    let e = engine(EngineConfig::new("m")).await;
+    let c = client();
+    let u = |p: &str| format!("{}{p}", e.base_url());
+    let req = tokio::spawn({
+        let (c, url) = (c.clone(), u("/v1/completions"));
+        async move {
+            post(
+                &c,
+                &url,
+                &json!({"prompt": "x", "max_tokens": 20, "ignore_eos": true}),
+            )
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    send(&c, Method::POST, &u("/sleep?level=1&mode=wait"), &[], "").await;
+    let done = req.await.unwrap().json();
+    assert_eq!(done["choices"][0]["finish_reason"], "length");
+    assert!(e.state().await.unwrap().sleeping);
+}
+
+#[tokio::test]
+async fn reset_prefix_cache_and_sleep_clear_the_cache() {
+    let mut cfg = instant("m");
+    cfg.enable_prompt_tokens_details = true;
+    let e = engine(cfg).await;
+    let c = client();
+    let u = |p: &str| format!("{}{p}", e.base_url());
+    let body = json!({"prompt": "the same long prompt ".repeat(10), "max_tokens": 1});
+    post(&c, &u("/v1/completions"), &body).await;
+    let st = e.state().await.unwrap();
+    assert!(st.cached_blocks > 0);
+    assert_eq!(
+        st.cached_block_hashes.as_ref().unwrap().len(),
+        st.cached_blocks
+    );
+    let hit = post(&c, &u("/v1/completions"), &body).await.json();
+    assert!(
+        hit["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    let r = send(&c, Method::POST, &u("/reset_prefix_cache"), &[], "").await;
+    assert_eq!(r.text(), r#"{"success":true}"#);
+    assert_eq!(e.state().await.unwrap().cached_blocks, 0);
+    let miss = post(&c, &u("/v1/completions"), &body).await.json();
+    assert_eq!(miss["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    // Sleep at level 1 drops the cache too.
+    send(&c, Method::POST, &u("/sleep"), &[], "").await;
+    assert_eq!(e.state().await.unwrap().cached_blocks, 0);
+    send(&c, Method::POST, &u("/wake_up"), &[], "").await;
+    assert!(!e.state().await.unwrap().sleeping);
+}
+
+#[tokio::test]
+async fn runtime_lora_loading() {
+    let mut cfg = instant("base");
+    cfg.enable_lora = true;
+    let e = engine(cfg).await;
+    let c = client();
+    let u = |p: &str| format!("{}{p}", e.base_url());
+    let r = post(
+        &c,
+        &u("/v1/load_lora_adapter"),
+        &json!({"lora_name": "sql", "lora_path": "/a/sql"}),
+    )
+    .await;
+    assert_eq!(
+        (r.status.as_u16(), r.text()),
+        (200, "Success: LoRA adapter 'sql' added successfully.")
+    );
+    let again = post(
+        &c,
+        &u("/v1/load_lora_adapter"),
+        &json!({"lora_name": "sql", "lora_path": "/a/sql"}),
+    )
+    .await;
+    assert_eq!(again.status, 400);
+    assert_eq!(again.json()["error"]["type"], "InvalidUserInput");
+    let models = get(&c, &u("/v1/models")).await.json();
+    assert_eq!(models["data"][1]["id"], "sql");
+    assert_eq!(
+        post(
+            &c,
+            &u("/v1/completions"),
+            &json!({"model": "sql", "prompt": "x", "max_tokens": 1})
+        )
+        .await
+        .status,
+        200
+    );
+    let r = post(
+        &c,
+        &u("/v1/unload_lora_adapter"),
+        &json!({"lora_name": "sql"}),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        post(
+            &c,
+            &u("/v1/unload_lora_adapter"),
+            &json!({"lora_name": "sql"})
+        )
+        .await
+        .status,
+        404
+    );
+    assert_eq!(
+        post(
+            &c,
+            &u("/v1/completions"),
+            &json!({"model": "sql", "prompt": "x"})
+        )
+        .await
+        .status,
+        404
+    );
+}
+
+#[tokio::test]
+async fn admission_control_answers_503() {
+    let mut cfg = EngineConfig::new("m");
+    cfg.max_num_queued_reqs = Some(1);
+    let e = engine(cfg).await;
+    let c = client();
+    let url = format!("{}/v1/completions", e.base_url());
+    let first = tokio::spawn({
+        let (c, url) = (c.clone(), url.clone());
+        async move {
+            post(
+                &c,
+                &url,
+                &json!({"prompt": "x", "max_tokens": 50, "ignore_eos": true}),
+            )
+            .await
+        }
+    });
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            e.state().await.unwrap().running == 1
+        })
+        .await
+    );
+    let second = post(&c, &url, &json!({"prompt": "x", "max_tokens": 1})).await;
+    assert_eq!(second.status, 503);
+    assert!(
+        second.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("The engine is currently busy")
+    );
+    assert_eq!(first.await.unwrap().status, 200);
+    let m = get(&c, &format!("{}/metrics", e.base_url())).await;
+    assert_eq!(
+        sample(m.text(), "vllm:admission_rejections_total", &[]),
+        Some(1.0)
+    );
+}
