@@ -25,6 +25,8 @@ use crate::scheduler::{CoreLimits, EngineCore, FinishReason, NewSeq, SeqState, S
 
 /// How long the virtual clock may lag real time before it is reset to now.
 const CLOCK_SLACK: Duration = Duration::from_millis(2);
+/// Zero-time steps run between yields to the runtime.
+const INSTANT_STEPS_PER_YIELD: u64 = 4;
 
 /// What `/sleep?mode=` does with requests in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,6 +231,7 @@ pub(crate) fn build(
         sleep: SleepState::Awake,
         pending_sleep: None,
         pending: VecDeque::new(),
+        instant_steps: 0,
     };
     (shared, tx, task)
 }
@@ -249,6 +252,8 @@ pub(crate) struct EngineTask {
     pending_sleep: Option<(u8, oneshot::Sender<()>)>,
     /// Commands received during a step, applied after it.
     pending: VecDeque<Command>,
+    /// Zero-time steps run so far.
+    instant_steps: u64,
 }
 
 impl EngineTask {
@@ -297,7 +302,12 @@ impl EngineTask {
     async fn wait_step(&mut self, plan: &StepPlan, now: Instant) {
         let dt = self.profile.step_duration(plan, self.speedup);
         if dt.is_zero() {
-            tokio::task::yield_now().await;
+            // Zero-time steps: yield every few steps so HTTP tasks run, without waking
+            // every stream once per token (the bytes sent are the same).
+            self.instant_steps += 1;
+            if self.instant_steps % INSTANT_STEPS_PER_YIELD == 0 {
+                tokio::task::yield_now().await;
+            }
             return;
         }
         let start = if now <= self.clock + CLOCK_SLACK {
