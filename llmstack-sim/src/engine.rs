@@ -25,6 +25,8 @@ use crate::scheduler::{CoreLimits, EngineCore, FinishReason, NewSeq, SeqState, S
 
 /// How long the virtual clock may lag real time before it is reset to now.
 const CLOCK_SLACK: Duration = Duration::from_millis(2);
+/// Half of tokio's timer resolution (1 ms).
+const TIMER_HALF_TICK: Duration = Duration::from_micros(500);
 /// Zero-time steps run between yields to the runtime.
 const INSTANT_STEPS_PER_YIELD: u64 = 4;
 
@@ -317,11 +319,15 @@ impl EngineTask {
         };
         let deadline = start + dt;
         self.clock = deadline;
-        if deadline <= Instant::now() {
+        // Tokio's timer fires on the first millisecond tick at or after a deadline (0–1 ms
+        // late); aiming half a tick early centres that error on zero. The virtual clock
+        // keeps the exact deadline, so the error never accumulates.
+        let wake = deadline.checked_sub(TIMER_HALF_TICK).unwrap_or(deadline);
+        if wake <= Instant::now() {
             tokio::task::yield_now().await;
             return;
         }
-        let sleep = tokio::time::sleep_until(deadline);
+        let sleep = tokio::time::sleep_until(wake);
         tokio::pin!(sleep);
         let mut open = true;
         loop {
