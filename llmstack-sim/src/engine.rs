@@ -307,7 +307,7 @@ impl EngineTask {
             // Zero-time steps: yield every few steps so HTTP tasks run, without waking
             // every stream once per token (the bytes sent are the same).
             self.instant_steps += 1;
-            if self.instant_steps % INSTANT_STEPS_PER_YIELD == 0 {
+            if self.instant_steps.is_multiple_of(INSTANT_STEPS_PER_YIELD) {
                 tokio::task::yield_now().await;
             }
             return;
