@@ -380,6 +380,7 @@ pub fn main() -> ExitCode {
                 serde_json::json!({
                     "index": i, "url": e.base_url(), "model": e.config().primary_name(),
                     "profile": e.config().profile.name, "kv_events": e.kv_events_endpoint(),
+                    "kv_events_replay": e.kv_events_replay_endpoint(),
                 })
             })
             .collect();
