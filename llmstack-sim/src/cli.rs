@@ -114,6 +114,10 @@ pub struct Args {
     /// /load reports requests in flight.
     #[arg(long)]
     pub enable_server_load_tracking: bool,
+    /// Seconds before an idle keep-alive connection is closed (vLLM's
+    /// VLLM_HTTP_TIMEOUT_KEEP_ALIVE).
+    #[arg(long, default_value_t = 5.0)]
+    pub http_keep_alive_timeout: f64,
     /// Fault: fraction of generation requests answered with --fault-error-status.
     #[arg(long, default_value_t = 0.0)]
     pub fault_error_rate: f64,
@@ -212,6 +216,10 @@ impl Args {
             mean_output_tokens: self.mean_output_tokens,
             seed: self.seed,
             enable_server_load_tracking: self.enable_server_load_tracking,
+            keep_alive_timeout: std::time::Duration::try_from_secs_f64(
+                self.http_keep_alive_timeout,
+            )
+            .map_err(|e| format!("--http-keep-alive-timeout: {e}"))?,
             faults: FaultConfig {
                 error_rate: self.fault_error_rate,
                 error_status: self.fault_error_status,

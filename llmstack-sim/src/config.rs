@@ -145,6 +145,9 @@ pub struct EngineConfig {
     pub seed: u64,
     /// `--enable-server-load-tracking`: `/load` reports in-flight requests.
     pub enable_server_load_tracking: bool,
+    /// Idle keep-alive connections are closed after this long (uvicorn's
+    /// `VLLM_HTTP_TIMEOUT_KEEP_ALIVE`, 5 s), as pooled clients must expect.
+    pub keep_alive_timeout: std::time::Duration,
     /// Faults at start.
     pub faults: FaultConfig,
 }
@@ -175,6 +178,7 @@ impl Default for EngineConfig {
             mean_output_tokens: 128,
             seed: 0,
             enable_server_load_tracking: false,
+            keep_alive_timeout: std::time::Duration::from_secs(5),
             faults: FaultConfig::default(),
         }
     }
@@ -258,6 +262,9 @@ impl EngineConfig {
         }
         if self.max_num_seqs() == 0 || self.max_num_batched_tokens() == 0 || self.max_loras == 0 {
             return Err("max_num_seqs, max_num_batched_tokens and max_loras must be > 0".into());
+        }
+        if self.keep_alive_timeout.is_zero() {
+            return Err("keep_alive_timeout must be > 0".into());
         }
         if self.mean_output_tokens == 0 {
             return Err("mean_output_tokens must be > 0".into());

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -299,12 +299,16 @@ fn spawn_connection(app: Arc<EngineApp>, stream: TcpStream, mut kill: watch::Rec
         tracing::debug!(error = %e, "set_nodelay failed");
     }
     tokio::spawn(async move {
+        let idle = app.shared.config.keep_alive_timeout;
         let service = service_fn(move |req| {
             let app = app.clone();
             async move { Ok::<_, Infallible>(app.handle(req).await) }
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .keep_alive(true)
+            .timer(TokioTimer::new())
+            // Runs while waiting for a request head, i.e. while the connection idles.
+            .header_read_timeout(idle)
             .serve_connection(TokioIo::new(stream), service);
         tokio::select! {
             res = conn => if let Err(e) = res {

@@ -480,3 +480,34 @@ async fn small_routes() {
         "text/plain; version=0.0.4; charset=utf-8"
     );
 }
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed_like_uvicorn() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut cfg = instant("m");
+    cfg.keep_alive_timeout = std::time::Duration::from_millis(300);
+    let e = engine(cfg).await;
+    let mut s = tokio::net::TcpStream::connect(e.addr()).await.unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(
+        std::str::from_utf8(&buf[..n])
+            .unwrap()
+            .starts_with("HTTP/1.1 200")
+    );
+    // The connection stays open for reuse, then the server closes it once idle.
+    let t0 = tokio::time::Instant::now();
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed by the server");
+    assert!(
+        t0.elapsed() >= std::time::Duration::from_millis(250),
+        "{:?}",
+        t0.elapsed()
+    );
+}
