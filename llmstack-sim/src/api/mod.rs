@@ -82,36 +82,61 @@ impl EngineApp {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        let method = req.method().clone();
-        let path = req.uri().path().to_owned();
-        let query = req.uri().query().unwrap_or("").to_owned();
-        let get = method == Method::GET;
-        let post = method == Method::POST;
-        let result = match path.as_str() {
+        let (parts, body) = req.into_parts();
+        let path = parts.uri.path();
+        let query = parts.uri.query().unwrap_or("");
+        let get = parts.method == Method::GET;
+        let post = parts.method == Method::POST;
+        // JSON routes read their body here, after the content-type check (as vLLM does).
+        let json_route = post
+            && matches!(
+                path,
+                "/v1/completions"
+                    | "/v1/chat/completions"
+                    | "/v1/embeddings"
+                    | "/tokenize"
+                    | "/detokenize"
+                    | "/v1/load_lora_adapter"
+                    | "/v1/unload_lora_adapter"
+                    | "/sim/faults"
+            );
+        let body = if json_route {
+            match read_json(&parts.headers, body).await {
+                Ok(b) => b,
+                Err(e) => return e.into_response(),
+            }
+        } else {
+            Bytes::new()
+        };
+        let result = match path {
             "/health" if get => Ok(self.health()),
             "/ping" if get || post => Ok(self.health()),
             "/version" if get => Ok(ok_json(&json!({"version": VLLM_VERSION}))),
             "/load" if get => Ok(self.load()),
             "/metrics" if get => Ok(self.metrics()),
             "/v1/models" if get => Ok(self.models()),
-            "/v1/completions" if post => self.generate(Kind::Completion, req).await,
-            "/v1/chat/completions" if post => self.generate(Kind::Chat, req).await,
-            "/v1/embeddings" if post => self.embeddings(req).await,
-            "/tokenize" if post => self.tokenize(req).await,
-            "/detokenize" if post => self.detokenize(req).await,
-            "/reset_prefix_cache" if post => self.reset_prefix_cache(&query).await,
-            "/sleep" if post => self.sleep(&query).await,
-            "/wake_up" if post => self.wake_up(&query).await,
+            "/v1/completions" if post => {
+                self.generate(Kind::Completion, &parts.headers, &body).await
+            }
+            "/v1/chat/completions" if post => {
+                self.generate(Kind::Chat, &parts.headers, &body).await
+            }
+            "/v1/embeddings" if post => self.embeddings(&body).await,
+            "/tokenize" if post => self.tokenize(&body),
+            "/detokenize" if post => self.detokenize(&body),
+            "/reset_prefix_cache" if post => self.reset_prefix_cache(query).await,
+            "/sleep" if post => self.sleep(query).await,
+            "/wake_up" if post => self.wake_up(query).await,
             "/is_sleeping" if get => Ok(ok_json(
                 &json!({"is_sleeping": self.shared.sleeping.load(Ordering::Acquire)}),
             )),
             "/kv_event_sources" if get => Ok(self.kv_event_sources()),
-            "/v1/load_lora_adapter" if post => self.load_lora(req).await,
-            "/v1/unload_lora_adapter" if post => self.unload_lora(req).await,
+            "/v1/load_lora_adapter" if post => self.load_lora(&body),
+            "/v1/unload_lora_adapter" if post => self.unload_lora(&body),
             "/sim/faults" if get => Ok(ok_json(&self.shared.faults())),
-            "/sim/faults" if post => self.set_faults(req).await,
-            "/sim/state" if get => self.state(&query).await,
-            "/sim/down" if post => self.down(&query),
+            "/sim/faults" if post => self.set_faults(&body),
+            "/sim/state" if get => self.state(query).await,
+            "/sim/down" if post => self.down(query),
             "/health"
             | "/ping"
             | "/version"
@@ -201,23 +226,22 @@ impl EngineApp {
         ok_json(&json!({"object": "list", "data": data}))
     }
 
-    async fn generate<B>(&self, kind: Kind, req: Request<B>) -> Result<Res, ApiError>
-    where
-        B: http_body::Body<Data = Bytes>,
-        B::Error: std::error::Error + Send + Sync + 'static,
-    {
-        let header_id = req
-            .headers()
+    async fn generate(
+        &self,
+        kind: Kind,
+        headers: &http::HeaderMap,
+        body: &[u8],
+    ) -> Result<Res, ApiError> {
+        let header_id = headers
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty())
             .map(str::to_owned);
-        let body = read_json(req).await?;
         let cfg = &self.shared.config;
         let loras = self.shared.loras();
         let (fields, prompts, max_field, default_max, echo) = match kind {
             Kind::Completion => {
-                let mut r: CompletionRequest = parse(&body)?;
+                let mut r: CompletionRequest = parse(body)?;
                 let fields = r.take_fields();
                 let model = resolve_model(fields.model.as_deref(), cfg, &loras)?;
                 let prompts = r.prompt.tokenize(true, "prompt")?;
@@ -231,7 +255,7 @@ impl EngineApp {
                 )
             }
             Kind::Chat => {
-                let mut r: ChatRequest = parse(&body)?;
+                let mut r: ChatRequest = parse(body)?;
                 let fields = r.take_fields();
                 let model = resolve_model(fields.model.as_deref(), cfg, &loras)?;
                 let prompt = render_messages(&r.messages, r.add_generation_prompt.unwrap_or(true));
@@ -391,13 +415,8 @@ impl EngineApp {
         Ok(json_response(StatusCode::OK, out.full_response()))
     }
 
-    async fn embeddings<B>(&self, req: Request<B>) -> Result<Res, ApiError>
-    where
-        B: http_body::Body<Data = Bytes>,
-        B::Error: std::error::Error + Send + Sync + 'static,
-    {
-        let body = read_json(req).await?;
-        let r: EmbeddingRequest = parse(&body)?;
+    async fn embeddings(&self, body: &[u8]) -> Result<Res, ApiError> {
+        let r: EmbeddingRequest = parse(body)?;
         let cfg = &self.shared.config;
         let model = resolve_model(r.model.as_deref(), cfg, &self.shared.loras())?;
         let inputs = r.input.tokenize(true, "input")?;
@@ -467,13 +486,8 @@ impl EngineApp {
         })))
     }
 
-    async fn tokenize<B>(&self, req: Request<B>) -> Result<Res, ApiError>
-    where
-        B: http_body::Body<Data = Bytes>,
-        B::Error: std::error::Error + Send + Sync + 'static,
-    {
-        let body = read_json(req).await?;
-        let r: TokenizeRequest = parse(&body)?;
+    fn tokenize(&self, body: &[u8]) -> Result<Res, ApiError> {
+        let r: TokenizeRequest = parse(body)?;
         resolve_model(
             r.model.as_deref(),
             &self.shared.config,
@@ -502,13 +516,8 @@ impl EngineApp {
         })))
     }
 
-    async fn detokenize<B>(&self, req: Request<B>) -> Result<Res, ApiError>
-    where
-        B: http_body::Body<Data = Bytes>,
-        B::Error: std::error::Error + Send + Sync + 'static,
-    {
-        let body = read_json(req).await?;
-        let r: DetokenizeRequest = parse(&body)?;
+    fn detokenize(&self, body: &[u8]) -> Result<Res, ApiError> {
+        let r: DetokenizeRequest = parse(body)?;
         resolve_model(
             r.model.as_deref(),
             &self.shared.config,
@@ -587,11 +596,7 @@ impl EngineApp {
         }}))
     }
 
-    async fn load_lora<B>(&self, req: Request<B>) -> Result<Res, ApiError>
-    where
-        B: http_body::Body<Data = Bytes>,
-        B::Error: std::error::Error + Send + Sync + 'static,
-    {
+    fn load_lora(&self, body: &[u8]) -> Result<Res, ApiError> {
         #[derive(Deserialize)]
         struct Load {
             lora_name: String,
@@ -599,8 +604,7 @@ impl EngineApp {
             #[serde(default)]
             load_inplace: bool,
         }
-        let body = read_json(req).await?;
-        let r: Load = parse(&body)?;
+        let r: Load = parse(body)?;
         let invalid = |m: String| ApiError {
             status: StatusCode::BAD_REQUEST,
             kind: "InvalidUserInput",
@@ -642,17 +646,12 @@ impl EngineApp {
         )))
     }
 
-    async fn unload_lora<B>(&self, req: Request<B>) -> Result<Res, ApiError>
-    where
-        B: http_body::Body<Data = Bytes>,
-        B::Error: std::error::Error + Send + Sync + 'static,
-    {
+    fn unload_lora(&self, body: &[u8]) -> Result<Res, ApiError> {
         #[derive(Deserialize)]
         struct Unload {
             lora_name: String,
         }
-        let body = read_json(req).await?;
-        let r: Unload = parse(&body)?;
+        let r: Unload = parse(body)?;
         let mut loras = self
             .shared
             .loras
@@ -672,13 +671,8 @@ impl EngineApp {
         )))
     }
 
-    async fn set_faults<B>(&self, req: Request<B>) -> Result<Res, ApiError>
-    where
-        B: http_body::Body<Data = Bytes>,
-        B::Error: std::error::Error + Send + Sync + 'static,
-    {
-        let body = read_json(req).await?;
-        let f: crate::config::FaultConfig = parse(&body)?;
+    fn set_faults(&self, body: &[u8]) -> Result<Res, ApiError> {
+        let f: crate::config::FaultConfig = parse(body)?;
         f.validate().map_err(|e| ApiError::bad_request(e, None))?;
         *self
             .shared
@@ -708,13 +702,12 @@ impl EngineApp {
 }
 
 /// Checks the content type, then reads the whole body within [`MAX_BODY_BYTES`].
-async fn read_json<B>(req: Request<B>) -> Result<Bytes, ApiError>
+async fn read_json<B>(headers: &http::HeaderMap, body: B) -> Result<Bytes, ApiError>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let json = req
-        .headers()
+    let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
@@ -727,10 +720,7 @@ where
             param: None,
         });
     }
-    match Limited::new(req.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-    {
+    match Limited::new(body, MAX_BODY_BYTES).collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::status(
             StatusCode::PAYLOAD_TOO_LARGE,
