@@ -101,6 +101,11 @@ impl BlockPool {
         }
     }
 
+    /// Whether prefix caching is on.
+    pub(crate) fn caching_enabled(&self) -> bool {
+        self.enable_caching
+    }
+
     /// Usable blocks (excluding the null block).
     pub(crate) fn capacity(&self) -> usize {
         self.blocks.len() - 1

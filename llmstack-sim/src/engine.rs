@@ -25,6 +25,8 @@ use crate::scheduler::{CoreLimits, EngineCore, FinishReason, NewSeq, SeqState, S
 
 /// How long the virtual clock may lag real time before it is reset to now.
 const CLOCK_SLACK: Duration = Duration::from_millis(2);
+/// Memory tags `/wake_up?tags=` wakes in stages; the engine serves once all are resident.
+const WAKE_TAGS: [&str; 2] = ["weights", "kv_cache"];
 /// Half of tokio's timer resolution (1 ms).
 const TIMER_HALF_TICK: Duration = Duration::from_micros(500);
 /// Zero-time steps run between yields to the runtime.
@@ -98,8 +100,10 @@ pub(crate) enum Command {
         mode: SleepMode,
         reply: oneshot::Sender<()>,
     },
+    /// Wake (all of it when `tags` is empty); the reply says whether the engine is awake.
     WakeUp {
-        reply: oneshot::Sender<()>,
+        tags: Vec<String>,
+        reply: oneshot::Sender<bool>,
     },
     State {
         blocks: bool,
@@ -116,7 +120,8 @@ pub(crate) struct EngineShared {
     pub(crate) sleeping: AtomicBool,
     /// Requests in flight on generation routes (`/load`).
     pub(crate) in_flight: AtomicUsize,
-    /// Requests queued or running in the engine (admission control).
+    /// Sequences of requests in flight, reserved before they reach the engine
+    /// (admission control: vLLM's waiting + running, `n` counted n times).
     pub(crate) queued: AtomicUsize,
     pub(crate) faults: RwLock<FaultConfig>,
     /// LoRA adapters currently loaded (start flags plus runtime loads).
@@ -125,7 +130,6 @@ pub(crate) struct EngineShared {
     pub(crate) fault_rng: Mutex<fastrand::Rng>,
     /// Resolved KV-event endpoints, when publishing.
     pub(crate) kv_endpoints: Option<KvEventsEndpoints>,
-    pub(crate) dp_rank: u32,
 }
 
 impl EngineShared {
@@ -170,7 +174,6 @@ pub(crate) fn unix_now() -> f64 {
 /// Builds the engine's shared state and its task (not yet spawned).
 pub(crate) fn build(
     config: EngineConfig,
-    dp_rank: u32,
     publisher: Option<(KvPublisher, KvEventsEndpoints)>,
 ) -> (
     Arc<EngineShared>,
@@ -218,7 +221,6 @@ pub(crate) fn build(
         next_seq: AtomicU64::new(1),
         fault_rng: Mutex::new(fastrand::Rng::with_seed(config.seed ^ 0x5eed)),
         kv_endpoints,
-        dp_rank,
         config,
     });
     let (tx, rx) = mpsc::unbounded_channel();
@@ -232,6 +234,9 @@ pub(crate) fn build(
         clock: Instant::now(),
         sleep: SleepState::Awake,
         pending_sleep: None,
+        sleep_waiters: Vec::new(),
+        woken: Vec::new(),
+        busy: false,
         pending: VecDeque::new(),
         instant_steps: 0,
     };
@@ -252,6 +257,13 @@ pub(crate) struct EngineTask {
     sleep: SleepState,
     /// A `wait`-mode sleep waiting for running requests to drain.
     pending_sleep: Option<(u8, oneshot::Sender<()>)>,
+    /// Callers of earlier wait-mode sleeps superseded by `pending_sleep`.
+    sleep_waiters: Vec<oneshot::Sender<()>>,
+    /// Tags woken so far by partial `/wake_up?tags=` calls.
+    woken: Vec<String>,
+    /// Whether the previous loop ran a step without waiting for a command (the virtual
+    /// clock only carries over while the engine is continuously busy).
+    busy: bool,
     /// Commands received during a step, applied after it.
     pending: VecDeque<Command>,
     /// Zero-time steps run so far.
@@ -283,6 +295,7 @@ impl EngineTask {
             };
             if plan.is_empty() {
                 self.update_gauges();
+                self.busy = false;
                 match self.rx.recv().await {
                     Some(cmd) => self.handle(cmd),
                     None => return,
@@ -312,11 +325,14 @@ impl EngineTask {
             }
             return;
         }
-        let start = if now <= self.clock + CLOCK_SLACK {
+        // Back-to-back steps chain on the virtual clock; the first step after the engine
+        // idled starts now.
+        let start = if self.busy && now <= self.clock + CLOCK_SLACK {
             self.clock
         } else {
             now
         };
+        self.busy = true;
         let deadline = start + dt;
         self.clock = deadline;
         // Tokio's timer fires on the first millisecond tick at or after a deadline (0–1 ms
@@ -346,8 +362,15 @@ impl EngineTask {
         let now = Instant::now();
         match cmd {
             Command::Add(seqs, n) => {
-                self.shared.metrics().n_hist.observe(n as f64);
-                for s in seqs {
+                {
+                    let mut m = self.shared.metrics();
+                    for _prompt in 0..seqs.len() / n.max(1) {
+                        m.n_hist.observe(n as f64);
+                    }
+                }
+                for mut s in seqs {
+                    // vLLM stamps arrival when the engine client receives the request.
+                    s.arrival = now;
                     self.core.add(s);
                 }
             }
@@ -383,14 +406,30 @@ impl EngineTask {
                     let _gone = reply.send(());
                 }
                 SleepMode::Wait => {
+                    // A newer wait-mode request replaces an older one; both callers are
+                    // answered when the engine falls asleep.
+                    if let Some((_, older)) = self.pending_sleep.take() {
+                        self.sleep_waiters.push(older);
+                    }
                     self.pending_sleep = Some((level, reply));
                     self.try_enter_pending_sleep();
                 }
             },
-            Command::WakeUp { reply } => {
-                self.sleep = SleepState::Awake;
-                self.shared.sleeping.store(false, Ordering::Release);
-                let _gone = reply.send(());
+            Command::WakeUp { tags, reply } => {
+                // A wait-mode sleep still draining is cancelled: its caller is answered
+                // and the engine stays awake.
+                if let Some((_, sleep_reply)) = self.pending_sleep.take() {
+                    let _gone = sleep_reply.send(());
+                }
+                self.woken.extend(tags.iter().cloned());
+                let all =
+                    tags.is_empty() || WAKE_TAGS.iter().all(|t| self.woken.iter().any(|w| w == t));
+                if all {
+                    self.sleep = SleepState::Awake;
+                    self.woken.clear();
+                    self.shared.sleeping.store(false, Ordering::Release);
+                }
+                let _gone = reply.send(all);
             }
             Command::State { blocks, reply } => {
                 let pool = self.core.pool();
@@ -422,14 +461,19 @@ impl EngineTask {
         {
             self.enter_sleep(level);
             let _gone = reply.send(());
+            for waiter in self.sleep_waiters.drain(..) {
+                let _gone = waiter.send(());
+            }
         }
     }
 
     fn enter_sleep(&mut self, level: u8) {
         self.sleep = match level {
-            0 | 1 => SleepState::Level1,
+            0 => SleepState::Paused,
+            1 => SleepState::Level1,
             _ => SleepState::Level2,
         };
+        self.woken.clear();
         if level >= 1 && !self.core.pool_mut().reset() {
             tracing::warn!("sleep: prefix cache still held by requests; not cleared");
         }
@@ -455,9 +499,6 @@ impl EngineTask {
             let join = |v: Vec<Arc<str>>| v.iter().map(|s| &**s).collect::<Vec<_>>().join(",");
             m.set_lora_info(join(r), join(w), unix_now());
         }
-        self.shared
-            .queued
-            .store(running + waiting, Ordering::Release);
     }
 
     fn publish_events(&mut self) {

@@ -300,7 +300,14 @@ pub(crate) async fn spawn_publisher(
     dp_rank: u32,
 ) -> Result<(KvPublisher, KvEventsEndpoints, tokio::task::JoinHandle<()>), zeromq::ZmqError> {
     let mut socket = PubSocket::new();
-    let endpoint = attach(&mut socket, &config.endpoint).await?;
+    // A bound endpoint is ready now (and its port known); a connected one is attached by
+    // the task in the background, as libzmq connects lazily and the collector may start
+    // after the engine.
+    let (endpoint, connect_to) = if binds(&config.endpoint) {
+        (attach(&mut socket, &config.endpoint).await?, None)
+    } else {
+        (config.endpoint.clone(), Some(config.endpoint.clone()))
+    };
     let (replay, replay_endpoint) = match &config.replay_endpoint {
         Some(ep) => {
             let mut r = RouterSocket::new();
@@ -312,6 +319,7 @@ pub(crate) async fn spawn_publisher(
     let (tx, rx) = mpsc::channel(config.max_queue_size.max(1));
     let task = PublisherTask {
         socket,
+        connect_to,
         replay,
         rx,
         topic: Bytes::from(config.topic.clone().into_bytes()),
@@ -334,6 +342,8 @@ pub(crate) async fn spawn_publisher(
 
 struct PublisherTask {
     socket: PubSocket,
+    /// An endpoint still to connect to; batches are numbered and buffered meanwhile.
+    connect_to: Option<String>,
     replay: Option<RouterSocket>,
     rx: mpsc::Receiver<Vec<KvEvent>>,
     topic: Bytes,
@@ -350,6 +360,29 @@ const END_SEQ: [u8; 8] = [0xff; 8];
 impl PublisherTask {
     async fn run(mut self) {
         loop {
+            if let Some(endpoint) = self.connect_to.clone() {
+                match tokio::time::timeout(CONNECT_ATTEMPT, self.socket.connect(&endpoint)).await {
+                    Ok(Ok(())) => {
+                        tracing::info!(%endpoint, "KV-event publisher connected");
+                        self.connect_to = None;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(%endpoint, error = %e, "KV-event collector not reachable yet");
+                        tokio::time::sleep(CONNECT_ATTEMPT).await;
+                    }
+                    Err(_elapsed) => {}
+                }
+                // Batches produced meanwhile keep their sequence numbers (a gap for live
+                // subscribers, available to replay), as with a PUB socket without peers.
+                loop {
+                    match self.rx.try_recv() {
+                        Ok(events) => self.send(&events).await,
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => return,
+                    }
+                }
+                continue;
+            }
             tokio::select! {
                 batch = self.rx.recv() => match batch {
                     Some(events) => self.send(&events).await,
@@ -450,6 +483,9 @@ fn frames<const N: usize>(parts: [Bytes; N]) -> ZmqMessage {
     }
     msg
 }
+
+/// One attempt to connect the publisher to a collector.
+const CONNECT_ATTEMPT: Duration = Duration::from_millis(200);
 
 /// How long an engine waits for its publisher socket to come up before giving up.
 pub(crate) const ATTACH_TIMEOUT: Duration = Duration::from_secs(5);

@@ -110,6 +110,8 @@ impl std::str::FromStr for MetricsCompat {
 pub(crate) enum SleepState {
     #[default]
     Awake,
+    /// Level 0: scheduling paused, memory kept.
+    Paused,
     /// Level 1 (weights offloaded).
     Level1,
     /// Level 2 (weights discarded).
@@ -345,8 +347,8 @@ fn escape_label(v: &str) -> String {
 struct Expo<'a> {
     out: String,
     info: &'a ExpositionInfo,
-    /// `_created` families to append after the current family.
-    created: Vec<(String, String)>,
+    /// Whether samples carry the `engine` label (V1 names; not on every family).
+    engine_label: bool,
 }
 
 impl<'a> Expo<'a> {
@@ -360,7 +362,7 @@ impl<'a> Expo<'a> {
         let mut labels: Vec<(&str, String)> =
             extra.iter().map(|(k, v)| (*k, escape_label(v))).collect();
         labels.push(("model_name", escape_label(&self.info.model_name)));
-        if self.info.compat == MetricsCompat::V1 {
+        if self.engine_label {
             labels.push(("engine", escape_label(&self.info.engine)));
         }
         labels.sort_by(|a, b| a.0.cmp(b.0));
@@ -419,7 +421,7 @@ pub(crate) fn render(m: &EngineMetrics, info: &ExpositionInfo) -> String {
     let mut e = Expo {
         out: String::with_capacity(48 * 1024),
         info,
-        created: Vec::new(),
+        engine_label: info.compat == MetricsCompat::V1,
     };
     let v0 = info.compat == MetricsCompat::V0;
     cache_config(&mut e);
@@ -550,11 +552,14 @@ pub(crate) fn render(m: &EngineMetrics, info: &ExpositionInfo) -> String {
         &reasons,
     );
     if info.admission_control {
+        // Counted by the API server, not an engine core: no `engine` label in vLLM.
+        let engine_label = std::mem::replace(&mut e.engine_label, false);
         e.counter(
             "vllm:admission_rejections",
             "Requests rejected by admission control.",
             &[(&[("reason", "max_num_queued_reqs")], m.admission_rejections)],
         );
+        e.engine_label = engine_label;
     }
     e.histogram(
         "vllm:time_to_first_token_seconds",
@@ -649,7 +654,6 @@ pub(crate) fn render(m: &EngineMetrics, info: &ExpositionInfo) -> String {
     if let Some(max_loras) = info.max_loras {
         lora_info(&mut e, m, max_loras);
     }
-    debug_assert!(e.created.is_empty());
     e.out
 }
 

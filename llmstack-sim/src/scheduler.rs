@@ -62,8 +62,6 @@ pub(crate) struct Finish {
     pub(crate) reason: FinishReason,
     /// The stop token id when a `stop_token_ids` entry ended it.
     pub(crate) stop_token: Option<u32>,
-    /// Prompt tokens served from the prefix cache at first admission.
-    pub(crate) cached_tokens: u32,
 }
 
 /// Tokens carried by one event.
@@ -84,6 +82,8 @@ pub(crate) struct SeqEvent {
     pub(crate) index: u32,
     pub(crate) tokens: Emitted,
     pub(crate) finish: Option<Finish>,
+    /// Prompt tokens served from the prefix cache at first admission.
+    pub(crate) cached_tokens: u32,
 }
 
 /// A LoRA adapter as the scheduler sees it.
@@ -301,6 +301,8 @@ impl EngineCore {
     ) -> StepPlan {
         let mut plan = StepPlan::default();
         let mut budget = self.limits.max_num_batched_tokens;
+        // Set again by admission; a step that admits nothing defers nothing.
+        m.waiting_deferred = 0;
         let mut preempted = false;
         let mut i = 0;
         while i < self.running.len() && budget > 0 {
@@ -408,8 +410,10 @@ impl EngineCore {
                 seq.admitted = true;
                 seq.cached_tokens = hit_tokens;
                 seq.first_scheduled = Some(now);
-                m.prefix_cache_queries += total as u64;
-                m.prefix_cache_hits += hit_tokens as u64;
+                if self.pool.caching_enabled() {
+                    m.prefix_cache_queries += total as u64;
+                    m.prefix_cache_hits += hit_tokens as u64;
+                }
                 m.queue_time
                     .observe(now.saturating_duration_since(seq.new.arrival).as_secs_f64());
             }
@@ -498,6 +502,7 @@ impl EngineCore {
                             index: seq.new.index,
                             tokens: Emitted::One(token),
                             finish: None,
+                            cached_tokens: seq.cached_tokens as u32,
                         });
                     }
                 }
@@ -591,11 +596,7 @@ impl EngineCore {
             return;
         };
         self.pool.free(&seq.blocks);
-        let finish = Finish {
-            reason,
-            stop_token,
-            cached_tokens: seq.cached_tokens as u32,
-        };
+        let finish = Finish { reason, stop_token };
         let tokens = if seq.new.stream {
             last.map_or(Emitted::Nothing, Emitted::One)
         } else {
@@ -605,6 +606,7 @@ impl EngineCore {
             index: seq.new.index,
             tokens,
             finish: Some(finish),
+            cached_tokens: seq.cached_tokens as u32,
         });
         m.record_finished(&FinishedSeq {
             reason,

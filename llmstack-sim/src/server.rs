@@ -61,12 +61,13 @@ pub struct SimEngine {
 }
 
 impl SimEngine {
-    /// Starts one engine listening on `addr` (port 0 picks a free port). `dp_rank` is the
-    /// engine's index: it offsets a fixed KV-event port and labels event batches.
+    /// Starts one engine listening on `addr` (port 0 picks a free port). `index` offsets a
+    /// fixed KV-event port, as separate servers on one host would be configured; each
+    /// engine is its own server, so its events and metrics say rank/engine 0.
     pub async fn start(
         mut config: EngineConfig,
         addr: SocketAddr,
-        dp_rank: u32,
+        index: u32,
     ) -> Result<Self, StartError> {
         if !config.lora_modules.is_empty() {
             config.enable_lora = true;
@@ -82,14 +83,11 @@ impl SimEngine {
         let publisher = match &config.kv_events {
             Some(kv) => {
                 let mut kv = kv.clone();
-                kv.endpoint = offset_port(&kv.endpoint, dp_rank);
-                kv.replay_endpoint = kv
-                    .replay_endpoint
-                    .as_deref()
-                    .map(|e| offset_port(e, dp_rank));
+                kv.endpoint = offset_port(&kv.endpoint, index);
+                kv.replay_endpoint = kv.replay_endpoint.as_deref().map(|e| offset_port(e, index));
                 let started = tokio::time::timeout(
                     kv_events::ATTACH_TIMEOUT,
-                    kv_events::spawn_publisher(&kv, dp_rank),
+                    kv_events::spawn_publisher(&kv, 0),
                 )
                 .await
                 .map_err(|_| StartError::KvEvents(format!("timed out attaching {}", kv.endpoint)))?
@@ -100,7 +98,7 @@ impl SimEngine {
             }
             None => None,
         };
-        let (shared, tx, task) = engine::build(config, dp_rank, publisher);
+        let (shared, tx, task) = engine::build(config, publisher);
         tasks.push(tokio::spawn(task.run()));
         let (ltx, lrx) = mpsc::unbounded_channel();
         let app = Arc::new(EngineApp::new(shared.clone(), tx.clone(), ltx.clone()));

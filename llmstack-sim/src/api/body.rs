@@ -67,7 +67,7 @@ impl Body for SimBody {
 }
 
 /// Holds a request's engine sequences: aborts the unfinished ones when dropped and keeps
-/// the engine's in-flight count.
+/// the engine's in-flight request and queued sequence counts.
 #[derive(Debug)]
 pub(crate) struct Flight {
     pub(crate) tx: mpsc::UnboundedSender<Command>,
@@ -75,9 +75,29 @@ pub(crate) struct Flight {
     pub(crate) first_id: u64,
     /// Per choice: still running in the engine.
     pub(crate) live: Vec<bool>,
+    /// Sequences queued or running on the engine, this request's included.
+    pub(crate) queued_after: usize,
 }
 
 impl Flight {
+    /// Counts a request of `count` sequences in.
+    pub(crate) fn new(
+        tx: mpsc::UnboundedSender<Command>,
+        shared: Arc<EngineShared>,
+        first_id: u64,
+        count: usize,
+    ) -> Self {
+        shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        let queued_after = shared.queued.fetch_add(count, Ordering::AcqRel) + count;
+        Self {
+            tx,
+            shared,
+            first_id,
+            live: vec![true; count],
+            queued_after,
+        }
+    }
+
     /// Ends choice `i` in the engine with `reason` (a stop string matched).
     pub(crate) fn end(&mut self, i: usize, reason: FinishReason) {
         if let Some(live) = self.live.get_mut(i)
@@ -100,6 +120,9 @@ impl Flight {
 impl Drop for Flight {
     fn drop(&mut self) {
         self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.shared
+            .queued
+            .fetch_sub(self.live.len(), Ordering::AcqRel);
         let ids: Vec<u64> = self
             .live
             .iter()

@@ -279,14 +279,24 @@ impl EngineApp {
             return Err(ApiError::status(status, "Injected fault (llmstack-sim)"));
         }
         let count = prompts.len() * sampling.n;
+        let first_id = self
+            .shared
+            .next_seq
+            .fetch_add(count as u64, Ordering::Relaxed);
+        // Reserves `count` sequences at once, so concurrent requests cannot all slip
+        // under --max-num-queued-reqs; the flight gives them back when the request ends.
+        let mut flight = Flight::new(self.tx.clone(), self.shared.clone(), first_id, count);
         if let Some(max) = cfg.max_num_queued_reqs
-            && self.shared.queued.load(Ordering::Acquire) + count > max
+            && flight.queued_after > max
         {
             self.shared.metrics().admission_rejections += 1;
-            return Err(ApiError::status(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "The engine is currently busy and cannot accept new requests. Please try again later or on a different instance.",
-            ));
+            flight.live.fill(false);
+            return Err(ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                kind: "Service Unavailable",
+                message: "The engine is currently busy and cannot accept new requests. Please try again later or on a different instance.".into(),
+                param: None,
+            });
         }
         let id = header_id
             .or_else(|| fields.request_id.clone())
@@ -296,10 +306,6 @@ impl EngineApp {
             Kind::Chat => format!("chatcmpl-{id}"),
         };
         let prompts: Vec<Arc<[u32]>> = prompts.into_iter().map(Arc::from).collect();
-        let first_id = self
-            .shared
-            .next_seq
-            .fetch_add(count as u64, Ordering::Relaxed);
         let (sink, rx) = mpsc::unbounded_channel();
         let engine_stream = sampling.stream || !sampling.stop.is_empty();
         let mean = cfg.mean_output_tokens;
@@ -347,13 +353,6 @@ impl EngineApp {
             prompts,
             details: cfg.enable_prompt_tokens_details,
             echo,
-        };
-        self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
-        let mut flight = Flight {
-            tx: self.tx.clone(),
-            shared: self.shared.clone(),
-            first_id,
-            live: vec![true; count],
         };
         let submit = Command::Add(seqs, n);
         let delay = Duration::from_millis(faults.first_token_delay_ms);
@@ -578,10 +577,10 @@ impl EngineApp {
 
     async fn wake_up(&self, query: &str) -> Result<Res, ApiError> {
         let tags: Vec<String> = query_params(query, "tags");
-        self.ask(|reply| Command::WakeUp { reply }).await?;
-        Ok(ok_json(
-            &json!({"status": "awake", "tags": if tags.is_empty() { None } else { Some(tags) }}),
-        ))
+        let echo = (!tags.is_empty()).then(|| tags.clone());
+        let awake = self.ask(|reply| Command::WakeUp { tags, reply }).await?;
+        let status = if awake { "awake" } else { "sleeping" };
+        Ok(ok_json(&json!({"status": status, "tags": echo})))
     }
 
     fn kv_event_sources(&self) -> Res {
@@ -589,7 +588,7 @@ impl EngineApp {
             return ok_json(&json!({}));
         };
         let c = self.shared.config.kv_events.clone().unwrap_or_default();
-        ok_json(&json!({ self.shared.dp_rank.to_string(): {
+        ok_json(&json!({ "0": {
             "enable_kv_cache_events": true, "publisher": "zmq", "endpoint": ep.endpoint,
             "replay_endpoint": ep.replay_endpoint, "buffer_steps": c.buffer_steps, "hwm": 100_000,
             "max_queue_size": c.max_queue_size, "topic": c.topic

@@ -59,7 +59,10 @@ pub(crate) struct Choice {
     tokens: Vec<u32>,
     pub(crate) finish: Option<(FinishReason, Option<StopReason>)>,
     cached: u32,
-    role_sent: bool,
+    /// Whether the choice's first chunk went out (chat: the role chunk).
+    started: bool,
+    /// Where generated text starts (after an echoed prompt).
+    gen_start: usize,
 }
 
 /// All choices of a request plus the bookkeeping to emit them.
@@ -77,13 +80,17 @@ impl Assembly {
         let max_stop_len = ctx.sampling.stop.iter().map(String::len).max().unwrap_or(0);
         let n = ctx.sampling.n.max(1);
         let choices = (0..count)
-            .map(|i| Choice {
-                text: if ctx.echo {
+            .map(|i| {
+                let text = if ctx.echo {
                     tokenizer::decode(&ctx.prompts[i / n], true)
                 } else {
                     String::new()
-                },
-                ..Choice::default()
+                };
+                Choice {
+                    gen_start: text.len(),
+                    text,
+                    ..Choice::default()
+                }
             })
             .collect();
         Self {
@@ -114,15 +121,18 @@ impl Assembly {
             Emitted::All(v) => v,
             Emitted::Nothing => &[],
         };
+        c.cached = ev.cached_tokens;
         let mut stopped = None;
         for &t in new {
             c.tokens.push(t);
             let before = c.text.len();
             c.text.push_str(&tokenizer::token_text(t));
+            // As vLLM: stop strings apply to generated text only, once min_tokens are out.
             if max_stop_len > 0
+                && c.tokens.len() >= sampling.min_tokens
                 && let Some((pos, stop)) = find_stop(
                     &c.text,
-                    before.saturating_sub(max_stop_len - 1),
+                    before.saturating_sub(max_stop_len - 1).max(c.gen_start),
                     &sampling.stop,
                 )
             {
@@ -136,9 +146,6 @@ impl Assembly {
                 stopped = Some(StopReason::Text(stop.to_owned()));
                 break;
             }
-        }
-        if let Some(f) = ev.finish {
-            c.cached = f.cached_tokens;
         }
         if let Some(reason) = stopped {
             c.finish = Some((FinishReason::Stop, Some(reason)));
@@ -284,13 +291,10 @@ impl Assembly {
         let Some(c) = self.choices.get_mut(i) else {
             return 0;
         };
-        if kind == Kind::Chat && !c.role_sent {
-            c.role_sent = true;
-            let prompt_ids = self
-                .ctx
-                .sampling
-                .return_token_ids
-                .then(|| &*self.ctx.prompts[i / self.ctx.sampling.n.max(1)]);
+        let first = !std::mem::replace(&mut c.started, true);
+        let prompt_ids = (first && self.ctx.sampling.return_token_ids)
+            .then(|| &*self.ctx.prompts[i / self.ctx.sampling.n.max(1)]);
+        if kind == Kind::Chat && first {
             write_role_chunk(&self.ctx, i, prompt_ids, usage.as_ref(), out);
             events += 1;
         }
@@ -310,15 +314,15 @@ impl Assembly {
             .sampling
             .return_token_ids
             .then(|| c.tokens.last().map_or(&[][..], std::slice::from_ref));
-        write_token_chunk(
-            &self.ctx,
-            i,
+        let chunk = TokenChunk {
+            index: i,
             delta,
-            c.finish.as_ref(),
+            finish: c.finish.as_ref(),
             token_ids,
-            usage.as_ref(),
-            out,
-        );
+            // Completions carry the prompt ids on the first chunk; chat on the role chunk.
+            prompt_ids: prompt_ids.filter(|_| kind == Kind::Completion),
+        };
+        write_token_chunk(&self.ctx, &chunk, usage.as_ref(), out);
         c.sent = end;
         events + 1
     }
@@ -414,15 +418,28 @@ fn write_role_chunk(
     out.extend_from_slice(b",\"prompt_text\":null}\n\n");
 }
 
+/// One choice's chunk after an engine step.
+struct TokenChunk<'a> {
+    index: usize,
+    delta: &'a str,
+    finish: Option<&'a (FinishReason, Option<StopReason>)>,
+    token_ids: Option<&'a [u32]>,
+    prompt_ids: Option<&'a [u32]>,
+}
+
 fn write_token_chunk(
     ctx: &OutputCtx,
-    i: usize,
-    delta: &str,
-    finish: Option<&(FinishReason, Option<StopReason>)>,
-    token_ids: Option<&[u32]>,
+    chunk: &TokenChunk<'_>,
     usage: Option<&Usage>,
     out: &mut Vec<u8>,
 ) {
+    let TokenChunk {
+        index: i,
+        delta,
+        finish,
+        token_ids,
+        prompt_ids,
+    } = *chunk;
     write_prefix(ctx, out);
     let _ = write!(Cursor(out), "[{{\"index\":{i},");
     match ctx.kind {
@@ -433,7 +450,9 @@ fn write_token_chunk(
             write_json(&finish.map(|f| f.0.as_str()), out);
             out.extend_from_slice(b",\"stop_reason\":");
             write_json(&finish.and_then(|f| f.1.as_ref()), out);
-            out.extend_from_slice(b",\"prompt_token_ids\":null,\"token_ids\":");
+            out.extend_from_slice(b",\"prompt_token_ids\":");
+            write_json(&prompt_ids, out);
+            out.extend_from_slice(b",\"token_ids\":");
             write_json(&token_ids, out);
             out.extend_from_slice(b",\"weight_versions\":null}]");
         }

@@ -116,16 +116,23 @@ pub(crate) struct SamplingFields {
     pub(crate) return_token_ids: Option<bool>,
     pub(crate) request_id: Option<String>,
     pub(crate) priority: Option<i64>,
+    pub(crate) temperature: Option<f64>,
+    pub(crate) top_p: Option<f64>,
+    pub(crate) top_k: Option<i64>,
+    pub(crate) min_p: Option<f64>,
+    pub(crate) frequency_penalty: Option<f64>,
+    pub(crate) presence_penalty: Option<f64>,
+    pub(crate) repetition_penalty: Option<f64>,
 }
 
 /// Declares a request body with its own fields plus the [`SamplingFields`], inline:
 /// `#[serde(flatten)]` would lose the field path that vLLM's 400s report.
 macro_rules! request_with_sampling {
-    ($(#[$meta:meta])* $name:ident { $($field:ident: $ty:ty),* $(,)? }) => {
+    ($(#[$meta:meta])* $name:ident { $($(#[$fmeta:meta])* $field:ident: $ty:ty),* $(,)? }) => {
         $(#[$meta])*
         #[derive(Debug, Deserialize)]
         pub(crate) struct $name {
-            $(pub(crate) $field: $ty,)*
+            $($(#[$fmeta])* pub(crate) $field: $ty,)*
             model: Option<String>,
             stream: Option<bool>,
             stream_options: Option<StreamOptions>,
@@ -141,6 +148,37 @@ macro_rules! request_with_sampling {
             return_token_ids: Option<bool>,
             request_id: Option<String>,
             priority: Option<i64>,
+            temperature: Option<f64>,
+            top_p: Option<f64>,
+            top_k: Option<i64>,
+            min_p: Option<f64>,
+            frequency_penalty: Option<f64>,
+            presence_penalty: Option<f64>,
+            repetition_penalty: Option<f64>,
+            // Accepted with their OpenAI/vLLM types (a wrong type is a 400, as in vLLM)
+            // but without effect on the simulated output.
+            #[allow(dead_code)]
+            user: Option<String>,
+            #[allow(dead_code)]
+            logit_bias: Option<std::collections::HashMap<String, f64>>,
+            #[allow(dead_code)]
+            skip_special_tokens: Option<bool>,
+            #[allow(dead_code)]
+            spaces_between_special_tokens: Option<bool>,
+            #[allow(dead_code)]
+            truncate_prompt_tokens: Option<i64>,
+            #[allow(dead_code)]
+            prompt_logprobs: Option<i64>,
+            #[allow(dead_code)]
+            response_format: Option<serde_json::Map<String, serde_json::Value>>,
+            #[allow(dead_code)]
+            kv_transfer_params: Option<serde_json::Map<String, serde_json::Value>>,
+            #[allow(dead_code)]
+            vllm_xargs: Option<serde_json::Map<String, serde_json::Value>>,
+            #[allow(dead_code)]
+            session_id: Option<String>,
+            #[allow(dead_code)]
+            use_beam_search: Option<bool>,
         }
 
         impl $name {
@@ -162,6 +200,13 @@ macro_rules! request_with_sampling {
                     return_token_ids: self.return_token_ids.take(),
                     request_id: self.request_id.take(),
                     priority: self.priority.take(),
+                    temperature: self.temperature,
+                    top_p: self.top_p,
+                    top_k: self.top_k,
+                    min_p: self.min_p,
+                    frequency_penalty: self.frequency_penalty,
+                    presence_penalty: self.presence_penalty,
+                    repetition_penalty: self.repetition_penalty,
                 }
             }
         }
@@ -170,12 +215,49 @@ macro_rules! request_with_sampling {
 
 request_with_sampling! {
     /// `POST /v1/completions`.
-    CompletionRequest { prompt: PromptInput, echo: Option<bool> }
+    CompletionRequest {
+        prompt: PromptInput,
+        echo: Option<bool>,
+        // Typed but without effect, like the ignored fields of the macro.
+        #[allow(dead_code)]
+        logprobs: Option<i64>,
+        #[allow(dead_code)]
+        suffix: Option<String>,
+        #[allow(dead_code)]
+        best_of: Option<i64>,
+    }
 }
 
 request_with_sampling! {
     /// `POST /v1/chat/completions`.
-    ChatRequest { messages: Vec<ChatMessage>, max_completion_tokens: Option<i64>, add_generation_prompt: Option<bool> }
+    ChatRequest {
+        messages: Vec<ChatMessage>,
+        max_completion_tokens: Option<i64>,
+        add_generation_prompt: Option<bool>,
+        // Typed but without effect, like the ignored fields of the macro.
+        #[allow(dead_code)]
+        logprobs: Option<bool>,
+        #[allow(dead_code)]
+        top_logprobs: Option<i64>,
+        #[allow(dead_code)]
+        tools: Option<Vec<serde_json::Value>>,
+        #[allow(dead_code)]
+        tool_choice: Option<serde_json::Value>,
+        #[allow(dead_code)]
+        parallel_tool_calls: Option<bool>,
+        #[allow(dead_code)]
+        continue_final_message: Option<bool>,
+        #[allow(dead_code)]
+        chat_template: Option<String>,
+        #[allow(dead_code)]
+        chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
+        #[allow(dead_code)]
+        reasoning_effort: Option<String>,
+        #[allow(dead_code)]
+        include_reasoning: Option<bool>,
+        #[allow(dead_code)]
+        echo: Option<bool>,
+    }
 }
 
 /// One chat message.
@@ -352,6 +434,56 @@ fn non_negative(v: Option<i64>, param: &str, min: i64) -> Result<Option<usize>, 
     }
 }
 
+/// vLLM's `SamplingParams` range checks (values otherwise have no effect here).
+fn check_ranges(f: &SamplingFields) -> Result<(), ApiError> {
+    let bad = |param: &str, rule: &str, v: f64| {
+        Err(ApiError::bad_request(
+            format!("{param} must be {rule}, got {v}."),
+            Some(param),
+        ))
+    };
+    if let Some(t) = f.temperature
+        && t < 0.0
+    {
+        return bad("temperature", "non-negative", t);
+    }
+    if let Some(p) = f.top_p
+        && !(p > 0.0 && p <= 1.0)
+    {
+        return bad("top_p", "in (0, 1]", p);
+    }
+    if let Some(k) = f.top_k
+        && k < -1
+    {
+        return bad(
+            "top_k",
+            "-1 (disable), 0 (disable), or at least 1",
+            k as f64,
+        );
+    }
+    if let Some(m) = f.min_p
+        && !(0.0..=1.0).contains(&m)
+    {
+        return bad("min_p", "in [0, 1]", m);
+    }
+    for (param, v) in [
+        ("frequency_penalty", f.frequency_penalty),
+        ("presence_penalty", f.presence_penalty),
+    ] {
+        if let Some(v) = v
+            && !(-2.0..=2.0).contains(&v)
+        {
+            return bad(param, "in [-2, 2]", v);
+        }
+    }
+    if let Some(r) = f.repetition_penalty
+        && r <= 0.0
+    {
+        return bad("repetition_penalty", "greater than zero", r);
+    }
+    Ok(())
+}
+
 /// Applies vLLM's length rules (vllm.md §2.4) and the other field checks.
 pub(crate) fn check_sampling(
     f: &SamplingFields,
@@ -452,10 +584,20 @@ pub(crate) fn check_sampling(
     let stop: Vec<String> = stop.into_iter().filter(|s| !s.is_empty()).collect();
     let opts = f.stream_options.as_ref();
     let include_usage = opts.and_then(|o| o.include_usage).unwrap_or(false);
+    check_ranges(f)?;
+    let min_tokens = non_negative(f.min_tokens, "min_tokens", 0)?.unwrap_or(0);
+    if let Some(max) = requested
+        && min_tokens > max
+    {
+        return Err(ApiError::bad_request(
+            format!("min_tokens must be less than or equal to max_tokens={max}, got {min_tokens}."),
+            Some("min_tokens"),
+        ));
+    }
     Ok(Sampling {
         n,
         max_tokens,
-        min_tokens: non_negative(f.min_tokens, "min_tokens", 0)?.unwrap_or(0),
+        min_tokens,
         ignore_eos: f.ignore_eos.unwrap_or(false),
         stop: stop.into(),
         include_stop: f.include_stop_str_in_output.unwrap_or(false),

@@ -17,6 +17,7 @@ struct Harness {
     first_token: HashMap<u64, Instant>,
     tokens: HashMap<u64, Vec<u32>>,
     finish: HashMap<u64, Finish>,
+    cached: HashMap<u64, u32>,
     plans: Vec<StepPlan>,
     next: u64,
 }
@@ -47,6 +48,7 @@ impl Harness {
             first_token: HashMap::new(),
             tokens: HashMap::new(),
             finish: HashMap::new(),
+            cached: HashMap::new(),
             plans: Vec::new(),
             next: 1,
         }
@@ -108,6 +110,7 @@ impl Harness {
                 if !toks.is_empty() {
                     self.first_token.entry(*id).or_insert(self.now);
                 }
+                self.cached.insert(*id, ev.cached_tokens);
                 if let Some(f) = ev.finish {
                     self.finish.insert(*id, f);
                 }
@@ -129,7 +132,7 @@ impl Harness {
     }
 
     fn cached(&self, id: u64) -> u32 {
-        self.finish[&id].cached_tokens
+        self.cached[&id]
     }
 }
 
@@ -463,4 +466,18 @@ fn speedup_divides_step_time() {
     let fast = p.step_duration(&plan, 10.0);
     assert!((base.as_secs_f64() / fast.as_secs_f64() - 10.0).abs() < 1e-9);
     assert!(base > Duration::from_millis(7));
+}
+
+#[test]
+fn no_prefix_cache_stats_when_caching_is_off() {
+    let pool = BlockPool::new(100, false, false);
+    let hasher = BlockHasher::new(HashAlgo::Sha256, "vllm-none-hash");
+    let mut h = Harness::new(limits(16, 64, 8192), 100);
+    h.core = EngineCore::new(limits(16, 64, 8192), pool, hasher);
+    h.add(toks(0..40), 1);
+    h.run();
+    h.add(toks(0..40), 1);
+    h.run();
+    assert_eq!((h.m.prefix_cache_queries, h.m.prefix_cache_hits), (0, 0));
+    assert_eq!(h.m.prompt_tokens, 80);
 }

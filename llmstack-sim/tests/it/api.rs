@@ -511,3 +511,92 @@ async fn idle_keep_alive_connections_are_closed_like_uvicorn() {
         t0.elapsed()
     );
 }
+
+#[tokio::test]
+async fn typed_ignored_fields_and_sampling_ranges() {
+    let e = engine(instant("m")).await;
+    let c = client();
+    let url = format!("{}/v1/chat/completions", e.base_url());
+    let msgs = json!([{"role": "user", "content": "x"}]);
+    let ok = post(&c, &url, &json!({"messages": msgs, "max_tokens": 2, "temperature": 0.7, "top_p": 0.9, "logprobs": true,
+        "top_logprobs": 2, "tools": [], "response_format": {"type": "text"}, "user": "u", "seed": 3})).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    for (body, param) in [
+        (
+            json!({"messages": msgs, "temperature": "hot"}),
+            "temperature",
+        ),
+        (json!({"messages": msgs, "logprobs": 3}), "logprobs"),
+        (json!({"messages": msgs, "temperature": -1}), "temperature"),
+        (json!({"messages": msgs, "top_p": 0}), "top_p"),
+        (
+            json!({"messages": msgs, "min_tokens": 5, "max_tokens": 2}),
+            "min_tokens",
+        ),
+    ] {
+        let a = post(&c, &url, &body).await;
+        assert_eq!(a.status, 400, "{body}: {}", a.text());
+        assert_eq!(a.json()["error"]["param"], param, "{body}");
+    }
+}
+
+#[tokio::test]
+async fn cached_tokens_reported_when_a_stop_string_ends_the_answer() {
+    let mut cfg = instant("m");
+    cfg.enable_prompt_tokens_details = true;
+    let e = engine(cfg).await;
+    let c = client();
+    let url = format!("{}/v1/completions", e.base_url());
+    let prompt = "a long shared prompt ".repeat(8);
+    let first = post(
+        &c,
+        &url,
+        &json!({"prompt": prompt, "max_tokens": 8, "ignore_eos": true}),
+    )
+    .await
+    .json();
+    let text = first["choices"][0]["text"].as_str().unwrap().to_owned();
+    let stop = text.split(' ').nth(3).unwrap().to_owned();
+    let second = post(
+        &c,
+        &url,
+        &json!({"prompt": prompt, "max_tokens": 8, "ignore_eos": true, "stop": [stop]}),
+    )
+    .await
+    .json();
+    assert_eq!(second["choices"][0]["finish_reason"], "stop");
+    assert!(
+        second["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap()
+            >= 16,
+        "{second}"
+    );
+}
+
+#[tokio::test]
+async fn completion_stream_returns_prompt_token_ids_first() {
+    let e = engine(instant("m")).await;
+    let c = client();
+    let s = stream(
+        &c,
+        &format!("{}/v1/completions", e.base_url()),
+        &json!({"prompt": [5, 6, 7], "max_tokens": 2, "stream": true, "return_token_ids": true}),
+    )
+    .await;
+    assert_eq!(
+        s.events[0].json()["choices"][0]["prompt_token_ids"],
+        json!([5, 6, 7])
+    );
+    assert_eq!(
+        s.events[1].json()["choices"][0]["prompt_token_ids"],
+        serde_json::Value::Null
+    );
+    assert_eq!(
+        s.events[0].json()["choices"][0]["token_ids"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}

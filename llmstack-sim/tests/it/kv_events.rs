@@ -36,11 +36,12 @@ async fn engine_connects_to_a_bound_collector_and_publishes_blocks() {
     let e = engine(cfg).await;
     let c = client();
     let url = format!("{}/v1/completions", e.base_url());
-    let prompt: Vec<u32> = (1..=40).collect();
-    // PUB drops messages until the subscription has arrived: retry until one lands.
+    // PUB drops messages until the subscription has arrived, and a repeated prompt is a
+    // cache hit that stores nothing: send fresh prompts until a batch lands.
+    let prompt_for = |i: u32| -> Vec<u32> { (1..=40).map(|t| t + 100 * i).collect() };
     let mut got = None;
-    for _ in 0..20 {
-        post(&c, &url, &json!({"prompt": prompt, "max_tokens": 1})).await;
+    for i in 0..40 {
+        post(&c, &url, &json!({"prompt": prompt_for(i), "max_tokens": 1})).await;
         if let Some(b) = recv_batch(&mut sub).await {
             got = Some(b);
             break;
@@ -58,12 +59,14 @@ async fn engine_connects_to_a_bound_collector_and_publishes_blocks() {
         .find(|e| e["type"] == "BlockStored")
         .expect("BlockStored");
     assert_eq!(stored["block_size"], 16);
+    assert_eq!(stored["parent_block_hash"], Value::Null);
+    let attempt = (stored["token_ids"][0].as_u64().unwrap() as u32 - 1) / 100;
+    let prompt = prompt_for(attempt);
     assert_eq!(
         stored["token_ids"],
-        json!((1..=32).collect::<Vec<u32>>()),
+        json!(prompt[..32]),
         "the real token ids of the two full blocks"
     );
-    assert_eq!(stored["parent_block_hash"], Value::Null);
     // The published hashes are vLLM's sha256 hashes of these token ids.
     let h = llmstack_sim::BlockHasher::new(llmstack_sim::HashAlgo::Sha256, "vllm-none-hash");
     let b0 = h.hash_block(None, &prompt[..16], &[]);
@@ -145,5 +148,51 @@ async fn bound_publisher_in_array_layout_with_sequence_numbers() {
     assert!(
         seqs.windows(2).all(|w| w[1] == w[0] + 1),
         "consecutive sequence numbers: {seqs:?}"
+    );
+}
+
+#[tokio::test]
+async fn engine_starts_before_its_collector_and_connects_later() {
+    // A free port nobody listens on yet.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cfg = instant("m");
+    cfg.kv_events = Some(KvEventsConfig {
+        endpoint: format!("tcp://127.0.0.1:{port}"),
+        ..KvEventsConfig::default()
+    });
+    let t0 = tokio::time::Instant::now();
+    let e = engine(cfg).await;
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "start does not wait for the collector"
+    );
+    let c = client();
+    let url = format!("{}/v1/completions", e.base_url());
+    post(
+        &c,
+        &url,
+        &json!({"prompt": (1..40).collect::<Vec<u32>>(), "max_tokens": 1}),
+    )
+    .await;
+    let mut sub = SubSocket::new();
+    sub.bind(&format!("tcp://127.0.0.1:{port}")).await.unwrap();
+    sub.subscribe("").await.unwrap();
+    let mut got = None;
+    for i in 0..40u32 {
+        let prompt: Vec<u32> = (0..40).map(|t| t + 1000 * (i + 2)).collect();
+        post(&c, &url, &json!({"prompt": prompt, "max_tokens": 1})).await;
+        if let Some(b) = recv_batch(&mut sub).await {
+            got = Some(b);
+            break;
+        }
+    }
+    let (_, seq, _) = got.expect("events flow once the collector is up");
+    assert!(
+        seq >= 1,
+        "the batch from before the collector kept its number: {seq}"
     );
 }

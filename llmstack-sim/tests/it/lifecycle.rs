@@ -225,3 +225,132 @@ async fn admission_control_answers_503() {
         Some(1.0)
     );
 }
+
+#[tokio::test]
+async fn wake_up_cancels_a_draining_wait_mode_sleep() {
+    let e = engine(EngineConfig::new("m")).await;
+    let c = client();
+    let u = |p: &str| format!("{}{p}", e.base_url());
+    let req = tokio::spawn({
+        let (c, url) = (c.clone(), u("/v1/completions"));
+        async move {
+            post(
+                &c,
+                &url,
+                &json!({"prompt": "x", "max_tokens": 60, "ignore_eos": true}),
+            )
+            .await
+        }
+    });
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            e.state().await.unwrap().running == 1
+        })
+        .await
+    );
+    let sleep = tokio::spawn({
+        let (c, url) = (c.clone(), u("/sleep?mode=wait"));
+        async move { send(&c, Method::POST, &url, &[], "").await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let w = send(&c, Method::POST, &u("/wake_up"), &[], "").await;
+    assert_eq!(w.json()["status"], "awake");
+    assert_eq!(
+        sleep.await.unwrap().status,
+        200,
+        "the sleep caller is answered"
+    );
+    assert_eq!(req.await.unwrap().status, 200);
+    assert!(
+        !e.state().await.unwrap().sleeping,
+        "the cancelled sleep never happens"
+    );
+    assert_eq!(
+        post(
+            &c,
+            &u("/v1/completions"),
+            &json!({"prompt": "x", "max_tokens": 1})
+        )
+        .await
+        .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn wake_up_in_stages_by_tags() {
+    let e = engine(instant("m")).await;
+    let c = client();
+    let u = |p: &str| format!("{}{p}", e.base_url());
+    send(&c, Method::POST, &u("/sleep?level=1"), &[], "").await;
+    let w = send(&c, Method::POST, &u("/wake_up?tags=weights"), &[], "").await;
+    assert_eq!(w.text(), r#"{"status":"sleeping","tags":["weights"]}"#);
+    assert_eq!(
+        get(&c, &u("/is_sleeping")).await.text(),
+        r#"{"is_sleeping":true}"#
+    );
+    let w = send(&c, Method::POST, &u("/wake_up?tags=kv_cache"), &[], "").await;
+    assert_eq!(w.json()["status"], "awake");
+    assert_eq!(
+        get(&c, &u("/is_sleeping")).await.text(),
+        r#"{"is_sleeping":false}"#
+    );
+    // Level 0 pauses scheduling: not awake, but neither offloaded nor discarded.
+    send(&c, Method::POST, &u("/sleep?level=0"), &[], "").await;
+    let m = get(&c, &u("/metrics")).await;
+    for state in ["awake", "weights_offloaded", "discard_all"] {
+        assert_eq!(
+            sample(
+                m.text(),
+                "vllm:engine_sleep_state",
+                &[("sleep_state", state)]
+            ),
+            Some(0.0),
+            "{state}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn admission_control_holds_under_a_burst() {
+    let mut cfg = EngineConfig::new("m");
+    cfg.max_num_queued_reqs = Some(2);
+    let e = engine(cfg).await;
+    let c = client();
+    let url = format!("{}/v1/completions", e.base_url());
+    let burst: Vec<_> = (0..10)
+        .map(|_| {
+            let (c, url) = (c.clone(), url.clone());
+            tokio::spawn(async move {
+                post(
+                    &c,
+                    &url,
+                    &json!({"prompt": "x", "max_tokens": 40, "ignore_eos": true}),
+                )
+                .await
+                .status
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    let mut busy = 0;
+    for t in burst {
+        match t.await.unwrap().as_u16() {
+            200 => ok += 1,
+            503 => busy += 1,
+            s => panic!("unexpected {s}"),
+        }
+    }
+    assert_eq!((ok, busy), (2, 8), "exactly the cap gets in");
+    let m = get(&c, &format!("{}/metrics", e.base_url())).await;
+    let line = m
+        .text()
+        .lines()
+        .find(|l| l.starts_with("vllm:admission_rejections_total"))
+        .unwrap();
+    assert!(
+        !line.contains("engine="),
+        "API-server counter without engine label: {line}"
+    );
+    assert!(line.ends_with(" 8.0"));
+}

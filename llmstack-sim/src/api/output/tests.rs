@@ -49,8 +49,8 @@ fn step(text: &str, finish: Option<FinishReason>) -> SeqEvent {
         finish: finish.map(|reason| Finish {
             reason,
             stop_token: None,
-            cached_tokens: 0,
         }),
+        cached_tokens: 0,
     }
 }
 
@@ -81,6 +81,7 @@ fn completion_stream_bytes() {
         index: 0,
         tokens: Emitted::All(vec![300; 16 - 3]),
         finish: None,
+        cached_tokens: 0,
     });
     a.apply(SeqEvent {
         index: 0,
@@ -88,8 +89,8 @@ fn completion_stream_bytes() {
         finish: Some(Finish {
             reason: FinishReason::Length,
             stop_token: None,
-            cached_tokens: 0,
         }),
+        cached_tokens: 0,
     });
     assert!(a.done());
     buf.clear();
@@ -202,8 +203,8 @@ fn cached_tokens_details_when_enabled() {
         finish: Some(Finish {
             reason: FinishReason::Length,
             stop_token: None,
-            cached_tokens: 32,
         }),
+        cached_tokens: 32,
     });
     let body = String::from_utf8(a.full_response()).unwrap();
     assert!(body.contains(r#""prompt_tokens_details":{"cached_tokens":32,"created_cache_tokens":null,"multimodal_tokens":null}"#), "{body}");
@@ -215,8 +216,8 @@ fn cached_tokens_details_when_enabled() {
         finish: Some(Finish {
             reason: FinishReason::Length,
             stop_token: None,
-            cached_tokens: 32,
         }),
+        cached_tokens: 32,
     });
     let mut buf = Vec::new();
     b.write_end(&mut buf);
@@ -265,6 +266,7 @@ fn streaming_holds_back_possible_stop_prefixes() {
             index: 0,
             tokens: Emitted::All(tokenizer::encode(word, false)),
             finish: None,
+            cached_tokens: 0,
         });
         a.write_step(0, &mut buf);
         for line in text(&buf)
@@ -319,8 +321,8 @@ fn n_choices_and_multi_prompt_usage() {
             finish: Some(Finish {
                 reason: FinishReason::Length,
                 stop_token: None,
-                cached_tokens: 0,
             }),
+            cached_tokens: 0,
         });
     }
     let v: serde_json::Value = serde_json::from_slice(&a.full_response()).unwrap();
