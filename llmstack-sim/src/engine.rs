@@ -27,8 +27,6 @@ use crate::scheduler::{CoreLimits, EngineCore, FinishReason, NewSeq, SeqState, S
 const CLOCK_SLACK: Duration = Duration::from_millis(2);
 /// Memory tags `/wake_up?tags=` wakes in stages; the engine serves once all are resident.
 const WAKE_TAGS: [&str; 2] = ["weights", "kv_cache"];
-/// Half of tokio's timer resolution (1 ms).
-const TIMER_HALF_TICK: Duration = Duration::from_micros(500);
 /// Zero-time steps run between yields to the runtime.
 const INSTANT_STEPS_PER_YIELD: u64 = 4;
 
@@ -335,21 +333,21 @@ impl EngineTask {
         self.busy = true;
         let deadline = start + dt;
         self.clock = deadline;
-        // Tokio's timer fires on the first millisecond tick at or after a deadline (0–1 ms
-        // late); aiming half a tick early centres that error on zero. The virtual clock
-        // keeps the exact deadline, so the error never accumulates.
-        let wake = deadline.checked_sub(TIMER_HALF_TICK).unwrap_or(deadline);
-        if wake <= Instant::now() {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
             tokio::task::yield_now().await;
             return;
         }
-        let sleep = tokio::time::sleep_until(wake);
+        // Tokio's timer wheel has 1 ms ticks and the reactor's epoll timeout rounds up
+        // again, so a tokio sleep lands 0.5–1.5 ms late: 15% of a 7 ms step. A thread
+        // sleep in the blocking pool is accurate to tens of microseconds.
+        let sleep = tokio::task::spawn_blocking(move || std::thread::sleep(remaining));
         tokio::pin!(sleep);
         let mut open = true;
         loop {
             tokio::select! {
                 biased;
-                () = &mut sleep => return,
+                _ = &mut sleep => return,
                 cmd = self.rx.recv(), if open => match cmd {
                     Some(cmd) => self.pending.push_back(cmd),
                     None => open = false,
