@@ -14,17 +14,11 @@ async fn sleep_aborts_in_flight_and_queues_until_woken() {
     let c = client();
     let u = |p: &str| format!("{}{p}", e.base_url());
     // A long request in flight is aborted by sleep (mode=abort, the default).
-    let long = tokio::spawn({
-        let (c, url) = (c.clone(), u("/v1/completions"));
-        async move {
-            stream(
-                &c,
-                &url,
-                &json!({"prompt": "x", "max_tokens": 5000, "ignore_eos": true, "stream": true}),
-            )
-            .await
-        }
-    });
+    let long = spawn_stream(
+        &c,
+        u("/v1/completions"),
+        json!({"prompt": "x", "max_tokens": 5000, "ignore_eos": true, "stream": true}),
+    );
     tokio::time::sleep(Duration::from_millis(100)).await;
     let s = send(&c, Method::POST, &u("/sleep?level=1"), &[], "").await;
     assert_eq!(s.text(), r#"{"status":"sleeping","level":1}"#);
@@ -51,10 +45,11 @@ async fn sleep_aborts_in_flight_and_queues_until_woken() {
         Some(1.0)
     );
     // While asleep requests queue.
-    let queued = tokio::spawn({
-        let (c, url) = (c.clone(), u("/v1/completions"));
-        async move { post(&c, &url, &json!({"prompt": "x", "max_tokens": 2})).await }
-    });
+    let queued = spawn_post(
+        &c,
+        u("/v1/completions"),
+        json!({"prompt": "x", "max_tokens": 2}),
+    );
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert!(!queued.is_finished());
     assert_eq!(e.state().await.unwrap().waiting, 1);
@@ -68,17 +63,11 @@ async fn sleep_wait_mode_lets_running_requests_finish() {
     let e = engine(EngineConfig::new("m")).await;
     let c = client();
     let u = |p: &str| format!("{}{p}", e.base_url());
-    let req = tokio::spawn({
-        let (c, url) = (c.clone(), u("/v1/completions"));
-        async move {
-            post(
-                &c,
-                &url,
-                &json!({"prompt": "x", "max_tokens": 20, "ignore_eos": true}),
-            )
-            .await
-        }
-    });
+    let req = spawn_post(
+        &c,
+        u("/v1/completions"),
+        json!({"prompt": "x", "max_tokens": 20, "ignore_eos": true}),
+    );
     tokio::time::sleep(Duration::from_millis(30)).await;
     send(&c, Method::POST, &u("/sleep?level=1&mode=wait"), &[], "").await;
     let done = req.await.unwrap().json();
@@ -193,17 +182,11 @@ async fn admission_control_answers_503() {
     let e = engine(cfg).await;
     let c = client();
     let url = format!("{}/v1/completions", e.base_url());
-    let first = tokio::spawn({
-        let (c, url) = (c.clone(), url.clone());
-        async move {
-            post(
-                &c,
-                &url,
-                &json!({"prompt": "x", "max_tokens": 50, "ignore_eos": true}),
-            )
-            .await
-        }
-    });
+    let first = spawn_post(
+        &c,
+        url.clone(),
+        json!({"prompt": "x", "max_tokens": 50, "ignore_eos": true}),
+    );
     assert!(
         eventually(Duration::from_secs(2), || async {
             e.state().await.unwrap().running == 1
@@ -231,17 +214,11 @@ async fn wake_up_cancels_a_draining_wait_mode_sleep() {
     let e = engine(EngineConfig::new("m")).await;
     let c = client();
     let u = |p: &str| format!("{}{p}", e.base_url());
-    let req = tokio::spawn({
-        let (c, url) = (c.clone(), u("/v1/completions"));
-        async move {
-            post(
-                &c,
-                &url,
-                &json!({"prompt": "x", "max_tokens": 60, "ignore_eos": true}),
-            )
-            .await
-        }
-    });
+    let req = spawn_post(
+        &c,
+        u("/v1/completions"),
+        json!({"prompt": "x", "max_tokens": 60, "ignore_eos": true}),
+    );
     assert!(
         eventually(Duration::from_secs(2), || async {
             e.state().await.unwrap().running == 1
@@ -320,22 +297,17 @@ async fn admission_control_holds_under_a_burst() {
     let url = format!("{}/v1/completions", e.base_url());
     let burst: Vec<_> = (0..10)
         .map(|_| {
-            let (c, url) = (c.clone(), url.clone());
-            tokio::spawn(async move {
-                post(
-                    &c,
-                    &url,
-                    &json!({"prompt": "x", "max_tokens": 40, "ignore_eos": true}),
-                )
-                .await
-                .status
-            })
+            spawn_post(
+                &c,
+                url.clone(),
+                json!({"prompt": "x", "max_tokens": 40, "ignore_eos": true}),
+            )
         })
         .collect();
     let mut ok = 0;
     let mut busy = 0;
     for t in burst {
-        match t.await.unwrap().as_u16() {
+        match t.await.unwrap().status.as_u16() {
             200 => ok += 1,
             503 => busy += 1,
             s => panic!("unexpected {s}"),

@@ -180,15 +180,8 @@ async fn waiting_and_usage_gauges_move_under_load() {
     let url = format!("{}/v1/completions", e.base_url());
     let mut tasks = Vec::new();
     for _ in 0..5 {
-        let (c, url) = (c.clone(), url.clone());
-        tasks.push(tokio::spawn(async move {
-            post(
-                &c,
-                &url,
-                &json!({"prompt": "a ".repeat(200), "max_tokens": 40, "ignore_eos": true}),
-            )
-            .await
-        }));
+        let body = json!({"prompt": "a ".repeat(200), "max_tokens": 40, "ignore_eos": true});
+        tasks.push(spawn_post(&c, url.clone(), body));
     }
     let m = format!("{}/metrics", e.base_url());
     assert!(

@@ -140,10 +140,7 @@ async fn client_disconnect_aborts_the_request() {
     let c = client();
     let url = format!("{}/v1/completions", e.base_url());
     let body = json!({"prompt": "x", "max_tokens": 5000, "ignore_eos": true, "stream": true});
-    let task = tokio::spawn({
-        let c = c.clone();
-        async move { stream(&c, &url, &body).await }
-    });
+    let task = spawn_stream(&c, url, body);
     let metrics = format!("{}/metrics", e.base_url());
     let c2 = client();
     assert!(

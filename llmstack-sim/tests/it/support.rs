@@ -159,6 +159,18 @@ pub async fn stream(c: &HttpClient, url: &str, body: &Value) -> Stream {
     }
 }
 
+/// [`post`] in a background task.
+pub fn spawn_post(c: &HttpClient, url: String, body: Value) -> tokio::task::JoinHandle<Answer> {
+    let c = c.clone();
+    tokio::spawn(async move { post(&c, &url, &body).await })
+}
+
+/// [`stream`] in a background task.
+pub fn spawn_stream(c: &HttpClient, url: String, body: Value) -> tokio::task::JoinHandle<Stream> {
+    let c = c.clone();
+    tokio::spawn(async move { stream(&c, &url, &body).await })
+}
+
 /// Polls `f` until it returns true or `timeout` passes.
 pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
 where
