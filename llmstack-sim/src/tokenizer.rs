@@ -170,8 +170,27 @@ pub fn decode(ids: &[u32], skip_special_tokens: bool) -> String {
 }
 
 /// The text of one token, as streamed in an SSE delta (special tokens decode to "").
-pub fn token_text(id: u32) -> String {
-    decode(&[id], true)
+/// Generated words are static strings: no allocation per streamed token.
+pub fn token_text(id: u32) -> std::borrow::Cow<'static, str> {
+    static WORDS: std::sync::OnceLock<Vec<(u32, &'static str)>> = std::sync::OnceLock::new();
+    let words = WORDS.get_or_init(|| {
+        let mut v: Vec<(u32, &'static str)> = OUTPUT_WORDS
+            .iter()
+            .filter_map(|w| match encode(w, false)[..] {
+                [id] => Some((id, *w)),
+                _ => None,
+            })
+            .collect();
+        v.sort_unstable();
+        v
+    });
+    if let Ok(i) = words.binary_search_by_key(&id, |(t, _)| *t) {
+        return std::borrow::Cow::Borrowed(words[i].1);
+    }
+    if id >= NUMBER_END {
+        return std::borrow::Cow::Borrowed("");
+    }
+    std::borrow::Cow::Owned(decode(&[id], true))
 }
 
 /// One chat message as the template sees it: a role and its text.

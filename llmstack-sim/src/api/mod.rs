@@ -353,6 +353,7 @@ impl EngineApp {
             prompts,
             details: cfg.enable_prompt_tokens_details,
             echo,
+            chunk_prefix: Vec::new(),
         };
         let submit = Command::Add(seqs, n);
         let delay = Duration::from_millis(faults.first_token_delay_ms);

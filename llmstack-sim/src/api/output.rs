@@ -43,6 +43,9 @@ pub(crate) struct OutputCtx {
     pub(crate) details: bool,
     /// Completions `echo`: each choice's text starts with its prompt.
     pub(crate) echo: bool,
+    /// `data: {"id":…,"object":…,"created":…,"model":…,"choices":`, built once by
+    /// [`Assembly::new`] (every chunk starts with it).
+    pub(crate) chunk_prefix: Vec<u8>,
 }
 
 impl OutputCtx {
@@ -75,7 +78,8 @@ pub(crate) struct Assembly {
 }
 
 impl Assembly {
-    pub(crate) fn new(ctx: OutputCtx) -> Self {
+    pub(crate) fn new(mut ctx: OutputCtx) -> Self {
+        ctx.chunk_prefix = chunk_prefix(&ctx);
         let count = ctx.prompts.len() * ctx.sampling.n;
         let max_stop_len = ctx.sampling.stop.iter().map(String::len).max().unwrap_or(0);
         let n = ctx.sampling.n.max(1);
@@ -332,7 +336,7 @@ impl Assembly {
         let mut events = 1;
         if self.ctx.sampling.include_usage {
             let ctx = &self.ctx;
-            write_prefix(ctx, out);
+            out.extend_from_slice(&ctx.chunk_prefix);
             out.extend_from_slice(b"[],\"usage\":");
             write_json(&self.usage(true), out);
             out.extend_from_slice(b",\"system_fingerprint\":");
@@ -382,7 +386,9 @@ fn write_json<T: Serialize + ?Sized>(v: &T, out: &mut Vec<u8>) {
 }
 
 /// `data: {"id":…,"object":…,"created":…,"model":…,"choices":` (choices value follows).
-fn write_prefix(ctx: &OutputCtx, out: &mut Vec<u8>) {
+fn chunk_prefix(ctx: &OutputCtx) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ctx.id.len() + ctx.model.len() + 96);
+    let out = &mut out;
     out.extend_from_slice(b"data: {\"id\":");
     write_json(&ctx.id, out);
     out.extend_from_slice(match ctx.kind {
@@ -395,6 +401,7 @@ fn write_prefix(ctx: &OutputCtx, out: &mut Vec<u8>) {
     out.extend_from_slice(b",\"model\":");
     write_json(&ctx.model, out);
     out.extend_from_slice(b",\"choices\":");
+    std::mem::take(out)
 }
 
 fn write_role_chunk(
@@ -404,7 +411,7 @@ fn write_role_chunk(
     usage: Option<&Usage>,
     out: &mut Vec<u8>,
 ) {
-    write_prefix(ctx, out);
+    out.extend_from_slice(&ctx.chunk_prefix);
     let _ = write!(
         Cursor(out),
         "[{{\"index\":{i},\"delta\":{{\"role\":\"assistant\",\"content\":\"\"}},\"logprobs\":null,\"finish_reason\":null}}]"
@@ -440,7 +447,7 @@ fn write_token_chunk(
         token_ids,
         prompt_ids,
     } = *chunk;
-    write_prefix(ctx, out);
+    out.extend_from_slice(&ctx.chunk_prefix);
     let _ = write!(Cursor(out), "[{{\"index\":{i},");
     match ctx.kind {
         Kind::Completion => {

@@ -39,6 +39,7 @@ fn assembly(kind: Kind, id: &str, prompt_len: usize, s: Sampling) -> Assembly {
         prompts: vec![vec![1u32; prompt_len].into()],
         details: false,
         echo: false,
+        chunk_prefix: Vec::new(),
     })
 }
 
@@ -313,6 +314,7 @@ fn n_choices_and_multi_prompt_usage() {
         prompts: vec![vec![1u32; 4].into(), vec![1u32; 6].into()],
         details: false,
         echo: false,
+        chunk_prefix: Vec::new(),
     });
     for i in 0..4 {
         a.apply(SeqEvent {
