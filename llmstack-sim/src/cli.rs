@@ -472,6 +472,63 @@ mod tests {
     }
 
     #[test]
+    fn config_file_describes_engines_one_by_one() {
+        let dir = std::env::temp_dir().join(format!("llmstack-sim-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("engines.toml");
+        std::fs::write(
+            &file,
+            r#"
+                port = 9100
+                [[engine]]
+                model = "llama-8b"
+                lora_modules = [{ name = "sql", path = "/a/sql" }]
+                max_num_seqs = 64
+                [[engine]]
+                model = "qwen"
+                profile = "instant"
+                faults = { error_rate = 0.25 }
+            "#,
+        )
+        .unwrap();
+        let a = Args::try_parse_from([
+            "llmstack-sim",
+            "--config",
+            file.to_str().unwrap(),
+            "--seed",
+            "7",
+        ])
+        .unwrap();
+        let (_, port, c) = a.engine_configs().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(port, 9100);
+        assert_eq!(c.len(), 2, "one engine per table, whatever --engines says");
+        assert_eq!(
+            (c[0].model.as_str(), c[1].model.as_str()),
+            ("llama-8b", "qwen")
+        );
+        assert!(c[0].enable_lora && c[0].lora_modules[0].name == "sql");
+        assert_eq!(c[0].max_num_seqs(), 64);
+        assert_eq!(
+            c[0].profile.name, "llama3-8b-h100",
+            "flags give the defaults"
+        );
+        assert_eq!(c[1].profile.name, "instant");
+        assert_eq!(c[1].faults.error_rate, 0.25);
+        assert_eq!(c[1].seed, 7);
+        let bad = dir.with_extension("bad.toml");
+        std::fs::write(&bad, "[[engine]]\nmodle = \"typo\"\n").unwrap();
+        let err = Args::try_parse_from(["llmstack-sim", "--config", bad.to_str().unwrap()])
+            .unwrap()
+            .engine_configs();
+        std::fs::remove_file(&bad).unwrap();
+        assert!(
+            err.unwrap_err().contains("modle"),
+            "unknown keys are reported"
+        );
+    }
+
+    #[test]
     fn vllm_kv_events_config_json() {
         let a = Args::try_parse_from([
             "llmstack-sim",
