@@ -450,7 +450,7 @@ impl EngineTask {
                 let _gone = reply.send(state);
             }
         }
-        self.update_gauges();
+        // Gauges are refreshed by the run loop after the commands and before it waits.
     }
 
     fn try_enter_pending_sleep(&mut self) {

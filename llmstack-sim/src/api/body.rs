@@ -109,11 +109,18 @@ impl Flight {
         }
     }
 
-    /// Notes that the engine finished choice `i` by itself.
-    pub(crate) fn finished(&mut self, i: usize) {
-        if let Some(live) = self.live.get_mut(i) {
+    /// Applies one engine event to `out` and keeps the engine in step: a choice ended by
+    /// a stop string is ended in the engine, one the engine finished is no longer live.
+    /// Returns the event's choice index.
+    pub(crate) fn apply(&mut self, out: &mut Assembly, ev: SeqEvent) -> usize {
+        let i = ev.index as usize;
+        let engine_done = ev.finish.is_some();
+        if let Some(stopped) = out.apply(ev) {
+            self.end(stopped, FinishReason::Stop);
+        } else if engine_done && let Some(live) = self.live.get_mut(i) {
             *live = false;
         }
+        i
     }
 }
 
@@ -208,14 +215,12 @@ impl SseStream {
             match self.rx.poll_recv(cx) {
                 Poll::Ready(Some(ev)) => {
                     drained += 1;
-                    let i = ev.index as usize;
-                    let engine_done = ev.finish.is_some();
-                    let was_done = self.out.choices.get(i).is_some_and(|c| c.finish.is_some());
-                    if let Some(stopped) = self.out.apply(ev) {
-                        self.flight.end(stopped, FinishReason::Stop);
-                    } else if engine_done {
-                        self.flight.finished(i);
-                    }
+                    let was_done = self
+                        .out
+                        .choices
+                        .get(ev.index as usize)
+                        .is_some_and(|c| c.finish.is_some());
+                    let i = self.flight.apply(&mut self.out, ev);
                     if !was_done {
                         self.events_sent += self.out.write_step(i, &mut buf) as u32;
                     }

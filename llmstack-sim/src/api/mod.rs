@@ -403,13 +403,7 @@ impl EngineApp {
                     "Internal server error",
                 ));
             };
-            let i = ev.index as usize;
-            let engine_done = ev.finish.is_some();
-            if let Some(stopped) = out.apply(ev) {
-                flight.end(stopped, crate::scheduler::FinishReason::Stop);
-            } else if engine_done {
-                flight.finished(i);
-            }
+            flight.apply(&mut out, ev);
         }
         drop(flight);
         Ok(json_response(StatusCode::OK, out.full_response()))
