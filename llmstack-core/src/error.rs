@@ -1,0 +1,277 @@
+//! The error type of the data path and its OpenAI error body.
+
+use std::fmt;
+
+use crate::{BoxError, EndpointId};
+
+/// Which deadline an upstream request missed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutPhase {
+    /// The TCP connection was not established in time.
+    Connect,
+    /// The engine sent no response head in time.
+    FirstByte,
+    /// The engine went silent between two body chunks.
+    Idle,
+}
+
+/// Everything that can fail between a client's request and the engine's response.
+///
+/// [`Error::status`] is the HTTP status and [`Error::body`] the OpenAI-style body; the
+/// server turns an `Error` into a response in exactly one place.
+#[derive(Debug)]
+pub enum Error {
+    /// The request is malformed (not JSON, not an object, a field of the wrong type, a
+    /// missing `model`, a bad multipart body). `param` names the offending field.
+    BadRequest {
+        /// What is wrong, for the client.
+        message: String,
+        /// The offending field, if one is to blame.
+        param: Option<&'static str>,
+    },
+    /// The request body is larger than the limit (in bytes).
+    BodyTooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// No endpoint ever served this model (404).
+    ModelNotFound {
+        /// The requested model.
+        model: String,
+    },
+    /// The model is known but no endpoint serving it is ready now (503: scaled to zero,
+    /// starting, or all failed).
+    NoReadyEndpoint {
+        /// The requested model.
+        model: String,
+    },
+    /// `?id=` named an endpoint the router does not know, or one that does not serve the
+    /// model (400).
+    UnknownEndpoint {
+        /// The id from the query string.
+        id: String,
+    },
+    /// Connecting to the engine failed (502).
+    Connect {
+        /// The engine.
+        endpoint: EndpointId,
+        /// Why.
+        source: BoxError,
+    },
+    /// The engine failed before sending a response head: reset, closed, protocol error (502).
+    Upstream {
+        /// The engine.
+        endpoint: EndpointId,
+        /// Why.
+        source: BoxError,
+    },
+    /// The engine missed a deadline (504).
+    Timeout {
+        /// The engine.
+        endpoint: EndpointId,
+        /// Which deadline.
+        phase: TimeoutPhase,
+    },
+    /// The router is shutting down and takes no new requests (503).
+    ShuttingDown,
+    /// The route does not exist (404).
+    NotFound {
+        /// The request path.
+        path: String,
+    },
+    /// The route exists but not with this method (405).
+    MethodNotAllowed,
+}
+
+/// The OpenAI/vLLM error body: `{"error":{"message","type","param","code"}}` where
+/// `code` is the HTTP status (vLLM ≥ 0.10.1 shape, which the OpenAI SDK reads).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ErrorBody {
+    /// The wrapped error object.
+    pub error: ErrorObject,
+}
+
+/// The object inside [`ErrorBody`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ErrorObject {
+    /// Human-readable description.
+    pub message: String,
+    /// vLLM's error class name (`BadRequestError`, `NotFoundError`, …).
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The offending request field, if any.
+    pub param: Option<&'static str>,
+    /// The HTTP status code.
+    pub code: u16,
+}
+
+// === impl Error ===
+
+impl Error {
+    /// A 400 with a message and the field to blame.
+    pub fn bad_request(message: impl Into<String>, param: Option<&'static str>) -> Self {
+        Self::BadRequest {
+            message: message.into(),
+            param,
+        }
+    }
+
+    /// The HTTP status code this error is answered with.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::BadRequest { .. } | Self::UnknownEndpoint { .. } => 400,
+            Self::ModelNotFound { .. } | Self::NotFound { .. } => 404,
+            Self::MethodNotAllowed => 405,
+            Self::BodyTooLarge { .. } => 413,
+            Self::Connect { .. } | Self::Upstream { .. } => 502,
+            Self::NoReadyEndpoint { .. } | Self::ShuttingDown => 503,
+            Self::Timeout { .. } => 504,
+        }
+    }
+
+    /// A short, bounded label for metrics and logs (`bad_request`, `connect`, …).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::BadRequest { .. } => "bad_request",
+            Self::BodyTooLarge { .. } => "body_too_large",
+            Self::ModelNotFound { .. } => "model_not_found",
+            Self::NoReadyEndpoint { .. } => "no_ready_endpoint",
+            Self::UnknownEndpoint { .. } => "unknown_endpoint",
+            Self::Connect { .. } => "connect",
+            Self::Upstream { .. } => "upstream",
+            Self::Timeout { .. } => "timeout",
+            Self::ShuttingDown => "shutting_down",
+            Self::NotFound { .. } => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+        }
+    }
+
+    /// The OpenAI error body for this error.
+    pub fn body(&self) -> ErrorBody {
+        let code = self.status();
+        let kind = match code {
+            400 => "BadRequestError",
+            404 => "NotFoundError",
+            405 => "MethodNotAllowed",
+            413 => "RequestEntityTooLarge",
+            502 => "BadGatewayError",
+            503 => "ServiceUnavailableError",
+            504 => "GatewayTimeoutError",
+            _ => "InternalServerError",
+        };
+        let param = match self {
+            Self::BadRequest { param, .. } => *param,
+            Self::ModelNotFound { .. } | Self::NoReadyEndpoint { .. } => Some("model"),
+            Self::UnknownEndpoint { .. } => Some("id"),
+            _ => None,
+        };
+        ErrorBody {
+            error: ErrorObject {
+                message: self.to_string(),
+                kind,
+                param,
+                code,
+            },
+        }
+    }
+
+    /// Whether a request that failed this way may be sent to another endpoint: the
+    /// engine cannot have started on it (connect failure, connect timeout) or dropped it
+    /// before answering (reset or close before the response head).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::Connect { .. }
+                | Self::Upstream { .. }
+                | Self::Timeout {
+                    phase: TimeoutPhase::Connect,
+                    ..
+                }
+        )
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BadRequest { message, .. } => f.write_str(message),
+            Self::BodyTooLarge { limit } => {
+                write!(
+                    f,
+                    "The request body is larger than the limit of {limit} bytes."
+                )
+            }
+            Self::ModelNotFound { model } => write!(f, "The model `{model}` does not exist."),
+            Self::NoReadyEndpoint { model } => write!(
+                f,
+                "The model `{model}` is temporarily unavailable: no engine serving it is ready. Please try again later."
+            ),
+            Self::UnknownEndpoint { id } => write!(
+                f,
+                "No engine with id `{id}` serves this request (see GET /engines)."
+            ),
+            Self::Connect { endpoint, source } => {
+                write!(f, "Could not connect to engine {endpoint}: {source}")
+            }
+            Self::Upstream { endpoint, source } => {
+                write!(f, "Engine {endpoint} failed before answering: {source}")
+            }
+            Self::Timeout { endpoint, phase } => {
+                let what = match phase {
+                    TimeoutPhase::Connect => "connecting",
+                    TimeoutPhase::FirstByte => "waiting for the response",
+                    TimeoutPhase::Idle => "waiting for the next chunk",
+                };
+                write!(f, "Engine {endpoint} timed out {what}.")
+            }
+            Self::ShuttingDown => f.write_str("The router is shutting down."),
+            Self::NotFound { path } => write!(f, "Route {path} not found."),
+            Self::MethodNotAllowed => f.write_str("Method not allowed."),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Connect { source, .. } | Self::Upstream { source, .. } => Some(&**source),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_has_the_nested_vllm_shape() {
+        let err = Error::ModelNotFound { model: "x".into() };
+        let json = serde_json::to_value(err.body()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"error": {"message": "The model `x` does not exist.",
+                "type": "NotFoundError", "param": "model", "code": 404}})
+        );
+    }
+
+    #[test]
+    fn statuses_follow_the_architecture_table() {
+        let id = EndpointId::new("e1");
+        assert_eq!(Error::bad_request("x", None).status(), 400);
+        assert_eq!(Error::BodyTooLarge { limit: 1 }.status(), 413);
+        assert_eq!(Error::NoReadyEndpoint { model: "m".into() }.status(), 503);
+        let connect = Error::Connect {
+            endpoint: id.clone(),
+            source: "refused".into(),
+        };
+        assert_eq!(connect.status(), 502);
+        assert!(connect.is_retryable());
+        let timeout = Error::Timeout {
+            endpoint: id,
+            phase: TimeoutPhase::FirstByte,
+        };
+        assert_eq!(timeout.status(), 504);
+        assert!(!timeout.is_retryable());
+    }
+}

@@ -1,0 +1,37 @@
+//! The vocabulary every llmstack crate shares: endpoints and their sets, discovery
+//! updates, the routing facts of one request, and the error type with its OpenAI body.
+//!
+//! Discovery produces [`Update`]s; [`EndpointSet::apply`] is the only code that
+//! interprets them, and the resulting immutable snapshot is what routing policies read.
+//! The server extracts a [`RouteRequest`] from the raw request body (without
+//! re-serialising it), routes on it and forwards the original bytes. Every failure
+//! along the way is an [`Error`], which knows its HTTP status and its OpenAI error body.
+//!
+//! ```
+//! use llmstack_core::{Endpoint, EndpointSet, RouteRequest, Update};
+//!
+//! let engine = Endpoint::new("http://127.0.0.1:8000".parse()?).with_model("llama");
+//! let mut set = EndpointSet::default();
+//! assert!(set.apply(Update::Reset(vec![engine])));
+//! assert_eq!(set.candidates("llama").len(), 1);
+//!
+//! let body = br#"{"model":"llama","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
+//! let req = RouteRequest::from_json(body, None)?;
+//! assert_eq!(req.model(), Some("llama"));
+//! assert!(req.stream());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod discover;
+mod endpoint;
+mod error;
+mod multipart;
+mod request;
+mod set;
+
+pub use discover::{BoxError, Discover, Update};
+pub use endpoint::{Endpoint, EndpointId, EndpointState, ModelCard, Role};
+pub use error::{Error, ErrorBody, ErrorObject, TimeoutPhase};
+pub use multipart::{multipart_boundary, multipart_text_field};
+pub use request::{Content, Message, Part, Prompt, PromptView, RequestKind, RouteRequest};
+pub use set::EndpointSet;
