@@ -5,6 +5,9 @@ use std::sync::Arc;
 
 use crate::{Endpoint, EndpointId, EndpointState, Update};
 
+/// Model name → the routable endpoints serving it.
+type ModelIndex = HashMap<Box<str>, Arc<[Arc<Endpoint>]>>;
+
 /// All endpoints the router knows, with an index from model name to the endpoints that
 /// may receive its requests.
 ///
@@ -15,7 +18,7 @@ use crate::{Endpoint, EndpointId, EndpointState, Update};
 pub struct EndpointSet {
     endpoints: Arc<BTreeMap<EndpointId, Arc<Endpoint>>>,
     /// Model → routable endpoints serving it, in id order.
-    routable: Arc<HashMap<Box<str>, Arc<[Arc<Endpoint>]>>>,
+    routable: Arc<ModelIndex>,
     /// Every model any endpoint has ever served (for 404 versus 503).
     seen: Arc<BTreeSet<Box<str>>>,
 }
