@@ -25,11 +25,13 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod config;
 mod in_flight;
 mod policy;
 mod round_robin;
 mod select;
 
+pub use config::{RoutingConfig, RoutingLogic};
 pub use in_flight::{InFlight, InFlightGuard};
 pub use llmstack_core::{Endpoint, EndpointSet, RouteRequest};
 pub use policy::Policy;

@@ -1,0 +1,18 @@
+//! Finds vLLM engines and keeps track of what each serves and whether it is up.
+//!
+//! A discovery source is a [`Discover`](llmstack_core::Discover) stream of endpoint
+//! updates: [`static_discovery`] yields the configured list once. [`probe`] wraps any
+//! source: it asks every endpoint for `GET /v1/models` on an interval, learns its models
+//! (LoRA adapters and their parents included) and marks it ready or unready, and passes
+//! the enriched updates on. The server applies them to its
+//! [`EndpointSet`](llmstack_core::EndpointSet); routing reads that set.
+
+mod config;
+mod prober;
+mod static_list;
+mod stream;
+
+pub use config::{ConfigError, DiscoveryConfig, DiscoveryKind, ProbeConfig};
+pub use prober::probe;
+pub use static_list::{static_discovery, static_endpoints};
+pub use stream::UpdateStream;

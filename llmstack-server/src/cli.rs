@@ -1,0 +1,68 @@
+//! The command line: `llmstack-server [FLAGS]` routes; `llmstack-server demo` runs a
+//! self-contained demo.
+
+use std::path::PathBuf;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use crate::compat;
+use crate::config::{ServerConfig, Settings};
+use crate::demo::DemoArgs;
+
+/// llmstack-server: an OpenAI-compatible router for vLLM engines.
+///
+/// Flags follow production-stack's router (`vllm-router`) so deployments switch
+/// without edits. Every flag can also come from `LLMSTACK_<FLAG>` or a YAML file.
+#[derive(Debug, Parser)]
+#[command(
+    name = "llmstack-server",
+    version,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// What to run (default: the router).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// YAML file with the same settings (keys are flag names with underscores).
+    #[arg(long, env = "LLMSTACK_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Router settings.
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Simulated engines plus the router, on this machine, no GPU needed.
+    Demo(DemoArgs),
+}
+
+/// What `main` should do.
+#[derive(Debug)]
+pub enum Action {
+    /// Run the router.
+    Serve(Box<ServerConfig>),
+    /// Run the demo.
+    Demo(DemoArgs),
+}
+
+/// Parses `args` (program name first). Returns the action and warnings to log, or the
+/// error text (clap's own for `--help`/`--version`/syntax, ours for invalid settings).
+pub fn parse(args: impl IntoIterator<Item = String>) -> Result<(Action, Vec<String>), clap::Error> {
+    let matches = compat::add_flags(Cli::command()).try_get_matches_from(args)?;
+    let warnings = compat::warnings(&matches);
+    let cli = Cli::from_arg_matches(&matches)?;
+    let invalid = |msg: String| Cli::command().error(clap::error::ErrorKind::ValueValidation, msg);
+    match cli.command {
+        Some(Command::Demo(args)) => Ok((Action::Demo(args), warnings)),
+        None => {
+            let file = match &cli.config {
+                Some(path) => Settings::from_file(path).map_err(invalid)?,
+                None => Settings::default(),
+            };
+            let config = file.overlay(cli.settings).resolve().map_err(invalid)?;
+            Ok((Action::Serve(Box::new(config)), warnings))
+        }
+    }
+}

@@ -1,0 +1,333 @@
+//! Settings: command-line flags (production-stack's names), environment variables and
+//! a YAML file, merged into one typed [`ServerConfig`] and validated at start.
+//!
+//! Precedence: a flag beats its environment variable (`LLMSTACK_<FLAG>`), which beats
+//! the `--config` file, which beats the defaults. The file uses the flag names with
+//! underscores (`static_backends: [...]`, `routing_logic: roundrobin`).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use llmstack_discovery::{DiscoveryConfig, DiscoveryKind, ProbeConfig};
+use llmstack_routing::{RoutingConfig, RoutingLogic};
+
+/// Router settings as given: every field optional, so a flag, its environment variable
+/// and the config file can be layered. Turned into a [`ServerConfig`] by
+/// [`Settings::resolve`].
+#[derive(Debug, Clone, Default, clap::Args, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Address to listen on [default: 0.0.0.0].
+    #[arg(long, env = "LLMSTACK_HOST")]
+    pub host: Option<IpAddr>,
+    /// Port to listen on [default: 8001].
+    #[arg(long, env = "LLMSTACK_PORT")]
+    pub port: Option<u16>,
+    /// How engines are found: `static` (`k8s` comes later).
+    #[arg(long, env = "LLMSTACK_SERVICE_DISCOVERY", value_parser = parse_discovery)]
+    pub service_discovery: Option<DiscoveryKind>,
+    /// Comma-separated engine base URLs (repeat a URL for several models).
+    #[arg(long, env = "LLMSTACK_STATIC_BACKENDS", value_delimiter = ',')]
+    #[serde(deserialize_with = "list")]
+    pub static_backends: Option<Vec<String>>,
+    /// Comma-separated model per backend (parallel to --static-backends); optional:
+    /// engines are asked for their models.
+    #[arg(long, env = "LLMSTACK_STATIC_MODELS", value_delimiter = ',')]
+    #[serde(deserialize_with = "list")]
+    pub static_models: Option<Vec<String>>,
+    /// Comma-separated label per backend (parallel to --static-backends).
+    #[arg(long, env = "LLMSTACK_STATIC_MODEL_LABELS", value_delimiter = ',')]
+    #[serde(deserialize_with = "list")]
+    pub static_model_labels: Option<Vec<String>>,
+    /// Comma-separated `alias:model` pairs; requests for an alias go to the model.
+    #[arg(long, env = "LLMSTACK_STATIC_ALIASES", value_delimiter = ',')]
+    #[serde(deserialize_with = "list")]
+    pub static_aliases: Option<Vec<String>>,
+    /// Routing policy: `roundrobin`.
+    #[arg(long, env = "LLMSTACK_ROUTING_LOGIC", value_parser = RoutingLogic::parse)]
+    pub routing_logic: Option<RoutingLogic>,
+    /// Header (or top-level body field) carrying the session id, e.g. `x-user-id`.
+    #[arg(long, env = "LLMSTACK_SESSION_KEY")]
+    pub session_key: Option<String>,
+    /// Seconds between two polls of every engine [default: 5].
+    #[arg(long, env = "LLMSTACK_ENGINE_STATS_INTERVAL")]
+    pub engine_stats_interval: Option<f64>,
+    /// Seconds one engine poll may take [default: 2].
+    #[arg(
+        long = "backend-health-check-timeout-seconds",
+        env = "LLMSTACK_PROBE_TIMEOUT"
+    )]
+    pub probe_timeout: Option<f64>,
+    /// Log level: critical, error, warning, info, debug or trace [default: info].
+    #[arg(long, env = "LLMSTACK_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// Seconds to establish a connection to an engine [default: 5].
+    #[arg(long, env = "LLMSTACK_CONNECT_TIMEOUT")]
+    pub connect_timeout: Option<f64>,
+    /// Seconds to wait for an engine's response head [default: 600].
+    #[arg(long, env = "LLMSTACK_FIRST_BYTE_TIMEOUT")]
+    pub first_byte_timeout: Option<f64>,
+    /// Seconds an engine may stay silent between two chunks of a body [default: 300].
+    #[arg(long, env = "LLMSTACK_IDLE_TIMEOUT")]
+    pub idle_timeout: Option<f64>,
+    /// Other engines to try when one fails before answering [default: 2].
+    #[arg(long, env = "LLMSTACK_MAX_INSTANCE_FAILOVER_REROUTE_ATTEMPTS")]
+    pub max_instance_failover_reroute_attempts: Option<u32>,
+    /// Largest request body accepted, in bytes [default: 33554432].
+    #[arg(long, env = "LLMSTACK_MAX_REQUEST_BODY_BYTES")]
+    pub max_request_body_bytes: Option<usize>,
+    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT [default: 30].
+    #[arg(long, env = "LLMSTACK_SHUTDOWN_GRACE_PERIOD")]
+    pub shutdown_grace_period: Option<f64>,
+    /// Bearer token the router uses for its own calls to engines (vLLM --api-key).
+    #[arg(long, env = "VLLM_API_KEY", hide_env_values = true)]
+    pub engine_api_key: Option<String>,
+}
+
+/// The validated settings of the whole router: one section per library crate plus the
+/// server's own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// Where to listen.
+    pub listen: std::net::SocketAddr,
+    /// tracing filter directive derived from the log level.
+    pub log_filter: String,
+    /// Discovery.
+    pub discovery: DiscoveryConfig,
+    /// Routing.
+    pub routing: RoutingConfig,
+    /// The forwarder.
+    pub proxy: ProxyConfig,
+}
+
+/// Settings of the forwarder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxyConfig {
+    /// Deadline to establish a connection.
+    pub connect_timeout: Duration,
+    /// Deadline for the response head.
+    pub first_byte_timeout: Duration,
+    /// Deadline between two body chunks (no total cap: long streams are fine).
+    pub idle_timeout: Duration,
+    /// Other engines tried after a failure before the response starts.
+    pub retries: u32,
+    /// Largest request body, in bytes.
+    pub max_body: usize,
+    /// Time in-flight requests get at shutdown.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            first_byte_timeout: Duration::from_secs(600),
+            idle_timeout: Duration::from_secs(300),
+            retries: 2,
+            max_body: 32 << 20,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+// === impl Settings ===
+
+impl Settings {
+    /// Reads a YAML settings file.
+    pub fn from_file(path: &PathBuf) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        serde_yaml_ng::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+    }
+
+    /// `self`, with every field that `over` sets replaced by `over`'s value.
+    #[must_use]
+    pub fn overlay(self, over: Settings) -> Settings {
+        macro_rules! pick {
+            ($($f:ident),*) => { Settings { $($f: over.$f.or(self.$f)),* } };
+        }
+        pick!(
+            host,
+            port,
+            service_discovery,
+            static_backends,
+            static_models,
+            static_model_labels,
+            static_aliases,
+            routing_logic,
+            session_key,
+            engine_stats_interval,
+            probe_timeout,
+            log_level,
+            connect_timeout,
+            first_byte_timeout,
+            idle_timeout,
+            max_instance_failover_reroute_attempts,
+            max_request_body_bytes,
+            shutdown_grace_period,
+            engine_api_key
+        )
+    }
+
+    /// The validated configuration, or every reason it is not valid (one per line).
+    pub fn resolve(self) -> Result<ServerConfig, String> {
+        let mut errors = Vec::new();
+        let secs = |name: &str, v: Option<f64>, default: Duration, errors: &mut Vec<String>| match v
+        {
+            None => default,
+            Some(s) if s.is_finite() && s > 0.0 => Duration::from_secs_f64(s),
+            Some(s) => {
+                errors.push(format!(
+                    "--{name} must be a positive number of seconds, got {s}"
+                ));
+                default
+            }
+        };
+        let defaults = ProxyConfig::default();
+        let probe_defaults = ProbeConfig::default();
+        let proxy = ProxyConfig {
+            connect_timeout: secs(
+                "connect-timeout",
+                self.connect_timeout,
+                defaults.connect_timeout,
+                &mut errors,
+            ),
+            first_byte_timeout: secs(
+                "first-byte-timeout",
+                self.first_byte_timeout,
+                defaults.first_byte_timeout,
+                &mut errors,
+            ),
+            idle_timeout: secs(
+                "idle-timeout",
+                self.idle_timeout,
+                defaults.idle_timeout,
+                &mut errors,
+            ),
+            retries: self
+                .max_instance_failover_reroute_attempts
+                .unwrap_or(defaults.retries),
+            max_body: self.max_request_body_bytes.unwrap_or(defaults.max_body),
+            shutdown_grace: secs(
+                "shutdown-grace-period",
+                self.shutdown_grace_period,
+                defaults.shutdown_grace,
+                &mut errors,
+            ),
+        };
+        if proxy.max_body == 0 {
+            errors.push("--max-request-body-bytes must be greater than zero".into());
+        }
+        let probe = ProbeConfig {
+            interval: secs(
+                "engine-stats-interval",
+                self.engine_stats_interval,
+                probe_defaults.interval,
+                &mut errors,
+            ),
+            timeout: secs(
+                "backend-health-check-timeout-seconds",
+                self.probe_timeout,
+                probe_defaults.timeout,
+                &mut errors,
+            ),
+            api_key: self.engine_api_key.filter(|k| !k.is_empty()),
+        };
+        let discovery = DiscoveryConfig {
+            service_discovery: self.service_discovery.unwrap_or_default(),
+            static_backends: trimmed(self.static_backends),
+            static_models: trimmed(self.static_models),
+            static_model_labels: trimmed(self.static_model_labels),
+            probe,
+        };
+        if let Err(e) = discovery.validate() {
+            errors.push(e.0);
+        }
+        let mut static_aliases = BTreeMap::new();
+        for pair in trimmed(self.static_aliases) {
+            match pair.split_once(':') {
+                Some((alias, model)) => {
+                    static_aliases.insert(alias.trim().to_owned(), model.trim().to_owned());
+                }
+                None => errors.push(format!(
+                    "--static-aliases entry `{pair}` is not `alias:model`"
+                )),
+            }
+        }
+        let routing = RoutingConfig {
+            routing_logic: self.routing_logic.unwrap_or_default(),
+            session_key: self.session_key.filter(|k| !k.is_empty()),
+            static_aliases,
+        };
+        if let Err(e) = routing.validate() {
+            errors.push(e);
+        }
+        let log_level = self.log_level.unwrap_or_else(|| "info".into());
+        let log_filter = match log_level.to_ascii_lowercase().as_str() {
+            "critical" | "error" => "error",
+            "warning" | "warn" => "warn",
+            "info" => "info",
+            "debug" => "debug",
+            "trace" => "trace",
+            other => {
+                errors.push(format!(
+                    "--log-level `{other}` is not one of critical, error, warning, info, debug, trace"
+                ));
+                "info"
+            }
+        };
+        if !errors.is_empty() {
+            return Err(errors.join("\n"));
+        }
+        Ok(ServerConfig {
+            listen: std::net::SocketAddr::new(
+                self.host.unwrap_or(IpAddr::from([0, 0, 0, 0])),
+                self.port.unwrap_or(8001),
+            ),
+            log_filter: log_filter.to_owned(),
+            discovery,
+            routing,
+            proxy,
+        })
+    }
+}
+
+fn trimmed(list: Option<Vec<String>>) -> Vec<String> {
+    list.unwrap_or_default()
+        .into_iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+fn parse_discovery(s: &str) -> Result<DiscoveryKind, String> {
+    match s {
+        "static" => Ok(DiscoveryKind::Static),
+        "k8s" => Ok(DiscoveryKind::K8s),
+        other => Err(format!(
+            "unknown discovery `{other}` (expected static or k8s)"
+        )),
+    }
+}
+
+/// A list given either as a YAML sequence or as one comma-separated string.
+fn list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Option::<Either>::deserialize(d)? {
+        None => None,
+        Some(Either::One(s)) => Some(s.split(',').map(str::to_owned).collect()),
+        Some(Either::Many(v)) => Some(v),
+    })
+}
+
+use serde::Deserialize as _;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,121 @@
+use super::*;
+use crate::cli::{Action, parse};
+
+fn args(list: &[&str]) -> Vec<String> {
+    std::iter::once("llmstack-server")
+        .chain(list.iter().copied())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn serve(list: &[&str]) -> Result<(ServerConfig, Vec<String>), String> {
+    match parse(args(list)) {
+        Ok((Action::Serve(config), warnings)) => Ok((*config, warnings)),
+        Ok((Action::Demo(_), _)) => Err("demo".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[test]
+fn production_stack_flags_work_unchanged() {
+    let (config, warnings) = serve(&[
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "9000",
+        "--service-discovery",
+        "static",
+        "--static-backends",
+        "http://a:8000,http://b:8000",
+        "--static-models",
+        "m1,m2",
+        "--static-aliases",
+        "gpt-4:m1",
+        "--routing-logic",
+        "roundrobin",
+        "--session-key",
+        "x-user-id",
+        "--engine-stats-interval",
+        "15",
+        "--log-level",
+        "debug",
+        "--k8s-namespace",
+        "prod",
+        "--log-stats",
+    ])
+    .unwrap();
+    assert_eq!(config.listen, "127.0.0.1:9000".parse().unwrap());
+    assert_eq!(
+        config.discovery.static_backends,
+        ["http://a:8000", "http://b:8000"]
+    );
+    assert_eq!(config.discovery.static_models, ["m1", "m2"]);
+    assert_eq!(config.routing.static_aliases["gpt-4"], "m1");
+    assert_eq!(config.routing.session_key.as_deref(), Some("x-user-id"));
+    assert_eq!(config.discovery.probe.interval, Duration::from_secs(15));
+    assert_eq!(config.log_filter, "debug");
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(warnings[0].contains("--k8s-namespace"));
+}
+
+#[test]
+fn invalid_settings_are_all_reported() {
+    let err = serve(&[
+        "--static-backends",
+        "ftp://x",
+        "--static-aliases",
+        "nocolon",
+        "--connect-timeout=-1",
+        "--log-level",
+        "loud",
+    ])
+    .unwrap_err();
+    for needle in ["http://", "alias:model", "connect-timeout", "loud"] {
+        assert!(err.contains(needle), "{needle} missing from: {err}");
+    }
+    let err = serve(&[
+        "--static-backends",
+        "http://a:1",
+        "--routing-logic",
+        "session",
+    ])
+    .unwrap_err();
+    assert!(err.contains("not available yet"), "{err}");
+    let err = serve(&[
+        "--static-backends",
+        "http://a:1",
+        "--routing-logic",
+        "bogus",
+    ])
+    .unwrap_err();
+    assert!(err.contains("bogus"), "{err}");
+    assert!(serve(&[]).unwrap_err().contains("--static-backends"));
+}
+
+#[test]
+fn file_then_flags() {
+    let dir = std::env::temp_dir().join(format!("llmstack-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("router.yaml");
+    std::fs::write(
+        &path,
+        "port: 7000\nstatic_backends: [\"http://a:1\", \"http://b:2\"]\nstatic_models: m,m\nfirst_byte_timeout: 2.5\n",
+    )
+    .unwrap();
+    let (config, _) = serve(&["--config", path.to_str().unwrap(), "--port", "7001"]).unwrap();
+    assert_eq!(config.listen.port(), 7001, "the flag wins");
+    assert_eq!(config.discovery.static_models, ["m", "m"]);
+    assert_eq!(config.proxy.first_byte_timeout, Duration::from_millis(2500));
+    std::fs::write(&path, "prot: 7000\n").unwrap();
+    let err = serve(&["--config", path.to_str().unwrap()]).unwrap_err();
+    assert!(err.contains("prot"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn demo_is_a_subcommand() {
+    match parse(args(&["demo", "--port", "0", "--engines", "2"])) {
+        Ok((Action::Demo(d), _)) => assert_eq!((d.port, d.engines), (0, 2)),
+        other => panic!("{other:?}"),
+    }
+}

@@ -1,0 +1,112 @@
+//! `llmstack-server demo`: simulated engines and the router in one process.
+
+use std::net::{IpAddr, SocketAddr};
+
+use llmstack_discovery::{DiscoveryConfig, ProbeConfig};
+use llmstack_routing::RoutingConfig;
+use llmstack_sim::{EngineConfig, LatencyProfile, SimCluster};
+
+use crate::{ProxyConfig, Server, ServerConfig};
+
+/// Settings of the demo.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Router address.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// Router port.
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Number of simulated engines (spread over the models).
+    #[arg(long, default_value_t = 4)]
+    pub engines: usize,
+    /// Comma-separated model names, one group of engines each.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "meta-llama/Llama-3.1-8B-Instruct,Qwen/Qwen2.5-7B-Instruct"
+    )]
+    pub models: Vec<String>,
+    /// Speed-up over the calibrated H100 timing (1 = as fast as a real H100 running
+    /// Llama-3-8B).
+    #[arg(long, default_value_t = 1.0)]
+    pub speedup: f64,
+}
+
+/// A running demo: the engines and the router.
+#[derive(Debug)]
+pub struct Demo {
+    /// The simulated engines.
+    pub cluster: SimCluster,
+    /// The router in front of them.
+    pub server: Server,
+}
+
+/// Starts the engines on free loopback ports, then the router in front of them.
+pub async fn start(args: &DemoArgs) -> Result<Demo, String> {
+    if args.engines == 0 || args.models.is_empty() {
+        return Err("the demo needs at least one engine and one model".into());
+    }
+    let models: Vec<String> = (0..args.engines)
+        .map(|i| args.models[i * args.models.len() / args.engines].clone())
+        .collect();
+    let configs = models
+        .iter()
+        .map(|m| {
+            let mut c = EngineConfig::new(m.clone()).with_profile(LatencyProfile::llama3_8b_h100());
+            c.speedup = args.speedup;
+            c
+        })
+        .collect();
+    let cluster = SimCluster::start(configs, IpAddr::from([127, 0, 0, 1]), 0)
+        .await
+        .map_err(|e| format!("cannot start the simulated engines: {e}"))?;
+    let config = ServerConfig {
+        listen: SocketAddr::new(args.host, args.port),
+        log_filter: "info".into(),
+        discovery: DiscoveryConfig {
+            static_backends: cluster.urls(),
+            static_models: models,
+            probe: ProbeConfig {
+                interval: std::time::Duration::from_secs(2),
+                ..ProbeConfig::default()
+            },
+            ..DiscoveryConfig::default()
+        },
+        routing: RoutingConfig::default(),
+        proxy: ProxyConfig::default(),
+    };
+    let server = Server::start(config).await.map_err(|e| e.to_string())?;
+    Ok(Demo { cluster, server })
+}
+
+/// What to paste into a terminal to try the demo.
+pub fn banner(demo: &Demo, args: &DemoArgs) -> String {
+    let addr = demo.server.local_addr();
+    let model = &args.models[0];
+    let engines: Vec<String> = demo
+        .cluster
+        .engines()
+        .iter()
+        .map(|e| format!("  {} {}", e.base_url(), e.config().model))
+        .collect();
+    format!(
+        "llmstack demo: router on http://{addr} in front of {n} simulated engines (llama3-8b-h100 profile, speedup {speedup}):
+{engines}
+
+Try:
+  curl -s http://{addr}/v1/models
+  curl -s http://{addr}/v1/chat/completions -H 'Content-Type: application/json' \\
+    -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}], \"max_tokens\": 32}}'
+  curl -sN http://{addr}/v1/completions -H 'Content-Type: application/json' \\
+    -d '{{\"model\": \"{model}\", \"prompt\": \"Once upon a time\", \"max_tokens\": 32, \"stream\": true}}'
+  curl -s http://{addr}/engines
+
+  python3 -c 'from openai import OpenAI; c = OpenAI(base_url=\"http://{addr}/v1\", api_key=\"none\"); print(c.chat.completions.create(model=\"{model}\", messages=[{{\"role\": \"user\", \"content\": \"Hello!\"}}], max_tokens=32).choices[0].message.content)'
+
+Ctrl-C stops the demo.",
+        n = demo.cluster.engines().len(),
+        speedup = args.speedup,
+        engines = engines.join("\n"),
+    )
+}

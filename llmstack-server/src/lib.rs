@@ -1,0 +1,25 @@
+//! The llmstack router: an OpenAI-compatible HTTP server that forwards each request to
+//! one of many vLLM engines and streams the answer back.
+//!
+//! It composes the library crates: discovery (`llmstack-discovery`) feeds an
+//! [`EndpointSet`](llmstack_core::EndpointSet) snapshot; each request's routing facts
+//! ([`RouteRequest`](llmstack_core::RouteRequest)) are read from the raw body, a
+//! policy (`llmstack-routing`) picks the engine, and a pooled hyper client forwards the
+//! original bytes, passing the response through frame by frame. `main.rs` only parses
+//! the command line and calls [`Server::start`] or [`demo::start`].
+
+mod body;
+mod cli;
+mod compat;
+mod config;
+pub mod demo;
+mod headers;
+mod local;
+mod proxy;
+mod server;
+mod state;
+
+pub use body::ProxyBody;
+pub use cli::{Action, Cli, Command, parse};
+pub use config::{ProxyConfig, ServerConfig, Settings};
+pub use server::{Server, StartError};

@@ -1,0 +1,129 @@
+//! Routes the router answers itself.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+
+use http::{Response, StatusCode};
+use serde_json::{Value, json};
+
+use crate::body::ProxyBody;
+use crate::proxy::{error_response, json_response};
+use crate::state::Shared;
+
+/// A router-local route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Local {
+    Models,
+    Engines,
+    Health,
+    Ready,
+    Version,
+}
+
+/// The local route at `path`, if any.
+pub(crate) fn route(path: &str) -> Option<Local> {
+    Some(match path {
+        "/v1/models" => Local::Models,
+        "/engines" => Local::Engines,
+        "/health" => Local::Health,
+        "/ready" => Local::Ready,
+        "/version" => Local::Version,
+        _ => return None,
+    })
+}
+
+/// Answers a local route from the current state.
+pub(crate) fn answer(shared: &Shared, route: Local) -> Response<ProxyBody> {
+    match route {
+        Local::Models => json_response(StatusCode::OK, &models(shared)),
+        Local::Engines => json_response(StatusCode::OK, &engines(shared)),
+        Local::Health => {
+            let c = &shared.counters;
+            json_response(
+                StatusCode::OK,
+                &json!({
+                    "status": "healthy",
+                    "in_flight": shared.in_flight.total(),
+                    "requests": c.requests.load(Ordering::Relaxed),
+                    "errors": c.errors.load(Ordering::Relaxed),
+                    "retries": c.retries.load(Ordering::Relaxed),
+                    "broken_streams": c.broken_streams.load(Ordering::Relaxed),
+                    "timeouts": c.timeouts.load(Ordering::Relaxed),
+                }),
+            )
+        }
+        Local::Ready => {
+            let ready = shared.endpoints().ready_count();
+            if shared.draining.load(Ordering::Relaxed) {
+                error_response(&llmstack_core::Error::ShuttingDown)
+            } else if ready == 0 {
+                json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({"status": "not ready", "ready_engines": 0}),
+                )
+            } else {
+                json_response(
+                    StatusCode::OK,
+                    &json!({"status": "ready", "ready_engines": ready}),
+                )
+            }
+        }
+        Local::Version => json_response(
+            StatusCode::OK,
+            &json!({"version": env!("CARGO_PKG_VERSION")}),
+        ),
+    }
+}
+
+/// The union of the ready engines' model lists: one card per model id (the first
+/// engine's, in id order), with adapters' `parent` and extra fields such as
+/// `max_model_len` kept as the engine sent them.
+fn models(shared: &Shared) -> Value {
+    let set = shared.endpoints();
+    let mut seen = HashSet::new();
+    let mut data = Vec::new();
+    for ep in set
+        .iter()
+        .filter(|ep| ep.state == llmstack_core::EndpointState::Ready)
+    {
+        for model in &ep.models {
+            if !seen.insert(model.id.as_str()) {
+                continue;
+            }
+            if model.card.is_empty() {
+                data.push(json!({
+                    "id": model.id, "object": "model", "owned_by": "vllm",
+                    "root": model.id, "parent": model.parent,
+                }));
+            } else {
+                data.push(Value::Object(model.card.clone()));
+            }
+        }
+    }
+    json!({"object": "list", "data": data})
+}
+
+/// Every known engine with its state and load.
+fn engines(shared: &Shared) -> Value {
+    let set = shared.endpoints();
+    let list: Vec<Value> = set
+        .iter()
+        .map(|ep| {
+            let models: Vec<Value> = ep
+                .models
+                .iter()
+                .map(|m| json!({"id": m.id, "parent": m.parent}))
+                .collect();
+            json!({
+                "id": ep.id,
+                "url": ep.url.to_string().trim_end_matches('/'),
+                "models": models,
+                "state": ep.state,
+                "role": ep.role,
+                "labels": ep.labels,
+                "in_flight": shared.in_flight.get(&ep.id),
+            })
+        })
+        .collect();
+    Value::Array(list)
+}

@@ -1,0 +1,360 @@
+//! The request path: route table, body limits, engine choice, forwarding with retries,
+//! and the one place where errors become HTTP responses.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, request::Parts};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use llmstack_core::{
+    EndpointId, Error, RouteRequest, TimeoutPhase, multipart_boundary, multipart_text_field,
+};
+use llmstack_routing::{Target, select};
+
+use crate::body::ProxyBody;
+use crate::headers::{REQUEST_ID, request_id, strip_hop_by_hop};
+use crate::local;
+use crate::state::Shared;
+
+/// How a proxied route's body names its model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyKind {
+    Json,
+    Multipart,
+}
+
+/// Routes forwarded to an engine (all `POST`).
+fn proxied(path: &str) -> Option<BodyKind> {
+    Some(match path {
+        "/v1/chat/completions"
+        | "/v1/completions"
+        | "/v1/embeddings"
+        | "/v1/responses"
+        | "/v1/messages"
+        | "/v1/rerank"
+        | "/rerank"
+        | "/v1/score"
+        | "/score"
+        | "/tokenize"
+        | "/detokenize"
+        | "/v1/audio/speech"
+        | "/v1/images/generations" => BodyKind::Json,
+        "/v1/audio/transcriptions" | "/v1/audio/translations" => BodyKind::Multipart,
+        _ => return None,
+    })
+}
+
+/// Answers one request. Never fails: errors become OpenAI error responses here.
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+    let id = request_id(req.headers());
+    let result = dispatch(&shared, req, &id).await;
+    let mut resp = match result {
+        Ok(resp) => resp,
+        Err(err) => {
+            shared.counters.errors.fetch_add(1, Ordering::Relaxed);
+            error_response(&err)
+        }
+    };
+    resp.headers_mut().insert(REQUEST_ID.clone(), id);
+    Ok(resp)
+}
+
+async fn dispatch(
+    shared: &Arc<Shared>,
+    req: Request<Incoming>,
+    id: &HeaderValue,
+) -> Result<Response<ProxyBody>, Error> {
+    let path = req.uri().path();
+    if let Some(kind) = proxied(path) {
+        if req.method() != Method::POST {
+            return Err(Error::MethodNotAllowed);
+        }
+        shared.counters.requests.fetch_add(1, Ordering::Relaxed);
+        return forward(shared, req, kind, id).await;
+    }
+    let local = local::route(path).ok_or_else(|| Error::NotFound {
+        path: path.to_owned(),
+    })?;
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return Err(Error::MethodNotAllowed);
+    }
+    Ok(local::answer(shared, local))
+}
+
+/// The single mapping from [`Error`] to an HTTP response.
+pub(crate) fn error_response(err: &Error) -> Response<ProxyBody> {
+    let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = serde_json::to_vec(&err.body()).unwrap_or_default();
+    let mut resp = Response::new(ProxyBody::full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// A JSON response.
+pub(crate) fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::full(value.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+async fn forward(
+    shared: &Arc<Shared>,
+    req: Request<Incoming>,
+    kind: BodyKind,
+    id: &HeaderValue,
+) -> Result<Response<ProxyBody>, Error> {
+    // During a graceful shutdown, requests already on a connection are still served:
+    // no new connections are accepted and kept-alive ones close after their response.
+    let (parts, body) = req.into_parts();
+    let max = shared.proxy.max_body;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max as u64) {
+        return Err(Error::BodyTooLarge { limit: max });
+    }
+    let bytes = match Limited::new(body, max).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<LengthLimitError>() => return Err(Error::BodyTooLarge { limit: max }),
+        Err(e) => {
+            return Err(Error::bad_request(
+                format!("Could not read the request body: {e}"),
+                None,
+            ));
+        }
+    };
+    let bytes = rewrite_alias(shared, &parts, kind, bytes)?;
+    let mut route = route_request(shared, &parts, kind, &bytes)?;
+    if let Some(header) = &shared.session_header
+        && let Some(key) = parts.headers.get(header).and_then(|v| v.to_str().ok())
+    {
+        route.set_session_key(Cow::Borrowed(key));
+    }
+    let (pinned, path_and_query) = split_query(&parts);
+    let set = shared.endpoints();
+    let mut exclude: Vec<EndpointId> = Vec::new();
+    let mut last_error: Option<Error> = None;
+    loop {
+        let target = Target {
+            pinned: pinned.as_deref(),
+            exclude: &exclude,
+        };
+        let endpoint = match select(&*shared.policy, &set, &route, &target) {
+            Ok(endpoint) => endpoint,
+            Err(e) => return Err(last_error.unwrap_or(e)),
+        };
+        let uri = endpoint
+            .uri_for(&path_and_query)
+            .ok_or_else(|| Error::Upstream {
+                endpoint: endpoint.id.clone(),
+                source: "the engine URL and the request path do not make a URI".into(),
+            })?;
+        let mut upstream = Request::new(Full::new(bytes.clone()));
+        *upstream.method_mut() = Method::POST;
+        *upstream.uri_mut() = uri;
+        *upstream.headers_mut() = parts.headers.clone();
+        let headers = upstream.headers_mut();
+        strip_hop_by_hop(headers);
+        headers.remove(header::HOST);
+        headers.remove(header::CONTENT_LENGTH);
+        headers.insert(REQUEST_ID.clone(), id.clone());
+        let guard = shared.in_flight.start(&endpoint.id);
+        match send(shared, upstream, &endpoint.id).await {
+            Ok(resp) => {
+                let (mut head, body) = resp.into_parts();
+                strip_hop_by_hop(&mut head.headers);
+                let sse = head
+                    .headers
+                    .get(header::CONTENT_TYPE)
+                    .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+                let body = ProxyBody::upstream(
+                    body,
+                    endpoint.id.clone(),
+                    shared.proxy.idle_timeout,
+                    guard,
+                    Arc::clone(&shared.counters),
+                    sse,
+                );
+                return Ok(Response::from_parts(head, body));
+            }
+            Err(e) if e.is_retryable() && exclude.len() < shared.proxy.retries as usize => {
+                tracing::warn!(endpoint = %endpoint.id, error = %e, "engine failed before answering; trying another");
+                shared.counters.retries.fetch_add(1, Ordering::Relaxed);
+                exclude.push(endpoint.id.clone());
+                last_error = Some(e);
+            }
+            Err(e) => {
+                tracing::warn!(endpoint = %endpoint.id, error = %e, "engine request failed");
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// Sends one attempt, classifying failures.
+async fn send(
+    shared: &Shared,
+    req: Request<Full<Bytes>>,
+    endpoint: &EndpointId,
+) -> Result<Response<Incoming>, Error> {
+    let timeout = shared.proxy.first_byte_timeout;
+    match tokio::time::timeout(timeout, shared.client.request(req)).await {
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(e)) if e.is_connect() => {
+            let timed_out =
+                std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| {
+                    e.source()
+                })
+                .any(|e| {
+                    e.downcast_ref::<std::io::Error>()
+                        .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+                });
+            if timed_out {
+                shared.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+                return Err(Error::Timeout {
+                    endpoint: endpoint.clone(),
+                    phase: TimeoutPhase::Connect,
+                });
+            }
+            Err(Error::Connect {
+                endpoint: endpoint.clone(),
+                source: e.into(),
+            })
+        }
+        Ok(Err(e)) => Err(Error::Upstream {
+            endpoint: endpoint.clone(),
+            source: e.into(),
+        }),
+        Err(_) => {
+            shared.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+            Err(Error::Timeout {
+                endpoint: endpoint.clone(),
+                phase: TimeoutPhase::FirstByte,
+            })
+        }
+    }
+}
+
+/// The routing view of the body: JSON, or the fields of a multipart form.
+fn route_request<'a>(
+    shared: &Shared,
+    parts: &Parts,
+    kind: BodyKind,
+    bytes: &'a Bytes,
+) -> Result<RouteRequest<'a>, Error> {
+    let route = match kind {
+        BodyKind::Json => RouteRequest::from_json(bytes, shared.session_field.as_deref())?,
+        BodyKind::Multipart => {
+            let boundary = boundary(parts)?;
+            let field = |name| {
+                multipart_text_field(bytes, boundary, name).map_err(|why| {
+                    Error::bad_request(format!("Invalid multipart body: {why}."), None)
+                })
+            };
+            let model = field("model")?.map(|m| Cow::Borrowed(m.trim()));
+            let stream = field("stream")?.is_some_and(|s| s.trim().eq_ignore_ascii_case("true"));
+            RouteRequest::from_form(model, stream)
+        }
+    };
+    if route.model().is_none() {
+        return Err(Error::bad_request(
+            "The request has no `model` field.",
+            Some("model"),
+        ));
+    }
+    Ok(route)
+}
+
+fn boundary(parts: &Parts) -> Result<&str, Error> {
+    parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(multipart_boundary)
+        .ok_or_else(|| {
+            Error::bad_request(
+                "This route takes multipart/form-data with a boundary.",
+                None,
+            )
+        })
+}
+
+/// The body with an aliased model name replaced by the real one (only the model value
+/// changes); the same bytes when there is no alias.
+fn rewrite_alias(
+    shared: &Shared,
+    parts: &Parts,
+    kind: BodyKind,
+    bytes: Bytes,
+) -> Result<Bytes, Error> {
+    if shared.aliases.is_empty() {
+        return Ok(bytes);
+    }
+    let rewritten = match kind {
+        BodyKind::Json => {
+            let route = RouteRequest::from_json(&bytes, None)?;
+            match route.model().and_then(|m| shared.aliases.get(m)) {
+                Some(real) => route.body_with_model(&bytes, real),
+                None => None,
+            }
+        }
+        BodyKind::Multipart => {
+            let boundary = boundary(parts)?;
+            match multipart_text_field(&bytes, boundary, "model") {
+                Ok(Some(value)) => match shared.aliases.get(value.trim()) {
+                    Some(real) => {
+                        let start = value.as_ptr() as usize - bytes.as_ptr() as usize;
+                        let mut out = Vec::with_capacity(bytes.len() + real.len());
+                        out.extend_from_slice(&bytes[..start]);
+                        out.extend_from_slice(real.as_bytes());
+                        out.extend_from_slice(&bytes[start + value.len()..]);
+                        Some(out)
+                    }
+                    None => None,
+                },
+                _ => None,
+            }
+        }
+    };
+    Ok(rewritten.map_or(bytes, Bytes::from))
+}
+
+/// `?id=<engine>` pinning, and the path and query sent upstream (without `id`).
+fn split_query(parts: &Parts) -> (Option<String>, String) {
+    let path = parts.uri.path();
+    let Some(query) = parts.uri.query() else {
+        return (None, path.to_owned());
+    };
+    let mut pinned = None;
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|kv| match kv.strip_prefix("id=") {
+            Some(id) => {
+                pinned = Some(id.to_owned());
+                false
+            }
+            None => !kv.is_empty(),
+        })
+        .collect();
+    if rest.is_empty() {
+        (pinned, path.to_owned())
+    } else {
+        (pinned, format!("{path}?{}", rest.join("&")))
+    }
+}

@@ -1,0 +1,216 @@
+//! Composition: discovery task, shared state, listener, graceful shutdown.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use http::HeaderName;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use llmstack_core::{Discover, EndpointSet};
+use llmstack_discovery::{probe, static_discovery, static_endpoints};
+use llmstack_routing::InFlight;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::ServerConfig;
+use crate::state::{Counters, Shared};
+
+/// A running router.
+///
+/// Dropping it stops everything at once; [`Server::shutdown`] then [`Server::wait`]
+/// drain in-flight requests first.
+#[derive(Debug)]
+pub struct Server {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    serve: JoinHandle<()>,
+    discovery: JoinHandle<()>,
+}
+
+/// Why the router could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// The configuration is invalid.
+    Config(String),
+    /// The listen address could not be bound.
+    Bind(std::io::Error),
+}
+
+// === impl Server ===
+
+impl Server {
+    /// Binds the listener, starts discovery and serves until shut down.
+    ///
+    /// Fails when the discovery settings are invalid or the address cannot be bound.
+    pub async fn start(config: ServerConfig) -> Result<Self, StartError> {
+        config
+            .discovery
+            .validate()
+            .map_err(|e| StartError::Config(e.0))?;
+        config.routing.validate().map_err(StartError::Config)?;
+        let endpoints = static_endpoints(&config.discovery).map_err(|e| StartError::Config(e.0))?;
+        let source = probe(static_discovery(endpoints), config.discovery.probe.clone());
+        let mut seed = EndpointSet::default();
+        for model in config
+            .discovery
+            .static_models
+            .iter()
+            .chain(config.routing.static_aliases.values())
+        {
+            seed.remember(model);
+        }
+        let (set_tx, set_rx) = watch::channel(seed);
+        let in_flight = InFlight::default();
+        let discovery = tokio::spawn(run_discovery(source, set_tx, in_flight.clone()));
+
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.proxy.connect_timeout));
+        let client = Client::builder(TokioExecutor::new())
+            // Engines (uvicorn) close idle connections after 5 s; let ours go first.
+            .pool_idle_timeout(Duration::from_secs(4))
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector);
+        let session_header = config
+            .routing
+            .session_key
+            .as_deref()
+            .and_then(|k| HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()).ok());
+        let shared = Arc::new(Shared {
+            endpoints: set_rx,
+            policy: config.routing.policy(),
+            client,
+            in_flight,
+            proxy: config.proxy.clone(),
+            aliases: config.routing.static_aliases.clone(),
+            session_header,
+            session_field: config.routing.session_key.clone(),
+            counters: Arc::new(Counters::default()),
+            draining: Default::default(),
+        });
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(StartError::Bind)?;
+        let addr = listener.local_addr().map_err(StartError::Bind)?;
+        let (stop, stop_rx) = watch::channel(false);
+        let serve = tokio::spawn(serve(listener, shared, stop_rx));
+        tracing::info!(%addr, policy = config.routing.routing_logic.as_str(), "router listening");
+        Ok(Self {
+            addr,
+            stop,
+            serve,
+            discovery,
+        })
+    }
+
+    /// The address the router listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Starts a graceful shutdown: stop accepting, let in-flight requests and streams
+    /// finish within the grace period, then stop.
+    pub fn shutdown(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// Waits until the server has stopped (after [`Server::shutdown`], once drained).
+    pub async fn wait(mut self) {
+        if let Err(e) = (&mut self.serve).await {
+            tracing::error!(error = %e, "server task failed");
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.serve.abort();
+        self.discovery.abort();
+    }
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Config(e) => write!(f, "invalid configuration: {e}"),
+            Self::Bind(e) => write!(f, "cannot listen: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Applies discovery updates to the endpoint set and publishes each new snapshot.
+async fn run_discovery(
+    mut source: impl Discover,
+    tx: watch::Sender<EndpointSet>,
+    in_flight: InFlight,
+) {
+    while let Some(update) = std::future::poll_fn(|cx| Pin::new(&mut source).poll_next(cx)).await {
+        match update {
+            Ok(update) => {
+                let mut set = tx.borrow().clone();
+                if set.apply(update) {
+                    in_flight.retain(|id| set.get(id.as_str()).is_some());
+                    tx.send_replace(set);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "discovery error"),
+        }
+    }
+    tracing::error!("discovery ended; the endpoint set is frozen");
+}
+
+async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let graceful = GracefulShutdown::new();
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new()).keep_alive(true);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off, keep serving.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                };
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::debug!(error = %e, "set_nodelay failed");
+                }
+                let shared = Arc::clone(&shared);
+                let service = service_fn(move |req| crate::proxy::handle(Arc::clone(&shared), req));
+                let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            // Ok: asked to stop; Err: the Server handle is gone. Both end serving.
+            _stopped = async { stop.wait_for(|stop| *stop).await.is_ok() } => break,
+        }
+    }
+    drop(listener);
+    shared.draining.store(true, Ordering::Relaxed);
+    let in_flight = shared.in_flight.total();
+    tracing::info!(in_flight, "shutting down: no new connections; draining");
+    let grace = shared.proxy.shutdown_grace;
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections drained"),
+        () = tokio::time::sleep(grace) => {
+            tracing::warn!(in_flight = shared.in_flight.total(), "grace period over; closing the rest");
+        }
+    }
+}
