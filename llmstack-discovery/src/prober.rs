@@ -24,8 +24,9 @@ type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 /// Wraps a discovery source: every endpoint it yields is probed at once and then every
 /// `config.interval`, and the updates passed on carry what the probes learned.
 ///
-/// A probe is `GET <url>/v1/models` (with `Authorization: Bearer <api_key>` when set)
-/// within `config.timeout`. Success (200 and an OpenAI model list) makes the endpoint
+/// A probe is `GET <url>/health` then `GET <url>/v1/models` (with `Authorization:
+/// Bearer <api_key>` when set)
+/// within `config.timeout`. Success (2xx twice, then an OpenAI model list) makes the endpoint
 /// [`Ready`](EndpointState::Ready) with exactly the models listed (base models and LoRA
 /// adapters, cards kept verbatim). Failure makes it
 /// [`Unready`](EndpointState::Unready) and keeps its configured models, so requests for
@@ -200,29 +201,40 @@ async fn probe_one(client: HttpClient, ep: Endpoint, config: ProbeConfig) -> (En
     (ep.id, probed)
 }
 
+/// `GET /health` (the engine's own liveness: 503 once its engine core died), then
+/// `GET /v1/models`.
 async fn fetch_models(
     client: &HttpClient,
     ep: &Endpoint,
     config: &ProbeConfig,
 ) -> Result<Vec<ModelCard>, String> {
-    let uri = ep
-        .uri_for("/v1/models")
-        .ok_or("the endpoint URL has no host")?;
+    get(client, ep, config, "/health").await?;
+    parse_models(&get(client, ep, config, "/v1/models").await?)
+}
+
+async fn get(
+    client: &HttpClient,
+    ep: &Endpoint,
+    config: &ProbeConfig,
+    path: &str,
+) -> Result<Bytes, String> {
+    let uri = ep.uri_for(path).ok_or("the endpoint URL has no host")?;
     let mut req = http::Request::get(uri);
     if let Some(key) = &config.api_key {
         req = req.header(http::header::AUTHORIZATION, format!("Bearer {key}"));
     }
     let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
     let resp = client.request(req).await.map_err(|e| format!("{e:?}"))?;
-    if !resp.status().is_success() {
-        return Err(format!("/v1/models answered {}", resp.status()));
-    }
+    let status = resp.status();
     let body = Limited::new(resp.into_body(), MAX_MODELS_BODY)
         .collect()
         .await
         .map_err(|e| e.to_string())?
         .to_bytes();
-    parse_models(&body)
+    if !status.is_success() {
+        return Err(format!("{path} answered {status}"));
+    }
+    Ok(body)
 }
 
 /// The cards of an OpenAI model list (`{"object":"list","data":[…]}`).

@@ -1,1 +1,9 @@
-//! End-to-end tests.
+//! End-to-end tests: `llmstack-sim` engines on 127.0.0.1:0 behind a real router, all
+//! over real HTTP.
+#![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
+
+mod binary;
+mod failures;
+mod local;
+mod proxy;
+mod support;

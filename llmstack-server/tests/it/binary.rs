@@ -1,0 +1,173 @@
+//! The `llmstack-server` binary: production-stack flags, bad flags, SIGTERM draining,
+//! the demo.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use llmstack_sim::SimEngine;
+
+use crate::support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_llmstack-server");
+
+/// Starts the binary and returns it with the address from its "listening" log line.
+fn start(args: &[&str]) -> (Child, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = loop {
+        let line = lines.next().expect("the router exited").unwrap();
+        if let Some(rest) = line.split("router listening addr=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+        if let Some(rest) = line.split("router on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, format!("http://{addr}"))
+}
+
+async fn engines(n: usize) -> Vec<SimEngine> {
+    let mut v = Vec::new();
+    for _ in 0..n {
+        v.push(
+            SimEngine::start(h100("m"), "127.0.0.1:0".parse().unwrap(), 0)
+                .await
+                .unwrap(),
+        );
+    }
+    v
+}
+
+#[tokio::test]
+async fn sigterm_drains_50_open_streams() {
+    let engines = engines(2).await;
+    let backends = engines
+        .iter()
+        .map(SimEngine::base_url)
+        .collect::<Vec<_>>()
+        .join(",");
+    let (mut child, url) = start(&[
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--service-discovery",
+        "static",
+        "--static-backends",
+        &backends,
+        "--static-models",
+        "m,m",
+        "--routing-logic",
+        "roundrobin",
+        "--engine-stats-interval",
+        "1",
+        "--log-level",
+        "info",
+        "--k8s-namespace",
+        "ignored",
+    ]);
+    let c = client();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            get(&c, &format!("{url}/ready")).await.status == 200
+        })
+        .await
+    );
+    let streams: Vec<_> = (0..50)
+        .map(|_| spawn_stream(&c, format!("{url}/v1/completions"), streamed("m", 40)))
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            get(&c, &format!("{url}/health")).await.json()["in_flight"] == 50
+        })
+        .await
+    );
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for st in streams {
+        let st = st.await.unwrap();
+        assert!(!st.broken, "{}", st.raw);
+        assert_eq!(st.events.len(), 41);
+        assert_eq!(st.events.last().unwrap().data, "[DONE]");
+    }
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+}
+
+#[test]
+fn invalid_flags_exit_with_a_clear_message() {
+    for (args, needle) in [
+        (
+            &["--static-backends", "ftp://x"][..],
+            "must start with http://",
+        ),
+        (
+            &[
+                "--static-backends",
+                "http://a:1",
+                "--routing-logic",
+                "session",
+            ],
+            "session is not available yet",
+        ),
+        (&["--port", "x"], "invalid value 'x'"),
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+}
+
+#[tokio::test]
+async fn demo_serves_two_models() {
+    let (mut child, url) = start(&["demo", "--port", "0", "--speedup", "20"]);
+    let c = client();
+    let models = eventually(Duration::from_secs(5), || async {
+        get(&c, &format!("{url}/v1/models")).await.json()["data"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 2
+    })
+    .await;
+    assert!(models);
+    let a = post(
+        &c,
+        &format!("{url}/v1/chat/completions"),
+        &chat("Qwen/Qwen2.5-7B-Instruct", 8),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(
+        get(&c, &format!("{url}/engines"))
+            .await
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

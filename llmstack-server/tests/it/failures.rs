@@ -1,0 +1,199 @@
+//! Failure handling: refused engines, hung engines, engines dying mid-stream, clients
+//! going away, graceful shutdown.
+
+use std::time::Duration;
+
+use llmstack_sim::FaultConfig;
+use tokio::time::Instant;
+
+use crate::support::*;
+
+const M: &str = "m";
+
+#[tokio::test]
+async fn a_refused_engine_fails_over_to_another() {
+    let s = stack(vec![instant(M), instant(M), instant(M)], |c| {
+        // Slow probes: the router must cope before the prober notices.
+        c.discovery.probe.interval = Duration::from_secs(60);
+    })
+    .await;
+    s.engines[0].go_down(Duration::from_secs(30));
+    for _ in 0..12 {
+        let a = post(&s.client, &s.at("/v1/chat/completions"), &chat(M, 1)).await;
+        assert_eq!(a.status, 200, "{}", a.text());
+    }
+    let served = finished(&s.client, &s.engines[1], "length").await
+        + finished(&s.client, &s.engines[2], "length").await;
+    assert_eq!(served, 12.0);
+    assert!(s.health().await["retries"].as_u64().unwrap() >= 4);
+}
+
+#[tokio::test]
+async fn all_engines_refusing_gives_502() {
+    let s = stack(vec![instant(M), instant(M)], |c| {
+        c.discovery.probe.interval = Duration::from_secs(60);
+    })
+    .await;
+    for e in &s.engines {
+        e.go_down(Duration::from_secs(30));
+    }
+    let a = post(&s.client, &s.at("/v1/chat/completions"), &chat(M, 1)).await;
+    assert_error(&a, 502, "BadGatewayError");
+    assert!(
+        a.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("connect")
+    );
+}
+
+#[tokio::test]
+async fn a_hung_engine_gives_504_at_the_deadline_while_others_flow() {
+    let s = stack(vec![instant(M), instant("other")], |c| {
+        c.proxy.first_byte_timeout = Duration::from_millis(800);
+    })
+    .await;
+    s.engines[0]
+        .set_faults(FaultConfig {
+            hang_rate: 1.0,
+            ..FaultConfig::default()
+        })
+        .unwrap();
+    let start = Instant::now();
+    let hung = spawn_post(&s.client, s.at("/v1/chat/completions"), chat(M, 1));
+    // Meanwhile the other model's engine answers normally and quickly.
+    for _ in 0..20 {
+        let t = Instant::now();
+        let a = post(&s.client, &s.at("/v1/chat/completions"), &chat("other", 1)).await;
+        assert_eq!(a.status, 200);
+        assert!(t.elapsed() < Duration::from_millis(300));
+    }
+    let a = hung.await.unwrap();
+    let waited = start.elapsed();
+    assert_error(&a, 504, "GatewayTimeoutError");
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_millis(2000),
+        "{waited:?}"
+    );
+    assert_eq!(s.health().await["timeouts"], 1);
+}
+
+#[tokio::test]
+async fn an_engine_dying_mid_stream_ends_only_that_stream() {
+    let s = stack(vec![instant(M), instant(M)], |_| {}).await;
+    s.engines[0]
+        .set_faults(FaultConfig {
+            close_after_chunks: Some(3),
+            ..FaultConfig::default()
+        })
+        .unwrap();
+    let broken_id = s.id_of(0).await;
+    let fine_id = s.id_of(1).await;
+    let broken = spawn_stream(
+        &s.client,
+        s.at(&format!("/v1/completions?id={broken_id}")),
+        streamed(M, 20),
+    );
+    let fine = spawn_stream(
+        &s.client,
+        s.at(&format!("/v1/completions?id={fine_id}")),
+        streamed(M, 20),
+    );
+    let (broken, fine) = (broken.await.unwrap(), fine.await.unwrap());
+    assert_eq!(fine.events.last().unwrap().data, "[DONE]");
+    assert_eq!(fine.events.len(), 21);
+    // The broken stream ends cleanly for an SSE client: an error event, then [DONE].
+    assert!(!broken.broken, "{}", broken.raw);
+    let n = broken.events.len();
+    assert!((2..21).contains(&n), "{}", broken.raw);
+    assert_eq!(broken.events[n - 1].data, "[DONE]");
+    assert_eq!(broken.events[n - 2].json()["error"]["code"], 502);
+    let health = s.health().await;
+    assert_eq!(health["broken_streams"], 1);
+    assert_eq!(health["in_flight"], 0);
+    assert_eq!(
+        post(&s.client, &s.at("/v1/completions"), &streamed(M, 2))
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_client_disconnect_aborts_the_engine_request() {
+    let s = stack(vec![h100(M)], |_| {}).await;
+    // Streaming: read two events, then go away.
+    let mut res = s
+        .client
+        .request(
+            http::Request::post(s.at("/v1/completions"))
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(bytes::Bytes::from(
+                    streamed(M, 2000).to_string(),
+                )))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    use http_body_util::BodyExt;
+    for _ in 0..2 {
+        res.body_mut().frame().await.unwrap().unwrap();
+    }
+    drop(res);
+    let aborted = eventually(Duration::from_secs(3), || async {
+        finished(&s.client, &s.engines[0], "abort").await == 1.0
+    })
+    .await;
+    assert!(aborted, "the engine saw the abort");
+    // Non-streaming: give up while the engine is still generating.
+    let pending = spawn_post(&s.client, s.at("/v1/chat/completions"), chat(M, 2000));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    pending.abort();
+    let aborted = eventually(Duration::from_secs(3), || async {
+        finished(&s.client, &s.engines[0], "abort").await == 2.0
+    })
+    .await;
+    assert!(aborted, "the engine saw the second abort");
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            s.health().await["in_flight"] == 0
+        })
+        .await
+    );
+}
+
+#[tokio::test]
+async fn shutdown_lets_open_streams_finish() {
+    let s = stack(vec![h100(M), h100(M)], |c| {
+        c.proxy.shutdown_grace = Duration::from_secs(20);
+    })
+    .await;
+    let streams: Vec<_> = (0..50)
+        .map(|_| spawn_stream(&s.client, s.at("/v1/completions"), streamed(M, 40)))
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            s.health().await["in_flight"] == 50
+        })
+        .await
+    );
+    let url = s.url.clone();
+    s.server.shutdown();
+    // New connections are refused soon after.
+    let refused = eventually(Duration::from_secs(2), || async {
+        tokio::net::TcpStream::connect(url.trim_start_matches("http://"))
+            .await
+            .is_err()
+    })
+    .await;
+    assert!(refused);
+    for st in streams {
+        let st = st.await.unwrap();
+        assert!(!st.broken);
+        assert_eq!(st.events.len(), 41, "{}", st.raw);
+        assert_eq!(st.events.last().unwrap().data, "[DONE]");
+    }
+    tokio::time::timeout(Duration::from_secs(5), s.server.wait())
+        .await
+        .unwrap();
+}

@@ -1,0 +1,155 @@
+//! A router in front of simulated engines, for the tests.
+
+use std::time::Duration;
+
+pub use llmstack_test_support::*;
+
+use llmstack_discovery::{DiscoveryConfig, ProbeConfig};
+use llmstack_routing::RoutingConfig;
+use llmstack_server::{ProxyConfig, Server, ServerConfig};
+use llmstack_sim::{EngineConfig, LatencyProfile, SimEngine};
+use serde_json::{Value, json};
+
+/// Engines and the router in front of them.
+pub struct Stack {
+    pub engines: Vec<SimEngine>,
+    pub server: Server,
+    pub url: String,
+    pub client: HttpClient,
+}
+
+/// An instant-profile engine config (no model time).
+pub fn instant(model: &str) -> EngineConfig {
+    EngineConfig::new(model).with_profile(LatencyProfile::instant())
+}
+
+/// An engine with the calibrated H100 timing (7 ms+ per token).
+pub fn h100(model: &str) -> EngineConfig {
+    EngineConfig::new(model).with_profile(LatencyProfile::llama3_8b_h100())
+}
+
+/// The router config for these engines: fast probes, short deadlines.
+pub fn config_for(engines: &[SimEngine]) -> ServerConfig {
+    ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        log_filter: "info".into(),
+        discovery: DiscoveryConfig {
+            static_backends: engines.iter().map(SimEngine::base_url).collect(),
+            static_models: engines.iter().map(|e| e.config().model.clone()).collect(),
+            probe: ProbeConfig {
+                interval: Duration::from_millis(200),
+                timeout: Duration::from_secs(1),
+                api_key: None,
+            },
+            ..DiscoveryConfig::default()
+        },
+        routing: RoutingConfig::default(),
+        proxy: ProxyConfig {
+            first_byte_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(10),
+            ..ProxyConfig::default()
+        },
+    }
+}
+
+/// Starts the engines, then a router in front of them (adjusted by `tweak`), and waits
+/// until every engine is ready.
+pub async fn stack(configs: Vec<EngineConfig>, tweak: impl FnOnce(&mut ServerConfig)) -> Stack {
+    let mut engines = Vec::new();
+    for c in configs {
+        engines.push(
+            SimEngine::start(c, "127.0.0.1:0".parse().unwrap(), 0)
+                .await
+                .unwrap(),
+        );
+    }
+    let mut config = config_for(&engines);
+    tweak(&mut config);
+    let server = Server::start(config).await.unwrap();
+    let url = format!("http://{}", server.local_addr());
+    let client = client();
+    let n = engines.len();
+    let ready = eventually(Duration::from_secs(5), || {
+        let (c, u) = (client.clone(), url.clone());
+        async move {
+            let engines = get(&c, &format!("{u}/engines")).await.json();
+            engines
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["state"] == "ready")
+                .count()
+                == n
+        }
+    })
+    .await;
+    assert!(ready || n == 0, "engines did not become ready");
+    Stack {
+        engines,
+        server,
+        url,
+        client,
+    }
+}
+
+impl Stack {
+    /// `self.url + path`.
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    /// The router's id of engine `i`.
+    pub async fn id_of(&self, i: usize) -> String {
+        let want = self.engines[i].base_url();
+        let engines = get(&self.client, &self.at("/engines")).await.json();
+        engines
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["url"] == want.as_str())
+            .map(|e| e["id"].as_str().unwrap().to_owned())
+            .unwrap_or_else(|| panic!("{want} not in {engines}"))
+    }
+
+    /// The router's `/health` counters.
+    pub async fn health(&self) -> Value {
+        get(&self.client, &self.at("/health")).await.json()
+    }
+}
+
+/// Requests engine `e` finished, by reason, from its `/metrics`.
+pub async fn finished(c: &HttpClient, e: &SimEngine, reason: &str) -> f64 {
+    let text = get(c, &format!("{}/metrics", e.base_url())).await;
+    sample(
+        text.text(),
+        "vllm:request_success_total",
+        &[("finished_reason", reason)],
+    )
+    .unwrap_or(0.0)
+}
+
+/// A small chat request.
+pub fn chat(model: &str, max_tokens: u32) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": "Hello there"}],
+           "max_tokens": max_tokens, "ignore_eos": true})
+}
+
+/// A small streamed completion request.
+pub fn streamed(model: &str, max_tokens: u32) -> Value {
+    json!({"model": model, "prompt": "Once upon a time", "max_tokens": max_tokens,
+           "stream": true, "ignore_eos": true})
+}
+
+/// Asserts the OpenAI error shape and status.
+pub fn assert_error(a: &Answer, status: u16, kind: &str) {
+    assert_eq!(a.status.as_u16(), status, "{}", a.text());
+    let body = a.json();
+    let err = &body["error"];
+    assert_eq!(err["code"], status, "{body}");
+    assert_eq!(err["type"], kind, "{body}");
+    assert!(
+        err["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert!(err.get("param").is_some(), "{body}");
+}
