@@ -114,17 +114,20 @@ pub struct Args {
     /// /load reports requests in flight.
     #[arg(long)]
     pub enable_server_load_tracking: bool,
+    /// Answers carry x-request-id (the request's, else a new id).
+    #[arg(long)]
+    pub enable_request_id_headers: bool,
     /// Seconds before an idle keep-alive connection is closed (vLLM's
     /// VLLM_HTTP_TIMEOUT_KEEP_ALIVE).
     #[arg(long, default_value_t = 5.0)]
     pub http_keep_alive_timeout: f64,
-    /// Fault: fraction of generation requests answered with --fault-error-status.
+    /// Fault: fraction of inference requests answered with --fault-error-status.
     #[arg(long, default_value_t = 0.0)]
     pub fault_error_rate: f64,
     /// Fault: status of injected errors (500, 503, 429).
     #[arg(long)]
     pub fault_error_status: Option<u16>,
-    /// Fault: fraction of generation requests never answered.
+    /// Fault: fraction of inference requests never answered.
     #[arg(long, default_value_t = 0.0)]
     pub fault_hang_rate: f64,
     /// Fault: close streams after this many SSE chunks.
@@ -216,6 +219,7 @@ impl Args {
             mean_output_tokens: self.mean_output_tokens,
             seed: self.seed,
             enable_server_load_tracking: self.enable_server_load_tracking,
+            enable_request_id_headers: self.enable_request_id_headers,
             keep_alive_timeout: std::time::Duration::try_from_secs_f64(
                 self.http_keep_alive_timeout,
             )

@@ -62,13 +62,13 @@ impl std::str::FromStr for ContextOverflow {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FaultConfig {
-    /// Fraction (0–1) of generation requests answered with `error_status`.
+    /// Fraction (0–1) of inference requests answered with `error_status`.
     pub error_rate: f64,
     /// Status for injected errors: 500, 503 or 429 (default 503).
     pub error_status: Option<u16>,
-    /// Fraction (0–1) of generation requests accepted and never answered.
+    /// Fraction (0–1) of inference requests accepted and never answered.
     pub hang_rate: f64,
-    /// Close the connection after this many SSE chunks of a stream.
+    /// Cut the connection after this many SSE events of a stream.
     pub close_after_chunks: Option<u32>,
     /// Extra delay before a request reaches the engine (raises TTFT), ms.
     pub first_token_delay_ms: u64,
@@ -145,6 +145,9 @@ pub struct EngineConfig {
     pub seed: u64,
     /// `--enable-server-load-tracking`: `/load` reports in-flight requests.
     pub enable_server_load_tracking: bool,
+    /// `--enable-request-id-headers`: every answer carries `x-request-id` (the
+    /// request's, else a new id).
+    pub enable_request_id_headers: bool,
     /// Idle keep-alive connections are closed after this long (uvicorn's
     /// `VLLM_HTTP_TIMEOUT_KEEP_ALIVE`, 5 s), as pooled clients must expect.
     pub keep_alive_timeout: std::time::Duration,
@@ -178,6 +181,7 @@ impl Default for EngineConfig {
             mean_output_tokens: 128,
             seed: 0,
             enable_server_load_tracking: false,
+            enable_request_id_headers: false,
             keep_alive_timeout: std::time::Duration::from_secs(5),
             faults: FaultConfig::default(),
         }

@@ -76,6 +76,10 @@ pub struct EngineState {
     pub prefix_cache_hits: u64,
     /// Preemptions so far.
     pub preemptions: u64,
+    /// Requests aborted so far, counted per sequence like vLLM (client gone,
+    /// close-after-chunks cut, sleep in abort mode):
+    /// `vllm:request_success_total{finished_reason="abort"}`.
+    pub aborted: u64,
     /// Published hashes of cached blocks (only with `?blocks=true`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cached_block_hashes: Option<Vec<u64>>,
@@ -443,6 +447,7 @@ impl EngineTask {
                     prefix_cache_queries: m.prefix_cache_queries,
                     prefix_cache_hits: m.prefix_cache_hits,
                     preemptions: m.num_preemptions,
+                    aborted: m.finished(FinishReason::Abort),
                     cached_block_hashes: blocks.then(|| pool.cached_hashes()),
                     requests: self.core.seq_states(),
                 };

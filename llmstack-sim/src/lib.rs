@@ -5,8 +5,10 @@
 //! `llmstack-sim` engines over real HTTP. Each engine runs vLLM's V1 scheduler (continuous
 //! batching, chunked prefill, a block prefix cache with LRU eviction, preemption), sleeps
 //! each step for the time a calibrated latency profile gives, serves the OpenAI routes
-//! with vLLM's exact JSON and SSE bytes, exports vLLM's `/metrics`, publishes KV-cache
-//! events over ZMQ, and takes fault-injection commands. Many engines run in one process.
+//! with vLLM's exact JSON and SSE bytes (plus the Responses, Anthropic Messages, score,
+//! rerank, audio and images routes in their public shapes), exports vLLM's `/metrics`,
+//! publishes KV-cache events over ZMQ, and takes fault-injection commands. Many engines
+//! run in one process.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {

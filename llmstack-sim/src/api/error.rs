@@ -119,6 +119,16 @@ impl ApiError {
     pub(crate) fn into_response(self) -> Response<SimBody> {
         json_response(self.status, self.body())
     }
+
+    /// The HTTP response in Anthropic's shape, as vLLM's `/v1/messages` translates its
+    /// errors: `{"type":"error","error":{"type","message"}}`, same status.
+    pub(crate) fn into_anthropic_response(self) -> Response<SimBody> {
+        let body = serde_json::json!({
+            "type": "error",
+            "error": {"type": self.kind, "message": self.message}
+        });
+        json_response(self.status, serde_json::to_vec(&body).unwrap_or_default())
+    }
 }
 
 /// A JSON response with vLLM's content type.

@@ -1,40 +1,123 @@
 //! The HTTP surface of one simulated engine: vLLM's routes, bodies and errors.
+//!
+//! `handle` reads the body (JSON routes check the content type first, as vLLM does) and
+//! dispatches; each route family lives in its own module. Every inference route counts in
+//! flight while it runs (`/load`) and honours the request faults the same way: text
+//! generation goes through [`generate`] and the scheduler, other routes answer at once
+//! after [`EngineApp::admit_immediate`].
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
-use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
+use tokio::sync::mpsc;
 
-use crate::engine::{Command, EngineShared, SleepMode, unix_now};
-use crate::scheduler::{NewSeq, splitmix};
-use crate::tokenizer;
+use crate::config::FaultConfig;
+use crate::engine::{Command, EngineShared};
 
+mod admin;
+mod audio;
+mod base64;
 pub(crate) mod body;
 pub(crate) mod error;
+mod generate;
+mod images;
+mod messages;
+mod multipart;
 mod output;
+mod pooling;
 mod request;
+mod responses;
+mod tokens;
 
-use body::{Flight, SimBody, SseStream};
+use audio::AudioTask;
+use body::{LoadGuard, SimBody};
 use error::{ApiError, json_response, method_not_allowed, not_found_route};
-use output::{Assembly, Kind, OutputCtx};
-use request::{
-    ChatRequest, CompletionRequest, DetokenizeRequest, EmbeddingRequest, TokenizeRequest,
-    check_sampling, parse, render_messages, resolve_model,
-};
 
 /// Largest request body accepted (vLLM has no limit; a simulator must not be OOM-able).
 const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
-/// Embedding width (Llama-3-8B's hidden size is 4096; 1024 keeps test bodies small).
-const EMBEDDING_DIM: usize = 1024;
 /// vLLM version the simulator impersonates.
 pub(crate) const VLLM_VERSION: &str = "0.33.0";
+
+/// Every path served, for telling a wrong method (405) from an unknown path (404).
+const ROUTES: &[&str] = &[
+    "/health",
+    "/ping",
+    "/version",
+    "/load",
+    "/metrics",
+    "/v1/models",
+    "/v1/completions",
+    "/v1/chat/completions",
+    "/v1/responses",
+    "/v1/messages",
+    "/v1/messages/count_tokens",
+    "/v1/embeddings",
+    "/score",
+    "/v1/score",
+    "/rerank",
+    "/v1/rerank",
+    "/v2/rerank",
+    "/v1/audio/transcriptions",
+    "/v1/audio/translations",
+    "/v1/audio/speech",
+    "/v1/images/generations",
+    "/tokenize",
+    "/detokenize",
+    "/reset_prefix_cache",
+    "/sleep",
+    "/wake_up",
+    "/is_sleeping",
+    "/kv_event_sources",
+    "/v1/load_lora_adapter",
+    "/v1/unload_lora_adapter",
+    "/sim/faults",
+    "/sim/state",
+    "/sim/down",
+];
+
+/// How a POST route's body is read before dispatch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyKind {
+    /// Not read.
+    None,
+    /// `application/json` required (400 otherwise), then read.
+    Json,
+    /// Read as is (`multipart/form-data` routes check their own content type).
+    Raw,
+}
+
+fn body_kind(method: &Method, path: &str) -> BodyKind {
+    if method != Method::POST {
+        return BodyKind::None;
+    }
+    match path {
+        "/v1/completions"
+        | "/v1/chat/completions"
+        | "/v1/responses"
+        | "/v1/messages"
+        | "/v1/messages/count_tokens"
+        | "/v1/embeddings"
+        | "/score"
+        | "/v1/score"
+        | "/rerank"
+        | "/v1/rerank"
+        | "/v2/rerank"
+        | "/v1/audio/speech"
+        | "/v1/images/generations"
+        | "/tokenize"
+        | "/detokenize"
+        | "/v1/load_lora_adapter"
+        | "/v1/unload_lora_adapter"
+        | "/sim/faults" => BodyKind::Json,
+        "/v1/audio/transcriptions" | "/v1/audio/translations" => BodyKind::Raw,
+        _ => BodyKind::None,
+    }
+}
 
 /// What the listener asks of the engine's server (stop/start listening).
 #[derive(Debug)]
@@ -76,37 +159,48 @@ impl EngineApp {
         }
     }
 
-    /// Answers one request; never panics on any input.
+    /// Answers one request; never panics on any input. With
+    /// `--enable-request-id-headers` every answer carries `x-request-id` (the request's,
+    /// else a new 32-hex id), as vLLM's middleware adds it.
     pub(crate) async fn handle<B>(self: Arc<Self>, req: Request<B>) -> Res
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         let (parts, body) = req.into_parts();
+        let echo_id = self.shared.config.enable_request_id_headers.then(|| {
+            parts.headers.get("x-request-id").cloned().or_else(|| {
+                let id = format!("{}{}", random_hex(), random_hex());
+                header::HeaderValue::from_str(&id).ok()
+            })
+        });
+        let mut res = self.route(parts, body).await;
+        if let Some(Some(id)) = echo_id {
+            res.headers_mut().insert("x-request-id", id);
+        }
+        res
+    }
+
+    async fn route<B>(&self, parts: http::request::Parts, body: B) -> Res
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
         let path = parts.uri.path();
         let query = parts.uri.query().unwrap_or("");
         let get = parts.method == Method::GET;
         let post = parts.method == Method::POST;
-        // JSON routes read their body here, after the content-type check (as vLLM does).
-        let json_route = post
-            && matches!(
-                path,
-                "/v1/completions"
-                    | "/v1/chat/completions"
-                    | "/v1/embeddings"
-                    | "/tokenize"
-                    | "/detokenize"
-                    | "/v1/load_lora_adapter"
-                    | "/v1/unload_lora_adapter"
-                    | "/sim/faults"
-            );
-        let body = if json_route {
-            match read_json(&parts.headers, body).await {
+        let h = &parts.headers;
+        let body = match body_kind(&parts.method, path) {
+            BodyKind::None => Bytes::new(),
+            BodyKind::Json => match read_json(h, body).await {
                 Ok(b) => b,
                 Err(e) => return e.into_response(),
-            }
-        } else {
-            Bytes::new()
+            },
+            BodyKind::Raw => match read_body(body).await {
+                Ok(b) => b,
+                Err(e) => return e.into_response(),
+            },
         };
         let result = match path {
             "/health" if get => Ok(self.health()),
@@ -115,13 +209,22 @@ impl EngineApp {
             "/load" if get => Ok(self.load()),
             "/metrics" if get => Ok(self.metrics()),
             "/v1/models" if get => Ok(self.models()),
-            "/v1/completions" if post => {
-                self.generate(Kind::Completion, &parts.headers, &body).await
-            }
-            "/v1/chat/completions" if post => {
-                self.generate(Kind::Chat, &parts.headers, &body).await
-            }
+            "/v1/completions" if post => self.completions(h, &body).await,
+            "/v1/chat/completions" if post => self.chat(h, &body).await,
+            "/v1/responses" if post => self.responses(h, &body).await,
+            "/v1/messages" if post => self.messages(h, &body).await,
+            "/v1/messages/count_tokens" if post => self.count_message_tokens(&body),
             "/v1/embeddings" if post => self.embeddings(&body).await,
+            "/score" | "/v1/score" if post => self.score(h, &body).await,
+            "/rerank" | "/v1/rerank" | "/v2/rerank" if post => self.rerank(h, &body).await,
+            "/v1/audio/transcriptions" if post => {
+                self.speech_to_text(AudioTask::Transcribe, h, &body).await
+            }
+            "/v1/audio/translations" if post => {
+                self.speech_to_text(AudioTask::Translate, h, &body).await
+            }
+            "/v1/audio/speech" if post => self.speech(&body).await,
+            "/v1/images/generations" if post => self.images(&body).await,
             "/tokenize" if post => self.tokenize(&body),
             "/detokenize" if post => self.detokenize(&body),
             "/reset_prefix_cache" if post => self.reset_prefix_cache(query).await,
@@ -137,140 +240,18 @@ impl EngineApp {
             "/sim/faults" if post => self.set_faults(&body),
             "/sim/state" if get => self.state(query).await,
             "/sim/down" if post => self.down(query),
-            "/health"
-            | "/ping"
-            | "/version"
-            | "/load"
-            | "/metrics"
-            | "/v1/models"
-            | "/v1/completions"
-            | "/v1/chat/completions"
-            | "/v1/embeddings"
-            | "/tokenize"
-            | "/detokenize"
-            | "/reset_prefix_cache"
-            | "/sleep"
-            | "/wake_up"
-            | "/is_sleeping"
-            | "/kv_event_sources"
-            | "/v1/load_lora_adapter"
-            | "/v1/unload_lora_adapter"
-            | "/sim/faults"
-            | "/sim/state"
-            | "/sim/down" => Ok(method_not_allowed()),
+            p if ROUTES.contains(&p) => Ok(method_not_allowed()),
             _ => Ok(not_found_route()),
         };
         result.unwrap_or_else(ApiError::into_response)
     }
 
-    fn health(&self) -> Res {
-        let status = if self.shared.faults().unhealthy {
-            StatusCode::SERVICE_UNAVAILABLE
-        } else {
-            StatusCode::OK
-        };
-        let mut r = Response::new(SimBody::empty());
-        *r.status_mut() = status;
-        r
-    }
-
-    fn load(&self) -> Res {
-        let load = if self.shared.config.enable_server_load_tracking {
-            self.shared.in_flight.load(Ordering::Acquire)
-        } else {
-            0
-        };
-        ok_json(&json!({"server_load": load}))
-    }
-
-    fn metrics(&self) -> Res {
-        let text = {
-            let m = self.shared.metrics();
-            crate::metrics::render(&m, &self.shared.exposition)
-        };
-        let mut r = Response::new(SimBody::full(Bytes::from(text)));
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-        );
-        r
-    }
-
-    fn models(&self) -> Res {
-        let created = unix_now() as u64;
-        let cfg = &self.shared.config;
-        let card = |id: &str, root: &str, parent: Option<&str>, max_len: Option<usize>| {
-            json!({
-                "id": id, "object": "model", "created": created, "owned_by": "vllm",
-                "root": root, "parent": parent, "max_model_len": max_len,
-                "permission": [{
-                    "id": format!("modelperm-{}", random_hex()), "object": "model_permission",
-                    "created": created, "allow_create_engine": false, "allow_sampling": true,
-                    "allow_logprobs": true, "allow_search_indices": false, "allow_view": true,
-                    "allow_fine_tuning": false, "organization": "*", "group": null, "is_blocking": false
-                }]
-            })
-        };
-        let mut data: Vec<serde_json::Value> = cfg
-            .served_names()
-            .iter()
-            .map(|name| card(name, &cfg.model, None, Some(cfg.max_model_len())))
-            .collect();
-        let base = cfg.primary_name();
-        data.extend(
-            self.shared
-                .loras()
-                .iter()
-                .map(|l| card(&l.name, &l.path, Some(&base), None)),
-        );
-        ok_json(&json!({"object": "list", "data": data}))
-    }
-
-    async fn generate(
-        &self,
-        kind: Kind,
-        headers: &http::HeaderMap,
-        body: &[u8],
-    ) -> Result<Res, ApiError> {
-        let header_id = headers
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty())
-            .map(str::to_owned);
-        let cfg = &self.shared.config;
-        let loras = self.shared.loras();
-        let (fields, prompts, max_field, default_max, echo) = match kind {
-            Kind::Completion => {
-                let mut r: CompletionRequest = parse(body)?;
-                let fields = r.take_fields();
-                let model = resolve_model(fields.model.as_deref(), cfg, &loras)?;
-                let prompts = r.prompt.tokenize(true, "prompt")?;
-                let max = fields.max_tokens;
-                (
-                    fields,
-                    (model, prompts),
-                    ("max_tokens", max),
-                    Some(16),
-                    r.echo.unwrap_or(false),
-                )
-            }
-            Kind::Chat => {
-                let mut r: ChatRequest = parse(body)?;
-                let fields = r.take_fields();
-                let model = resolve_model(fields.model.as_deref(), cfg, &loras)?;
-                let prompt = render_messages(&r.messages, r.add_generation_prompt.unwrap_or(true));
-                let max = match r.max_completion_tokens {
-                    Some(m) => ("max_completion_tokens", Some(m)),
-                    None => ("max_tokens", fields.max_tokens),
-                };
-                (fields, (model, vec![prompt]), max, None, false)
-            }
-        };
-        let (model, prompts) = prompts;
-        let sampling = check_sampling(&fields, max_field, default_max, &prompts, cfg)?;
+    /// The request faults every inference route applies once the request is checked: a
+    /// hang (accepted, never answered; the client's disconnect drops the future), then
+    /// an injected error. Returns the faults for the rest of the request.
+    async fn request_faults(&self) -> Result<FaultConfig, ApiError> {
         let faults = self.shared.faults();
         if faults.hang_rate > 0.0 && self.shared.draw() < faults.hang_rate {
-            // Accept and never answer; the client's disconnect drops this future.
             std::future::pending::<()>().await;
         }
         if faults.error_rate > 0.0 && self.shared.draw() < faults.error_rate {
@@ -278,425 +259,24 @@ impl EngineApp {
                 .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             return Err(ApiError::status(status, "Injected fault (llmstack-sim)"));
         }
-        let count = prompts.len() * sampling.n;
-        let first_id = self
-            .shared
-            .next_seq
-            .fetch_add(count as u64, Ordering::Relaxed);
-        // Reserves `count` sequences at once, so concurrent requests cannot all slip
-        // under --max-num-queued-reqs; the flight gives them back when the request ends.
-        let mut flight = Flight::new(self.tx.clone(), self.shared.clone(), first_id, count);
-        if let Some(max) = cfg.max_num_queued_reqs
-            && flight.queued_after > max
-        {
-            self.shared.metrics().admission_rejections += 1;
-            flight.live.fill(false);
-            return Err(ApiError {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                kind: "Service Unavailable",
-                message: "The engine is currently busy and cannot accept new requests. Please try again later or on a different instance.".into(),
-                param: None,
-            });
-        }
-        let id = header_id
-            .or_else(|| fields.request_id.clone())
-            .unwrap_or_else(random_hex);
-        let id = match kind {
-            Kind::Completion => format!("cmpl-{id}"),
-            Kind::Chat => format!("chatcmpl-{id}"),
-        };
-        let prompts: Vec<Arc<[u32]>> = prompts.into_iter().map(Arc::from).collect();
-        let (sink, rx) = mpsc::unbounded_channel();
-        let engine_stream = sampling.stream || !sampling.stop.is_empty();
-        let mean = cfg.mean_output_tokens;
-        let mut seqs = Vec::with_capacity(count);
-        for (p, prompt) in prompts.iter().enumerate() {
-            let prompt_seed = prompt
-                .iter()
-                .fold(cfg.seed, |h, &t| splitmix(h ^ u64::from(t)));
-            for j in 0..sampling.n {
-                let index = p * sampling.n + j;
-                let seed = splitmix(
-                    sampling
-                        .seed
-                        .map_or(prompt_seed, |s| splitmix(s ^ cfg.seed))
-                        ^ splitmix(index as u64),
-                );
-                seqs.push(NewSeq {
-                    id: first_id + index as u64,
-                    index: index as u32,
-                    prompt: prompt.clone(),
-                    max_tokens: sampling.max_tokens[p],
-                    min_tokens: sampling.min_tokens,
-                    ignore_eos: sampling.ignore_eos,
-                    natural_len: (mean / 2 + (splitmix(seed) % (mean as u64 + 1)) as usize).max(1),
-                    stop_token_ids: sampling.stop_token_ids.clone(),
-                    lora: model.lora.clone(),
-                    cache_salt: sampling.cache_salt.clone(),
-                    stream: engine_stream,
-                    seed,
-                    arrival: Instant::now(),
-                    sink: sink.clone(),
-                });
-            }
-        }
-        drop(sink);
-        let n = sampling.n;
-        let stream = sampling.stream;
-        let ctx = OutputCtx {
-            kind,
-            id,
-            created: unix_now() as u64,
-            model: model.name,
-            fingerprint: self.fingerprint.clone(),
-            sampling,
-            prompts,
-            details: cfg.enable_prompt_tokens_details,
-            echo,
-            chunk_prefix: Vec::new(),
-        };
-        let submit = Command::Add(seqs, n);
-        let delay = Duration::from_millis(faults.first_token_delay_ms);
-        let mut out = Assembly::new(ctx);
-        if stream {
-            let delay = (!delay.is_zero()).then(|| Box::pin(tokio::time::sleep(delay)));
-            let submit = if delay.is_some() {
-                Some(submit)
-            } else {
-                self.tx.send(submit).map_err(|_| {
-                    ApiError::status(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error")
-                })?;
-                None
-            };
-            let stream = SseStream {
-                rx,
-                out,
-                flight,
-                close_after: faults.close_after_chunks,
-                events_sent: 0,
-                ended: false,
-                delay,
-                submit,
-                cut: None,
-            };
-            let mut r = Response::new(SimBody::Stream(Box::new(stream)));
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static("text/event-stream; charset=utf-8"),
-            );
-            return Ok(r);
-        }
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        if self.tx.send(submit).is_err() {
-            return Err(ApiError::status(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Internal server error",
-            ));
-        }
-        let mut rx = rx;
-        while !out.done() {
-            let Some(ev) = rx.recv().await else {
-                return Err(ApiError::status(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "Internal server error",
-                ));
-            };
-            flight.apply(&mut out, ev);
-        }
-        drop(flight);
-        Ok(json_response(StatusCode::OK, out.full_response()))
+        Ok(faults)
     }
 
-    async fn embeddings(&self, body: &[u8]) -> Result<Res, ApiError> {
-        let r: EmbeddingRequest = parse(body)?;
-        let cfg = &self.shared.config;
-        let model = resolve_model(r.model.as_deref(), cfg, &self.shared.loras())?;
-        let inputs = r.input.tokenize(true, "input")?;
-        let max_len = cfg.max_model_len();
-        if let Some(p) = inputs.iter().find(|p| p.len() > max_len) {
-            return Err(ApiError::bad_request(
-                format!(
-                    "This model's maximum context length is {max_len} tokens. However, your request has {} input tokens. Please reduce the length of the input.",
-                    p.len()
-                ),
-                Some("input_tokens"),
-            ));
+    /// Admits a checked request on a route answered without the scheduler: counts it in
+    /// flight (keep the guard until the answer is complete), applies the request faults,
+    /// then waits out the first-token delay (the request "reaches the engine" later).
+    async fn admit_immediate(&self) -> Result<(FaultConfig, LoadGuard), ApiError> {
+        let load = LoadGuard::new(self.shared.clone());
+        let faults = self.request_faults().await?;
+        if faults.first_token_delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(faults.first_token_delay_ms)).await;
         }
-        let dim = match r.dimensions {
-            None => EMBEDDING_DIM,
-            Some(d) if d >= 1 && d as usize <= EMBEDDING_DIM => d as usize,
-            Some(d) => {
-                return Err(ApiError::bad_request(
-                    format!("dimensions must be within 1..={EMBEDDING_DIM}, got {d}"),
-                    Some("dimensions"),
-                ));
-            }
-        };
-        let base64 = match r.encoding_format.as_deref() {
-            None | Some("float") => false,
-            Some("base64") => true,
-            Some(other) => {
-                return Err(ApiError::validation(
-                    "enum",
-                    "encoding_format",
-                    &format!("Input should be 'float' or 'base64', got '{other}'"),
-                ));
-            }
-        };
-        // A pooling pass costs one prefill step of the whole input.
-        let tokens: usize = inputs.iter().map(Vec::len).sum();
-        let p = &cfg.profile;
-        let ms = p.step_ms(
-            0,
-            0,
-            tokens,
-            inputs
-                .iter()
-                .map(|v| (v.len() * v.len()) as f64 / 2.0)
-                .sum(),
-        );
-        if ms > 0.0 {
-            tokio::time::sleep(Duration::from_secs_f64(ms / cfg.speedup / 1000.0)).await;
-        }
-        let data: Vec<serde_json::Value> = inputs
-            .iter()
-            .enumerate()
-            .map(|(i, toks)| {
-                let v = embedding(toks, dim);
-                let emb = if base64 {
-                    json!(base64_f32(&v))
-                } else {
-                    json!(v)
-                };
-                json!({"index": i, "object": "embedding", "embedding": emb})
-            })
-            .collect();
-        Ok(ok_json(&json!({
-            "id": format!("embd-{}", random_hex()), "object": "list", "created": unix_now() as u64,
-            "model": model.name, "data": data,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0, "prompt_tokens_details": null}
-        })))
-    }
-
-    fn tokenize(&self, body: &[u8]) -> Result<Res, ApiError> {
-        let r: TokenizeRequest = parse(body)?;
-        resolve_model(
-            r.model.as_deref(),
-            &self.shared.config,
-            &self.shared.loras(),
-        )?;
-        let tokens = match (&r.prompt, &r.messages) {
-            (Some(p), None) => tokenizer::encode(p, r.add_special_tokens.unwrap_or(true)),
-            (None, Some(m)) => render_messages(m, r.add_generation_prompt.unwrap_or(true)),
-            _ => {
-                return Err(ApiError::validation(
-                    "value_error",
-                    "",
-                    "Value error, exactly one of `prompt` and `messages` must be given",
-                ));
-            }
-        };
-        let strs = r.return_token_strs.unwrap_or(false).then(|| {
-            tokens
-                .iter()
-                .map(|&t| tokenizer::decode(&[t], false))
-                .collect::<Vec<_>>()
-        });
-        Ok(ok_json(&json!({
-            "count": tokens.len(), "max_model_len": self.shared.config.max_model_len(),
-            "tokens": tokens, "token_strs": strs
-        })))
-    }
-
-    fn detokenize(&self, body: &[u8]) -> Result<Res, ApiError> {
-        let r: DetokenizeRequest = parse(body)?;
-        resolve_model(
-            r.model.as_deref(),
-            &self.shared.config,
-            &self.shared.loras(),
-        )?;
-        if let Some(bad) = r.tokens.iter().find(|&&t| !tokenizer::is_valid(t)) {
-            return Err(ApiError::bad_request(
-                format!("Token id {bad} is out of vocabulary"),
-                Some("tokens"),
-            ));
-        }
-        Ok(ok_json(
-            &json!({"prompt": tokenizer::decode(&r.tokens, false)}),
-        ))
-    }
-
-    async fn ask<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<T>) -> Command,
-    ) -> Result<T, ApiError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(make(reply))
-            .map_err(|_| ApiError::status(StatusCode::INTERNAL_SERVER_ERROR, "engine stopped"))?;
-        rx.await
-            .map_err(|_| ApiError::status(StatusCode::INTERNAL_SERVER_ERROR, "engine stopped"))
-    }
-
-    async fn reset_prefix_cache(&self, query: &str) -> Result<Res, ApiError> {
-        let reset_running = query_bool(query, "reset_running_requests")?;
-        let ok = self
-            .ask(|reply| Command::ResetPrefixCache {
-                reset_running,
-                reply,
-            })
-            .await?;
-        Ok(ok_json(&json!({"success": ok})))
-    }
-
-    async fn sleep(&self, query: &str) -> Result<Res, ApiError> {
-        let level =
-            match query_param(query, "level") {
-                None => 1,
-                Some(l) => l.parse::<u8>().ok().filter(|l| *l <= 2).ok_or_else(|| {
-                    ApiError::bad_request("level must be 0, 1 or 2", Some("level"))
-                })?,
-            };
-        let mode = match query_param(query, "mode") {
-            None => SleepMode::Abort,
-            Some(m) => m
-                .parse::<SleepMode>()
-                .map_err(|e| ApiError::bad_request(e, Some("mode")))?,
-        };
-        self.ask(|reply| Command::Sleep { level, mode, reply })
-            .await?;
-        Ok(ok_json(&json!({"status": "sleeping", "level": level})))
-    }
-
-    async fn wake_up(&self, query: &str) -> Result<Res, ApiError> {
-        let tags: Vec<String> = query_params(query, "tags");
-        let echo = (!tags.is_empty()).then(|| tags.clone());
-        let awake = self.ask(|reply| Command::WakeUp { tags, reply }).await?;
-        let status = if awake { "awake" } else { "sleeping" };
-        Ok(ok_json(&json!({"status": status, "tags": echo})))
-    }
-
-    fn kv_event_sources(&self) -> Res {
-        let Some(ep) = &self.shared.kv_endpoints else {
-            return ok_json(&json!({}));
-        };
-        let c = self.shared.config.kv_events.clone().unwrap_or_default();
-        ok_json(&json!({ "0": {
-            "enable_kv_cache_events": true, "publisher": "zmq", "endpoint": ep.endpoint,
-            "replay_endpoint": ep.replay_endpoint, "buffer_steps": c.buffer_steps, "hwm": 100_000,
-            "max_queue_size": c.max_queue_size, "topic": c.topic
-        }}))
-    }
-
-    fn load_lora(&self, body: &[u8]) -> Result<Res, ApiError> {
-        #[derive(Deserialize)]
-        struct Load {
-            lora_name: String,
-            lora_path: String,
-            #[serde(default)]
-            load_inplace: bool,
-        }
-        let r: Load = parse(body)?;
-        let invalid = |m: String| ApiError {
-            status: StatusCode::BAD_REQUEST,
-            kind: "InvalidUserInput",
-            message: m,
-            param: None,
-        };
-        if !self.shared.config.enable_lora {
-            return Err(invalid(
-                "LoRA is not enabled (start the engine with --enable-lora).".into(),
-            ));
-        }
-        if self.shared.config.served_names().contains(&r.lora_name) {
-            return Err(invalid(format!(
-                "The lora adapter '{}' clashes with a base model name.",
-                r.lora_name
-            )));
-        }
-        let mut loras = self
-            .shared
-            .loras
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match loras.iter_mut().find(|l| l.name == r.lora_name) {
-            Some(existing) if r.load_inplace => existing.path = r.lora_path,
-            Some(_) => {
-                return Err(invalid(format!(
-                    "The lora adapter '{}' has already been loaded.",
-                    r.lora_name
-                )));
-            }
-            None => loras.push(crate::config::LoraModule {
-                name: r.lora_name.clone(),
-                path: r.lora_path,
-            }),
-        }
-        Ok(text_response(format!(
-            "Success: LoRA adapter '{}' added successfully.",
-            r.lora_name
-        )))
-    }
-
-    fn unload_lora(&self, body: &[u8]) -> Result<Res, ApiError> {
-        #[derive(Deserialize)]
-        struct Unload {
-            lora_name: String,
-        }
-        let r: Unload = parse(body)?;
-        let mut loras = self
-            .shared
-            .loras
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let before = loras.len();
-        loras.retain(|l| l.name != r.lora_name);
-        if loras.len() == before {
-            return Err(ApiError::status(
-                StatusCode::NOT_FOUND,
-                format!("The lora adapter '{}' cannot be found.", r.lora_name),
-            ));
-        }
-        Ok(text_response(format!(
-            "Success: LoRA adapter '{}' removed successfully.",
-            r.lora_name
-        )))
-    }
-
-    fn set_faults(&self, body: &[u8]) -> Result<Res, ApiError> {
-        let f: crate::config::FaultConfig = parse(body)?;
-        f.validate().map_err(|e| ApiError::bad_request(e, None))?;
-        *self
-            .shared
-            .faults
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = f.clone();
-        Ok(ok_json(&f))
-    }
-
-    async fn state(&self, query: &str) -> Result<Res, ApiError> {
-        let blocks = query_bool(query, "blocks")?;
-        let state = self.ask(|reply| Command::State { blocks, reply }).await?;
-        Ok(ok_json(&state))
-    }
-
-    fn down(&self, query: &str) -> Result<Res, ApiError> {
-        let ms: u64 = query_param(query, "ms")
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| {
-                ApiError::bad_request("`ms` (milliseconds to stay down) is required", Some("ms"))
-            })?;
-        self.listener
-            .send(ListenerCmd::Down(Duration::from_millis(ms)))
-            .map_err(|_| ApiError::status(StatusCode::INTERNAL_SERVER_ERROR, "listener stopped"))?;
-        Ok(ok_json(&json!({"down_ms": ms})))
+        Ok((faults, load))
     }
 }
 
 /// Checks the content type, then reads the whole body within [`MAX_BODY_BYTES`].
-async fn read_json<B>(headers: &http::HeaderMap, body: B) -> Result<Bytes, ApiError>
+async fn read_json<B>(headers: &HeaderMap, body: B) -> Result<Bytes, ApiError>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
@@ -714,6 +294,15 @@ where
             param: None,
         });
     }
+    read_body(body).await
+}
+
+/// Reads the whole body within [`MAX_BODY_BYTES`].
+async fn read_body<B>(body: B) -> Result<Bytes, ApiError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
     match Limited::new(body, MAX_BODY_BYTES).collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::status(
@@ -745,6 +334,18 @@ fn random_hex() -> String {
     format!("{:016x}", fastrand::u64(..))
 }
 
+/// A request's id: `X-Request-Id` when given, else the body's `request_id`, else
+/// [`random_hex`] (vllm.md §1.5).
+fn request_id(headers: &HeaderMap, body: Option<String>) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+        .or(body)
+        .unwrap_or_else(random_hex)
+}
+
 fn query_params(query: &str, key: &str) -> Vec<String> {
     query
         .split('&')
@@ -770,69 +371,9 @@ fn query_bool(query: &str, key: &str) -> Result<bool, ApiError> {
     }
 }
 
-/// A deterministic unit vector for the tokens.
-fn embedding(tokens: &[u32], dim: usize) -> Vec<f32> {
-    let seed = tokens
-        .iter()
-        .fold(0x9e37_79b9_7f4a_7c15u64, |h, &t| splitmix(h ^ u64::from(t)));
-    let mut v: Vec<f32> = (0..dim as u64)
-        .map(|i| {
-            let r = splitmix(seed ^ i.wrapping_mul(0xa076_1d64_78bd_642f));
-            (r >> 11) as f32 / (1u64 << 53) as f32 * 2.0 - 1.0
-        })
-        .collect();
-    let norm = v
-        .iter()
-        .map(|x| x * x)
-        .sum::<f32>()
-        .sqrt()
-        .max(f32::MIN_POSITIVE);
-    v.iter_mut().for_each(|x| *x /= norm);
-    v
-}
-
-/// Little-endian f32 bytes in standard base64 (the OpenAI client's default format).
-fn base64_f32(v: &[f32]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for k in 0..4 {
-            if k <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> (18 - 6 * k)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_matches_known_encoding() {
-        // 1.0f32 = 00 00 80 3f
-        assert_eq!(base64_f32(&[1.0]), "AACAPw==");
-        assert_eq!(base64_f32(&[1.0, 1.0]), "AACAPwAAgD8=");
-    }
-
-    #[test]
-    fn embeddings_are_unit_and_deterministic() {
-        let a = embedding(&[1, 2, 3], 64);
-        assert_eq!(a, embedding(&[1, 2, 3], 64));
-        assert_ne!(a, embedding(&[1, 2, 4], 64));
-        let norm: f32 = a.iter().map(|x| x * x).sum();
-        assert!((norm - 1.0).abs() < 1e-4);
-    }
 
     #[test]
     fn query_parsing() {
@@ -846,5 +387,18 @@ mod tests {
         );
         assert!(query_bool("blocks=true", "blocks").unwrap());
         assert!(query_bool("blocks=maybe", "blocks").is_err());
+    }
+
+    #[test]
+    fn bodies_read_per_route() {
+        assert_eq!(body_kind(&Method::POST, "/v1/rerank"), BodyKind::Json);
+        assert_eq!(
+            body_kind(&Method::POST, "/v1/audio/translations"),
+            BodyKind::Raw
+        );
+        assert_eq!(body_kind(&Method::POST, "/sleep"), BodyKind::None);
+        assert_eq!(body_kind(&Method::POST, "/health"), BodyKind::None);
+        assert_eq!(body_kind(&Method::GET, "/v1/responses"), BodyKind::None);
+        assert_eq!(body_kind(&Method::POST, "/nope"), BodyKind::None);
     }
 }

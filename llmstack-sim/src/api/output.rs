@@ -1,10 +1,13 @@
-//! Turning engine events into vLLM 0.33's JSON responses and SSE chunks, byte for byte.
+//! Turning engine events into each text API's JSON responses and SSE events.
 //!
-//! Stop strings are the frontend's job, as in vLLM's output processor: each choice keeps
-//! its text, streams it while holding back a possible stop-string prefix, and on a match
-//! truncates and asks the engine to end the sequence.
+//! [`Assembly`] is the one place that follows a request's choices: their tokens, text and
+//! finish. Stop strings are the frontend's job, as in vLLM's output processor: each
+//! choice keeps its text, streams it while holding back a possible stop-string prefix,
+//! and on a match truncates and asks the engine to end the sequence. The wire formats
+//! live in one module per API: `openai` (completions and chat, vLLM 0.33's bytes),
+//! `responses` (OpenAI Responses) and `messages` (Anthropic Messages).
 
-use std::fmt::Write as _;
+use std::ops::Range;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -13,11 +16,35 @@ use crate::api::request::Sampling;
 use crate::scheduler::{Emitted, FinishReason, SeqEvent};
 use crate::tokenizer;
 
-/// Which OpenAI endpoint the response belongs to.
+mod messages;
+mod openai;
+mod responses;
+
+pub(crate) use responses::ResponsesEcho;
+
+/// Which API the response belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
+    /// `/v1/completions`.
     Completion,
+    /// `/v1/chat/completions`.
     Chat,
+    /// `/v1/responses` (one choice).
+    Responses,
+    /// `/v1/messages` (one choice).
+    Messages,
+}
+
+impl Kind {
+    /// What the response id starts with.
+    pub(crate) fn id_prefix(self) -> &'static str {
+        match self {
+            Self::Completion => "cmpl-",
+            Self::Chat => "chatcmpl-",
+            Self::Responses => "resp_",
+            Self::Messages => "msg_",
+        }
+    }
 }
 
 /// Why a choice stopped, as the `stop_reason` field reports it.
@@ -44,8 +71,10 @@ pub(crate) struct OutputCtx {
     /// Completions `echo`: each choice's text starts with its prompt.
     pub(crate) echo: bool,
     /// `data: {"id":…,"object":…,"created":…,"model":…,"choices":`, built once by
-    /// [`Assembly::new`] (every chunk starts with it).
+    /// [`Assembly::new`] (every completions and chat chunk starts with it).
     pub(crate) chunk_prefix: Vec<u8>,
+    /// Request fields a Responses API object repeats.
+    pub(crate) responses: Option<ResponsesEcho>,
 }
 
 impl OutputCtx {
@@ -75,11 +104,15 @@ pub(crate) struct Assembly {
     pub(crate) choices: Vec<Choice>,
     max_stop_len: usize,
     unfinished: usize,
+    /// Responses API: `sequence_number` of the next stream event.
+    next_sequence: u64,
 }
 
 impl Assembly {
     pub(crate) fn new(mut ctx: OutputCtx) -> Self {
-        ctx.chunk_prefix = chunk_prefix(&ctx);
+        if matches!(ctx.kind, Kind::Completion | Kind::Chat) {
+            ctx.chunk_prefix = openai::chunk_prefix(&ctx);
+        }
         let count = ctx.prompts.len() * ctx.sampling.n;
         let max_stop_len = ctx.sampling.stop.iter().map(String::len).max().unwrap_or(0);
         let n = ctx.sampling.n.max(1);
@@ -102,6 +135,7 @@ impl Assembly {
             choices,
             max_stop_len,
             unfinished: count,
+            next_sequence: 0,
         }
     }
 
@@ -186,125 +220,15 @@ impl Assembly {
             .sum()
     }
 
-    fn usage(&self, streaming: bool) -> Usage {
-        let prompt = self.ctx.prompt_tokens();
-        let completion = self.completion_tokens();
-        Usage {
-            prompt_tokens: prompt,
-            total_tokens: prompt + completion,
-            completion_tokens: completion,
-            details: self.ctx.details.then_some(self.cached_tokens()),
-            streaming,
-        }
-    }
-
-    // === non-streaming ===
-
-    /// The complete JSON response.
-    pub(crate) fn full_response(&self) -> Vec<u8> {
-        let ctx = &self.ctx;
-        let ids = ctx.sampling.return_token_ids;
-        let prompt_ids = |i: usize| ids.then(|| &*ctx.prompts[i / ctx.sampling.n.max(1)]);
-        let body = match ctx.kind {
-            Kind::Completion => serde_json::to_vec(&CompletionResponse {
-                id: &ctx.id,
-                object: "text_completion",
-                created: ctx.created,
-                model: &ctx.model,
-                choices: self
-                    .choices
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| CompletionChoice {
-                        index: i,
-                        text: &c.text,
-                        logprobs: None,
-                        finish_reason: c.finish.as_ref().map(|f| f.0.as_str()),
-                        stop_reason: c.finish.as_ref().and_then(|f| f.1.as_ref()),
-                        token_ids: ids.then_some(&c.tokens[..]),
-                        prompt_logprobs: None,
-                        prompt_token_ids: prompt_ids(i),
-                        routed_experts: None,
-                        weight_versions: None,
-                    })
-                    .collect(),
-                service_tier: None,
-                system_fingerprint: &ctx.fingerprint,
-                usage: self.usage(false),
-                kv_transfer_params: None,
-                ec_transfer_params: None,
-                metrics: None,
-            }),
-            Kind::Chat => serde_json::to_vec(&ChatResponse {
-                id: &ctx.id,
-                object: "chat.completion",
-                created: ctx.created,
-                model: &ctx.model,
-                choices: self
-                    .choices
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| ChatChoice {
-                        index: i,
-                        message: ChatMessageOut {
-                            role: "assistant",
-                            content: &c.text,
-                            refusal: None,
-                            annotations: None,
-                            audio: None,
-                            function_call: None,
-                            reasoning: None,
-                        },
-                        logprobs: None,
-                        finish_reason: c.finish.as_ref().map(|f| f.0.as_str()),
-                        stop_reason: c.finish.as_ref().and_then(|f| f.1.as_ref()),
-                        token_ids: ids.then_some(&c.tokens[..]),
-                        routed_experts: None,
-                        weight_versions: None,
-                    })
-                    .collect(),
-                service_tier: None,
-                system_fingerprint: &ctx.fingerprint,
-                usage: self.usage(false),
-                prompt_logprobs: None,
-                prompt_token_ids: prompt_ids(0),
-                prompt_text: None,
-                kv_transfer_params: None,
-                ec_transfer_params: None,
-                metrics: None,
-            }),
-        };
-        body.unwrap_or_default()
-    }
-
-    // === streaming ===
-
-    /// Appends the SSE event(s) for choice `i` after an engine event: for chat the role
-    /// chunk before the first token, then one chunk with the new text. Returns events
-    /// written.
-    pub(crate) fn write_step(&mut self, i: usize, out: &mut Vec<u8>) -> usize {
-        let mut events = 0;
-        let kind = self.ctx.kind;
-        let continuous = self.ctx.sampling.continuous_usage;
-        let usage = continuous.then(|| self.usage(true));
+    /// The range of choice `i`'s text to stream now, holding back a possible stop-string
+    /// prefix until the choice ends; marks it sent.
+    fn next_delta(&mut self, i: usize) -> Option<Range<usize>> {
         let held = if self.ctx.sampling.stop.is_empty() {
             0
         } else {
             self.max_stop_len - 1
         };
-        let Some(c) = self.choices.get_mut(i) else {
-            return 0;
-        };
-        let first = !std::mem::replace(&mut c.started, true);
-        let prompt_ids = (first && self.ctx.sampling.return_token_ids)
-            .then(|| &*self.ctx.prompts[i / self.ctx.sampling.n.max(1)]);
-        if kind == Kind::Chat && first {
-            write_role_chunk(&self.ctx, i, prompt_ids, usage.as_ref(), out);
-            events += 1;
-        }
-        let Some(c) = self.choices.get_mut(i) else {
-            return events;
-        };
+        let c = self.choices.get_mut(i)?;
         let end = if c.finish.is_some() {
             c.text.len()
         } else {
@@ -312,57 +236,63 @@ impl Assembly {
                 .floor_char_boundary(c.text.len().saturating_sub(held))
                 .max(c.sent)
         };
-        let delta = &c.text[c.sent..end];
-        let token_ids = self
-            .ctx
-            .sampling
-            .return_token_ids
-            .then(|| c.tokens.last().map_or(&[][..], std::slice::from_ref));
-        let chunk = TokenChunk {
-            index: i,
-            delta,
-            finish: c.finish.as_ref(),
-            token_ids,
-            // Completions carry the prompt ids on the first chunk; chat on the role chunk.
-            prompt_ids: prompt_ids.filter(|_| kind == Kind::Completion),
-        };
-        write_token_chunk(&self.ctx, &chunk, usage.as_ref(), out);
-        c.sent = end;
-        events + 1
+        let start = std::mem::replace(&mut c.sent, end);
+        Some(start..end)
     }
 
-    /// Appends the closing events: the usage chunk when asked for, then `[DONE]`.
-    pub(crate) fn write_end(&self, out: &mut Vec<u8>) -> usize {
-        let mut events = 1;
-        if self.ctx.sampling.include_usage {
-            let ctx = &self.ctx;
-            out.extend_from_slice(&ctx.chunk_prefix);
-            out.extend_from_slice(b"[],\"usage\":");
-            write_json(&self.usage(true), out);
-            out.extend_from_slice(b",\"system_fingerprint\":");
-            write_json(&*ctx.fingerprint, out);
-            out.extend_from_slice(b"}\n\n");
-            events += 1;
+    /// Marks choice `i` started; returns whether it was not yet.
+    fn start(&mut self, i: usize) -> bool {
+        self.choices
+            .get_mut(i)
+            .is_some_and(|c| !std::mem::replace(&mut c.started, true))
+    }
+
+    // === wire formats ===
+
+    /// The complete JSON response.
+    pub(crate) fn full_response(&self) -> Vec<u8> {
+        match self.ctx.kind {
+            Kind::Completion | Kind::Chat => openai::full_response(self),
+            Kind::Responses => responses::full_response(self),
+            Kind::Messages => messages::full_response(self),
         }
-        out.extend_from_slice(b"data: [DONE]\n\n");
-        events
     }
 
-    /// Appends an in-stream error event (HTTP 200 already sent), then `[DONE]`.
-    pub(crate) fn write_error(&self, message: &str, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"data: ");
-        let msg = serde_json::to_string(message).unwrap_or_else(|_| "\"error\"".into());
-        // The completions stream uses Python json.dumps spacing; chat is compact.
-        let body = match self.ctx.kind {
-            Kind::Completion => format!(
-                r#"{{"error": {{"message": {msg}, "type": "InternalServerError", "param": null, "code": 500}}}}"#
-            ),
-            Kind::Chat => format!(
-                r#"{{"error":{{"message":{msg},"type":"InternalServerError","param":null,"code":500}}}}"#
-            ),
-        };
-        out.extend_from_slice(body.as_bytes());
-        out.extend_from_slice(b"\n\ndata: [DONE]\n\n");
+    /// Appends the events that open a stream before any token (Responses:
+    /// `response.created`, `response.in_progress`). Returns events written.
+    pub(crate) fn write_start(&mut self, out: &mut Vec<u8>) -> usize {
+        match self.ctx.kind {
+            Kind::Responses => responses::write_start(self, out),
+            Kind::Completion | Kind::Chat | Kind::Messages => 0,
+        }
+    }
+
+    /// Appends the SSE event(s) for choice `i` after an engine event (the events that open
+    /// a choice before its first text, then the new text). Returns events written.
+    pub(crate) fn write_step(&mut self, i: usize, out: &mut Vec<u8>) -> usize {
+        match self.ctx.kind {
+            Kind::Completion | Kind::Chat => openai::write_step(self, i, out),
+            Kind::Responses => responses::write_step(self, out),
+            Kind::Messages => messages::write_step(self, out),
+        }
+    }
+
+    /// Appends the closing events once every choice finished. Returns events written.
+    pub(crate) fn write_end(&mut self, out: &mut Vec<u8>) -> usize {
+        match self.ctx.kind {
+            Kind::Completion | Kind::Chat => openai::write_end(self, out),
+            Kind::Responses => responses::write_end(self, out),
+            Kind::Messages => messages::write_end(self, out),
+        }
+    }
+
+    /// Appends an in-stream error event (HTTP 200 already sent) and the API's end marker.
+    pub(crate) fn write_error(&mut self, message: &str, out: &mut Vec<u8>) {
+        match self.ctx.kind {
+            Kind::Completion | Kind::Chat => openai::write_error(self, message, out),
+            Kind::Responses => responses::write_error(self, message, out),
+            Kind::Messages => messages::write_error(message, out),
+        }
     }
 }
 
@@ -385,245 +315,14 @@ fn write_json<T: Serialize + ?Sized>(v: &T, out: &mut Vec<u8>) {
     }
 }
 
-/// `data: {"id":…,"object":…,"created":…,"model":…,"choices":` (choices value follows).
-fn chunk_prefix(ctx: &OutputCtx) -> Vec<u8> {
-    let mut out = Vec::with_capacity(ctx.id.len() + ctx.model.len() + 96);
-    let out = &mut out;
-    out.extend_from_slice(b"data: {\"id\":");
-    write_json(&ctx.id, out);
-    out.extend_from_slice(match ctx.kind {
-        Kind::Completion => b",\"object\":\"text_completion\",\"created\":".as_slice(),
-        Kind::Chat => b",\"object\":\"chat.completion.chunk\",\"created\":".as_slice(),
-    });
-    let mut num = String::new();
-    let _ = write!(num, "{}", ctx.created);
-    out.extend_from_slice(num.as_bytes());
-    out.extend_from_slice(b",\"model\":");
-    write_json(&ctx.model, out);
-    out.extend_from_slice(b",\"choices\":");
-    std::mem::take(out)
-}
-
-fn write_role_chunk(
-    ctx: &OutputCtx,
-    i: usize,
-    prompt_ids: Option<&[u32]>,
-    usage: Option<&Usage>,
-    out: &mut Vec<u8>,
-) {
-    out.extend_from_slice(&ctx.chunk_prefix);
-    let _ = write!(
-        Cursor(out),
-        "[{{\"index\":{i},\"delta\":{{\"role\":\"assistant\",\"content\":\"\"}},\"logprobs\":null,\"finish_reason\":null}}]"
-    );
-    if let Some(u) = usage {
-        out.extend_from_slice(b",\"usage\":");
-        write_json(u, out);
-    }
-    out.extend_from_slice(b",\"prompt_token_ids\":");
-    write_json(&prompt_ids, out);
-    out.extend_from_slice(b",\"prompt_text\":null}\n\n");
-}
-
-/// One choice's chunk after an engine step.
-struct TokenChunk<'a> {
-    index: usize,
-    delta: &'a str,
-    finish: Option<&'a (FinishReason, Option<StopReason>)>,
-    token_ids: Option<&'a [u32]>,
-    prompt_ids: Option<&'a [u32]>,
-}
-
-fn write_token_chunk(
-    ctx: &OutputCtx,
-    chunk: &TokenChunk<'_>,
-    usage: Option<&Usage>,
-    out: &mut Vec<u8>,
-) {
-    let TokenChunk {
-        index: i,
-        delta,
-        finish,
-        token_ids,
-        prompt_ids,
-    } = *chunk;
-    out.extend_from_slice(&ctx.chunk_prefix);
-    let _ = write!(Cursor(out), "[{{\"index\":{i},");
-    match ctx.kind {
-        Kind::Completion => {
-            out.extend_from_slice(b"\"text\":");
-            write_json(delta, out);
-            out.extend_from_slice(b",\"logprobs\":null,\"finish_reason\":");
-            write_json(&finish.map(|f| f.0.as_str()), out);
-            out.extend_from_slice(b",\"stop_reason\":");
-            write_json(&finish.and_then(|f| f.1.as_ref()), out);
-            out.extend_from_slice(b",\"prompt_token_ids\":");
-            write_json(&prompt_ids, out);
-            out.extend_from_slice(b",\"token_ids\":");
-            write_json(&token_ids, out);
-            out.extend_from_slice(b",\"weight_versions\":null}]");
-        }
-        Kind::Chat => {
-            out.extend_from_slice(b"\"delta\":{\"content\":");
-            write_json(delta, out);
-            out.extend_from_slice(b"},\"logprobs\":null,\"finish_reason\":");
-            write_json(&finish.map(|f| f.0.as_str()), out);
-            if let Some(f) = finish {
-                out.extend_from_slice(b",\"stop_reason\":");
-                write_json(&f.1, out);
-                out.extend_from_slice(b",\"token_ids\":");
-                write_json(&token_ids, out);
-                out.extend_from_slice(b",\"weight_versions\":null}]");
-            } else {
-                out.extend_from_slice(b",\"token_ids\":");
-                write_json(&token_ids, out);
-                out.extend_from_slice(b"}]");
-            }
-        }
-    }
-    if finish.is_some() && !ctx.sampling.include_usage {
-        out.extend_from_slice(b",\"system_fingerprint\":");
-        write_json(&*ctx.fingerprint, out);
-    }
-    if let Some(u) = usage {
-        out.extend_from_slice(b",\"usage\":");
-        write_json(u, out);
-    }
-    out.extend_from_slice(b",\"kv_transfer_params\":null}\n\n");
-}
-
-/// `write!` into a byte buffer.
-struct Cursor<'a>(&'a mut Vec<u8>);
-
-impl std::fmt::Write for Cursor<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
-    }
-}
-
-// === response shapes (field order is vLLM's) ===
-
-/// `usage`: key order prompt, total, completion; details null unless enabled. In stream
-/// chunks null fields are dropped.
-#[derive(Debug)]
-struct Usage {
-    prompt_tokens: usize,
-    total_tokens: usize,
-    completion_tokens: usize,
-    details: Option<u32>,
-    streaming: bool,
-}
-
-impl Serialize for Usage {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut m = s.serialize_map(None)?;
-        m.serialize_entry("prompt_tokens", &self.prompt_tokens)?;
-        m.serialize_entry("total_tokens", &self.total_tokens)?;
-        m.serialize_entry("completion_tokens", &self.completion_tokens)?;
-        match (self.details, self.streaming) {
-            (Some(c), true) => {
-                m.serialize_entry("prompt_tokens_details", &CachedOnly { cached_tokens: c })?
-            }
-            (Some(c), false) => m.serialize_entry(
-                "prompt_tokens_details",
-                &PromptDetails {
-                    cached_tokens: c,
-                    created_cache_tokens: None,
-                    multimodal_tokens: None,
-                },
-            )?,
-            (None, true) => {}
-            (None, false) => m.serialize_entry("prompt_tokens_details", &None::<()>)?,
-        }
-        if !self.streaming {
-            m.serialize_entry("completion_tokens_details", &None::<()>)?;
-        }
-        m.end()
-    }
-}
-
-#[derive(Serialize)]
-struct CachedOnly {
-    cached_tokens: u32,
-}
-
-#[derive(Serialize)]
-struct PromptDetails {
-    cached_tokens: u32,
-    created_cache_tokens: Option<u32>,
-    multimodal_tokens: Option<u32>,
-}
-
-#[derive(Serialize)]
-struct CompletionResponse<'a> {
-    id: &'a str,
-    object: &'static str,
-    created: u64,
-    model: &'a str,
-    choices: Vec<CompletionChoice<'a>>,
-    service_tier: Option<()>,
-    system_fingerprint: &'a str,
-    usage: Usage,
-    kv_transfer_params: Option<()>,
-    ec_transfer_params: Option<()>,
-    metrics: Option<()>,
-}
-
-#[derive(Serialize)]
-struct CompletionChoice<'a> {
-    index: usize,
-    text: &'a str,
-    logprobs: Option<()>,
-    finish_reason: Option<&'static str>,
-    stop_reason: Option<&'a StopReason>,
-    token_ids: Option<&'a [u32]>,
-    prompt_logprobs: Option<()>,
-    prompt_token_ids: Option<&'a [u32]>,
-    routed_experts: Option<()>,
-    weight_versions: Option<()>,
-}
-
-#[derive(Serialize)]
-struct ChatResponse<'a> {
-    id: &'a str,
-    object: &'static str,
-    created: u64,
-    model: &'a str,
-    choices: Vec<ChatChoice<'a>>,
-    service_tier: Option<()>,
-    system_fingerprint: &'a str,
-    usage: Usage,
-    prompt_logprobs: Option<()>,
-    prompt_token_ids: Option<&'a [u32]>,
-    prompt_text: Option<()>,
-    kv_transfer_params: Option<()>,
-    ec_transfer_params: Option<()>,
-    metrics: Option<()>,
-}
-
-#[derive(Serialize)]
-struct ChatChoice<'a> {
-    index: usize,
-    message: ChatMessageOut<'a>,
-    logprobs: Option<()>,
-    finish_reason: Option<&'static str>,
-    stop_reason: Option<&'a StopReason>,
-    token_ids: Option<&'a [u32]>,
-    routed_experts: Option<()>,
-    weight_versions: Option<()>,
-}
-
-#[derive(Serialize)]
-struct ChatMessageOut<'a> {
-    role: &'static str,
-    content: &'a str,
-    refusal: Option<()>,
-    annotations: Option<()>,
-    audio: Option<()>,
-    function_call: Option<()>,
-    reasoning: Option<()>,
+/// Appends one named SSE event (`event: <name>` + `data: <json>`), as the Responses and
+/// Messages streams send them.
+fn write_named_event<T: Serialize + ?Sized>(name: &str, data: &T, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    write_json(data, out);
+    out.extend_from_slice(b"\n\n");
 }
 
 #[cfg(test)]

@@ -2,11 +2,14 @@
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
 
 mod api;
+mod audio;
 mod cli;
 mod faults;
 mod kv_events;
 mod lifecycle;
 mod metrics;
+mod route_faults;
+mod routes;
 mod streaming;
 mod support;
 mod timing;

@@ -52,14 +52,21 @@ pub async fn send(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Answer {
+    send_bytes(c, method, url, headers, Bytes::from(body.to_owned())).await
+}
+
+pub async fn send_bytes(
+    c: &HttpClient,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Answer {
     let mut req = Request::builder().method(method).uri(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let res = c
-        .request(req.body(Full::new(Bytes::from(body.to_owned()))).unwrap())
-        .await
-        .unwrap();
+    let res = c.request(req.body(Full::new(body)).unwrap()).await.unwrap();
     let status = res.status();
     let headers = res.headers().clone();
     let body = res.into_body().collect().await.unwrap().to_bytes();
@@ -85,8 +92,9 @@ pub async fn post(c: &HttpClient, url: &str, body: &Value) -> Answer {
     .await
 }
 
-/// One SSE event and when it arrived.
+/// One SSE event (its `event:` name, if any) and when it arrived.
 pub struct Event {
+    pub name: Option<String>,
     pub data: String,
     pub at: Instant,
 }
@@ -109,12 +117,28 @@ pub struct Stream {
 }
 
 pub async fn stream(c: &HttpClient, url: &str, body: &Value) -> Stream {
+    stream_bytes(
+        c,
+        url,
+        &[("content-type", "application/json")],
+        Bytes::from(body.to_string()),
+    )
+    .await
+}
+
+/// [`stream`] with any headers and body.
+pub async fn stream_bytes(
+    c: &HttpClient,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Stream {
     let start = Instant::now();
-    let req = Request::post(url)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap();
-    let res = c.request(req).await.unwrap();
+    let mut req = Request::post(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let res = c.request(req.body(Full::new(body)).unwrap()).await.unwrap();
     let status = res.status();
     let headers = res.headers().clone();
     let mut body = res.into_body();
@@ -137,11 +161,19 @@ pub async fn stream(c: &HttpClient, url: &str, body: &Value) -> Stream {
                 let now = Instant::now();
                 while let Some(pos) = pending.find("\n\n") {
                     let ev: String = pending.drain(..pos + 2).collect();
-                    let data = ev
-                        .trim_end()
+                    let ev = ev.trim_end();
+                    let (name, data) = match ev.strip_prefix("event: ") {
+                        Some(rest) => {
+                            let (name, data) = rest.split_once('\n').unwrap();
+                            (Some(name.to_owned()), data)
+                        }
+                        None => (None, ev),
+                    };
+                    let data = data
                         .strip_prefix("data: ")
                         .unwrap_or_else(|| panic!("not SSE: {ev:?}"));
                     events.push(Event {
+                        name,
                         data: data.to_owned(),
                         at: now,
                     });

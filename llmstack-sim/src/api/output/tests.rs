@@ -40,6 +40,7 @@ fn assembly(kind: Kind, id: &str, prompt_len: usize, s: Sampling) -> Assembly {
         details: false,
         echo: false,
         chunk_prefix: Vec::new(),
+        responses: None,
     })
 }
 
@@ -287,14 +288,14 @@ fn streaming_holds_back_possible_stop_prefixes() {
 
 #[test]
 fn in_stream_errors_use_each_endpoints_json_style() {
-    let a = assembly(Kind::Completion, "cmpl-x", 3, sampling(true, false, &[]));
+    let mut a = assembly(Kind::Completion, "cmpl-x", 3, sampling(true, false, &[]));
     let mut buf = Vec::new();
     a.write_error("Internal server error", &mut buf);
     assert_eq!(
         text(&buf),
         "data: {\"error\": {\"message\": \"Internal server error\", \"type\": \"InternalServerError\", \"param\": null, \"code\": 500}}\n\ndata: [DONE]\n\n"
     );
-    let c = assembly(Kind::Chat, "chatcmpl-x", 3, sampling(true, false, &[]));
+    let mut c = assembly(Kind::Chat, "chatcmpl-x", 3, sampling(true, false, &[]));
     buf.clear();
     c.write_error("Internal server error", &mut buf);
     assert!(text(&buf).starts_with(r#"data: {"error":{"message":"Internal server error","type":"InternalServerError","param":null,"code":500}}"#));
@@ -315,6 +316,7 @@ fn n_choices_and_multi_prompt_usage() {
         details: false,
         echo: false,
         chunk_prefix: Vec::new(),
+        responses: None,
     });
     for i in 0..4 {
         a.apply(SeqEvent {
