@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use llmstack_core::{BoxError, EndpointId, Error, TimeoutPhase};
@@ -48,8 +48,32 @@ struct Upstream {
     at_boundary: bool,
     /// The closing error event, once the engine failed.
     tail: Option<Bytes>,
+    /// Data read but not yet handed to the client connection.
+    batch: Batch,
+    /// What the engine sent after the gathered data (handed on after it).
+    after_batch: Option<After>,
+    /// Whether data arrived since the engine connection was last given a turn.
+    progress: bool,
     done: bool,
 }
+
+/// What ended a batch.
+#[derive(Debug)]
+enum After {
+    Trailers(Frame<Bytes>),
+    Error(BoxError),
+    End,
+}
+
+/// Engine chunks gathered into one client write (no copy for a single chunk).
+#[derive(Debug, Default)]
+struct Batch {
+    first: Option<Bytes>,
+    more: BytesMut,
+}
+
+/// Largest batch of engine chunks merged into one frame.
+const MAX_BATCH: usize = 64 * 1024;
 
 // === impl ProxyBody ===
 
@@ -82,6 +106,9 @@ impl ProxyBody {
                 sse,
                 at_boundary: true,
                 tail: None,
+                batch: Batch::default(),
+                after_batch: None,
+                progress: false,
                 done: false,
             }),
         }
@@ -105,7 +132,12 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(bytes) => bytes.is_none(),
-            Kind::Upstream(up) => up.tail.is_none() && (up.done || up.body.is_end_stream()),
+            Kind::Upstream(up) => {
+                up.tail.is_none()
+                    && up.batch.is_empty()
+                    && up.after_batch.is_none()
+                    && (up.done || up.body.is_end_stream())
+            }
         }
     }
 
@@ -113,7 +145,14 @@ impl Body for ProxyBody {
         match &self.kind {
             Kind::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
-            Kind::Upstream(up) if up.done || up.tail.is_some() => SizeHint::default(),
+            Kind::Upstream(up)
+                if up.done
+                    || up.tail.is_some()
+                    || up.after_batch.is_some()
+                    || !up.batch.is_empty() =>
+            {
+                SizeHint::default()
+            }
             Kind::Upstream(up) => up.body.size_hint(),
         }
     }
@@ -126,46 +165,94 @@ impl Upstream {
         if let Some(tail) = self.tail.take() {
             return Poll::Ready(Some(Ok(Frame::data(tail))));
         }
+        match self.after_batch.take() {
+            Some(After::Trailers(frame)) => return Poll::Ready(Some(Ok(frame))),
+            Some(After::End) => return self.end(),
+            Some(After::Error(e)) => return self.fail(e),
+            None => {}
+        }
         if self.done {
             return Poll::Ready(None);
         }
         loop {
             match Pin::new(&mut self.body).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(data) = frame.data_ref()
-                        && !data.is_empty()
-                    {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) if data.is_empty() => {}
+                    Ok(data) => {
                         self.at_boundary = data.ends_with(b"\n\n");
+                        self.batch.push(data);
+                        self.progress = true;
+                        if self.batch.len() >= MAX_BATCH {
+                            return self.flush();
+                        }
                     }
-                    self.last = Instant::now();
-                    return Poll::Ready(Some(Ok(frame)));
+                    Err(trailers) => return self.then(After::Trailers(trailers)),
+                },
+                Poll::Ready(Some(Err(e))) => return self.then(After::Error(e.into())),
+                Poll::Ready(None) => return self.then(After::End),
+                Poll::Pending if !self.batch.is_empty() => {
+                    // Chunks already in the engine's socket buffer are decoded by the
+                    // connection task, one per turn: give it turns while each brings
+                    // more, then send everything gathered as one write.
+                    if self.progress {
+                        self.progress = false;
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                    return self.flush();
                 }
-                Poll::Ready(Some(Err(e))) => return self.fail(e.into()),
-                Poll::Ready(None) => {
-                    self.done = true;
-                    self.guard = None;
-                    return Poll::Ready(None);
+                Poll::Pending => {
+                    let deadline = self.last + self.idle;
+                    let timer = self
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                    ready!(timer.as_mut().poll(cx));
+                    // The timer keeps its first deadline while data flows (no reset per
+                    // chunk); when it fires, either the engine really went quiet or the
+                    // deadline moves to `idle` after the last data.
+                    if Instant::now() >= deadline {
+                        let timeout = Error::Timeout {
+                            endpoint: self.endpoint.clone(),
+                            phase: TimeoutPhase::Idle,
+                        };
+                        self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+                        return self.fail(timeout.into());
+                    }
+                    timer.as_mut().reset(deadline);
                 }
-                Poll::Pending => {}
             }
-            let deadline = self.last + self.idle;
-            let timer = self
-                .timer
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-            if timer.deadline() != deadline {
-                timer.as_mut().reset(deadline);
-            }
-            ready!(timer.as_mut().poll(cx));
-            if Instant::now() >= self.last + self.idle {
-                let timeout = Error::Timeout {
-                    endpoint: self.endpoint.clone(),
-                    phase: TimeoutPhase::Idle,
-                };
-                self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
-                return self.fail(timeout.into());
-            }
-            // A frame arrived meanwhile: poll the body again with a fresh deadline.
         }
+    }
+
+    /// Sends the gathered data now and `next` on the following poll (or at once when
+    /// nothing is gathered).
+    fn then(&mut self, next: After) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.batch.is_empty() {
+            self.after_batch = Some(next);
+            return self.poll_after();
+        }
+        self.after_batch = Some(next);
+        self.flush()
+    }
+
+    fn poll_after(&mut self) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.after_batch.take() {
+            Some(After::Trailers(frame)) => Poll::Ready(Some(Ok(frame))),
+            Some(After::Error(e)) => self.fail(e),
+            Some(After::End) | None => self.end(),
+        }
+    }
+
+    fn flush(&mut self) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.progress = false;
+        self.last = Instant::now();
+        Poll::Ready(Some(Ok(Frame::data(self.batch.take()))))
+    }
+
+    fn end(&mut self) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.done = true;
+        self.guard = None;
+        Poll::Ready(None)
     }
 
     /// The engine failed mid-body: end this client's response, count it, release the
@@ -188,5 +275,37 @@ impl Upstream {
             return Poll::Ready(Some(Ok(Frame::data(Bytes::from(event)))));
         }
         Poll::Ready(Some(Err(error)))
+    }
+}
+
+// === impl Batch ===
+
+impl Batch {
+    fn push(&mut self, data: Bytes) {
+        if self.more.is_empty() {
+            match self.first.take() {
+                None => {
+                    self.first = Some(data);
+                    return;
+                }
+                Some(first) => self.more.extend_from_slice(&first),
+            }
+        }
+        self.more.extend_from_slice(&data);
+    }
+
+    fn len(&self) -> usize {
+        self.first.as_ref().map_or(0, Bytes::len) + self.more.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none() && self.more.is_empty()
+    }
+
+    fn take(&mut self) -> Bytes {
+        match self.first.take() {
+            Some(first) => first,
+            None => self.more.split().freeze(),
+        }
     }
 }

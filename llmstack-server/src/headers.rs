@@ -46,8 +46,14 @@ pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
             return v.clone();
         }
     }
-    let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
-    HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("0"))
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = [0u8; 32];
+    let bits = u128::from(fastrand::u64(..)) << 64 | u128::from(fastrand::u64(..));
+    for (i, c) in id.iter_mut().enumerate() {
+        *c = HEX[((bits >> (4 * i)) & 0xf) as usize];
+    }
+    // Always 32 lowercase hex digits: a valid header value.
+    HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("0"))
 }
 
 #[cfg(test)]
