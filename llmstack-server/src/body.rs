@@ -27,6 +27,10 @@ pub struct ProxyBody {
 }
 
 #[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "proxied responses are the common case; boxing would allocate for each"
+)]
 enum Kind {
     Full(Option<Bytes>),
     Upstream(Upstream),
