@@ -14,6 +14,7 @@ use llmstack_routing::InFlightGuard;
 use tokio::time::{Instant, Sleep};
 
 use crate::state::Counters;
+use crate::upstream::{Link, Pools};
 
 /// Every response the router sends.
 ///
@@ -39,6 +40,9 @@ enum Kind {
 #[derive(Debug)]
 struct Upstream {
     body: Incoming,
+    /// The engine connection, driven from here; back to the pool after a clean end.
+    link: Option<Link>,
+    pools: Arc<Pools>,
     endpoint: EndpointId,
     idle: Duration,
     last: Instant,
@@ -56,8 +60,6 @@ struct Upstream {
     batch: Batch,
     /// What the engine sent after the gathered data (handed on after it).
     after_batch: Option<After>,
-    /// Whether data arrived since the engine connection was last given a turn.
-    progress: bool,
     done: bool,
 }
 
@@ -90,8 +92,11 @@ impl ProxyBody {
     }
 
     /// An engine's body, held to `idle` between chunks, keeping `guard` until it ends.
+    #[expect(clippy::too_many_arguments, reason = "one constructor, one caller")]
     pub(crate) fn upstream(
         body: Incoming,
+        link: Link,
+        pools: Arc<Pools>,
         endpoint: EndpointId,
         idle: Duration,
         guard: InFlightGuard,
@@ -101,6 +106,8 @@ impl ProxyBody {
         Self {
             kind: Kind::Upstream(Upstream {
                 body,
+                link: Some(link),
+                pools,
                 endpoint,
                 idle,
                 last: Instant::now(),
@@ -112,7 +119,6 @@ impl ProxyBody {
                 tail: None,
                 batch: Batch::default(),
                 after_batch: None,
-                progress: false,
                 done: false,
             }),
         }
@@ -169,42 +175,40 @@ impl Upstream {
         if let Some(tail) = self.tail.take() {
             return Poll::Ready(Some(Ok(Frame::data(tail))));
         }
-        match self.after_batch.take() {
-            Some(After::Trailers(frame)) => return Poll::Ready(Some(Ok(frame))),
-            Some(After::End) => return self.end(),
-            Some(After::Error(e)) => return self.fail(e),
-            None => {}
+        if self.after_batch.is_some() {
+            return self.poll_after(cx);
         }
         if self.done {
             return Poll::Ready(None);
         }
         loop {
+            // The connection reads the engine's socket and decodes the next chunk into
+            // the body; both register this task's waker.
+            if let Some(link) = &mut self.link {
+                link.drive(cx);
+            }
             match Pin::new(&mut self.body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) if data.is_empty() => {}
                     Ok(data) => {
                         self.at_boundary = data.ends_with(b"\n\n");
                         self.batch.push(data);
-                        self.progress = true;
+                        if self.body.is_end_stream() {
+                            // The last bytes of a sized body: hyper will not poll again,
+                            // so release the engine connection now.
+                            self.finish(cx);
+                            return self.flush();
+                        }
                         if self.batch.len() >= MAX_BATCH {
                             return self.flush();
                         }
                     }
-                    Err(trailers) => return self.then(After::Trailers(trailers)),
+                    Err(trailers) => return self.then(After::Trailers(trailers), cx),
                 },
-                Poll::Ready(Some(Err(e))) => return self.then(After::Error(e.into())),
-                Poll::Ready(None) => return self.then(After::End),
-                Poll::Pending if !self.batch.is_empty() => {
-                    // Chunks already in the engine's socket buffer are decoded by the
-                    // connection task, one per turn: give it turns while each brings
-                    // more, then send everything gathered as one write.
-                    if self.progress {
-                        self.progress = false;
-                        cx.waker().wake_by_ref();
-                        return Poll::Pending;
-                    }
-                    return self.flush();
-                }
+                Poll::Ready(Some(Err(e))) => return self.then(After::Error(e.into()), cx),
+                Poll::Ready(None) => return self.then(After::End, cx),
+                // Everything the engine's socket held is gathered: one write.
+                Poll::Pending if !self.batch.is_empty() => return self.flush(),
                 Poll::Pending => {
                     let deadline = self.last + self.idle;
                     let timer = self
@@ -230,33 +234,43 @@ impl Upstream {
 
     /// Sends the gathered data now and `next` on the following poll (or at once when
     /// nothing is gathered).
-    fn then(&mut self, next: After) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if self.batch.is_empty() {
-            self.after_batch = Some(next);
-            return self.poll_after();
-        }
+    fn then(
+        &mut self,
+        next: After,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.after_batch = Some(next);
+        if self.batch.is_empty() {
+            return self.poll_after(cx);
+        }
         self.flush()
     }
 
-    fn poll_after(&mut self) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_after(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.after_batch.take() {
             Some(After::Trailers(frame)) => Poll::Ready(Some(Ok(frame))),
             Some(After::Error(e)) => self.fail(e),
-            Some(After::End) | None => self.end(),
+            Some(After::End) | None => self.end(cx),
         }
     }
 
     fn flush(&mut self) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.progress = false;
         self.last = Instant::now();
         Poll::Ready(Some(Ok(Frame::data(self.batch.take()))))
     }
 
-    fn end(&mut self) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    /// The engine's response ended cleanly: its connection can serve another request.
+    fn end(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.finish(cx);
+        Poll::Ready(None)
+    }
+
+    fn finish(&mut self, cx: &mut Context<'_>) {
         self.done = true;
         self.guard = None;
-        Poll::Ready(None)
+        if let Some(link) = self.link.take() {
+            self.pools.checkin(&self.endpoint, link, cx);
+        }
     }
 
     /// The engine failed mid-body: end this client's response, count it, release the
@@ -266,6 +280,7 @@ impl Upstream {
     fn fail(&mut self, error: BoxError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.done = true;
         self.guard = None;
+        self.link = None;
         self.counters.broken_streams.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(endpoint = %self.endpoint, %error, "engine response broke off");
         if self.sse && self.at_boundary {

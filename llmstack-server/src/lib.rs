@@ -18,6 +18,7 @@ mod local;
 mod proxy;
 mod server;
 mod state;
+mod upstream;
 
 pub use body::ProxyBody;
 pub use cli::{Action, Cli, Command, parse};

@@ -49,6 +49,7 @@ pub(crate) fn answer(shared: &Shared, route: Local) -> Response<ProxyBody> {
                     "retries": c.retries.load(Ordering::Relaxed),
                     "broken_streams": c.broken_streams.load(Ordering::Relaxed),
                     "timeouts": c.timeouts.load(Ordering::Relaxed),
+                    "engine_connections_opened": shared.pools.opened(),
                 }),
             )
         }

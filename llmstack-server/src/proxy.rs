@@ -7,18 +7,21 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode, request::Parts};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, request::Parts};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use llmstack_core::{
-    EndpointId, Error, RouteRequest, TimeoutPhase, multipart_boundary, multipart_text_field,
+    Endpoint, EndpointId, Error, RouteRequest, TimeoutPhase, multipart_boundary,
+    multipart_text_field,
 };
 use llmstack_routing::{Target, select};
+use tokio::time::Instant;
 
 use crate::body::ProxyBody;
 use crate::headers::{REQUEST_ID, request_id, strip_hop_by_hop};
 use crate::local;
 use crate::state::Shared;
+use crate::upstream::Link;
 
 /// How a proxied route's body names its model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,9 +147,18 @@ async fn forward(
     if let Some(header) = &shared.session_header
         && let Some(key) = parts.headers.get(header).and_then(|v| v.to_str().ok())
     {
-        route.set_session_key(Cow::Borrowed(key));
+        route.set_session_key(Cow::Owned(key.to_owned()));
     }
     let (pinned, path_and_query) = split_query(&parts);
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::CONTENT_LENGTH);
+    headers.insert(REQUEST_ID.clone(), id.clone());
+    let outgoing = Outgoing {
+        path_and_query,
+        headers,
+        body: bytes.clone(),
+    };
     let set = shared.endpoints();
     let mut exclude: Vec<EndpointId> = Vec::new();
     let mut last_error: Option<Error> = None;
@@ -159,24 +171,9 @@ async fn forward(
             Ok(endpoint) => endpoint,
             Err(e) => return Err(last_error.unwrap_or(e)),
         };
-        let uri = endpoint
-            .uri_for(&path_and_query)
-            .ok_or_else(|| Error::Upstream {
-                endpoint: endpoint.id.clone(),
-                source: "the engine URL and the request path do not make a URI".into(),
-            })?;
-        let mut upstream = Request::new(Full::new(bytes.clone()));
-        *upstream.method_mut() = Method::POST;
-        *upstream.uri_mut() = uri;
-        *upstream.headers_mut() = parts.headers.clone();
-        let headers = upstream.headers_mut();
-        strip_hop_by_hop(headers);
-        headers.remove(header::HOST);
-        headers.remove(header::CONTENT_LENGTH);
-        headers.insert(REQUEST_ID.clone(), id.clone());
         let guard = shared.in_flight.start(&endpoint.id);
-        match send(shared, upstream, &endpoint.id).await {
-            Ok(resp) => {
+        match send(shared, &endpoint, &outgoing).await {
+            Ok((resp, link)) => {
                 let (mut head, body) = resp.into_parts();
                 strip_hop_by_hop(&mut head.headers);
                 let sse = head
@@ -185,6 +182,8 @@ async fn forward(
                     .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
                 let body = ProxyBody::upstream(
                     body,
+                    link,
+                    Arc::clone(&shared.pools),
                     endpoint.id.clone(),
                     shared.proxy.idle_timeout,
                     guard,
@@ -207,44 +206,84 @@ async fn forward(
     }
 }
 
-/// Sends one attempt, classifying failures.
+/// What goes to the engine, whichever engine it is.
+struct Outgoing {
+    path_and_query: String,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Outgoing {
+    /// The request for `endpoint`: origin-form target under the endpoint's path prefix,
+    /// `Host` of the endpoint, the client's end-to-end headers, the original bytes.
+    fn request(&self, endpoint: &Endpoint) -> Result<Request<Full<Bytes>>, Error> {
+        let prefix = endpoint.url.path().trim_end_matches('/');
+        let mut req = Request::new(Full::new(self.body.clone()));
+        *req.method_mut() = Method::POST;
+        let target = if prefix.is_empty() {
+            Uri::try_from(self.path_and_query.as_str())
+        } else {
+            Uri::try_from(format!("{prefix}{}", self.path_and_query))
+        };
+        *req.uri_mut() = target.map_err(|e| Error::Upstream {
+            endpoint: endpoint.id.clone(),
+            source: e.into(),
+        })?;
+        *req.headers_mut() = self.headers.clone();
+        if let Some(host) = endpoint
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            req.headers_mut().insert(header::HOST, host);
+        }
+        Ok(req)
+    }
+}
+
+/// Sends one attempt to `endpoint` and waits for the response head (within the first-byte
+/// deadline), classifying failures. A request lost on a reused idle connection that the
+/// engine was closing is sent once more on a new connection to the same engine.
 async fn send(
     shared: &Shared,
-    req: Request<Full<Bytes>>,
-    endpoint: &EndpointId,
-) -> Result<Response<Incoming>, Error> {
-    let timeout = shared.proxy.first_byte_timeout;
-    match tokio::time::timeout(timeout, shared.client.request(req)).await {
-        Ok(Ok(resp)) => Ok(resp),
-        Ok(Err(e)) if e.is_connect() => {
-            let timed_out =
-                std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| {
-                    e.source()
-                })
-                .any(|e| {
-                    e.downcast_ref::<std::io::Error>()
-                        .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-                });
-            if timed_out {
-                shared.counters.timeouts.fetch_add(1, Ordering::Relaxed);
-                return Err(Error::Timeout {
-                    endpoint: endpoint.clone(),
-                    phase: TimeoutPhase::Connect,
-                });
+    endpoint: &Endpoint,
+    outgoing: &Outgoing,
+) -> Result<(Response<Incoming>, Link), Error> {
+    let deadline = Instant::now() + shared.proxy.first_byte_timeout;
+    let attempt = async {
+        let mut fresh = false;
+        loop {
+            let mut link = if fresh {
+                shared.pools.connect(endpoint).await?
+            } else {
+                shared.pools.link(endpoint).await?
+            };
+            match link.exchange(outgoing.request(endpoint)?).await {
+                Ok(resp) => return Ok((resp, link)),
+                Err((e, unsent)) => {
+                    let lost = unsent.is_some() || e.is_incomplete_message() || e.is_canceled();
+                    if link.reused && lost && !fresh {
+                        fresh = true;
+                        continue;
+                    }
+                    return Err(Error::Upstream {
+                        endpoint: endpoint.id.clone(),
+                        source: e.into(),
+                    });
+                }
             }
-            Err(Error::Connect {
-                endpoint: endpoint.clone(),
-                source: e.into(),
-            })
         }
-        Ok(Err(e)) => Err(Error::Upstream {
-            endpoint: endpoint.clone(),
-            source: e.into(),
-        }),
+    };
+    match tokio::time::timeout_at(deadline, attempt).await {
+        Ok(result) => {
+            if let Err(Error::Timeout { .. }) = &result {
+                shared.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+            }
+            result
+        }
         Err(_) => {
             shared.counters.timeouts.fetch_add(1, Ordering::Relaxed);
             Err(Error::Timeout {
-                endpoint: endpoint.clone(),
+                endpoint: endpoint.id.clone(),
                 phase: TimeoutPhase::FirstByte,
             })
         }

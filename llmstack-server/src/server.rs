@@ -9,9 +9,7 @@ use std::time::Duration;
 use http::HeaderName;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use llmstack_core::{Discover, EndpointSet};
 use llmstack_discovery::{probe, static_discovery, static_endpoints};
@@ -22,6 +20,7 @@ use tokio::task::JoinHandle;
 
 use crate::ServerConfig;
 use crate::state::{Counters, Shared};
+use crate::upstream::Pools;
 
 /// A running router.
 ///
@@ -69,17 +68,8 @@ impl Server {
         }
         let (set_tx, set_rx) = watch::channel(seed);
         let in_flight = InFlight::default();
-        let discovery = tokio::spawn(run_discovery(source, set_tx, in_flight.clone()));
 
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.proxy.connect_timeout));
-        let client = Client::builder(TokioExecutor::new())
-            // Engines (uvicorn) close idle connections after 5 s; let ours go first.
-            .pool_idle_timeout(Duration::from_secs(4))
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
+        let pools = Arc::new(Pools::new(config.proxy.connect_timeout));
         let session_header = config
             .routing
             .session_key
@@ -88,8 +78,8 @@ impl Server {
         let shared = Arc::new(Shared {
             endpoints: set_rx,
             policy: config.routing.policy(),
-            client,
-            in_flight,
+            pools: Arc::clone(&pools),
+            in_flight: in_flight.clone(),
             proxy: config.proxy.clone(),
             aliases: config.routing.static_aliases.clone(),
             session_header,
@@ -97,6 +87,7 @@ impl Server {
             counters: Arc::new(Counters::default()),
             draining: Default::default(),
         });
+        let discovery = tokio::spawn(run_discovery(source, set_tx, in_flight, pools));
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(StartError::Bind)?;
@@ -154,6 +145,7 @@ async fn run_discovery(
     mut source: impl Discover,
     tx: watch::Sender<EndpointSet>,
     in_flight: InFlight,
+    pools: Arc<Pools>,
 ) {
     while let Some(update) = std::future::poll_fn(|cx| Pin::new(&mut source).poll_next(cx)).await {
         match update {
@@ -161,6 +153,7 @@ async fn run_discovery(
                 let mut set = tx.borrow().clone();
                 if set.apply(update) {
                     in_flight.retain(|id| set.get(id.as_str()).is_some());
+                    pools.retain(|id| set.get(id.as_str()).is_some());
                     tx.send_replace(set);
                 }
             }

@@ -4,25 +4,19 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 
-use bytes::Bytes;
 use http::HeaderName;
-use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use llmstack_core::EndpointSet;
 use llmstack_routing::{InFlight, Policy};
 use tokio::sync::watch;
 
 use crate::ProxyConfig;
-
-/// The pooled HTTP/1 client to the engines.
-pub(crate) type EngineClient = Client<HttpConnector, Full<Bytes>>;
+use crate::upstream::Pools;
 
 /// State shared by all requests.
 pub(crate) struct Shared {
     pub(crate) endpoints: watch::Receiver<EndpointSet>,
     pub(crate) policy: Box<dyn Policy>,
-    pub(crate) client: EngineClient,
+    pub(crate) pools: Arc<Pools>,
     pub(crate) in_flight: InFlight,
     pub(crate) proxy: ProxyConfig,
     pub(crate) aliases: BTreeMap<String, String>,

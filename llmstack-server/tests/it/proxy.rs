@@ -177,6 +177,8 @@ async fn round_robin_spreads_evenly_per_model() {
             e.base_url()
         );
     }
+    // Sequential requests reuse one kept-alive connection per engine.
+    assert_eq!(s.health().await["engine_connections_opened"], 4);
 }
 
 #[tokio::test]

@@ -1,0 +1,210 @@
+//! Connections to the engines: an idle pool per endpoint, and the exchange of one request.
+//!
+//! Each engine connection is driven by the task of the client request that uses it,
+//! not by a task of its own (as a general-purpose client would do): reading the engine's
+//! socket, decoding chunks and writing them to the client happen in one task, so chunks
+//! that arrive together leave together, and no cross-task wake-up is paid per chunk.
+//! An idle connection is not polled at all; it is checked when taken from the pool.
+
+use std::collections::HashMap;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, Connection, SendRequest};
+use hyper_util::rt::TokioIo;
+use llmstack_core::{Endpoint, EndpointId, Error, TimeoutPhase};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+type Conn = Connection<TokioIo<TcpStream>, Full<Bytes>>;
+
+/// Connections idle longer than this are not reused: uvicorn (vLLM) closes idle
+/// keep-alive connections after 5 s, and reusing one as it closes loses the request.
+const MAX_IDLE_AGE: Duration = Duration::from_secs(4);
+
+/// Idle connections kept per endpoint.
+const MAX_IDLE_PER_ENDPOINT: usize = 512;
+
+/// Idle engine connections, per endpoint.
+#[derive(Debug)]
+pub(crate) struct Pools {
+    idle: Mutex<HashMap<EndpointId, Vec<Idle>>>,
+    connect_timeout: Duration,
+    opened: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Idle {
+    link: Link,
+    since: Instant,
+}
+
+/// One HTTP/1 connection to an engine: the request handle and the connection state
+/// machine, which whoever holds the link must poll.
+#[derive(Debug)]
+pub(crate) struct Link {
+    sender: SendRequest<Full<Bytes>>,
+    conn: Conn,
+    /// The connection future finished (closed by either side, or failed).
+    closed: bool,
+    /// Whether the link came from the pool (a request lost on it may be retried).
+    pub(crate) reused: bool,
+}
+
+// === impl Pools ===
+
+impl Pools {
+    pub(crate) fn new(connect_timeout: Duration) -> Self {
+        Self {
+            idle: Mutex::new(HashMap::new()),
+            connect_timeout,
+            opened: AtomicU64::new(0),
+        }
+    }
+
+    /// A live idle connection to `endpoint`, or a new one.
+    pub(crate) async fn link(&self, endpoint: &Endpoint) -> Result<Link, Error> {
+        if let Some(link) = self.checkout(&endpoint.id) {
+            return Ok(link);
+        }
+        self.connect(endpoint).await
+    }
+
+    fn checkout(&self, id: &EndpointId) -> Option<Link> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let list = idle.get_mut(id)?;
+        let now = Instant::now();
+        while let Some(Idle { mut link, since }) = list.pop() {
+            if now.duration_since(since) > MAX_IDLE_AGE {
+                // Older ones are further down the stack: all stale.
+                list.clear();
+                return None;
+            }
+            // Let the connection notice a close by the engine (EOF) without blocking.
+            let mut cx = Context::from_waker(Waker::noop());
+            link.drive(&mut cx);
+            if !link.closed && link.sender.is_ready() {
+                link.reused = true;
+                return Some(link);
+            }
+        }
+        None
+    }
+
+    /// Connections opened so far (requests beyond that reused one).
+    pub(crate) fn opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
+    }
+
+    /// A new connection to `endpoint`, within the connect timeout.
+    pub(crate) async fn connect(&self, endpoint: &Endpoint) -> Result<Link, Error> {
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        let id = &endpoint.id;
+        let authority = endpoint.authority().ok_or_else(|| Error::Connect {
+            endpoint: id.clone(),
+            source: "the engine URL has no host".into(),
+        })?;
+        let addr = (authority.host(), authority.port_u16().unwrap_or(80));
+        let stream =
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    return Err(Error::Connect {
+                        endpoint: id.clone(),
+                        source: e.into(),
+                    });
+                }
+                Err(_) => {
+                    return Err(Error::Timeout {
+                        endpoint: id.clone(),
+                        phase: TimeoutPhase::Connect,
+                    });
+                }
+            };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "set_nodelay failed");
+        }
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| Error::Connect {
+                endpoint: id.clone(),
+                source: e.into(),
+            })?;
+        Ok(Link {
+            sender,
+            conn,
+            closed: false,
+            reused: false,
+        })
+    }
+
+    /// Returns a link whose last response ended cleanly to the idle pool (or drops it
+    /// when it cannot take another request).
+    pub(crate) fn checkin(&self, id: &EndpointId, mut link: Link, cx: &mut Context<'_>) {
+        // One more turn lets the connection finish the message and ask for the next.
+        link.drive(cx);
+        if link.closed || !link.sender.is_ready() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let list = idle.entry(id.clone()).or_default();
+        if list.len() < MAX_IDLE_PER_ENDPOINT {
+            list.push(Idle {
+                link,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Drops the idle connections of endpoints that no longer exist.
+    pub(crate) fn retain(&self, mut exists: impl FnMut(&EndpointId) -> bool) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        idle.retain(|id, _| exists(id));
+    }
+}
+
+// === impl Link ===
+
+impl Link {
+    /// Polls the connection: writes what is queued, reads and decodes what arrived.
+    pub(crate) fn drive(&mut self, cx: &mut Context<'_>) {
+        if self.closed {
+            return;
+        }
+        if let Poll::Ready(result) = Pin::new(&mut self.conn).poll(cx) {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "engine connection failed");
+            }
+            self.closed = true;
+        }
+    }
+
+    /// Sends `req` and waits for the response head, driving the connection meanwhile.
+    ///
+    /// `Err(Some(req))` gives the request back when it was never written (the
+    /// connection was not usable), so it can go on another connection.
+    pub(crate) async fn exchange(
+        &mut self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<Response<Incoming>, (hyper::Error, Option<Request<Full<Bytes>>>)> {
+        let mut response = std::pin::pin!(self.sender.try_send_request(req));
+        poll_fn(|cx| {
+            self.drive(cx);
+            response.as_mut().poll(cx)
+        })
+        .await
+        .map_err(|mut e| {
+            let req = e.take_message();
+            (e.into_error(), req)
+        })
+    }
+}
