@@ -65,6 +65,14 @@ pub enum Error {
         /// Why.
         source: BoxError,
     },
+    /// The engine's response broke off after it had started (502); only ever reported
+    /// inside a response already under way.
+    Broken {
+        /// The engine.
+        endpoint: EndpointId,
+        /// Why.
+        source: BoxError,
+    },
     /// The engine missed a deadline (504).
     Timeout {
         /// The engine.
@@ -123,7 +131,7 @@ impl Error {
             Self::ModelNotFound { .. } | Self::NotFound { .. } => 404,
             Self::MethodNotAllowed => 405,
             Self::BodyTooLarge { .. } => 413,
-            Self::Connect { .. } | Self::Upstream { .. } => 502,
+            Self::Connect { .. } | Self::Upstream { .. } | Self::Broken { .. } => 502,
             Self::NoReadyEndpoint { .. } | Self::ShuttingDown => 503,
             Self::Timeout { .. } => 504,
         }
@@ -139,6 +147,7 @@ impl Error {
             Self::UnknownEndpoint { .. } => "unknown_endpoint",
             Self::Connect { .. } => "connect",
             Self::Upstream { .. } => "upstream",
+            Self::Broken { .. } => "broken",
             Self::Timeout { .. } => "timeout",
             Self::ShuttingDown => "shutting_down",
             Self::NotFound { .. } => "not_found",
@@ -216,6 +225,12 @@ impl fmt::Display for Error {
             Self::Upstream { endpoint, source } => {
                 write!(f, "Engine {endpoint} failed before answering: {source}")
             }
+            Self::Broken { endpoint, source } => {
+                write!(
+                    f,
+                    "Engine {endpoint} stopped in the middle of its response: {source}"
+                )
+            }
             Self::Timeout { endpoint, phase } => {
                 let what = match phase {
                     TimeoutPhase::Connect => "connecting",
@@ -234,7 +249,9 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Self::Connect { source, .. } | Self::Upstream { source, .. } => Some(&**source),
+            Self::Connect { source, .. }
+            | Self::Upstream { source, .. }
+            | Self::Broken { source, .. } => Some(&**source),
             _ => None,
         }
     }

@@ -284,12 +284,14 @@ impl Upstream {
         self.counters.broken_streams.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(endpoint = %self.endpoint, %error, "engine response broke off");
         if self.sse && self.at_boundary {
-            let body = Error::Upstream {
-                endpoint: self.endpoint.clone(),
-                source: error,
-            }
-            .body();
-            let json = serde_json::to_string(&body).unwrap_or_default();
+            let error = match error.downcast::<Error>() {
+                Ok(ours) => *ours,
+                Err(source) => Error::Broken {
+                    endpoint: self.endpoint.clone(),
+                    source,
+                },
+            };
+            let json = serde_json::to_string(&error.body()).unwrap_or_default();
             let event = format!("data: {json}\n\ndata: [DONE]\n\n");
             return Poll::Ready(Some(Ok(Frame::data(Bytes::from(event)))));
         }

@@ -197,3 +197,47 @@ async fn shutdown_lets_open_streams_finish() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn silence_between_chunks_hits_the_idle_deadline_but_long_streams_do_not() {
+    let s = stack(vec![instant(M), h100("long")], |c| {
+        c.proxy.idle_timeout = Duration::from_millis(300);
+    })
+    .await;
+    // A stream that goes quiet for longer than the idle deadline is ended for its client.
+    s.engines[0]
+        .set_faults(FaultConfig {
+            first_token_delay_ms: 2000,
+            ..FaultConfig::default()
+        })
+        .unwrap();
+    let start = Instant::now();
+    let quiet = stream(&s.client, &s.at("/v1/completions"), &streamed(M, 4)).await;
+    let waited = start.elapsed();
+    assert_eq!(quiet.status, 200, "the head came at once");
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_millis(1500),
+        "{waited:?}"
+    );
+    let error = quiet.events[0].json();
+    assert_eq!(error["error"]["code"], 504, "{}", quiet.raw);
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("next chunk")
+    );
+    assert_eq!(quiet.events.last().unwrap().data, "[DONE]");
+    assert_eq!(s.health().await["timeouts"], 1);
+    // A stream longer than the idle deadline in total, but never quiet that long: whole.
+    let start = Instant::now();
+    let long = stream(&s.client, &s.at("/v1/completions"), &streamed("long", 120)).await;
+    assert!(
+        start.elapsed() > Duration::from_millis(600),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(!long.broken);
+    assert_eq!(long.events.len(), 121);
+    assert_eq!(long.events.last().unwrap().data, "[DONE]");
+}
