@@ -63,7 +63,11 @@ async fn run(
     let mut published: HashMap<EndpointId, Endpoint> = HashMap::new();
     let mut probed: HashMap<EndpointId, Probed> = HashMap::new();
     let mut probes: JoinSet<(EndpointId, Probed)> = JoinSet::new();
-    let mut tick = tokio::time::interval(config.interval);
+    // New endpoints are probed as they arrive; the periodic round starts one interval later.
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + config.interval,
+        config.interval,
+    );
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut source_done = false;
     loop {

@@ -13,8 +13,13 @@ const BIN: &str = env!("CARGO_BIN_EXE_llmstack-server");
 
 /// Starts the binary and returns it with the address from its "listening" log line.
 fn start(args: &[&str]) -> (Child, String) {
+    start_with_env(args, &[])
+}
+
+fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> (Child, String) {
     let mut child = Command::new(BIN)
         .args(args)
+        .envs(env.iter().copied())
         .env("NO_COLOR", "1")
         .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
@@ -168,6 +173,33 @@ async fn demo_serves_two_models() {
             .len(),
         4
     );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn settings_from_environment_variables() {
+    let engines = engines(1).await;
+    let url0 = engines[0].base_url();
+    let (mut child, url) = start_with_env(
+        &["--port", "0"],
+        &[
+            ("LLMSTACK_HOST", "127.0.0.1"),
+            ("LLMSTACK_STATIC_BACKENDS", url0.as_str()),
+            ("LLMSTACK_STATIC_ALIASES", "alias:m"),
+            ("LLMSTACK_ROUTING_LOGIC", "roundrobin"),
+        ],
+    );
+    let c = client();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            get(&c, &format!("{url}/ready")).await.status == 200
+        })
+        .await
+    );
+    let a = post(&c, &format!("{url}/v1/chat/completions"), &chat("alias", 1)).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.json()["model"], "m");
     child.kill().unwrap();
     child.wait().unwrap();
 }
