@@ -32,6 +32,8 @@ mod set;
 pub use discover::{BoxError, Discover, Update};
 pub use endpoint::{Endpoint, EndpointId, EndpointState, ModelCard, Role};
 pub use error::{Error, ErrorBody, ErrorObject, TimeoutPhase};
-pub use multipart::{multipart_boundary, multipart_text_field};
+pub use multipart::{
+    FormPart, MultipartError, multipart_boundary, multipart_parts, multipart_text_field,
+};
 pub use request::{Content, Message, Part, Prompt, PromptView, RequestKind, RouteRequest};
 pub use set::EndpointSet;

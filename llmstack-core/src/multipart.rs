@@ -1,128 +1,249 @@
-//! Reading one text field of a buffered `multipart/form-data` body (audio requests carry
-//! their `model` there).
+//! A `multipart/form-data` reader for buffered bodies (RFC 7578): the boundary from the
+//! `Content-Type` header, then each part's `Content-Disposition` name and filename, its
+//! `Content-Type`, and its bytes (borrowed from the body, not copied).
 //!
-//! Hand-written rather than a multipart crate: the router only needs to find two short
-//! text fields in a body it already holds in memory and then forwards untouched, so a
-//! streaming parser (and its dependencies) would buy nothing.
+//! Hand-written rather than a multipart crate: audio requests are small and already
+//! buffered, the router only needs two text fields of them, and a streaming parser (with
+//! its dependencies) would buy nothing.
 
-/// The boundary of a `multipart/form-data` content type, without quotes.
-///
-/// `None` when the content type is not multipart/form-data or has no boundary.
-pub fn multipart_boundary(content_type: &str) -> Option<&str> {
-    let mut parts = content_type.split(';');
-    let mime = parts.next()?.trim();
+use std::borrow::Cow;
+use std::fmt;
+
+/// One form field or uploaded file, borrowed from the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FormPart<'a> {
+    /// The `name` of its `Content-Disposition`.
+    pub name: Cow<'a, str>,
+    /// The `filename`, for file uploads.
+    pub filename: Option<Cow<'a, str>>,
+    /// The part's own `Content-Type`, when given.
+    pub content_type: Option<&'a str>,
+    /// The content.
+    pub data: &'a [u8],
+}
+
+/// Why a body is not valid multipart (the text says what is wrong).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MultipartError(pub String);
+
+// === impl FormPart ===
+
+impl<'a> FormPart<'a> {
+    /// The content as text; fails when it is not UTF-8.
+    pub fn text(&self) -> Result<&'a str, MultipartError> {
+        std::str::from_utf8(self.data)
+            .map_err(|_| MultipartError(format!("field {:?} is not UTF-8", self.name)))
+    }
+}
+
+impl fmt::Display for MultipartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for MultipartError {}
+
+/// The boundary of a `multipart/form-data` content type, unquoted; `None` for other
+/// types, a missing or empty boundary, or one longer than RFC 2046's 70 characters.
+pub fn multipart_boundary(content_type: &str) -> Option<Cow<'_, str>> {
+    let mut params = content_type.split(';');
+    let mime = params.next()?.trim();
     if !mime.eq_ignore_ascii_case("multipart/form-data") {
         return None;
     }
-    parts.find_map(|p| {
+    params.find_map(|p| {
         let (k, v) = p.split_once('=')?;
         k.trim()
             .eq_ignore_ascii_case("boundary")
-            .then(|| v.trim().trim_matches('"'))
-            .filter(|b| !b.is_empty())
+            .then(|| unquote(v.trim()))
+            .filter(|b| !b.is_empty() && b.len() <= 70)
     })
 }
 
-/// The value of the text field `name` in a multipart body with `boundary`.
-///
-/// `Ok(None)` when the body is well formed but has no such field; `Err` with a reason
-/// when the body does not start with the boundary or a part's headers are not
-/// terminated (a malformed body). Non-UTF-8 values are an error too.
+/// Splits `body` into its parts. Anything before the first delimiter (preamble) and after
+/// the closing one (epilogue) is ignored; a missing boundary, an unterminated part, part
+/// headers that never end or are not `form-data` with a name are errors.
+pub fn multipart_parts<'a>(
+    body: &'a [u8],
+    boundary: &str,
+) -> Result<Vec<FormPart<'a>>, MultipartError> {
+    let err = |why: &str| MultipartError(why.to_owned());
+    let delimiter = format!("--{boundary}");
+    let delimiter = delimiter.as_bytes();
+    let close = [b"\r\n", delimiter].concat();
+    // The first delimiter starts the body or a line.
+    let mut pos = if body.starts_with(delimiter) {
+        0
+    } else {
+        find(body, &close, 0).ok_or_else(|| err("no boundary in the body"))? + 2
+    };
+    let mut parts = Vec::new();
+    loop {
+        pos += delimiter.len();
+        if body.get(pos..pos + 2) == Some(b"--") {
+            return Ok(parts);
+        }
+        // Transport padding, then the line break that ends the delimiter line.
+        while matches!(body.get(pos), Some(b' ' | b'\t')) {
+            pos += 1;
+        }
+        if body.get(pos..pos + 2) != Some(b"\r\n") {
+            return Err(err("malformed boundary line"));
+        }
+        pos += 2;
+        let head_end = find(body, b"\r\n\r\n", pos).ok_or_else(|| err("part headers never end"))?;
+        let head = std::str::from_utf8(&body[pos..head_end])
+            .map_err(|_| err("part headers are not UTF-8"))?;
+        let data_start = head_end + 4;
+        let data_end =
+            find(body, &close, data_start).ok_or_else(|| err("missing closing boundary"))?;
+        parts.push(part(head, &body[data_start..data_end])?);
+        pos = data_end + 2;
+    }
+}
+
+/// The text of the field `name`: `Ok(None)` when the form has no such field.
 pub fn multipart_text_field<'a>(
     body: &'a [u8],
     boundary: &str,
     name: &str,
-) -> Result<Option<&'a str>, &'static str> {
-    let delim = format!("--{boundary}");
-    let delim = delim.as_bytes();
-    let mut pos = find(body, delim, 0).ok_or("the body does not contain the multipart boundary")?;
-    loop {
-        pos += delim.len();
-        if body.get(pos..pos + 2) == Some(b"--") {
-            return Ok(None); // closing delimiter
-        }
-        let headers_start = pos;
-        let headers_end =
-            find(body, b"\r\n\r\n", headers_start).ok_or("a multipart part has no header end")?;
-        let value_start = headers_end + 4;
-        let next = find(body, delim, value_start).ok_or("a multipart part is not terminated")?;
-        let value_end = next
-            .checked_sub(2)
-            .filter(|&e| e >= value_start)
-            .unwrap_or(value_start);
-        let headers = std::str::from_utf8(&body[headers_start..headers_end])
-            .map_err(|_| "multipart part headers are not UTF-8")?;
-        if field_name(headers) == Some(name) {
-            let value = std::str::from_utf8(&body[value_start..value_end])
-                .map_err(|_| "a multipart text field is not UTF-8")?;
-            return Ok(Some(value));
-        }
-        pos = next;
-    }
+) -> Result<Option<&'a str>, MultipartError> {
+    multipart_parts(body, boundary)?
+        .into_iter()
+        .find(|p| p.name == name)
+        .map(|p| p.text())
+        .transpose()
 }
 
-/// The `name` parameter of a part's `Content-Disposition: form-data` header.
-fn field_name(headers: &str) -> Option<&str> {
-    headers.lines().find_map(|line| {
-        let (key, value) = line.split_once(':')?;
-        if !key.trim().eq_ignore_ascii_case("content-disposition") {
-            return None;
+/// One part from its header block and content.
+fn part<'a>(head: &'a str, data: &'a [u8]) -> Result<FormPart<'a>, MultipartError> {
+    let mut name = None;
+    let mut filename = None;
+    let mut content_type = None;
+    for line in head.split("\r\n") {
+        let (key, value) = line
+            .split_once(':')
+            .ok_or_else(|| MultipartError(format!("malformed part header {line:?}")))?;
+        let key = key.trim();
+        if key.eq_ignore_ascii_case("content-disposition") {
+            let mut params = value.split(';');
+            if !params
+                .next()
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("form-data"))
+            {
+                return Err(MultipartError("part is not form-data".into()));
+            }
+            for p in params {
+                if let Some((k, v)) = p.split_once('=') {
+                    match k.trim().to_ascii_lowercase().as_str() {
+                        "name" => name = Some(unquote(v.trim())),
+                        "filename" => filename = Some(unquote(v.trim())),
+                        _ => {}
+                    }
+                }
+            }
+        } else if key.eq_ignore_ascii_case("content-type") {
+            content_type = Some(value.trim());
         }
-        value.split(';').find_map(|p| {
-            let (k, v) = p.split_once('=')?;
-            (k.trim() == "name").then(|| v.trim().trim_matches('"'))
-        })
+    }
+    Ok(FormPart {
+        name: name.ok_or_else(|| MultipartError("part without a name".into()))?,
+        filename,
+        content_type,
+        data,
     })
 }
 
-fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-    haystack
-        .get(from..)?
+/// Removes surrounding double quotes and backslash escapes (borrowed when there are none).
+fn unquote(v: &str) -> Cow<'_, str> {
+    match v.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
+        Some(inner) if !inner.contains('\\') => Cow::Borrowed(inner),
+        Some(inner) => {
+            let mut out = String::with_capacity(inner.len());
+            let mut chars = inner.chars();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => out.extend(chars.next()),
+                    c => out.push(c),
+                }
+            }
+            Cow::Owned(out)
+        }
+        None => Cow::Borrowed(v),
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+    hay.get(from..)?
         .windows(needle.len())
         .position(|w| w == needle)
-        .map(|i| i + from)
+        .map(|p| p + from)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const BODY: &[u8] = b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\nContent-Type: audio/wav\r\n\r\nRIFF\x00\x01--Xy\r\n--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n--XyZ\r\ncontent-disposition: form-data; name=stream\r\n\r\ntrue\r\n--XyZ--\r\n";
+    fn body(s: &str) -> Vec<u8> {
+        s.replace('\n', "\r\n").into_bytes()
+    }
 
     #[test]
-    fn boundary_from_content_type() {
+    fn boundary_from_the_content_type() {
         assert_eq!(
-            multipart_boundary("multipart/form-data; boundary=XyZ"),
-            Some("XyZ")
+            multipart_boundary("multipart/form-data; boundary=abc123").as_deref(),
+            Some("abc123")
         );
         assert_eq!(
-            multipart_boundary("Multipart/Form-Data;boundary=\"a b\""),
+            multipart_boundary("Multipart/Form-Data;charset=utf-8; boundary=\"a b\"").as_deref(),
             Some("a b")
         );
         assert_eq!(multipart_boundary("application/json"), None);
         assert_eq!(multipart_boundary("multipart/form-data"), None);
+        assert_eq!(multipart_boundary("multipart/form-data; boundary="), None);
     }
 
     #[test]
-    fn finds_fields_after_binary_parts() {
-        assert_eq!(
-            multipart_text_field(BODY, "XyZ", "model"),
-            Ok(Some("whisper-1"))
+    fn fields_and_files() {
+        let b = body(
+            "preamble\n--XyZ\nContent-Disposition: form-data; name=\"model\"\n\nwhisper\n--XyZ\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\nContent-Type: audio/wav\n\nRIFF\n\nbytes\n--XyZ--\nepilogue",
         );
+        let parts = multipart_parts(&b, "XyZ").unwrap();
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[0].name, "model");
+        assert_eq!(parts[0].text().unwrap(), "whisper");
+        assert_eq!(parts[0].filename, None);
+        assert_eq!(parts[1].filename.as_deref(), Some("a.wav"));
+        assert_eq!(parts[1].content_type, Some("audio/wav"));
+        assert_eq!(parts[1].data, b"RIFF\r\n\r\nbytes");
         assert_eq!(
-            multipart_text_field(BODY, "XyZ", "stream"),
-            Ok(Some("true"))
+            multipart_text_field(&b, "XyZ", "model"),
+            Ok(Some("whisper"))
         );
-        assert_eq!(multipart_text_field(BODY, "XyZ", "language"), Ok(None));
+        assert_eq!(multipart_text_field(&b, "XyZ", "language"), Ok(None));
+    }
+
+    #[test]
+    fn empty_form_and_padding() {
+        assert_eq!(multipart_parts(&body("--b--\n"), "b").unwrap(), vec![]);
+        let b = body("--b  \nContent-Disposition: form-data; name=x\n\n\n--b--");
+        let parts = multipart_parts(&b, "b").unwrap();
+        assert_eq!((&*parts[0].name, parts[0].data), ("x", &b""[..]));
     }
 
     #[test]
     fn malformed_bodies_are_errors() {
-        assert!(multipart_text_field(b"garbage", "XyZ", "model").is_err());
-        assert!(multipart_text_field(b"--XyZ\r\nno header end", "XyZ", "model").is_err());
-        assert!(
-            multipart_text_field(b"--XyZ\r\nA: b\r\n\r\nvalue without end", "XyZ", "model")
-                .is_err()
-        );
+        for bad in [
+            "no boundary here",
+            "--b\nContent-Disposition: form-data; name=\"x\"\n\nvalue without end",
+            "--b\nContent-Disposition: form-data; name=\"x\"\nheaders never end",
+            "--b\nContent-Disposition: attachment; name=\"x\"\n\nv\n--b--",
+            "--b\nContent-Type: text/plain\n\nno name\n--b--",
+            "--b\nBroken header\n\nv\n--b--",
+            "--bjunk\nContent-Disposition: form-data; name=x\n\nv\n--b--",
+        ] {
+            assert!(multipart_parts(&body(bad), "b").is_err(), "{bad:?}");
+        }
     }
 }

@@ -302,7 +302,7 @@ fn route_request<'a>(
         BodyKind::Multipart => {
             let boundary = boundary(parts)?;
             let field = |name| {
-                multipart_text_field(bytes, boundary, name).map_err(|why| {
+                multipart_text_field(bytes, &boundary, name).map_err(|why| {
                     Error::bad_request(format!("Invalid multipart body: {why}."), None)
                 })
             };
@@ -320,7 +320,7 @@ fn route_request<'a>(
     Ok(route)
 }
 
-fn boundary(parts: &Parts) -> Result<&str, Error> {
+fn boundary(parts: &Parts) -> Result<Cow<'_, str>, Error> {
     parts
         .headers
         .get(header::CONTENT_TYPE)
@@ -355,7 +355,7 @@ fn rewrite_alias(
         }
         BodyKind::Multipart => {
             let boundary = boundary(parts)?;
-            match multipart_text_field(&bytes, boundary, "model") {
+            match multipart_text_field(&bytes, &boundary, "model") {
                 Ok(Some(value)) => match shared.aliases.get(value.trim()) {
                     Some(real) => {
                         let start = value.as_ptr() as usize - bytes.as_ptr() as usize;
