@@ -203,3 +203,75 @@ async fn settings_from_environment_variables() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// A client that stops reading holds the engine back: the router buffers no more than
+/// its socket buffers and one batch, whatever the engine has to send.
+#[tokio::test]
+async fn a_stalled_client_does_not_make_the_router_buffer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let engine = SimEngine::start(instant("m"), "127.0.0.1:0".parse().unwrap(), 0)
+        .await
+        .unwrap();
+    let (mut child, url) = start(&[
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--static-backends",
+        &engine.base_url(),
+        "--static-models",
+        "m",
+    ]);
+    let c = client();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            get(&c, &format!("{url}/ready")).await.status == 200
+        })
+        .await
+    );
+    let before = rss_kib(child.id());
+    // ~25 MB of SSE events, produced by the engine as fast as it can.
+    let body = serde_json::json!({"model": "m", "prompt": "x", "max_tokens": 100000,
+        "ignore_eos": true, "stream": true})
+    .to_string();
+    let mut sock = tokio::net::TcpStream::connect(url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let req = format!(
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    sock.write_all(req.as_bytes()).await.unwrap();
+    let mut head = [0u8; 512];
+    let n = sock.read(&mut head).await.unwrap();
+    assert!(head[..n].starts_with(b"HTTP/1.1 200"));
+    // Stall while the engine finishes generating everything.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let stalled = rss_kib(child.id());
+    assert!(
+        stalled < before + 8 * 1024,
+        "router RSS grew from {before} KiB to {stalled} KiB while the client stalled"
+    );
+    // Then the whole stream still arrives, in order, to the end.
+    let mut rest = Vec::new();
+    sock.read_to_end(&mut rest).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&rest);
+    assert!(
+        text.contains("data: [DONE]"),
+        "stream incomplete: {} bytes",
+        rest.len()
+    );
+    assert!(rest.len() > 10_000_000, "{} bytes", rest.len());
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
