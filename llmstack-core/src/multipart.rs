@@ -103,17 +103,21 @@ pub fn multipart_parts<'a>(
     }
 }
 
-/// The text of the field `name`: `Ok(None)` when the form has no such field.
+/// The text of the field `name` among `parts`: `Ok(None)` when the form has no such
+/// field; an error when it is there twice (servers disagree on which one counts) or is
+/// not UTF-8.
 pub fn multipart_text_field<'a>(
-    body: &'a [u8],
-    boundary: &str,
+    parts: &[FormPart<'a>],
     name: &str,
 ) -> Result<Option<&'a str>, MultipartError> {
-    multipart_parts(body, boundary)?
-        .into_iter()
-        .find(|p| p.name == name)
-        .map(|p| p.text())
-        .transpose()
+    let mut found = parts.iter().filter(|p| p.name == name);
+    let first = found.next();
+    if found.next().is_some() {
+        return Err(MultipartError(format!(
+            "the form has more than one {name:?} field"
+        )));
+    }
+    first.map(FormPart::text).transpose()
 }
 
 /// One part from its header block and content.
@@ -175,10 +179,7 @@ fn unquote(v: &str) -> Cow<'_, str> {
 }
 
 fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-    hay.get(from..)?
-        .windows(needle.len())
-        .position(|w| w == needle)
-        .map(|p| p + from)
+    memchr::memmem::find(hay.get(from..)?, needle).map(|p| p + from)
 }
 
 #[cfg(test)]
@@ -217,11 +218,10 @@ mod tests {
         assert_eq!(parts[1].filename.as_deref(), Some("a.wav"));
         assert_eq!(parts[1].content_type, Some("audio/wav"));
         assert_eq!(parts[1].data, b"RIFF\r\n\r\nbytes");
-        assert_eq!(
-            multipart_text_field(&b, "XyZ", "model"),
-            Ok(Some("whisper"))
-        );
-        assert_eq!(multipart_text_field(&b, "XyZ", "language"), Ok(None));
+        assert_eq!(multipart_text_field(&parts, "model"), Ok(Some("whisper")));
+        assert_eq!(multipart_text_field(&parts, "language"), Ok(None));
+        let twice = [parts[0].clone(), parts[0].clone()];
+        assert!(multipart_text_field(&twice, "model").is_err());
     }
 
     #[test]

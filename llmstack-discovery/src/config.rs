@@ -103,12 +103,15 @@ impl Default for ProbeConfig {
 }
 
 impl ProbeConfig {
-    /// Checks that the interval and timeout are positive.
+    /// Checks that the interval and timeout are positive and at most a day.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.interval.is_zero() || self.timeout.is_zero() {
-            return Err(ConfigError(
-                "the probe interval and timeout must be greater than zero".into(),
-            ));
+        let day = Duration::from_secs(86_400);
+        for (name, d) in [("interval", self.interval), ("timeout", self.timeout)] {
+            if d.is_zero() || d > day {
+                return Err(ConfigError(format!(
+                    "the probe {name} must be greater than zero and at most a day, got {d:?}"
+                )));
+            }
         }
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! Learns each endpoint's models and readiness from `GET /v1/models`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::time::Duration;
@@ -16,6 +16,9 @@ use tokio::task::JoinSet;
 
 use crate::{ProbeConfig, UpdateStream};
 
+/// Consecutive failed probes that take a ready endpoint out of routing.
+const FAILURES_BEFORE_UNREADY: u32 = 2;
+
 /// Largest `/v1/models` answer read (a few thousand adapters fit).
 const MAX_MODELS_BODY: usize = 4 << 20;
 
@@ -29,8 +32,10 @@ type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 /// within `config.timeout`. Success (2xx twice, then an OpenAI model list) makes the endpoint
 /// [`Ready`](EndpointState::Ready) with exactly the models listed (base models and LoRA
 /// adapters, cards kept verbatim). Failure makes it
-/// [`Unready`](EndpointState::Unready) and keeps its configured models, so requests for
-/// them get 503, not 404. An update is passed on only when something changed.
+/// [`Unready`](EndpointState::Unready) (a ready endpoint after two failures in a row, so
+/// one slow answer under load does not take it out) and keeps its configured models, so
+/// requests for them get 503, not 404. One probe per endpoint runs at a time. An update
+/// is passed on only when something changed.
 ///
 /// The probes run in a task owned by the returned stream (dropped with it). Needs a
 /// Tokio runtime.
@@ -63,6 +68,8 @@ async fn run(
     let mut published: HashMap<EndpointId, Endpoint> = HashMap::new();
     let mut probed: HashMap<EndpointId, Probed> = HashMap::new();
     let mut probes: JoinSet<(EndpointId, Probed)> = JoinSet::new();
+    let mut probing: HashSet<EndpointId> = HashSet::new();
+    let mut failures: HashMap<EndpointId, u32> = HashMap::new();
     // New endpoints are probed as they arrive; the periodic round starts one interval later.
     let mut tick = tokio::time::interval_at(
         tokio::time::Instant::now() + config.interval,
@@ -88,10 +95,13 @@ async fn run(
                 let fresh = absorb(&mut discovered, &update);
                 probed.retain(|id, _| discovered.contains_key(id));
                 for id in fresh {
-                    if let Some(ep) = discovered.get(&id) {
+                    if let Some(ep) = discovered.get(&id)
+                        && probing.insert(id.clone())
+                    {
                         probes.spawn(probe_one(client.clone(), ep.clone(), config.clone()));
                     }
                 }
+                failures.retain(|id, _| discovered.contains_key(id));
                 let update = match update {
                     Update::Remove(ids) => {
                         for id in &ids { published.remove(id); }
@@ -110,13 +120,29 @@ async fn run(
                 if tx.send(Ok(update)).await.is_err() { return; }
             }
             _ = tick.tick() => {
+                // One probe per endpoint at a time: a slow one is not stacked up.
                 for ep in discovered.values() {
-                    probes.spawn(probe_one(client.clone(), ep.clone(), config.clone()));
+                    if probing.insert(ep.id.clone()) {
+                        probes.spawn(probe_one(client.clone(), ep.clone(), config.clone()));
+                    }
                 }
             }
             Some(done) = probes.join_next(), if !probes.is_empty() => {
                 let Ok((id, result)) = done else { continue };
+                probing.remove(&id);
                 let Some(ep) = discovered.get(&id) else { continue };
+                let failed = failures.entry(id.clone()).or_insert(0);
+                if result.state == EndpointState::Unready {
+                    *failed += 1;
+                    // A ready engine stays ready through one failed probe (a slow answer
+                    // under load); the second in a row takes it out.
+                    let was_ready = probed.get(&id).is_some_and(|p| p.state == EndpointState::Ready);
+                    if was_ready && *failed < FAILURES_BEFORE_UNREADY {
+                        continue;
+                    }
+                } else {
+                    *failed = 0;
+                }
                 probed.insert(id.clone(), result);
                 let merged = merge(ep, probed.get(&id));
                 if published.get(&id) != Some(&merged) {

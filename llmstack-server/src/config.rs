@@ -55,11 +55,8 @@ pub struct Settings {
     #[arg(long, env = "LLMSTACK_ENGINE_STATS_INTERVAL")]
     pub engine_stats_interval: Option<f64>,
     /// Seconds one engine poll may take [default: 2].
-    #[arg(
-        long = "backend-health-check-timeout-seconds",
-        env = "LLMSTACK_PROBE_TIMEOUT"
-    )]
-    pub probe_timeout: Option<f64>,
+    #[arg(long, env = "LLMSTACK_BACKEND_HEALTH_CHECK_TIMEOUT_SECONDS")]
+    pub backend_health_check_timeout_seconds: Option<f64>,
     /// Log level: critical, error, warning, info, debug or trace [default: info].
     #[arg(long, env = "LLMSTACK_LOG_LEVEL")]
     pub log_level: Option<String>,
@@ -159,7 +156,7 @@ impl Settings {
             routing_logic,
             session_key,
             engine_stats_interval,
-            probe_timeout,
+            backend_health_check_timeout_seconds,
             log_level,
             connect_timeout,
             first_byte_timeout,
@@ -177,10 +174,10 @@ impl Settings {
         let secs = |name: &str, v: Option<f64>, default: Duration, errors: &mut Vec<String>| match v
         {
             None => default,
-            Some(s) if s.is_finite() && s > 0.0 => Duration::from_secs_f64(s),
+            Some(s) if s.is_finite() && s > 0.0 && s <= MAX_SECONDS => Duration::from_secs_f64(s),
             Some(s) => {
                 errors.push(format!(
-                    "--{name} must be a positive number of seconds, got {s}"
+                    "--{name} must be a number of seconds above 0 and at most {MAX_SECONDS} (a year), got {s}"
                 ));
                 default
             }
@@ -229,7 +226,7 @@ impl Settings {
             ),
             timeout: secs(
                 "backend-health-check-timeout-seconds",
-                self.probe_timeout,
+                self.backend_health_check_timeout_seconds,
                 probe_defaults.timeout,
                 &mut errors,
             ),
@@ -293,6 +290,10 @@ impl Settings {
         })
     }
 }
+
+/// Longest duration a setting takes (a year): anything longer is a typo, and deadlines
+/// far in the future overflow the clock.
+const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
 
 fn trimmed(list: Option<Vec<String>>) -> Vec<String> {
     list.unwrap_or_default()

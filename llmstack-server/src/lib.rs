@@ -4,7 +4,7 @@
 //! It composes the library crates: discovery (`llmstack-discovery`) feeds an
 //! [`EndpointSet`](llmstack_core::EndpointSet) snapshot; each request's routing facts
 //! ([`RouteRequest`](llmstack_core::RouteRequest)) are read from the raw body, a
-//! policy (`llmstack-routing`) picks the engine, and a pooled hyper client forwards the
+//! policy (`llmstack-routing`) picks the engine, and a pooled hyper connection forwards the
 //! original bytes, passing the response through frame by frame. `main.rs` only parses
 //! the command line and calls [`Server::start`] or [`demo::start`].
 

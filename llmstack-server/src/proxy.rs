@@ -11,8 +11,8 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, request::Parts
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use llmstack_core::{
-    Endpoint, EndpointId, Error, RouteRequest, TimeoutPhase, multipart_boundary,
-    multipart_text_field,
+    Endpoint, EndpointId, Error, MultipartError, RouteRequest, TimeoutPhase, multipart_boundary,
+    multipart_parts, multipart_text_field,
 };
 use llmstack_routing::{Target, select};
 use tokio::time::Instant;
@@ -149,7 +149,7 @@ async fn forward(
     {
         route.set_session_key(Cow::Owned(key.to_owned()));
     }
-    let (pinned, path_and_query) = split_query(&parts);
+    let (pinned, path_and_query) = split_query(&parts)?;
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
     headers.remove(header::CONTENT_LENGTH);
@@ -241,8 +241,8 @@ impl Outgoing {
 }
 
 /// Sends one attempt to `endpoint` and waits for the response head (within the first-byte
-/// deadline), classifying failures. A request lost on a reused idle connection that the
-/// engine was closing is sent once more on a new connection to the same engine.
+/// deadline), classifying failures. A request that a reused idle connection could not
+/// even write (the engine had closed it) is sent once more on a new connection.
 async fn send(
     shared: &Shared,
     endpoint: &Endpoint,
@@ -260,8 +260,10 @@ async fn send(
             match link.exchange(outgoing.request(endpoint)?).await {
                 Ok(resp) => return Ok((resp, link)),
                 Err((e, unsent)) => {
-                    let lost = unsent.is_some() || e.is_incomplete_message() || e.is_canceled();
-                    if link.reused && lost && !fresh {
+                    // Only a request hyper gives back unwritten goes to the same engine
+                    // again; one that was written may have been received, so it takes
+                    // the normal retry path, which never returns to this engine.
+                    if link.reused && unsent.is_some() && !fresh {
                         fresh = true;
                         continue;
                     }
@@ -301,11 +303,8 @@ fn route_request<'a>(
         BodyKind::Json => RouteRequest::from_json(bytes, shared.session_field.as_deref())?,
         BodyKind::Multipart => {
             let boundary = boundary(parts)?;
-            let field = |name| {
-                multipart_text_field(bytes, &boundary, name).map_err(|why| {
-                    Error::bad_request(format!("Invalid multipart body: {why}."), None)
-                })
-            };
+            let form = multipart_parts(bytes, &boundary).map_err(invalid_form)?;
+            let field = |name| multipart_text_field(&form, name).map_err(invalid_form);
             let model = field("model")?.map(|m| Cow::Borrowed(m.trim()));
             let stream = field("stream")?.is_some_and(|s| s.trim().eq_ignore_ascii_case("true"));
             RouteRequest::from_form(model, stream)
@@ -318,6 +317,10 @@ fn route_request<'a>(
         ));
     }
     Ok(route)
+}
+
+fn invalid_form(why: MultipartError) -> Error {
+    Error::bad_request(format!("Invalid multipart body: {why}."), None)
 }
 
 fn boundary(parts: &Parts) -> Result<Cow<'_, str>, Error> {
@@ -355,7 +358,8 @@ fn rewrite_alias(
         }
         BodyKind::Multipart => {
             let boundary = boundary(parts)?;
-            match multipart_text_field(&bytes, &boundary, "model") {
+            let form = multipart_parts(&bytes, &boundary).map_err(invalid_form)?;
+            match multipart_text_field(&form, "model") {
                 Ok(Some(value)) => match shared.aliases.get(value.trim()) {
                     Some(real) => {
                         let start = value.as_ptr() as usize - bytes.as_ptr() as usize;
@@ -374,26 +378,54 @@ fn rewrite_alias(
     Ok(rewritten.map_or(bytes, Bytes::from))
 }
 
-/// `?id=<engine>` pinning, and the path and query sent upstream (without `id`).
-fn split_query(parts: &Parts) -> (Option<String>, String) {
+/// `?id=<engine>` pinning (percent-decoded), and the path and query sent upstream
+/// (without `id`). An empty or repeated `id` is a 400.
+fn split_query(parts: &Parts) -> Result<(Option<String>, String), Error> {
     let path = parts.uri.path();
     let Some(query) = parts.uri.query() else {
-        return (None, path.to_owned());
+        return Ok((None, path.to_owned()));
     };
+    let bad = |why: &str| Error::bad_request(format!("Query parameter `id` {why}."), Some("id"));
     let mut pinned = None;
-    let rest: Vec<&str> = query
-        .split('&')
-        .filter(|kv| match kv.strip_prefix("id=") {
-            Some(id) => {
-                pinned = Some(id.to_owned());
-                false
+    let mut rest = Vec::new();
+    for kv in query.split('&') {
+        match kv.strip_prefix("id=") {
+            Some(raw) => {
+                let id =
+                    percent_decode(raw).ok_or_else(|| bad("is not valid percent-encoded UTF-8"))?;
+                if id.is_empty() {
+                    return Err(bad("is empty"));
+                }
+                if pinned.replace(id).is_some() {
+                    return Err(bad("is given more than once"));
+                }
             }
-            None => !kv.is_empty(),
-        })
-        .collect();
-    if rest.is_empty() {
+            None if kv.is_empty() => {}
+            None => rest.push(kv),
+        }
+    }
+    Ok(if rest.is_empty() {
         (pinned, path.to_owned())
     } else {
         (pinned, format!("{path}?{}", rest.join("&")))
+    })
+}
+
+/// Decodes `%XX` escapes and `+` (form encoding); `None` when an escape is malformed or
+/// the result is not UTF-8.
+fn percent_decode(raw: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut bytes = raw.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'%' => {
+                let hex = [bytes.next()?, bytes.next()?];
+                let hex = std::str::from_utf8(&hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
     }
+    String::from_utf8(out).ok()
 }

@@ -16,7 +16,7 @@ use llmstack_discovery::{probe, static_discovery, static_endpoints};
 use llmstack_routing::InFlight;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::ServerConfig;
 use crate::state::{Counters, Shared};
@@ -32,6 +32,7 @@ pub struct Server {
     stop: watch::Sender<bool>,
     serve: JoinHandle<()>,
     discovery: JoinHandle<()>,
+    sweeper: JoinHandle<()>,
 }
 
 /// Why the router could not start.
@@ -87,11 +88,12 @@ impl Server {
             counters: Arc::new(Counters::default()),
             draining: Default::default(),
         });
-        let discovery = tokio::spawn(run_discovery(source, set_tx, in_flight, pools));
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(StartError::Bind)?;
         let addr = listener.local_addr().map_err(StartError::Bind)?;
+        let sweeper = tokio::spawn(sweep_idle(Arc::clone(&pools)));
+        let discovery = tokio::spawn(run_discovery(source, set_tx, in_flight, pools));
         let (stop, stop_rx) = watch::channel(false);
         let serve = tokio::spawn(serve(listener, shared, stop_rx));
         tracing::info!(%addr, policy = config.routing.routing_logic.as_str(), "router listening");
@@ -100,6 +102,7 @@ impl Server {
             stop,
             serve,
             discovery,
+            sweeper,
         })
     }
 
@@ -126,6 +129,7 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.serve.abort();
         self.discovery.abort();
+        self.sweeper.abort();
     }
 }
 
@@ -163,8 +167,19 @@ async fn run_discovery(
     tracing::error!("discovery ended; the endpoint set is frozen");
 }
 
+/// Closes stale idle engine connections every second.
+async fn sweep_idle(pools: Arc<Pools>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        pools.sweep();
+    }
+}
+
 async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let graceful = GracefulShutdown::new();
+    // Every connection task is owned here: aborted if the grace period runs out.
+    let mut conns = JoinSet::new();
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new()).keep_alive(true);
     loop {
@@ -185,18 +200,20 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Rece
                 let shared = Arc::clone(&shared);
                 let service = service_fn(move |req| crate::proxy::handle(Arc::clone(&shared), req));
                 let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-                tokio::spawn(async move {
+                conns.spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
                 });
+                // Reap finished connections so the set stays as large as the live ones.
+                while conns.try_join_next().is_some() {}
             }
             // Ok: asked to stop; Err: the Server handle is gone. Both end serving.
             _stopped = async { stop.wait_for(|stop| *stop).await.is_ok() } => break,
         }
     }
-    drop(listener);
     shared.draining.store(true, Ordering::Relaxed);
+    drop(listener);
     let in_flight = shared.in_flight.total();
     tracing::info!(in_flight, "shutting down: no new connections; draining");
     let grace = shared.proxy.shutdown_grace;
@@ -206,4 +223,6 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Rece
             tracing::warn!(in_flight = shared.in_flight.total(), "grace period over; closing the rest");
         }
     }
+    conns.abort_all();
+    while conns.join_next().await.is_some() {}
 }

@@ -23,7 +23,7 @@ pub(crate) struct Shared {
     pub(crate) session_header: Option<HeaderName>,
     pub(crate) session_field: Option<String>,
     pub(crate) counters: Arc<Counters>,
-    /// Set once shutdown starts: readiness fails, new work is refused.
+    /// Set once shutdown starts: readiness fails (503) while in-flight work drains.
     pub(crate) draining: AtomicBool,
 }
 

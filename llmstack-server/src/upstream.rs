@@ -79,15 +79,20 @@ impl Pools {
     }
 
     fn checkout(&self, id: &EndpointId) -> Option<Link> {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let list = idle.get_mut(id)?;
         let now = Instant::now();
-        while let Some(Idle { mut link, since }) = list.pop() {
-            if now.duration_since(since) > MAX_IDLE_AGE {
-                // Older ones are further down the stack: all stale.
-                list.clear();
-                return None;
-            }
+        loop {
+            // Pop under the lock; check the connection outside it.
+            let Idle { mut link, .. } = {
+                let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+                let list = idle.get_mut(id)?;
+                let top = list.pop()?;
+                if now.duration_since(top.since) > MAX_IDLE_AGE {
+                    // Older ones are further down the stack: all stale.
+                    list.clear();
+                    return None;
+                }
+                top
+            };
             // Let the connection notice a close by the engine (EOF) without blocking.
             let mut cx = Context::from_waker(Waker::noop());
             link.drive(&mut cx);
@@ -96,7 +101,22 @@ impl Pools {
                 return Some(link);
             }
         }
-        None
+    }
+
+    /// Closes idle connections older than the reuse limit (run periodically, so a burst
+    /// does not leave sockets open after the engine closed its side).
+    pub(crate) fn sweep(&self) {
+        let now = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        for list in idle.values_mut() {
+            // Oldest first: the stack is ordered by return time.
+            let stale = list
+                .iter()
+                .take_while(|i| now.duration_since(i.since) > MAX_IDLE_AGE)
+                .count();
+            list.drain(..stale);
+        }
+        idle.retain(|_, list| !list.is_empty());
     }
 
     /// Connections opened so far (requests beyond that reused one).
@@ -112,7 +132,12 @@ impl Pools {
             endpoint: id.clone(),
             source: "the engine URL has no host".into(),
         })?;
-        let addr = (authority.host(), authority.port_u16().unwrap_or(80));
+        // IPv6 literals come bracketed in a URL authority, not in a socket address.
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let addr = (host, authority.port_u16().unwrap_or(80));
         let stream =
             match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => stream,

@@ -66,11 +66,18 @@ fn invalid_settings_are_all_reported() {
         "--static-aliases",
         "nocolon",
         "--connect-timeout=-1",
+        "--idle-timeout=1e30",
         "--log-level",
         "loud",
     ])
     .unwrap_err();
-    for needle in ["http://", "alias:model", "connect-timeout", "loud"] {
+    for needle in [
+        "http://",
+        "alias:model",
+        "connect-timeout",
+        "idle-timeout",
+        "loud",
+    ] {
         assert!(err.contains(needle), "{needle} missing from: {err}");
     }
     let err = serve(&[
@@ -99,13 +106,14 @@ fn file_then_flags() {
     let path = dir.join("router.yaml");
     std::fs::write(
         &path,
-        "port: 7000\nstatic_backends: [\"http://a:1\", \"http://b:2\"]\nstatic_models: m,m\nfirst_byte_timeout: 2.5\n",
+        "port: 7000\nstatic_backends: [\"http://a:1\", \"http://b:2\"]\nstatic_models: m,m\nfirst_byte_timeout: 2.5\nbackend_health_check_timeout_seconds: 0.5\n",
     )
     .unwrap();
     let (config, _) = serve(&["--config", path.to_str().unwrap(), "--port", "7001"]).unwrap();
     assert_eq!(config.listen.port(), 7001, "the flag wins");
     assert_eq!(config.discovery.static_models, ["m", "m"]);
     assert_eq!(config.proxy.first_byte_timeout, Duration::from_millis(2500));
+    assert_eq!(config.discovery.probe.timeout, Duration::from_millis(500));
     std::fs::write(&path, "prot: 7000\n").unwrap();
     let err = serve(&["--config", path.to_str().unwrap()]).unwrap_err();
     assert!(err.contains("prot"), "{err}");

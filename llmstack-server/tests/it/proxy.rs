@@ -5,6 +5,8 @@ use bytes::Bytes;
 use http::Method;
 use serde_json::{Value, json};
 
+use llmstack_sim::SimEngine;
+
 use crate::support::*;
 
 const M: &str = "meta-llama/Llama-3.1-8B-Instruct";
@@ -198,7 +200,15 @@ async fn pinning_only_to_discovered_engines() {
     assert_eq!(finished(&s.client, &s.engines[0], "length").await, 0.0);
     // An engine that does not serve the model, an unknown id, a URL: all refused.
     let q = s.id_of(2).await;
-    for bad in [q.as_str(), "nope", "http%3A%2F%2F127.0.0.1%3A1"] {
+    let twice = format!("{id}&id={id}");
+    for bad in [
+        q.as_str(),
+        "nope",
+        "http%3A%2F%2F127.0.0.1%3A1",
+        "",
+        "%zz",
+        &twice,
+    ] {
         let a = post(
             &s.client,
             &s.at(&format!("/v1/chat/completions?id={bad}")),
@@ -208,6 +218,39 @@ async fn pinning_only_to_discovered_engines() {
         assert_error(&a, 400, "BadRequestError");
         assert_eq!(a.json()["error"]["param"], "id");
     }
+    // Percent-encoded ids are decoded; other query parameters reach the engine.
+    let encoded: String = id.bytes().map(|b| format!("%{b:02x}")).collect();
+    let a = post(
+        &s.client,
+        &s.at(&format!("/v1/chat/completions?x=1&id={encoded}")),
+        &chat(M, 1),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(finished(&s.client, &s.engines[1], "length").await, 6.0);
+}
+
+#[tokio::test]
+async fn ipv6_literal_backends() {
+    let Ok(engine) = SimEngine::start(instant(M), "[::1]:0".parse().unwrap(), 0).await else {
+        // Only where the machine has no IPv6 loopback at all.
+        eprintln!("no IPv6 loopback here; skipped");
+        return;
+    };
+    let url = engine.base_url();
+    assert!(url.starts_with("http://[::1]:"), "{url}");
+    let s = stack(vec![], |c| {
+        c.discovery.static_backends = vec![url.clone()];
+        c.discovery.static_models = vec![M.into()];
+    })
+    .await;
+    let ready = eventually(std::time::Duration::from_secs(5), || async {
+        get(&s.client, &s.at("/ready")).await.status == 200
+    })
+    .await;
+    assert!(ready);
+    let a = post(&s.client, &s.at("/v1/chat/completions"), &chat(M, 1)).await;
+    assert_eq!(a.status, 200, "{}", a.text());
 }
 
 #[tokio::test]
