@@ -28,6 +28,7 @@ mod error;
 mod multipart;
 mod request;
 mod set;
+mod stats;
 
 pub use discover::{BoxError, Discover, Update};
 pub use endpoint::{Endpoint, EndpointId, EndpointState, ModelCard, Role};
@@ -37,3 +38,4 @@ pub use multipart::{
 };
 pub use request::{Content, Message, Part, Prompt, PromptView, RequestKind, RouteRequest};
 pub use set::EndpointSet;
+pub use stats::{EngineStats, ModelLoad, StatsReader, StatsSnapshot};

@@ -1,0 +1,17 @@
+//! Reads vLLM engines' load and cache state from their Prometheus `/metrics`.
+//!
+//! [`parse`] reads the text exposition (tolerantly: a bad line is skipped, never a
+//! panic); [`engine_stats`] picks the series a router needs, with vLLM's current names
+//! and the old ones it renamed (see [`names`]); [`spawn_scraper`] scrapes every engine
+//! of an [`EndpointSet`](llmstack_core::EndpointSet) concurrently on an interval and
+//! publishes each new [`StatsSnapshot`](llmstack_core::StatsSnapshot) through a `watch`
+//! channel, read with a [`StatsReader`](llmstack_core::StatsReader).
+
+pub mod names;
+mod parse;
+mod scraper;
+mod stats;
+
+pub use parse::{Sample, parse};
+pub use scraper::{ScrapeConfig, spawn_scraper};
+pub use stats::engine_stats;

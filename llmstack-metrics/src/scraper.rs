@@ -1,0 +1,150 @@
+//! The scraper task: every engine's `/metrics`, concurrently, on an interval.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use llmstack_core::{Endpoint, EndpointId, EndpointSet, EngineStats, StatsReader, StatsSnapshot};
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
+
+use crate::engine_stats;
+
+/// Largest `/metrics` answer read (a vLLM exposition is ~50 KB).
+const MAX_METRICS_BODY: usize = 8 << 20;
+
+type HttpClient = Client<HttpConnector, Empty<Bytes>>;
+
+/// Settings of the scraper.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScrapeConfig {
+    /// Time between two scrapes of one engine (sub-second is fine).
+    pub interval: Duration,
+    /// Deadline of one scrape.
+    pub timeout: Duration,
+    /// Bearer token for the engines (vLLM `--api-key`).
+    pub api_key: Option<String>,
+}
+
+impl Default for ScrapeConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            api_key: None,
+        }
+    }
+}
+
+/// Starts the scraper over the endpoints published on `endpoints`; returns the reader of
+/// its snapshots and the task (abort it to stop scraping).
+///
+/// Every `interval`, each current endpoint's `GET /metrics` is started, unless that
+/// endpoint's previous scrape is still running: a slow or dead engine delays nobody
+/// else, and each result is published as soon as it arrives (a fresh snapshot shares
+/// nothing mutable with the previous one). A failed scrape keeps the engine's last stats,
+/// which go stale after three intervals. Endpoints that are gone disappear at the next
+/// tick. Needs a Tokio runtime.
+pub fn spawn_scraper(
+    endpoints: watch::Receiver<EndpointSet>,
+    config: ScrapeConfig,
+) -> (StatsReader, JoinHandle<()>) {
+    let (tx, rx) = watch::channel(Arc::new(StatsSnapshot::new(config.interval)));
+    let task = tokio::spawn(run(endpoints, config, tx));
+    (StatsReader::new(rx), task)
+}
+
+async fn run(
+    endpoints: watch::Receiver<EndpointSet>,
+    config: ScrapeConfig,
+    tx: watch::Sender<Arc<StatsSnapshot>>,
+) {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(config.timeout));
+    let client: HttpClient = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(3))
+        .build(connector);
+    let mut stats: HashMap<EndpointId, EngineStats> = HashMap::new();
+    let mut scraping: HashSet<EndpointId> = HashSet::new();
+    let mut jobs: JoinSet<(EndpointId, Result<Bytes, String>)> = JoinSet::new();
+    let mut tick = tokio::time::interval(config.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let publish = |stats: &HashMap<EndpointId, EngineStats>| {
+        tx.send_replace(Arc::new(StatsSnapshot::with_engines(
+            config.interval,
+            stats.clone(),
+        )));
+    };
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let set = endpoints.borrow().clone();
+                let before = stats.len();
+                stats.retain(|id, _| set.get(id.as_str()).is_some());
+                if stats.len() != before {
+                    publish(&stats);
+                }
+                for ep in set.iter() {
+                    if scraping.insert(ep.id.clone()) {
+                        jobs.spawn(scrape(client.clone(), Arc::clone(ep), config.clone()));
+                    }
+                }
+            }
+            Some(done) = jobs.join_next(), if !jobs.is_empty() => {
+                let Ok((id, result)) = done else { continue };
+                scraping.remove(&id);
+                match result {
+                    Ok(body) => {
+                        let text = String::from_utf8_lossy(&body);
+                        let fresh = engine_stats(&text, stats.get(&id), Instant::now());
+                        stats.insert(id, fresh);
+                        publish(&stats);
+                    }
+                    Err(reason) => {
+                        tracing::debug!(endpoint = %id, %reason, "scrape failed");
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn scrape(
+    client: HttpClient,
+    ep: Arc<Endpoint>,
+    config: ScrapeConfig,
+) -> (EndpointId, Result<Bytes, String>) {
+    let result = tokio::time::timeout(config.timeout, fetch(&client, &ep, &config))
+        .await
+        .unwrap_or_else(|_| Err("timed out".into()));
+    (ep.id.clone(), result)
+}
+
+async fn fetch(client: &HttpClient, ep: &Endpoint, config: &ScrapeConfig) -> Result<Bytes, String> {
+    let uri = ep
+        .uri_for("/metrics")
+        .ok_or("the endpoint URL has no host")?;
+    let mut req = http::Request::get(uri);
+    if let Some(key) = &config.api_key {
+        req = req.header(http::header::AUTHORIZATION, format!("Bearer {key}"));
+    }
+    let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
+    let resp = client.request(req).await.map_err(|e| format!("{e:?}"))?;
+    let status = resp.status();
+    let body = Limited::new(resp.into_body(), MAX_METRICS_BODY)
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    if !status.is_success() {
+        return Err(format!("/metrics answered {status}"));
+    }
+    Ok(body)
+}
