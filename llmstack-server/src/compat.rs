@@ -22,10 +22,6 @@ const WITH_VALUE: &[(&str, &str)] = &[
         "engines are probed with GET /v1/models, which needs no model type",
     ),
     (
-        "static-backend-health-check-interval",
-        "use --engine-stats-interval",
-    ),
-    (
         "static-backend-health-check-timeout-seconds",
         "use --backend-health-check-timeout-seconds",
     ),

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use llmstack_discovery::{DiscoveryConfig, DiscoveryKind, ProbeConfig};
+use llmstack_metrics::ScrapeConfig;
 use llmstack_routing::{RoutingConfig, RoutingLogic};
 
 /// Router settings as given: every field optional, so a flag, its environment variable
@@ -51,9 +52,14 @@ pub struct Settings {
     /// Header (or top-level body field) carrying the session id, e.g. `x-user-id`.
     #[arg(long, env = "LLMSTACK_SESSION_KEY")]
     pub session_key: Option<String>,
-    /// Seconds between two polls of every engine [default: 5].
+    /// Seconds between two scrapes of every engine's /metrics [default: 1; sub-second
+    /// values are fine].
     #[arg(long, env = "LLMSTACK_ENGINE_STATS_INTERVAL")]
     pub engine_stats_interval: Option<f64>,
+    /// Seconds between two health probes (GET /health and /v1/models) of every engine
+    /// [default: 5].
+    #[arg(long, env = "LLMSTACK_STATIC_BACKEND_HEALTH_CHECK_INTERVAL")]
+    pub static_backend_health_check_interval: Option<f64>,
     /// Seconds one engine poll may take [default: 2].
     #[arg(long, env = "LLMSTACK_BACKEND_HEALTH_CHECK_TIMEOUT_SECONDS")]
     pub backend_health_check_timeout_seconds: Option<f64>,
@@ -97,6 +103,8 @@ pub struct ServerConfig {
     pub routing: RoutingConfig,
     /// The forwarder.
     pub proxy: ProxyConfig,
+    /// The engine stats scraper.
+    pub scrape: ScrapeConfig,
 }
 
 /// Settings of the forwarder.
@@ -156,6 +164,7 @@ impl Settings {
             routing_logic,
             session_key,
             engine_stats_interval,
+            static_backend_health_check_interval,
             backend_health_check_timeout_seconds,
             log_level,
             connect_timeout,
@@ -219,8 +228,8 @@ impl Settings {
         }
         let probe = ProbeConfig {
             interval: secs(
-                "engine-stats-interval",
-                self.engine_stats_interval,
+                "static-backend-health-check-interval",
+                self.static_backend_health_check_interval,
                 probe_defaults.interval,
                 &mut errors,
             ),
@@ -231,6 +240,17 @@ impl Settings {
                 &mut errors,
             ),
             api_key: self.engine_api_key.filter(|k| !k.is_empty()),
+        };
+        let scrape_defaults = ScrapeConfig::default();
+        let scrape = ScrapeConfig {
+            interval: secs(
+                "engine-stats-interval",
+                self.engine_stats_interval,
+                scrape_defaults.interval,
+                &mut errors,
+            ),
+            timeout: probe.timeout,
+            api_key: probe.api_key.clone(),
         };
         let discovery = DiscoveryConfig {
             service_discovery: self.service_discovery.unwrap_or_default(),
@@ -287,6 +307,7 @@ impl Settings {
             discovery,
             routing,
             proxy,
+            scrape,
         })
     }
 }

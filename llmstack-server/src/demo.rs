@@ -3,6 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use llmstack_discovery::{DiscoveryConfig, ProbeConfig};
+use llmstack_metrics::ScrapeConfig;
 use llmstack_routing::RoutingConfig;
 use llmstack_sim::{EngineConfig, LatencyProfile, SimCluster};
 
@@ -75,6 +76,7 @@ pub async fn start(args: &DemoArgs) -> Result<Demo, String> {
         },
         routing: RoutingConfig::default(),
         proxy: ProxyConfig::default(),
+        scrape: ScrapeConfig::default(),
     };
     let server = Server::start(config).await.map_err(|e| e.to_string())?;
     Ok(Demo { cluster, server })

@@ -107,6 +107,8 @@ fn models(shared: &Shared) -> Value {
 /// Every known engine with its state and load.
 fn engines(shared: &Shared) -> Value {
     let set = shared.endpoints();
+    let stats = shared.stats.snapshot();
+    let now = tokio::time::Instant::now();
     let list: Vec<Value> = set
         .iter()
         .map(|ep| {
@@ -123,6 +125,18 @@ fn engines(shared: &Shared) -> Value {
                 "role": ep.role,
                 "labels": ep.labels,
                 "in_flight": shared.in_flight.get(&ep.id),
+                // The last scrape of its /metrics; null when none is fresh.
+                "stats": stats.get_at(&ep.id, now).map(|s| json!({
+                    "running": s.running,
+                    "waiting": s.waiting,
+                    "kv_cache_usage": s.kv_cache_usage,
+                    "prefix_cache_hit_rate": s.prefix_cache_hit_rate,
+                    "num_gpu_blocks": s.num_gpu_blocks,
+                    "block_size": s.block_size,
+                    "lora_running": s.lora_running,
+                    "lora_waiting": s.lora_waiting,
+                    "age_ms": now.saturating_duration_since(s.scraped_at).as_millis() as u64,
+                })),
             })
         })
         .collect();

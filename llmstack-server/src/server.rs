@@ -13,6 +13,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use llmstack_core::{Discover, EndpointSet};
 use llmstack_discovery::{probe, static_discovery, static_endpoints};
+use llmstack_metrics::spawn_scraper;
 use llmstack_routing::InFlight;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -33,6 +34,7 @@ pub struct Server {
     serve: JoinHandle<()>,
     discovery: JoinHandle<()>,
     sweeper: JoinHandle<()>,
+    scraper: JoinHandle<()>,
 }
 
 /// Why the router could not start.
@@ -68,6 +70,7 @@ impl Server {
             seed.remember(model);
         }
         let (set_tx, set_rx) = watch::channel(seed);
+        let (stats, scraper) = spawn_scraper(set_rx.clone(), config.scrape.clone());
         let in_flight = InFlight::default();
 
         let pools = Arc::new(Pools::new(config.proxy.connect_timeout));
@@ -78,6 +81,7 @@ impl Server {
             .and_then(|k| HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()).ok());
         let shared = Arc::new(Shared {
             endpoints: set_rx,
+            stats,
             policy: config.routing.policy(),
             pools: Arc::clone(&pools),
             in_flight: in_flight.clone(),
@@ -103,6 +107,7 @@ impl Server {
             serve,
             discovery,
             sweeper,
+            scraper,
         })
     }
 
@@ -130,6 +135,7 @@ impl Drop for Server {
         self.serve.abort();
         self.discovery.abort();
         self.sweeper.abort();
+        self.scraper.abort();
     }
 }
 

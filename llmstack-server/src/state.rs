@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use http::HeaderName;
-use llmstack_core::EndpointSet;
+use llmstack_core::{EndpointSet, StatsReader};
 use llmstack_routing::{InFlight, Policy};
 use tokio::sync::watch;
 
@@ -15,6 +15,7 @@ use crate::upstream::Pools;
 /// State shared by all requests.
 pub(crate) struct Shared {
     pub(crate) endpoints: watch::Receiver<EndpointSet>,
+    pub(crate) stats: StatsReader,
     pub(crate) policy: Box<dyn Policy>,
     pub(crate) pools: Arc<Pools>,
     pub(crate) in_flight: InFlight,

@@ -52,7 +52,12 @@ fn production_stack_flags_work_unchanged() {
     assert_eq!(config.discovery.static_models, ["m1", "m2"]);
     assert_eq!(config.routing.static_aliases["gpt-4"], "m1");
     assert_eq!(config.routing.session_key.as_deref(), Some("x-user-id"));
-    assert_eq!(config.discovery.probe.interval, Duration::from_secs(15));
+    assert_eq!(config.scrape.interval, Duration::from_secs(15));
+    assert_eq!(
+        config.discovery.probe.interval,
+        Duration::from_secs(5),
+        "default"
+    );
     assert_eq!(config.log_filter, "debug");
     assert_eq!(warnings.len(), 2, "{warnings:?}");
     assert!(warnings[0].contains("--k8s-namespace"));

@@ -54,6 +54,21 @@ async fn engines_health_ready_version() {
         assert_eq!(e["in_flight"], 0);
         assert!(e["id"].as_str().unwrap().len() >= 8);
     }
+    // Each engine's scraped /metrics shows up (scrapes every 100 ms in these tests).
+    let scraped = eventually(Duration::from_secs(3), || async {
+        let engines = get(&s.client, &s.at("/engines")).await.json();
+        engines
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["stats"]["block_size"] == 16 && e["stats"]["kv_cache_usage"].is_number())
+    })
+    .await;
+    assert!(
+        scraped,
+        "{}",
+        get(&s.client, &s.at("/engines")).await.text()
+    );
     assert_eq!(
         get(&s.client, &s.at("/health")).await.json()["status"],
         "healthy"

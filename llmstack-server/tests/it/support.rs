@@ -5,6 +5,7 @@ use std::time::Duration;
 pub use llmstack_test_support::*;
 
 use llmstack_discovery::{DiscoveryConfig, ProbeConfig};
+use llmstack_metrics::ScrapeConfig;
 use llmstack_routing::RoutingConfig;
 use llmstack_server::{ProxyConfig, Server, ServerConfig};
 use llmstack_sim::{EngineConfig, LatencyProfile, SimEngine};
@@ -48,6 +49,10 @@ pub fn config_for(engines: &[SimEngine]) -> ServerConfig {
             first_byte_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(10),
             ..ProxyConfig::default()
+        },
+        scrape: ScrapeConfig {
+            interval: Duration::from_millis(100),
+            ..ScrapeConfig::default()
         },
     }
 }
