@@ -2,15 +2,20 @@
 //!
 //! [`parse`] reads the text exposition (tolerantly: a bad line is skipped, never a
 //! panic); [`engine_stats`] picks the series a router needs, with vLLM's current names
-//! and the old ones it renamed (see [`names`]); [`spawn_scraper`] scrapes every engine
+//! and the old ones it renamed (see [`vllm`]); [`spawn_scraper`] scrapes every engine
 //! of an [`EndpointSet`](llmstack_core::EndpointSet) concurrently on an interval and
 //! publishes each new [`StatsSnapshot`](llmstack_core::StatsSnapshot) through a `watch`
 //! channel, read with a [`StatsReader`](llmstack_core::StatsReader).
+//!
+//! [`names`] holds the router's own metric names (all `llmstack_…`, never a vLLM name)
+//! and [`names::describe`], their help texts. Libraries only call the `metrics` macros;
+//! the server installs the Prometheus recorder.
 
 pub mod names;
 mod parse;
 mod scraper;
 mod stats;
+pub mod vllm;
 
 pub use parse::{Sample, parse};
 pub use scraper::{ScrapeConfig, spawn_scraper};

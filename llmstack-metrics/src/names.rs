@@ -1,28 +1,106 @@
-//! The vLLM series the router reads, with the names older vLLM releases used.
+//! The router's own metrics: names, units and help texts.
 //!
-//! Each lookup tries the current name first and falls back to the old one (vllm.md §4.5):
-//! `gpu_cache_usage_perc` was renamed in 0.10 and removed in 0.12, the `gpu_prefix_cache_*`
-//! counters likewise.
+//! Every name starts with `llmstack_` and none reuses a `vllm:` name, so one Prometheus
+//! can scrape engines and routers without collisions. Labels are bounded: `engine`
+//! (an endpoint id), `model` (a model some engine served, or `unknown`), `route` (a fixed
+//! path), `status` (`2xx`, `4xx`, `5xx`), `policy`, `reason`, `kind`, `state`.
 
-/// Requests in the running batch.
-pub const RUNNING: &[&str] = &["vllm:num_requests_running"];
-/// Requests waiting (including preempted ones).
-pub const WAITING: &[&str] = &["vllm:num_requests_waiting"];
-/// KV-cache usage, 0..1.
-pub const KV_CACHE_USAGE: &[&str] = &["vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"];
-/// Prefix-cache lookups, in tokens (counter).
-pub const PREFIX_CACHE_QUERIES: &[&str] = &[
-    "vllm:prefix_cache_queries_total",
-    "vllm:gpu_prefix_cache_queries_total",
-    "vllm:gpu_prefix_cache_queries",
-];
-/// Prefix-cache hits, in tokens (counter).
-pub const PREFIX_CACHE_HITS: &[&str] = &[
-    "vllm:prefix_cache_hits_total",
-    "vllm:gpu_prefix_cache_hits_total",
-    "vllm:gpu_prefix_cache_hits",
-];
-/// Cache configuration: `block_size` and `num_gpu_blocks` labels.
-pub const CACHE_CONFIG_INFO: &str = "vllm:cache_config_info";
-/// LoRA adapters running and waiting: the series with the largest value is current.
-pub const LORA_REQUESTS_INFO: &str = "vllm:lora_requests_info";
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+
+/// Requests answered, by `route`, `model`, `engine` (empty when none was chosen) and
+/// `status` class.
+pub const REQUESTS: &str = "llmstack_requests_total";
+/// Time from the request's arrival to the end of its response body, by `route`, `model`.
+pub const REQUEST_DURATION: &str = "llmstack_request_duration_seconds";
+/// Time from arrival to the first content-bearing chunk of a stream, by `model`.
+pub const TTFT: &str = "llmstack_time_to_first_token_seconds";
+/// Time between two content-bearing chunks of a stream, by `model`.
+pub const ITL: &str = "llmstack_inter_token_latency_seconds";
+/// Prompt tokens reported in responses' `usage`, by `model`, `engine`.
+pub const PROMPT_TOKENS: &str = "llmstack_prompt_tokens_total";
+/// Completion tokens reported in responses' `usage`, by `model`, `engine`.
+pub const COMPLETION_TOKENS: &str = "llmstack_completion_tokens_total";
+/// Requests sent to an engine whose response has not ended, by `engine`.
+pub const IN_FLIGHT: &str = "llmstack_in_flight_requests";
+/// Attempts sent to another engine after a failure, by `engine` (the one that failed)
+/// and `reason`.
+pub const RETRIES: &str = "llmstack_retries_total";
+/// Engine failures seen by the proxy, by `engine` and `kind` (`connect`, `upstream`,
+/// `timeout`, `broken`).
+pub const UPSTREAM_ERRORS: &str = "llmstack_upstream_errors_total";
+/// Routing decisions, by `policy` and `reason` (`picked`, `pinned`, `no_endpoint`, …).
+pub const ROUTING_DECISIONS: &str = "llmstack_routing_decisions_total";
+/// Endpoints known, by `state` (`pending`, `ready`, `unready`).
+pub const ENDPOINTS: &str = "llmstack_endpoints";
+/// Discovery updates applied to the endpoint set (changes only).
+pub const DISCOVERY_UPDATES: &str = "llmstack_discovery_updates_total";
+/// Duration of one engine `/metrics` scrape, by `engine`.
+pub const SCRAPE_DURATION: &str = "llmstack_engine_scrape_duration_seconds";
+/// Failed engine scrapes, by `engine`.
+pub const SCRAPE_ERRORS: &str = "llmstack_engine_scrape_errors_total";
+/// Re-exported engine gauge: requests running, by `engine`.
+pub const ENGINE_RUNNING: &str = "llmstack_engine_running_requests";
+/// Re-exported engine gauge: requests waiting, by `engine`.
+pub const ENGINE_WAITING: &str = "llmstack_engine_waiting_requests";
+/// Re-exported engine gauge: KV-cache usage 0..1, by `engine`.
+pub const ENGINE_KV_CACHE_USAGE: &str = "llmstack_engine_kv_cache_usage_ratio";
+/// Re-exported engine gauge: prefix-cache hit ratio over the last scrape interval, by
+/// `engine`.
+pub const ENGINE_PREFIX_CACHE_HIT: &str = "llmstack_engine_prefix_cache_hit_ratio";
+
+/// Registers the help text and unit of every series above with the installed recorder.
+/// Call once at start, after installing it.
+pub fn describe() {
+    describe_counter!(REQUESTS, "Requests answered by the router.");
+    describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "Time from a request's arrival to the end of its response body."
+    );
+    describe_histogram!(
+        TTFT,
+        Unit::Seconds,
+        "Time from a streamed request's arrival to its first content-bearing chunk."
+    );
+    describe_histogram!(
+        ITL,
+        Unit::Seconds,
+        "Time between two content-bearing chunks of a streamed response."
+    );
+    describe_counter!(PROMPT_TOKENS, "Prompt tokens reported in responses' usage.");
+    describe_counter!(
+        COMPLETION_TOKENS,
+        "Completion tokens reported in responses' usage."
+    );
+    describe_gauge!(
+        IN_FLIGHT,
+        "Requests sent to an engine whose response has not ended."
+    );
+    describe_counter!(RETRIES, "Attempts sent to another engine after a failure.");
+    describe_counter!(UPSTREAM_ERRORS, "Engine failures seen by the proxy.");
+    describe_counter!(
+        ROUTING_DECISIONS,
+        "Routing decisions by policy and outcome."
+    );
+    describe_gauge!(ENDPOINTS, "Engines known to the router, by state.");
+    describe_counter!(
+        DISCOVERY_UPDATES,
+        "Discovery updates that changed the endpoint set."
+    );
+    describe_histogram!(
+        SCRAPE_DURATION,
+        Unit::Seconds,
+        "Duration of one scrape of an engine's /metrics."
+    );
+    describe_counter!(SCRAPE_ERRORS, "Failed scrapes of an engine's /metrics.");
+    describe_gauge!(ENGINE_RUNNING, "Requests running on the engine (scraped).");
+    describe_gauge!(ENGINE_WAITING, "Requests waiting on the engine (scraped).");
+    describe_gauge!(
+        ENGINE_KV_CACHE_USAGE,
+        "KV-cache usage of the engine, 0 to 1 (scraped)."
+    );
+    describe_gauge!(
+        ENGINE_PREFIX_CACHE_HIT,
+        "Prefix-cache hit ratio of the engine over the last scrape interval (scraped)."
+    );
+}

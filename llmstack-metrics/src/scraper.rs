@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
-use crate::engine_stats;
+use crate::{engine_stats, names};
 
 /// Largest `/metrics` answer read (a vLLM exposition is ~50 KB).
 const MAX_METRICS_BODY: usize = 8 << 20;
@@ -121,9 +121,16 @@ async fn scrape(
     ep: Arc<Endpoint>,
     config: ScrapeConfig,
 ) -> (EndpointId, Result<Bytes, String>) {
+    let start = Instant::now();
     let result = tokio::time::timeout(config.timeout, fetch(&client, &ep, &config))
         .await
         .unwrap_or_else(|_| Err("timed out".into()));
+    let engine = ep.id.to_string();
+    match &result {
+        Ok(_) => metrics::histogram!(names::SCRAPE_DURATION, "engine" => engine)
+            .record(start.elapsed().as_secs_f64()),
+        Err(_) => metrics::counter!(names::SCRAPE_ERRORS, "engine" => engine).increment(1),
+    }
     (ep.id.clone(), result)
 }
 

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use llmstack_core::{EngineStats, ModelLoad};
 use tokio::time::Instant;
 
-use crate::names;
 use crate::parse::{Sample, parse};
+use crate::vllm;
 
 /// The stats in one `/metrics` text, scraped at `now`.
 ///
@@ -32,8 +32,8 @@ pub fn engine_stats(text: &str, previous: Option<&EngineStats>, now: Instant) ->
             .filter(|v| v.is_finite())
             .sum::<f64>()
     };
-    let running = pick(names::RUNNING);
-    let waiting = pick(names::WAITING);
+    let running = pick(vllm::RUNNING);
+    let waiting = pick(vllm::WAITING);
     let mut models: HashMap<String, ModelLoad> = HashMap::new();
     for s in &running {
         if let Some(m) = s.label("model_name") {
@@ -45,21 +45,21 @@ pub fn engine_stats(text: &str, previous: Option<&EngineStats>, now: Instant) ->
             models.entry(m.to_owned()).or_default().waiting += s.value;
         }
     }
-    let usage = pick(names::KV_CACHE_USAGE);
+    let usage = pick(vllm::KV_CACHE_USAGE);
     let kv_cache_usage = if usage.is_empty() {
         0.0
     } else {
         usage.iter().map(|s| s.value).sum::<f64>() / usage.len() as f64
     };
-    let queries = sum(names::PREFIX_CACHE_QUERIES);
-    let hits = sum(names::PREFIX_CACHE_HITS);
+    let queries = sum(vllm::PREFIX_CACHE_QUERIES);
+    let hits = sum(vllm::PREFIX_CACHE_HITS);
     let prefix_cache_hit_rate = previous.and_then(|p| {
         let (dq, dh) = (queries - p.prefix_cache_queries, hits - p.prefix_cache_hits);
         (dq > 0.0 && dh >= 0.0).then(|| (dh / dq).clamp(0.0, 1.0))
     });
     let config: Vec<&Sample<'_>> = samples
         .iter()
-        .filter(|s| s.name == names::CACHE_CONFIG_INFO)
+        .filter(|s| s.name == vllm::CACHE_CONFIG_INFO)
         .collect();
     let num_gpu_blocks = config
         .iter()
@@ -71,7 +71,7 @@ pub fn engine_stats(text: &str, previous: Option<&EngineStats>, now: Instant) ->
     // Every combination seen stays exported; the current one has the latest timestamp.
     let lora = samples
         .iter()
-        .filter(|s| s.name == names::LORA_REQUESTS_INFO)
+        .filter(|s| s.name == vllm::LORA_REQUESTS_INFO)
         .max_by(|a, b| a.value.total_cmp(&b.value));
     let adapters = |key: &str| -> Vec<String> {
         lora.and_then(|s| s.label(key))

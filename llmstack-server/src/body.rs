@@ -14,6 +14,7 @@ use llmstack_routing::InFlightGuard;
 use tokio::time::{Instant, Sleep};
 
 use crate::state::Counters;
+use crate::telemetry::BodyTally;
 use crate::upstream::{Link, Pools};
 
 /// Every response the router sends.
@@ -58,6 +59,8 @@ struct Upstream {
     tail: Option<Bytes>,
     /// Data read but not yet handed to the client connection.
     batch: Batch,
+    /// Request accounting; records the request when dropped with the body.
+    tally: Option<BodyTally>,
     /// What the engine sent after the gathered data (handed on after it).
     after_batch: Option<After>,
     done: bool,
@@ -102,6 +105,7 @@ impl ProxyBody {
         guard: InFlightGuard,
         counters: Arc<Counters>,
         sse: bool,
+        tally: Option<BodyTally>,
     ) -> Self {
         Self {
             kind: Kind::Upstream(Upstream {
@@ -118,6 +122,7 @@ impl ProxyBody {
                 at_boundary: true,
                 tail: None,
                 batch: Batch::default(),
+                tally,
                 after_batch: None,
                 done: false,
             }),
@@ -192,6 +197,9 @@ impl Upstream {
                     Ok(data) if data.is_empty() => {}
                     Ok(data) => {
                         self.at_boundary = data.ends_with(b"\n\n");
+                        if let Some(tally) = &mut self.tally {
+                            tally.on_data(&data);
+                        }
                         self.batch.push(data);
                         if self.body.is_end_stream() {
                             // The last bytes of a sized body: hyper will not poll again,

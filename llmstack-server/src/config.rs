@@ -26,6 +26,14 @@ pub struct Settings {
     /// Port to listen on [default: 8001].
     #[arg(long, env = "LLMSTACK_PORT")]
     pub port: Option<u16>,
+    /// Port of a separate admin listener serving /metrics, /health and /ready on the same
+    /// address [default: none].
+    #[arg(long, env = "LLMSTACK_ADMIN_PORT")]
+    pub admin_port: Option<u16>,
+    /// Whether /metrics is also served on the main port, as production-stack does
+    /// [default: true].
+    #[arg(long, env = "LLMSTACK_MAIN_PORT_METRICS")]
+    pub main_port_metrics: Option<bool>,
     /// How engines are found: `static` (`k8s` comes later).
     #[arg(long, env = "LLMSTACK_SERVICE_DISCOVERY", value_parser = parse_discovery)]
     pub service_discovery: Option<DiscoveryKind>,
@@ -95,6 +103,10 @@ pub struct Settings {
 pub struct ServerConfig {
     /// Where to listen.
     pub listen: std::net::SocketAddr,
+    /// Where the admin listener (/metrics, /health, /ready) listens, if anywhere.
+    pub admin: Option<std::net::SocketAddr>,
+    /// Whether /metrics is also served on the main port.
+    pub main_port_metrics: bool,
     /// tracing filter directive derived from the log level.
     pub log_filter: String,
     /// Discovery.
@@ -156,6 +168,8 @@ impl Settings {
         pick!(
             host,
             port,
+            admin_port,
+            main_port_metrics,
             service_discovery,
             static_backends,
             static_models,
@@ -298,11 +312,11 @@ impl Settings {
         if !errors.is_empty() {
             return Err(errors.join("\n"));
         }
+        let host = self.host.unwrap_or(IpAddr::from([0, 0, 0, 0]));
         Ok(ServerConfig {
-            listen: std::net::SocketAddr::new(
-                self.host.unwrap_or(IpAddr::from([0, 0, 0, 0])),
-                self.port.unwrap_or(8001),
-            ),
+            listen: std::net::SocketAddr::new(host, self.port.unwrap_or(8001)),
+            admin: self.admin_port.map(|p| std::net::SocketAddr::new(host, p)),
+            main_port_metrics: self.main_port_metrics.unwrap_or(true),
             log_filter: log_filter.to_owned(),
             discovery,
             routing,

@@ -64,6 +64,8 @@ pub async fn start(args: &DemoArgs) -> Result<Demo, String> {
         .map_err(|e| format!("cannot start the simulated engines: {e}"))?;
     let config = ServerConfig {
         listen: SocketAddr::new(args.host, args.port),
+        admin: None,
+        main_port_metrics: true,
         log_filter: "info".into(),
         discovery: DiscoveryConfig {
             static_backends: cluster.urls(),

@@ -18,6 +18,7 @@ mod local;
 mod proxy;
 mod server;
 mod state;
+mod telemetry;
 mod upstream;
 
 pub use body::ProxyBody;

@@ -9,10 +9,12 @@ use serde_json::{Value, json};
 use crate::body::ProxyBody;
 use crate::proxy::{error_response, json_response};
 use crate::state::Shared;
+use crate::telemetry;
 
 /// A router-local route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Local {
+    Metrics,
     Models,
     Engines,
     Health,
@@ -23,6 +25,7 @@ pub(crate) enum Local {
 /// The local route at `path`, if any.
 pub(crate) fn route(path: &str) -> Option<Local> {
     Some(match path {
+        "/metrics" => Local::Metrics,
         "/v1/models" => Local::Models,
         "/engines" => Local::Engines,
         "/health" => Local::Health,
@@ -35,6 +38,15 @@ pub(crate) fn route(path: &str) -> Option<Local> {
 /// Answers a local route from the current state.
 pub(crate) fn answer(shared: &Shared, route: Local) -> Response<ProxyBody> {
     match route {
+        Local::Metrics => {
+            let mut resp =
+                Response::new(ProxyBody::full(telemetry::render(shared, &shared.metrics)));
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            resp
+        }
         Local::Models => json_response(StatusCode::OK, &models(shared)),
         Local::Engines => json_response(StatusCode::OK, &engines(shared)),
         Local::Health => {

@@ -21,6 +21,7 @@ use crate::body::ProxyBody;
 use crate::headers::{REQUEST_ID, request_id, strip_hop_by_hop};
 use crate::local;
 use crate::state::Shared;
+use crate::telemetry::{self, Tally};
 use crate::upstream::Link;
 
 /// How a proxied route's body names its model.
@@ -30,25 +31,28 @@ enum BodyKind {
     Multipart,
 }
 
-/// Routes forwarded to an engine (all `POST`).
-fn proxied(path: &str) -> Option<BodyKind> {
-    Some(match path {
-        "/v1/chat/completions"
-        | "/v1/completions"
-        | "/v1/embeddings"
-        | "/v1/responses"
-        | "/v1/messages"
-        | "/v1/rerank"
-        | "/rerank"
-        | "/v1/score"
-        | "/score"
-        | "/tokenize"
-        | "/detokenize"
-        | "/v1/audio/speech"
-        | "/v1/images/generations" => BodyKind::Json,
-        "/v1/audio/transcriptions" | "/v1/audio/translations" => BodyKind::Multipart,
-        _ => return None,
-    })
+/// Routes forwarded to an engine (all `POST`), and how each names its model.
+const PROXIED: &[(&str, BodyKind)] = &[
+    ("/v1/chat/completions", BodyKind::Json),
+    ("/v1/completions", BodyKind::Json),
+    ("/v1/embeddings", BodyKind::Json),
+    ("/v1/responses", BodyKind::Json),
+    ("/v1/messages", BodyKind::Json),
+    ("/v1/rerank", BodyKind::Json),
+    ("/rerank", BodyKind::Json),
+    ("/v1/score", BodyKind::Json),
+    ("/score", BodyKind::Json),
+    ("/tokenize", BodyKind::Json),
+    ("/detokenize", BodyKind::Json),
+    ("/v1/audio/speech", BodyKind::Json),
+    ("/v1/images/generations", BodyKind::Json),
+    ("/v1/audio/transcriptions", BodyKind::Multipart),
+    ("/v1/audio/translations", BodyKind::Multipart),
+];
+
+/// The proxied route at `path` (its static name, for metric labels) and its body kind.
+fn proxied(path: &str) -> Option<(&'static str, BodyKind)> {
+    PROXIED.iter().find(|(p, _)| *p == path).copied()
 }
 
 /// Answers one request. Never fails: errors become OpenAI error responses here.
@@ -56,8 +60,9 @@ pub(crate) async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+    let start = Instant::now();
     let id = request_id(req.headers());
-    let result = dispatch(&shared, req, &id).await;
+    let result = dispatch(&shared, req, &id, start).await;
     let mut resp = match result {
         Ok(resp) => resp,
         Err(err) => {
@@ -73,22 +78,53 @@ async fn dispatch(
     shared: &Arc<Shared>,
     req: Request<Incoming>,
     id: &HeaderValue,
+    start: Instant,
 ) -> Result<Response<ProxyBody>, Error> {
     let path = req.uri().path();
-    if let Some(kind) = proxied(path) {
+    if let Some((route, kind)) = proxied(path) {
+        let mut tally = Some(Tally::new(route, start));
         if req.method() != Method::POST {
-            return Err(Error::MethodNotAllowed);
+            let err = Error::MethodNotAllowed;
+            tally.iter().for_each(|t| t.error(&err));
+            return Err(err);
         }
         shared.counters.requests.fetch_add(1, Ordering::Relaxed);
-        return forward(shared, req, kind, id).await;
+        let result = forward(shared, req, kind, id, &mut tally).await;
+        // On success the tally moved into the response body, which records the request
+        // when it ends; errors are recorded here.
+        if let (Err(err), Some(tally)) = (&result, &tally) {
+            tally.error(err);
+        }
+        return result;
     }
-    let local = local::route(path).ok_or_else(|| Error::NotFound {
-        path: path.to_owned(),
-    })?;
+    let local = local::route(path)
+        .filter(|l| *l != local::Local::Metrics || shared.main_port_metrics)
+        .ok_or_else(|| Error::NotFound {
+            path: path.to_owned(),
+        })?;
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Err(Error::MethodNotAllowed);
     }
     Ok(local::answer(shared, local))
+}
+
+/// The admin listener: `/metrics`, `/health`, `/ready` only.
+pub(crate) async fn handle_admin(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+    let path = req.uri().path();
+    let resp = match local::route(path) {
+        Some(route @ (local::Local::Metrics | local::Local::Health | local::Local::Ready))
+            if req.method() == Method::GET || req.method() == Method::HEAD =>
+        {
+            local::answer(&shared, route)
+        }
+        Some(_) | None => error_response(&Error::NotFound {
+            path: path.to_owned(),
+        }),
+    };
+    Ok(resp)
 }
 
 /// The single mapping from [`Error`] to an HTTP response.
@@ -120,6 +156,7 @@ async fn forward(
     req: Request<Incoming>,
     kind: BodyKind,
     id: &HeaderValue,
+    tally: &mut Option<Tally>,
 ) -> Result<Response<ProxyBody>, Error> {
     // During a graceful shutdown, requests already on a connection are still served:
     // no new connections are accepted and kept-alive ones close after their response.
@@ -144,6 +181,12 @@ async fn forward(
     };
     let bytes = rewrite_alias(shared, &parts, kind, bytes)?;
     let mut route = route_request(shared, &parts, kind, &bytes)?;
+    let set = shared.endpoints();
+    if let (Some(model), Some(tally)) = (route.model(), tally.as_mut())
+        && set.has_seen(model)
+    {
+        tally.set_model(model);
+    }
     if let Some(header) = &shared.session_header
         && let Some(key) = parts.headers.get(header).and_then(|v| v.to_str().ok())
     {
@@ -159,7 +202,6 @@ async fn forward(
         headers,
         body: bytes.clone(),
     };
-    let set = shared.endpoints();
     let mut exclude: Vec<EndpointId> = Vec::new();
     let mut last_error: Option<Error> = None;
     loop {
@@ -167,9 +209,21 @@ async fn forward(
             pinned: pinned.as_deref(),
             exclude: &exclude,
         };
+        let policy = shared.policy.name();
         let endpoint = match select(&*shared.policy, &set, &route, &target) {
-            Ok(endpoint) => endpoint,
-            Err(e) => return Err(last_error.unwrap_or(e)),
+            Ok(endpoint) => {
+                let reason = if target.pinned.is_some() {
+                    "pinned"
+                } else {
+                    "picked"
+                };
+                shared.meters.decision(policy, reason);
+                endpoint
+            }
+            Err(e) => {
+                shared.meters.decision(policy, e.label());
+                return Err(last_error.unwrap_or(e));
+            }
         };
         let guard = shared.in_flight.start(&endpoint.id);
         match send(shared, &endpoint, &outgoing).await {
@@ -180,6 +234,9 @@ async fn forward(
                     .headers
                     .get(header::CONTENT_TYPE)
                     .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+                let tally = tally
+                    .take()
+                    .map(|t| t.body(&shared.meters, &endpoint.id, head.status.as_u16(), sse));
                 let body = ProxyBody::upstream(
                     body,
                     link,
@@ -189,16 +246,19 @@ async fn forward(
                     guard,
                     Arc::clone(&shared.counters),
                     sse,
+                    tally,
                 );
                 return Ok(Response::from_parts(head, body));
             }
             Err(e) if e.is_retryable() && exclude.len() < shared.proxy.retries as usize => {
+                telemetry::upstream_error(endpoint.id.as_str(), &e, true);
                 tracing::warn!(endpoint = %endpoint.id, error = %e, "engine failed before answering; trying another");
                 shared.counters.retries.fetch_add(1, Ordering::Relaxed);
                 exclude.push(endpoint.id.clone());
                 last_error = Some(e);
             }
             Err(e) => {
+                telemetry::upstream_error(endpoint.id.as_str(), &e, false);
                 tracing::warn!(endpoint = %endpoint.id, error = %e, "engine request failed");
                 return Err(e);
             }

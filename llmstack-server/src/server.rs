@@ -21,6 +21,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::ServerConfig;
 use crate::state::{Counters, Shared};
+use crate::telemetry;
 use crate::upstream::Pools;
 
 /// A running router.
@@ -35,6 +36,9 @@ pub struct Server {
     discovery: JoinHandle<()>,
     sweeper: JoinHandle<()>,
     scraper: JoinHandle<()>,
+    upkeep: JoinHandle<()>,
+    admin: Option<JoinHandle<()>>,
+    admin_addr: Option<SocketAddr>,
 }
 
 /// Why the router could not start.
@@ -71,6 +75,8 @@ impl Server {
         }
         let (set_tx, set_rx) = watch::channel(seed);
         let (stats, scraper) = spawn_scraper(set_rx.clone(), config.scrape.clone());
+        let metrics = telemetry::recorder();
+        let upkeep = tokio::spawn(telemetry::upkeep(metrics.clone()));
         let in_flight = InFlight::default();
 
         let pools = Arc::new(Pools::new(config.proxy.connect_timeout));
@@ -82,6 +88,9 @@ impl Server {
         let shared = Arc::new(Shared {
             endpoints: set_rx,
             stats,
+            metrics,
+            main_port_metrics: config.main_port_metrics,
+            meters: Default::default(),
             policy: config.routing.policy(),
             pools: Arc::clone(&pools),
             in_flight: in_flight.clone(),
@@ -99,6 +108,19 @@ impl Server {
         let sweeper = tokio::spawn(sweep_idle(Arc::clone(&pools)));
         let discovery = tokio::spawn(run_discovery(source, set_tx, in_flight, pools));
         let (stop, stop_rx) = watch::channel(false);
+        let admin = match config.admin {
+            Some(at) => {
+                let admin = TcpListener::bind(at).await.map_err(StartError::Bind)?;
+                let admin_addr = admin.local_addr().map_err(StartError::Bind)?;
+                tracing::info!(addr = %admin_addr, "admin listener (/metrics, /health, /ready)");
+                Some((
+                    admin_addr,
+                    tokio::spawn(serve_admin(admin, Arc::clone(&shared))),
+                ))
+            }
+            None => None,
+        };
+        let (admin_addr, admin) = admin.unzip();
         let serve = tokio::spawn(serve(listener, shared, stop_rx));
         tracing::info!(%addr, policy = config.routing.routing_logic.as_str(), "router listening");
         Ok(Self {
@@ -108,12 +130,20 @@ impl Server {
             discovery,
             sweeper,
             scraper,
+            upkeep,
+            admin,
+            admin_addr,
         })
     }
 
     /// The address the router listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The admin listener's address, when one was configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// Starts a graceful shutdown: stop accepting, let in-flight requests and streams
@@ -136,6 +166,10 @@ impl Drop for Server {
         self.discovery.abort();
         self.sweeper.abort();
         self.scraper.abort();
+        self.upkeep.abort();
+        if let Some(admin) = &self.admin {
+            admin.abort();
+        }
     }
 }
 
@@ -162,6 +196,7 @@ async fn run_discovery(
             Ok(update) => {
                 let mut set = tx.borrow().clone();
                 if set.apply(update) {
+                    metrics::counter!(llmstack_metrics::names::DISCOVERY_UPDATES).increment(1);
                     in_flight.retain(|id| set.get(id.as_str()).is_some());
                     pools.retain(|id| set.get(id.as_str()).is_some());
                     tx.send_replace(set);
@@ -171,6 +206,28 @@ async fn run_discovery(
         }
     }
     tracing::error!("discovery ended; the endpoint set is frozen");
+}
+
+/// The admin listener: no graceful drain (it answers instantly); stopped with the server.
+async fn serve_admin(listener: TcpListener, shared: Arc<Shared>) {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new());
+    let mut conns = JoinSet::new();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let shared = Arc::clone(&shared);
+        let service = service_fn(move |req| crate::proxy::handle_admin(Arc::clone(&shared), req));
+        let conn = http.serve_connection(TokioIo::new(stream), service);
+        conns.spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "admin connection ended with an error");
+            }
+        });
+        while conns.try_join_next().is_some() {}
+    }
 }
 
 /// Closes stale idle engine connections every second.

@@ -7,15 +7,23 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use http::HeaderName;
 use llmstack_core::{EndpointSet, StatsReader};
 use llmstack_routing::{InFlight, Policy};
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 
 use crate::ProxyConfig;
+use crate::telemetry::Meters;
 use crate::upstream::Pools;
 
 /// State shared by all requests.
 pub(crate) struct Shared {
     pub(crate) endpoints: watch::Receiver<EndpointSet>,
     pub(crate) stats: StatsReader,
+    /// Renders the router's Prometheus metrics.
+    pub(crate) metrics: PrometheusHandle,
+    /// Whether `/metrics` is also served on the main port.
+    pub(crate) main_port_metrics: bool,
+    /// Resolved metric handles for the request path.
+    pub(crate) meters: Meters,
     pub(crate) policy: Box<dyn Policy>,
     pub(crate) pools: Arc<Pools>,
     pub(crate) in_flight: InFlight,

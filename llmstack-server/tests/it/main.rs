@@ -5,5 +5,6 @@
 mod binary;
 mod failures;
 mod local;
+mod metrics;
 mod proxy;
 mod support;

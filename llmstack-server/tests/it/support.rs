@@ -33,6 +33,8 @@ pub fn h100(model: &str) -> EngineConfig {
 pub fn config_for(engines: &[SimEngine]) -> ServerConfig {
     ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
+        admin: Some("127.0.0.1:0".parse().unwrap()),
+        main_port_metrics: true,
         log_filter: "info".into(),
         discovery: DiscoveryConfig {
             static_backends: engines.iter().map(SimEngine::base_url).collect(),
