@@ -398,6 +398,47 @@ mod tests {
         assert!(!has_content(b"data: [DONE]"));
     }
 
+    /// The accounting of one streamed body, checked with a local debugging recorder (no
+    /// global state): one request, one TTFT, ITL per later content event, usage tokens.
+    #[test]
+    fn a_streamed_body_is_accounted_once_when_dropped() {
+        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            let meters = Meters::default();
+            let mut tally = Tally::new("/v1/chat/completions", Instant::now());
+            tally.set_model("m");
+            let mut body = tally.body(&meters, &EndpointId::new("e1"), 200, true);
+            body.on_data(
+                b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n",
+            );
+            body.on_data(b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"b\"}}]}\n\n");
+            body.on_data(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n");
+            drop(body);
+            meters.decision("roundrobin", "picked");
+        });
+        let values: HashMap<String, DebugValue> = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .map(|(key, _, _, value)| (key.key().name().to_owned(), value))
+            .collect();
+        assert_eq!(values[names::REQUESTS], DebugValue::Counter(1));
+        assert_eq!(values[names::PROMPT_TOKENS], DebugValue::Counter(7));
+        assert_eq!(values[names::COMPLETION_TOKENS], DebugValue::Counter(2));
+        assert_eq!(values[names::ROUTING_DECISIONS], DebugValue::Counter(1));
+        let DebugValue::Histogram(ttft) = &values[names::TTFT] else {
+            panic!()
+        };
+        assert_eq!(ttft.len(), 1, "the role-only chunk is not the first token");
+        let DebugValue::Histogram(itl) = &values[names::ITL] else {
+            panic!()
+        };
+        assert_eq!(itl.len(), 1);
+    }
+
     #[test]
     fn usage_numbers() {
         let chunk = br#"{"usage":{"prompt_tokens":17,"total_tokens":33,"completion_tokens":16,"prompt_tokens_details":null}}"#;
