@@ -9,7 +9,6 @@ const WITH_VALUE: &[(&str, &str)] = &[
         "root-path",
         "serve the router at / behind a path-rewriting ingress",
     ),
-    ("log-format", "logs are text"),
     ("feature-gates", "no feature gates exist"),
     ("callbacks", "Python callbacks cannot run in this router"),
     ("request-rewriter", "requests are forwarded unchanged"),

@@ -74,6 +74,9 @@ pub struct Settings {
     /// Log level: critical, error, warning, info, debug or trace [default: info].
     #[arg(long, env = "LLMSTACK_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// Log format: `text` or `json` (one JSON object per line) [default: text].
+    #[arg(long, env = "LLMSTACK_LOG_FORMAT")]
+    pub log_format: Option<String>,
     /// Seconds to establish a connection to an engine [default: 5].
     #[arg(long, env = "LLMSTACK_CONNECT_TIMEOUT")]
     pub connect_timeout: Option<f64>,
@@ -109,6 +112,8 @@ pub struct ServerConfig {
     pub main_port_metrics: bool,
     /// tracing filter directive derived from the log level.
     pub log_filter: String,
+    /// Whether logs are JSON lines (else text).
+    pub log_json: bool,
     /// Discovery.
     pub discovery: DiscoveryConfig,
     /// Routing.
@@ -181,6 +186,7 @@ impl Settings {
             static_backend_health_check_interval,
             backend_health_check_timeout_seconds,
             log_level,
+            log_format,
             connect_timeout,
             first_byte_timeout,
             idle_timeout,
@@ -295,6 +301,19 @@ impl Settings {
         if let Err(e) = routing.validate() {
             errors.push(e);
         }
+        let log_json = match self
+            .log_format
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => {
+                errors.push(format!("--log-format `{other}` is not text or json"));
+                false
+            }
+        };
         let log_level = self.log_level.unwrap_or_else(|| "info".into());
         let log_filter = match log_level.to_ascii_lowercase().as_str() {
             "critical" | "error" => "error",
@@ -318,6 +337,7 @@ impl Settings {
             admin: self.admin_port.map(|p| std::net::SocketAddr::new(host, p)),
             main_port_metrics: self.main_port_metrics.unwrap_or(true),
             log_filter: log_filter.to_owned(),
+            log_json,
             discovery,
             routing,
             proxy,

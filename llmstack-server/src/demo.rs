@@ -67,6 +67,7 @@ pub async fn start(args: &DemoArgs) -> Result<Demo, String> {
         admin: None,
         main_port_metrics: true,
         log_filter: "info".into(),
+        log_json: false,
         discovery: DiscoveryConfig {
             static_backends: cluster.urls(),
             static_models: models,

@@ -19,15 +19,19 @@ fn main() -> ExitCode {
             };
         }
     };
-    let filter = match &action {
-        Action::Serve(config) => config.log_filter.clone(),
-        Action::Demo(_) => "info".into(),
+    let (filter, json) = match &action {
+        Action::Serve(config) => (config.log_filter.clone(), config.log_json),
+        Action::Demo(_) => ("info".into(), false),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter)),
-        )
-        .init();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
+    if json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
     for warning in warnings {
         tracing::warn!("{warning}");
     }

@@ -16,6 +16,7 @@ use llmstack_core::{
 };
 use llmstack_routing::{Target, select};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::body::ProxyBody;
 use crate::headers::{REQUEST_ID, request_id, strip_hop_by_hop};
@@ -62,7 +63,14 @@ pub(crate) async fn handle(
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
     let start = Instant::now();
     let id = request_id(req.headers());
-    let result = dispatch(&shared, req, &id, start).await;
+    // Debug level only: at the default level a request logs nothing. The request id is
+    // on the span, so every event logged while handling the request carries it; prompts
+    // and headers (keys) never appear.
+    let span =
+        tracing::debug_span!("request", id = ?id, method = %req.method(), path = %req.uri().path());
+    let result = dispatch(&shared, req, &id, start)
+        .instrument(span.clone())
+        .await;
     let mut resp = match result {
         Ok(resp) => resp,
         Err(err) => {
@@ -70,6 +78,13 @@ pub(crate) async fn handle(
             error_response(&err)
         }
     };
+    span.in_scope(|| {
+        tracing::debug!(
+            status = resp.status().as_u16(),
+            head_ms = start.elapsed().as_secs_f64() * 1e3,
+            "answered"
+        );
+    });
     resp.headers_mut().insert(REQUEST_ID.clone(), id);
     Ok(resp)
 }

@@ -36,6 +36,11 @@ fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> (Child, String) {
         if let Some(rest) = line.split("router on http://").nth(1) {
             break rest.split_whitespace().next().unwrap().to_owned();
         }
+        if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line)
+            && json["fields"]["message"] == "router listening"
+        {
+            break json["fields"]["addr"].as_str().unwrap().to_owned();
+        }
     };
     // Keep draining stdout so the child never blocks on a full pipe.
     std::thread::spawn(move || lines.for_each(drop));
@@ -272,6 +277,75 @@ async fn a_stalled_client_does_not_make_the_router_buffer() {
         rest.len()
     );
     assert!(rest.len() > 10_000_000, "{} bytes", rest.len());
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// `--log-format json`: one JSON object per line; at debug, one line per request with
+/// its request id (and no prompt text).
+#[tokio::test]
+async fn json_logs_with_a_line_per_request_at_debug() {
+    let engines = engines(1).await;
+    let mut child = Command::new(BIN)
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--static-backends",
+            &engines[0].base_url(),
+            "--static-models",
+            "m",
+            "--log-format",
+            "json",
+            "--log-level",
+            "debug",
+        ])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let next_json = |pred: &dyn Fn(&serde_json::Value) -> bool| loop {
+        let line = rx.recv_timeout(Duration::from_secs(5)).expect("a log line");
+        let json: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        if pred(&json) {
+            return json;
+        }
+    };
+    let listening = next_json(&|j| j["fields"]["message"] == "router listening");
+    let url = format!("http://{}", listening["fields"]["addr"].as_str().unwrap());
+    let c = client();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            get(&c, &format!("{url}/ready")).await.status == 200
+        })
+        .await
+    );
+    let a = send(
+        &c,
+        http::Method::POST,
+        &format!("{url}/v1/chat/completions"),
+        &[("content-type", "application/json"), ("x-request-id", "log-me-42")],
+        &serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "secret prompt text"}], "max_tokens": 1}).to_string(),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let line =
+        next_json(&|j| j["fields"]["message"] == "answered" && j.to_string().contains("log-me-42"));
+    assert_eq!(line["level"], "DEBUG");
+    assert_eq!(line["fields"]["status"], 200);
+    assert!(line.to_string().contains("log-me-42"), "{line}");
+    assert!(!line.to_string().contains("secret prompt text"));
     child.kill().unwrap();
     child.wait().unwrap();
 }

@@ -36,6 +36,7 @@ pub fn config_for(engines: &[SimEngine]) -> ServerConfig {
         admin: Some("127.0.0.1:0".parse().unwrap()),
         main_port_metrics: true,
         log_filter: "info".into(),
+        log_json: false,
         discovery: DiscoveryConfig {
             static_backends: engines.iter().map(SimEngine::base_url).collect(),
             static_models: engines.iter().map(|e| e.config().model.clone()).collect(),
