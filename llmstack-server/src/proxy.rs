@@ -100,14 +100,16 @@ async fn dispatch(
         let mut tally = Some(Tally::new(route, start));
         if req.method() != Method::POST {
             let err = Error::MethodNotAllowed;
-            tally.iter().for_each(|t| t.error(&err));
+            if let Some(t) = tally.as_mut() {
+                t.error(&err);
+            }
             return Err(err);
         }
         shared.counters.requests.fetch_add(1, Ordering::Relaxed);
         let result = forward(shared, req, kind, id, &mut tally).await;
         // On success the tally moved into the response body, which records the request
         // when it ends; errors are recorded here.
-        if let (Err(err), Some(tally)) = (&result, &tally) {
+        if let (Err(err), Some(tally)) = (&result, &mut tally) {
             tally.error(err);
         }
         return result;

@@ -115,12 +115,16 @@ fn class(status: u16) -> &'static str {
 }
 
 /// One proxied request, from arrival until its response is settled.
-#[derive(Debug, Clone)]
+///
+/// Settled exactly once: by an error, by handing over to the response body, or (when the
+/// client leaves before any of that) on drop, as status `cancelled`.
+#[derive(Debug)]
 pub(crate) struct Tally {
     route: &'static str,
     /// A model some engine serves (bounded), or `None`: labelled `unknown`.
     model: Option<String>,
     start: Instant,
+    settled: bool,
 }
 
 /// The metric handles of one (route, status class, engine, model) combination.
@@ -175,6 +179,7 @@ impl Tally {
             route,
             model: None,
             start,
+            settled: false,
         }
     }
 
@@ -184,10 +189,17 @@ impl Tally {
     }
 
     /// The request ended with a router-generated error (a rare path: plain macros).
-    pub(crate) fn error(&self, err: &Error) {
-        let model = SharedString::from(self.model.clone().unwrap_or_else(|| "unknown".into()));
+    pub(crate) fn error(&mut self, err: &Error) {
+        self.settle(class(err.status()));
+    }
+
+    fn settle(&mut self, status: &'static str) {
+        if std::mem::replace(&mut self.settled, true) {
+            return;
+        }
+        let model = SharedString::from(self.model.take().unwrap_or_else(|| "unknown".into()));
         counter!(names::REQUESTS, "route" => self.route, "model" => model.clone(),
-            "engine" => "", "status" => class(err.status()))
+            "engine" => "", "status" => status)
         .increment(1);
         histogram!(names::REQUEST_DURATION, "route" => self.route, "model" => model)
             .record(self.start.elapsed().as_secs_f64());
@@ -195,12 +207,13 @@ impl Tally {
 
     /// Accounting for the body of `engine`'s response.
     pub(crate) fn body(
-        self,
+        mut self,
         meters: &Meters,
         engine: &EndpointId,
         status: u16,
         sse: bool,
     ) -> BodyTally {
+        self.settled = true;
         let model = self.model.as_deref().unwrap_or("unknown");
         BodyTally {
             start: self.start,
@@ -210,6 +223,13 @@ impl Tally {
             prompt_tokens: None,
             completion_tokens: None,
         }
+    }
+}
+
+impl Drop for Tally {
+    fn drop(&mut self) {
+        // The client left before an answer started: still one request, accounted for.
+        self.settle("cancelled");
     }
 }
 

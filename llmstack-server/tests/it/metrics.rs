@@ -233,3 +233,116 @@ async fn retries_errors_and_disconnects_are_counted() {
         ) >= 1.0
     );
 }
+
+/// 1,000 mixed requests, 64 at a time: plain, streamed, refused (404, 400), streams the
+/// client drops mid-way, and plain requests the client gives up on before the answer.
+/// Afterwards nothing is in flight anywhere, and every request that named the model is
+/// counted exactly once.
+#[tokio::test]
+async fn a_thousand_mixed_requests_all_accounted_for() {
+    use std::sync::Arc;
+
+    use http_body_util::BodyExt;
+
+    const M: &str = "metrics-model-c";
+    let s = Arc::new(stack(vec![instant(M), instant(M), h100(M)], |_| {}).await);
+    let slow = s.id_of(2).await;
+    let gate = Arc::new(tokio::sync::Semaphore::new(64));
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut named = 0;
+    for i in 0..1000 {
+        let kind = i % 7;
+        if !matches!(kind, 2 | 3) {
+            named += 1;
+        }
+        let (s, gate, slow) = (Arc::clone(&s), Arc::clone(&gate), slow.clone());
+        tasks.spawn(async move {
+            let _permit = gate.acquire().await.unwrap();
+            let c = &s.client;
+            match kind {
+                0 => assert_eq!(
+                    post(c, &s.at("/v1/chat/completions"), &chat(M, 2))
+                        .await
+                        .status,
+                    200
+                ),
+                1 => assert!(
+                    !stream(c, &s.at("/v1/completions"), &streamed(M, 3))
+                        .await
+                        .broken
+                ),
+                2 => assert_eq!(
+                    post(c, &s.at("/v1/chat/completions"), &chat("nope", 1))
+                        .await
+                        .status,
+                    404
+                ),
+                3 => {
+                    let a = send(
+                        c,
+                        Method::POST,
+                        &s.at("/v1/completions"),
+                        &[("content-type", "application/json")],
+                        "{oops",
+                    )
+                    .await;
+                    assert_eq!(a.status, 400);
+                }
+                4 => {
+                    let req = http::Request::post(s.at(&format!("/v1/completions?id={slow}")))
+                        .header("content-type", "application/json")
+                        .body(http_body_util::Full::new(bytes::Bytes::from(
+                            streamed(M, 2000).to_string(),
+                        )))
+                        .unwrap();
+                    let mut res = c.request(req).await.unwrap();
+                    res.body_mut().frame().await.unwrap().unwrap();
+                }
+                5 => {
+                    let url = s.at(&format!("/v1/chat/completions?id={slow}"));
+                    let gave_up = tokio::time::timeout(
+                        std::time::Duration::from_millis(50),
+                        post(c, &url, &chat(M, 2000)),
+                    )
+                    .await;
+                    assert!(gave_up.is_err());
+                }
+                _ => assert_eq!(
+                    post(
+                        c,
+                        &s.at("/v1/embeddings"),
+                        &json!({"model": M, "input": "x"})
+                    )
+                    .await
+                    .status,
+                    200
+                ),
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(s.id_of(i).await);
+    }
+    let settled = eventually(std::time::Duration::from_secs(10), || async {
+        let text = get(&s.client, &s.at("/metrics")).await.text().to_owned();
+        // Only this test's engines: the recorder is shared by every test in the process.
+        ids.iter()
+            .all(|id| sum(&text, "llmstack_in_flight_requests", &[("engine", id)]) == 0.0)
+            && sum(&text, "llmstack_requests_total", &[("model", M)]) == f64::from(named)
+    })
+    .await;
+    let text = get(&s.client, &s.at("/metrics")).await.text().to_owned();
+    assert!(settled, "named {named}: {text}");
+    assert_eq!(s.health().await["in_flight"], 0);
+    assert!(
+        sum(
+            &text,
+            "llmstack_requests_total",
+            &[("model", M), ("status", "cancelled")]
+        ) >= 100.0
+    );
+}
