@@ -34,7 +34,8 @@ pub const ROUTING_DECISIONS: &str = "llmstack_routing_decisions_total";
 pub const ENDPOINTS: &str = "llmstack_endpoints";
 /// Discovery updates applied to the endpoint set (changes only).
 pub const DISCOVERY_UPDATES: &str = "llmstack_discovery_updates_total";
-/// Duration of one engine `/metrics` scrape, by `engine`.
+/// Duration of the last `/metrics` scrape of each engine, by `engine` (a gauge: one
+/// sample per engine keeps `/metrics` small with hundreds of engines).
 pub const SCRAPE_DURATION: &str = "llmstack_engine_scrape_duration_seconds";
 /// Failed engine scrapes, by `engine`.
 pub const SCRAPE_ERRORS: &str = "llmstack_engine_scrape_errors_total";
@@ -87,10 +88,10 @@ pub fn describe() {
         DISCOVERY_UPDATES,
         "Discovery updates that changed the endpoint set."
     );
-    describe_histogram!(
+    describe_gauge!(
         SCRAPE_DURATION,
         Unit::Seconds,
-        "Duration of one scrape of an engine's /metrics."
+        "Duration of the last scrape of the engine's /metrics."
     );
     describe_counter!(SCRAPE_ERRORS, "Failed scrapes of an engine's /metrics.");
     describe_gauge!(ENGINE_RUNNING, "Requests running on the engine (scraped).");

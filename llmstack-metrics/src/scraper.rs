@@ -127,8 +127,8 @@ async fn scrape(
         .unwrap_or_else(|_| Err("timed out".into()));
     let engine = ep.id.to_string();
     match &result {
-        Ok(_) => metrics::histogram!(names::SCRAPE_DURATION, "engine" => engine)
-            .record(start.elapsed().as_secs_f64()),
+        Ok(_) => metrics::gauge!(names::SCRAPE_DURATION, "engine" => engine)
+            .set(start.elapsed().as_secs_f64()),
         Err(_) => metrics::counter!(names::SCRAPE_ERRORS, "engine" => engine).increment(1),
     }
     (ep.id.clone(), result)

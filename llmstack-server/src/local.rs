@@ -1,6 +1,7 @@
 //! Routes the router answers itself.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use http::{Response, StatusCode};
@@ -38,15 +39,7 @@ pub(crate) fn route(path: &str) -> Option<Local> {
 /// Answers a local route from the current state.
 pub(crate) fn answer(shared: &Shared, route: Local) -> Response<ProxyBody> {
     match route {
-        Local::Metrics => {
-            let mut resp =
-                Response::new(ProxyBody::full(telemetry::render(shared, &shared.metrics)));
-            resp.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            resp
-        }
+        Local::Metrics => metrics_response(telemetry::render(shared, &shared.metrics)),
         Local::Models => json_response(StatusCode::OK, &models(shared)),
         Local::Engines => json_response(StatusCode::OK, &engines(shared)),
         Local::Health => {
@@ -86,6 +79,34 @@ pub(crate) fn answer(shared: &Shared, route: Local) -> Response<ProxyBody> {
             &json!({"version": env!("CARGO_PKG_VERSION")}),
         ),
     }
+}
+
+/// Answers a local route; `/metrics` renders on the blocking pool (about a millisecond
+/// with hundreds of engines), so the request threads are never stalled by a scrape.
+pub(crate) async fn answer_async(shared: &Arc<Shared>, route: Local) -> Response<ProxyBody> {
+    if route != Local::Metrics {
+        return answer(shared, route);
+    }
+    let s = Arc::clone(shared);
+    match tokio::task::spawn_blocking(move || telemetry::render(&s, &s.metrics)).await {
+        Ok(text) => metrics_response(text),
+        Err(e) => {
+            tracing::warn!(error = %e, "rendering /metrics failed");
+            json_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &json!({"error": "rendering /metrics failed"}),
+            )
+        }
+    }
+}
+
+fn metrics_response(text: String) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::full(text));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
 }
 
 /// The union of the ready engines' model lists: one card per model id (the first

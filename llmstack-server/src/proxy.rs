@@ -122,7 +122,7 @@ async fn dispatch(
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Err(Error::MethodNotAllowed);
     }
-    Ok(local::answer(shared, local))
+    Ok(local::answer_async(shared, local).await)
 }
 
 /// The admin listener: `/metrics`, `/health`, `/ready` only.
@@ -135,7 +135,7 @@ pub(crate) async fn handle_admin(
         Some(route @ (local::Local::Metrics | local::Local::Health | local::Local::Ready))
             if req.method() == Method::GET || req.method() == Method::HEAD =>
         {
-            local::answer(&shared, route)
+            local::answer_async(&shared, route).await
         }
         Some(_) | None => error_response(&Error::NotFound {
             path: path.to_owned(),

@@ -40,12 +40,6 @@ pub(crate) fn recorder() -> PrometheusHandle {
                 })
                 .and_then(|b| {
                     b.set_buckets_for_metric(Matcher::Full(names::ITL.into()), ITL_BUCKETS)
-                })
-                .and_then(|b| {
-                    b.set_buckets_for_metric(
-                        Matcher::Full(names::SCRAPE_DURATION.into()),
-                        LATENCY_BUCKETS,
-                    )
                 });
             let recorder = match builder {
                 Ok(b) => b.build_recorder(),
