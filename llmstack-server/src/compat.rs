@@ -85,14 +85,6 @@ const WITH_VALUE: &[(&str, &str)] = &[
         "sentry-profile-session-sample-rate",
         "Sentry is not supported",
     ),
-    (
-        "otel-endpoint",
-        "OpenTelemetry export is not in this build yet",
-    ),
-    (
-        "otel-service-name",
-        "OpenTelemetry export is not in this build yet",
-    ),
     ("file-storage-class", "the batch API is not supported"),
     ("file-storage-path", "the batch API is not supported"),
     ("batch-processor", "the batch API is not supported"),
@@ -118,7 +110,7 @@ const SWITCHES: &[(&str, &str)] = &[
     ("log-stats", "request statistics come later"),
     (
         "otel-secure",
-        "OpenTelemetry export is not in this build yet",
+        "spans are exported over OTLP/HTTP, plain text",
     ),
     ("enable-batch-api", "the batch API is not supported"),
 ];

@@ -74,6 +74,13 @@ pub struct Settings {
     /// Log level: critical, error, warning, info, debug or trace [default: info].
     #[arg(long, env = "LLMSTACK_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// OTLP/HTTP collector to export request spans to, e.g. `http://collector:4318`
+    /// (needs the `otel` build feature).
+    #[arg(long, env = "LLMSTACK_OTEL_ENDPOINT")]
+    pub otel_endpoint: Option<String>,
+    /// Service name on exported spans [default: llmstack-server].
+    #[arg(long, env = "LLMSTACK_OTEL_SERVICE_NAME")]
+    pub otel_service_name: Option<String>,
     /// Log format: `text` or `json` (one JSON object per line) [default: text].
     #[arg(long, env = "LLMSTACK_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -114,6 +121,8 @@ pub struct ServerConfig {
     pub log_filter: String,
     /// Whether logs are JSON lines (else text).
     pub log_json: bool,
+    /// OpenTelemetry export, if configured.
+    pub otel: Option<OtelConfig>,
     /// Discovery.
     pub discovery: DiscoveryConfig,
     /// Routing.
@@ -122,6 +131,15 @@ pub struct ServerConfig {
     pub proxy: ProxyConfig,
     /// The engine stats scraper.
     pub scrape: ScrapeConfig,
+}
+
+/// Where request spans are exported (feature `otel`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtelConfig {
+    /// OTLP/HTTP collector base URL.
+    pub endpoint: String,
+    /// `service.name` of the spans.
+    pub service_name: String,
 }
 
 /// Settings of the forwarder.
@@ -187,6 +205,8 @@ impl Settings {
             backend_health_check_timeout_seconds,
             log_level,
             log_format,
+            otel_endpoint,
+            otel_service_name,
             connect_timeout,
             first_byte_timeout,
             idle_timeout,
@@ -314,6 +334,21 @@ impl Settings {
                 false
             }
         };
+        let otel = self
+            .otel_endpoint
+            .filter(|e| !e.is_empty())
+            .map(|endpoint| OtelConfig {
+                endpoint,
+                service_name: self
+                    .otel_service_name
+                    .unwrap_or_else(|| "llmstack-server".into()),
+            });
+        if otel.is_some() && !cfg!(feature = "otel") {
+            errors.push(
+                "--otel-endpoint needs a build with the `otel` feature (cargo build --features otel)"
+                    .into(),
+            );
+        }
         let log_level = self.log_level.unwrap_or_else(|| "info".into());
         let log_filter = match log_level.to_ascii_lowercase().as_str() {
             "critical" | "error" => "error",
@@ -338,6 +373,7 @@ impl Settings {
             main_port_metrics: self.main_port_metrics.unwrap_or(true),
             log_filter: log_filter.to_owned(),
             log_json,
+            otel,
             discovery,
             routing,
             proxy,

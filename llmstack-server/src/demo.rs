@@ -68,6 +68,7 @@ pub async fn start(args: &DemoArgs) -> Result<Demo, String> {
         main_port_metrics: true,
         log_filter: "info".into(),
         log_json: false,
+        otel: None,
         discovery: DiscoveryConfig {
             static_backends: cluster.urls(),
             static_models: models,

@@ -15,6 +15,9 @@ mod config;
 pub mod demo;
 mod headers;
 mod local;
+#[cfg(feature = "otel")]
+#[cfg_attr(docsrs, doc(cfg(feature = "otel")))]
+pub mod otel;
 mod proxy;
 mod server;
 mod state;
@@ -23,5 +26,5 @@ mod upstream;
 
 pub use body::ProxyBody;
 pub use cli::{Action, Cli, Command, parse};
-pub use config::{ProxyConfig, ServerConfig, Settings};
+pub use config::{OtelConfig, ProxyConfig, ServerConfig, Settings};
 pub use server::{Server, StartError};

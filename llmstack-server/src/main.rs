@@ -4,7 +4,9 @@
 use std::process::ExitCode;
 
 use llmstack_server::{Action, demo, parse};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 fn main() -> ExitCode {
     let (action, warnings) = match parse(std::env::args()) {
@@ -19,22 +21,6 @@ fn main() -> ExitCode {
             };
         }
     };
-    let (filter, json) = match &action {
-        Action::Serve(config) => (config.log_filter.clone(), config.log_json),
-        Action::Demo(_) => ("info".into(), false),
-    };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
-    if json {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
-    for warning in warnings {
-        tracing::warn!("{warning}");
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -45,7 +31,67 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(action))
+    runtime.block_on(async move {
+        // Inside the runtime: the OpenTelemetry exporter runs on it.
+        #[cfg(feature = "otel")]
+        let guard = match init_logging(&action) {
+            Ok(guard) => guard,
+            Err(e) => {
+                eprintln!("llmstack-server: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        #[cfg(not(feature = "otel"))]
+        if let Err(e) = init_logging(&action) {
+            eprintln!("llmstack-server: {e}");
+            return ExitCode::FAILURE;
+        }
+        for warning in warnings {
+            tracing::warn!("{warning}");
+        }
+        let code = run(action).await;
+        #[cfg(feature = "otel")]
+        if let Some(guard) = guard {
+            guard.shutdown().await;
+        }
+        code
+    })
+}
+
+#[cfg(feature = "otel")]
+type TelemetryGuard = Option<llmstack_server::otel::OtelGuard>;
+#[cfg(not(feature = "otel"))]
+type TelemetryGuard = ();
+
+/// Logs (text or JSON lines) filtered by the log level, plus span export when configured.
+fn init_logging(action: &Action) -> Result<TelemetryGuard, String> {
+    let (filter, json) = match action {
+        Action::Serve(config) => (config.log_filter.clone(), config.log_json),
+        Action::Demo(_) => ("info".into(), false),
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
+    let fmt = if json {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_filter(filter)
+            .boxed()
+    } else {
+        tracing_subscriber::fmt::layer().with_filter(filter).boxed()
+    };
+    let registry = tracing_subscriber::registry().with(fmt);
+    #[cfg(feature = "otel")]
+    if let Action::Serve(config) = action
+        && let Some(otel) = &config.otel
+    {
+        let (layer, guard) = llmstack_server::otel::layer(&otel.endpoint, &otel.service_name)?;
+        registry.with(layer).init();
+        return Ok(Some(guard));
+    }
+    registry.init();
+    #[cfg(feature = "otel")]
+    return Ok(None);
+    #[cfg(not(feature = "otel"))]
+    Ok(())
 }
 
 async fn run(action: Action) -> ExitCode {

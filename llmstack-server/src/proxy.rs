@@ -68,6 +68,8 @@ pub(crate) async fn handle(
     // and headers (keys) never appear.
     let span =
         tracing::debug_span!("request", id = ?id, method = %req.method(), path = %req.uri().path());
+    #[cfg(feature = "otel")]
+    crate::otel::adopt_parent(&span, req.headers());
     let result = dispatch(&shared, req, &id, start)
         .instrument(span.clone())
         .await;
@@ -214,6 +216,8 @@ async fn forward(
     strip_hop_by_hop(&mut headers);
     headers.remove(header::CONTENT_LENGTH);
     headers.insert(REQUEST_ID.clone(), id.clone());
+    #[cfg(feature = "otel")]
+    crate::otel::inject_current(&mut headers);
     let outgoing = Outgoing {
         path_and_query,
         headers,

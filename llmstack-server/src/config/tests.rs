@@ -132,3 +132,23 @@ fn demo_is_a_subcommand() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn otel_needs_the_feature() {
+    let result = serve(&[
+        "--static-backends",
+        "http://a:1",
+        "--otel-endpoint",
+        "http://collector:4318",
+    ]);
+    if cfg!(feature = "otel") {
+        let (config, _) = result.unwrap();
+        let otel = config.otel.unwrap();
+        assert_eq!(otel.endpoint, "http://collector:4318");
+        assert_eq!(otel.service_name, "llmstack-server");
+    } else {
+        assert!(result.unwrap_err().contains("`otel` feature"));
+    }
+    let (config, _) = serve(&["--static-backends", "http://a:1"]).unwrap();
+    assert_eq!(config.otel, None);
+}

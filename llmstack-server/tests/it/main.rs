@@ -6,5 +6,7 @@ mod binary;
 mod failures;
 mod local;
 mod metrics;
+#[cfg(feature = "otel")]
+mod otel;
 mod proxy;
 mod support;

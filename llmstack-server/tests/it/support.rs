@@ -37,6 +37,7 @@ pub fn config_for(engines: &[SimEngine]) -> ServerConfig {
         main_port_metrics: true,
         log_filter: "info".into(),
         log_json: false,
+        otel: None,
         discovery: DiscoveryConfig {
             static_backends: engines.iter().map(SimEngine::base_url).collect(),
             static_models: engines.iter().map(|e| e.config().model.clone()).collect(),

@@ -1,0 +1,88 @@
+//! OpenTelemetry (feature `otel`): request spans exported over OTLP/HTTP, and the W3C
+//! trace context taken from clients and passed on to engines.
+
+use std::time::Duration;
+
+use http::HeaderMap;
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::Layer;
+use tracing_subscriber::registry::LookupSpan;
+
+/// Flushes and stops the exporter when dropped (call [`OtelGuard::shutdown`] from async
+/// code to do it without blocking a runtime thread).
+#[derive(Debug)]
+pub struct OtelGuard(Option<SdkTracerProvider>);
+
+/// The tracing layer exporting spans to `endpoint` (an OTLP/HTTP collector base URL such
+/// as `http://collector:4318`; spans go to `/v1/traces`), named `service`. Must be called
+/// inside a Tokio runtime (the batch exporter runs on it).
+pub fn layer<S>(endpoint: &str, service: &str) -> Result<(impl Layer<S>, OtelGuard), String>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+{
+    let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_http_client(
+            opentelemetry_http::hyper::HyperClient::with_default_connector(
+                Duration::from_secs(10),
+                None,
+            ),
+        )
+        .with_endpoint(url)
+        .build()
+        .map_err(|e| format!("OTLP exporter: {e}"))?;
+    let processor =
+        BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build();
+    let provider = SdkTracerProvider::builder()
+        .with_span_processor(processor)
+        .with_resource(
+            Resource::builder()
+                .with_service_name(service.to_owned())
+                .build(),
+        )
+        .build();
+    let tracer = provider.tracer("llmstack-server");
+    let layer = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(
+            tracing_subscriber::filter::Targets::new()
+                .with_target("llmstack_server", tracing::Level::DEBUG),
+        );
+    Ok((layer, OtelGuard(Some(provider))))
+}
+
+impl OtelGuard {
+    /// Exports what is buffered and stops the exporter, off the runtime's threads.
+    pub async fn shutdown(mut self) {
+        if let Some(provider) = self.0.take() {
+            let done = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+            if let Ok(Err(e)) = done {
+                tracing::warn!(error = %e, "OpenTelemetry shutdown");
+            }
+        }
+    }
+}
+
+/// Makes the client's trace context (if its headers carry one) the parent of `span`.
+pub(crate) fn adopt_parent(span: &tracing::Span, headers: &HeaderMap) {
+    let cx = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+    if let Err(e) = span.set_parent(cx) {
+        tracing::debug!(error = ?e, "trace context not adopted");
+    }
+}
+
+/// Writes the current span's trace context into `headers` (`traceparent`, `tracestate`),
+/// replacing the client's, so the engine's spans hang under the router's.
+pub(crate) fn inject_current(headers: &mut HeaderMap) {
+    let cx = tracing::Span::current().context();
+    TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
+}
