@@ -16,7 +16,7 @@ fn start(args: &[&str]) -> (Child, String) {
     start_with_env(args, &[])
 }
 
-fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> (Child, String) {
+pub(crate) fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> (Child, String) {
     let mut child = Command::new(BIN)
         .args(args)
         .envs(env.iter().copied())

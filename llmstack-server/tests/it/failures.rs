@@ -123,22 +123,8 @@ async fn an_engine_dying_mid_stream_ends_only_that_stream() {
 async fn a_client_disconnect_aborts_the_engine_request() {
     let s = stack(vec![h100(M)], |_| {}).await;
     // Streaming: read two events, then go away.
-    let mut res = s
-        .client
-        .request(
-            http::Request::post(s.at("/v1/completions"))
-                .header("content-type", "application/json")
-                .body(http_body_util::Full::new(bytes::Bytes::from(
-                    streamed(M, 2000).to_string(),
-                )))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    use http_body_util::BodyExt;
-    for _ in 0..2 {
-        res.body_mut().frame().await.unwrap().unwrap();
-    }
+    let mut res = open(&s.client, &s.at("/v1/completions"), &streamed(M, 2000)).await;
+    read_frames(&mut res, 2).await;
     drop(res);
     let aborted = eventually(Duration::from_secs(3), || async {
         finished(&s.client, &s.engines[0], "abort").await == 1.0

@@ -179,20 +179,8 @@ async fn retries_errors_and_disconnects_are_counted() {
         );
     }
     // A client that leaves mid-stream still ends its request's accounting.
-    let mut res = s
-        .client
-        .request(
-            http::Request::post(s.at("/v1/completions"))
-                .header("content-type", "application/json")
-                .body(http_body_util::Full::new(bytes::Bytes::from(
-                    streamed(M, 500).to_string(),
-                )))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    use http_body_util::BodyExt;
-    res.body_mut().frame().await.unwrap().unwrap();
+    let mut res = open(&s.client, &s.at("/v1/completions"), &streamed(M, 500)).await;
+    read_frames(&mut res, 1).await;
     drop(res);
     assert_eq!(
         get(&s.client, &s.at("/metrics")).await.status,
@@ -242,8 +230,6 @@ async fn retries_errors_and_disconnects_are_counted() {
 async fn a_thousand_mixed_requests_all_accounted_for() {
     use std::sync::Arc;
 
-    use http_body_util::BodyExt;
-
     const M: &str = "metrics-model-c";
     let s = Arc::new(stack(vec![instant(M), instant(M), h100(M)], |_| {}).await);
     let slow = s.id_of(2).await;
@@ -289,14 +275,9 @@ async fn a_thousand_mixed_requests_all_accounted_for() {
                     assert_eq!(a.status, 400);
                 }
                 4 => {
-                    let req = http::Request::post(s.at(&format!("/v1/completions?id={slow}")))
-                        .header("content-type", "application/json")
-                        .body(http_body_util::Full::new(bytes::Bytes::from(
-                            streamed(M, 2000).to_string(),
-                        )))
-                        .unwrap();
-                    let mut res = c.request(req).await.unwrap();
-                    res.body_mut().frame().await.unwrap().unwrap();
+                    let url = s.at(&format!("/v1/completions?id={slow}"));
+                    let mut res = open(c, &url, &streamed(M, 2000)).await;
+                    read_frames(&mut res, 1).await;
                 }
                 5 => {
                     let url = s.at(&format!("/v1/chat/completions?id={slow}"));

@@ -7,7 +7,7 @@
 //! them). Both speak real HTTP; the spans are decoded with the official protobuf types.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,7 +20,6 @@ use tokio::sync::mpsc;
 
 use crate::support::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_llmstack-server");
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT: &str = "00f067aa0ba902b7";
 
@@ -112,8 +111,8 @@ fn recording_engine() -> (String, std::sync::mpsc::Receiver<String>) {
 async fn spans_are_exported_under_the_client_trace_and_passed_on() {
     let (collector_url, mut spans) = collector().await;
     let (engine_url, heads) = recording_engine();
-    let mut child = Command::new(BIN)
-        .args([
+    let (mut child, url) = crate::binary::start_with_env(
+        &[
             "--host",
             "127.0.0.1",
             "--port",
@@ -126,22 +125,9 @@ async fn spans_are_exported_under_the_client_trace_and_passed_on() {
             &collector_url,
             "--otel-service-name",
             "router-under-test",
-        ])
-        .env("NO_COLOR", "1")
-        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("router output").unwrap();
-        if let Some(rest) = line.split("router listening addr=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    std::thread::spawn(move || lines.for_each(drop));
-    let url = format!("http://{addr}");
+        ],
+        &[("OTEL_BSP_SCHEDULE_DELAY", "200")],
+    );
     let c = client();
     assert!(
         eventually(Duration::from_secs(5), || async {

@@ -162,3 +162,27 @@ pub fn assert_error(a: &Answer, status: u16, kind: &str) {
     );
     assert!(err.get("param").is_some(), "{body}");
 }
+
+/// A POST whose response head has arrived; the body is the caller's to read (or drop,
+/// to disconnect mid-stream).
+pub async fn open(
+    c: &HttpClient,
+    url: &str,
+    body: &Value,
+) -> http::Response<hyper::body::Incoming> {
+    let req = http::Request::post(url)
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_string(),
+        )))
+        .unwrap();
+    c.request(req).await.unwrap()
+}
+
+/// Reads `n` body frames of `res`.
+pub async fn read_frames(res: &mut http::Response<hyper::body::Incoming>, n: usize) {
+    use http_body_util::BodyExt;
+    for _ in 0..n {
+        res.body_mut().frame().await.unwrap().unwrap();
+    }
+}
