@@ -1,0 +1,156 @@
+//! Sending one chat request and timing what comes back.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use crate::Prompt;
+
+/// A pooled HTTP/1 client for one OpenAI-compatible base URL.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: HyperClient<HttpConnector, Full<Bytes>>,
+    chat_url: String,
+    model: String,
+    stream: bool,
+}
+
+/// What one request gave.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    /// The HTTP status; `None` when no answer came (connect failure, cut connection).
+    pub status: Option<u16>,
+    /// Time to the first content-bearing chunk (streamed requests).
+    pub ttft: Option<Duration>,
+    /// Gaps between content-bearing chunks.
+    pub itl: Vec<Duration>,
+    /// Request to end of response.
+    pub e2e: Duration,
+    /// `usage.prompt_tokens`, when reported.
+    pub prompt_tokens: Option<u64>,
+    /// `usage.completion_tokens`, when reported.
+    pub completion_tokens: Option<u64>,
+    /// The generated text (multi-round QA appends it to the history).
+    pub text: String,
+}
+
+// === impl Client ===
+
+impl Client {
+    /// A client for `base_url` (`http://host:port`, the `/v1/...` paths are added),
+    /// asking for `model`, streaming with usage when `stream`.
+    pub fn new(base_url: &str, model: &str, stream: bool) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        Self {
+            http: HyperClient::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(usize::MAX)
+                .build(connector),
+            chat_url: format!("{}/v1/chat/completions", base_url.trim_end_matches('/')),
+            model: model.to_owned(),
+            stream,
+        }
+    }
+
+    /// Sends one chat request (`temperature` 0, `ignore_eos` so answers have the asked
+    /// length; `stream_options.include_usage` when streaming) with the user's
+    /// `x-user-id` session header, and times the answer.
+    pub async fn send(&self, prompt: &Prompt) -> Outcome {
+        let mut body = json!({"model": self.model, "messages": prompt.messages,
+            "max_tokens": prompt.max_tokens, "temperature": 0, "ignore_eos": true});
+        if self.stream {
+            body["stream"] = json!(true);
+            body["stream_options"] = json!({"include_usage": true});
+        }
+        let mut req =
+            http::Request::post(&self.chat_url).header("content-type", "application/json");
+        if let Some(user) = prompt.user {
+            req = req.header("x-user-id", format!("user-{user}"));
+        }
+        let start = Instant::now();
+        let failed = |start: Instant| Outcome {
+            status: None,
+            ttft: None,
+            itl: Vec::new(),
+            e2e: start.elapsed(),
+            prompt_tokens: None,
+            completion_tokens: None,
+            text: String::new(),
+        };
+        let Ok(req) = req.body(Full::new(Bytes::from(body.to_string()))) else {
+            return failed(start);
+        };
+        let Ok(resp) = self.http.request(req).await else {
+            return failed(start);
+        };
+        let status = resp.status().as_u16();
+        let mut out = Outcome {
+            status: Some(status),
+            ..failed(start)
+        };
+        let mut body = resp.into_body();
+        let mut last: Option<Instant> = None;
+        let mut pending = Vec::new();
+        let mut whole = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else {
+                out.status = None; // cut mid-body
+                break;
+            };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if !self.stream {
+                whole.extend_from_slice(&data);
+                continue;
+            }
+            pending.extend_from_slice(&data);
+            let now = Instant::now();
+            while let Some(end) = memchr::memmem::find(&pending, b"\n\n") {
+                let event: Vec<u8> = pending.drain(..end + 2).collect();
+                let Some(json) = event.strip_prefix(b"data: ") else {
+                    continue;
+                };
+                let Ok(chunk) = serde_json::from_slice::<Value>(json) else {
+                    continue;
+                };
+                let content = chunk["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .unwrap_or_default();
+                if !content.is_empty() {
+                    match last {
+                        None => out.ttft = Some(now.duration_since(start)),
+                        Some(prev) => out.itl.push(now.duration_since(prev)),
+                    }
+                    last = Some(now);
+                    out.text.push_str(content);
+                }
+                read_usage(&chunk, &mut out);
+            }
+        }
+        if !self.stream
+            && let Ok(answer) = serde_json::from_slice::<Value>(&whole)
+        {
+            out.text = answer["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            read_usage(&answer, &mut out);
+        }
+        out.e2e = start.elapsed();
+        out
+    }
+}
+
+fn read_usage(v: &Value, out: &mut Outcome) {
+    if let Some(usage) = v.get("usage").filter(|u| u.is_object()) {
+        out.prompt_tokens = usage["prompt_tokens"].as_u64();
+        out.completion_tokens = usage["completion_tokens"].as_u64();
+    }
+}

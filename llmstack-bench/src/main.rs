@@ -1,0 +1,132 @@
+//! `llmstack-bench`: drive an OpenAI-compatible endpoint with a workload and print
+//! TTFT / ITL / e2e percentiles (and JSON with `--json`).
+
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+use llmstack_bench::{Client, RunConfig, Workload, run};
+
+/// Load generator for OpenAI-compatible LLM endpoints.
+#[derive(Debug, Parser)]
+#[command(name = "llmstack-bench", version)]
+struct Args {
+    /// Base URL of the endpoint (router, vLLM, simulator…).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Model name to ask for.
+    #[arg(long)]
+    model: String,
+    /// Workload shape.
+    #[arg(long, value_enum, default_value_t = Shape::Synthetic)]
+    workload: Shape,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Closed loop: requests in flight at once.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Closed loop: total requests.
+    #[arg(long, default_value_t = 1000)]
+    requests: usize,
+    /// Prompt length in words (synthetic), or the suffix length (shared-prefix).
+    #[arg(long, default_value_t = 128)]
+    prompt_tokens: usize,
+    /// Answer length (`max_tokens`).
+    #[arg(long, default_value_t = 16)]
+    answer_tokens: usize,
+    /// shared-prefix: number of prefix groups.
+    #[arg(long, default_value_t = 8)]
+    groups: usize,
+    /// shared-prefix: distinct suffixes per group.
+    #[arg(long, default_value_t = 16)]
+    suffixes: usize,
+    /// shared-prefix: prefix length; multi-round-qa: shared system prompt length.
+    #[arg(long, default_value_t = 1000)]
+    prefix_tokens: usize,
+    /// multi-round-qa: users.
+    #[arg(long, default_value_t = 16)]
+    users: usize,
+    /// multi-round-qa: rounds per user.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// multi-round-qa: per-user history length.
+    #[arg(long, default_value_t = 2000)]
+    history_tokens: usize,
+    /// multi-round-qa: total requests per second over all users.
+    #[arg(long, default_value_t = 2.0)]
+    qps: f64,
+    /// Send non-streaming requests (overhead tests).
+    #[arg(long)]
+    no_stream: bool,
+    /// Print the report as JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Shape {
+    Synthetic,
+    SharedPrefix,
+    MultiRoundQa,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let workload = match args.workload {
+        Shape::Synthetic => Workload::Synthetic {
+            prompt_tokens: args.prompt_tokens,
+            answer_tokens: args.answer_tokens,
+        },
+        Shape::SharedPrefix => Workload::SharedPrefix {
+            groups: args.groups,
+            suffixes: args.suffixes,
+            prefix_tokens: args.prefix_tokens,
+            suffix_tokens: args.prompt_tokens,
+            answer_tokens: args.answer_tokens,
+        },
+        Shape::MultiRoundQa => Workload::MultiRoundQa {
+            users: args.users,
+            rounds: args.rounds,
+            system_tokens: args.prefix_tokens,
+            history_tokens: args.history_tokens,
+            answer_tokens: args.answer_tokens,
+        },
+    };
+    let config = RunConfig {
+        workload,
+        seed: args.seed,
+        concurrency: args.concurrency,
+        requests: args.requests,
+        qps: args.qps,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = runtime.block_on(async {
+        let client = Client::new(&args.url, &args.model, !args.no_stream);
+        run(&client, &config).await
+    });
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("cannot write the report: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        println!("{}", report.human());
+    }
+    if report.ok == 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,85 @@
+//! Integration tests: short runs against real simulated engines over HTTP.
+#![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
+
+use llmstack_bench::{Client, RunConfig, Workload, run};
+use llmstack_sim::{EngineConfig, LatencyProfile, SimEngine};
+
+async fn engine(profile: LatencyProfile) -> SimEngine {
+    SimEngine::start(
+        EngineConfig::new("m").with_profile(profile),
+        "127.0.0.1:0".parse().unwrap(),
+        0,
+    )
+    .await
+    .unwrap()
+}
+
+fn synthetic(requests: usize) -> RunConfig {
+    RunConfig {
+        workload: Workload::Synthetic {
+            prompt_tokens: 32,
+            answer_tokens: 5,
+        },
+        seed: 3,
+        concurrency: 8,
+        requests,
+        qps: 1.0,
+    }
+}
+
+#[tokio::test]
+async fn closed_loop_streaming_counts_every_token() {
+    let e = engine(LatencyProfile::instant()).await;
+    let report = run(&Client::new(&e.base_url(), "m", true), &synthetic(200)).await;
+    assert_eq!(report.ok, 200, "{}", report.human());
+    assert_eq!(report.transport_errors, 0);
+    assert_eq!(report.ttft.count, 200, "one TTFT per streamed request");
+    assert_eq!(
+        report.itl.count,
+        200 * 4,
+        "four gaps between five content chunks"
+    );
+    assert_eq!(report.completion_tokens, 200 * 5, "from the usage chunk");
+    assert!(report.prompt_tokens >= 200 * 32);
+    assert!(report.e2e.p99_ms >= report.e2e.p50_ms);
+}
+
+#[tokio::test]
+async fn non_streaming_and_errors() {
+    let e = engine(LatencyProfile::instant()).await;
+    let report = run(&Client::new(&e.base_url(), "m", false), &synthetic(50)).await;
+    assert_eq!(report.ok, 50);
+    assert_eq!(report.ttft.count, 0, "no stream, no TTFT");
+    assert_eq!(report.completion_tokens, 250);
+    // A model the engine does not serve: every request is a counted 404.
+    let report = run(&Client::new(&e.base_url(), "other", false), &synthetic(10)).await;
+    assert_eq!((report.ok, report.statuses[&404]), (0, 10));
+}
+
+/// Multi-round QA against the H100 profile: every user's rounds in order, each prompt
+/// carrying the previous answers, so the engine's prefix cache hits grow.
+#[tokio::test]
+async fn multi_round_qa_runs_every_round() {
+    let e = engine(LatencyProfile::llama3_8b_h100()).await;
+    let config = RunConfig {
+        workload: Workload::MultiRoundQa {
+            users: 3,
+            rounds: 3,
+            system_tokens: 200,
+            history_tokens: 100,
+            answer_tokens: 8,
+        },
+        seed: 9,
+        concurrency: 1,
+        requests: 0,
+        qps: 50.0,
+    };
+    let report = run(&Client::new(&e.base_url(), "m", true), &config).await;
+    assert_eq!(report.ok, 9, "{}", report.human());
+    assert_eq!(report.completion_tokens, 9 * 8);
+    let state = e.state().await.unwrap();
+    assert!(
+        state.prefix_cache_hits > 0,
+        "shared system prompt and histories hit the cache"
+    );
+}
