@@ -58,6 +58,30 @@ impl Client {
         }
     }
 
+    /// `GET url` as text (the engines' `/metrics`); fails on a transport error or a
+    /// non-2xx answer.
+    pub async fn get_text(&self, url: &str) -> Result<String, String> {
+        let req = http::Request::get(url)
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        let resp = self
+            .http
+            .request(req)
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(format!("{url} answered {status}"));
+        }
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
     /// Sends one chat request (`temperature` 0, `ignore_eos` so answers have the asked
     /// length; `stream_options.include_usage` when streaming) with the user's
     /// `x-user-id` session header, and times the answer.

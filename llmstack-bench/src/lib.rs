@@ -8,11 +8,13 @@
 //! came back.
 
 mod client;
+mod engines;
 mod report;
 mod run;
 mod workload;
 
 pub use client::{Client, Outcome};
+pub use engines::{EngineCounters, EngineDelta, engine_counters};
 pub use report::{Percentiles, Recorder, Report};
-pub use run::{RunConfig, run};
+pub use run::{Arrivals, RunConfig, arrival_times, run};
 pub use workload::{Conversation, Prompt, Workload};

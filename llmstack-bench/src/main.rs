@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
-use llmstack_bench::{Client, RunConfig, Workload, run};
+use llmstack_bench::{Arrivals, Client, RunConfig, Workload, engine_counters, run};
 
 /// Load generator for OpenAI-compatible LLM endpoints.
 #[derive(Debug, Parser)]
@@ -52,15 +52,30 @@ struct Args {
     /// multi-round-qa: per-user history length.
     #[arg(long, default_value_t = 2000)]
     history_tokens: usize,
-    /// multi-round-qa: total requests per second over all users.
+    /// multi-round-qa: total requests per second over all users; open loop: the rate.
     #[arg(long, default_value_t = 2.0)]
     qps: f64,
+    /// How requests are released: a closed loop at `--concurrency`, or open-loop
+    /// arrivals at `--qps` (constant gaps or a Poisson process).
+    #[arg(long, value_enum, default_value_t = ArrivalKind::Closed)]
+    arrivals: ArrivalKind,
     /// Send non-streaming requests (overhead tests).
     #[arg(long)]
     no_stream: bool,
+    /// Engine base URLs whose /metrics are read before and after the run (comma list):
+    /// the report then shows their prefix-cache hit rate and preemptions over the run.
+    #[arg(long, value_delimiter = ',')]
+    engine_metrics: Vec<String>,
     /// Print the report as JSON instead of text.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ArrivalKind {
+    Closed,
+    Constant,
+    Poisson,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -98,6 +113,11 @@ fn main() -> ExitCode {
         concurrency: args.concurrency,
         requests: args.requests,
         qps: args.qps,
+        arrivals: match args.arrivals {
+            ArrivalKind::Closed => Arrivals::Closed,
+            ArrivalKind::Constant => Arrivals::Constant,
+            ArrivalKind::Poisson => Arrivals::Poisson,
+        },
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -111,8 +131,22 @@ fn main() -> ExitCode {
     };
     let report = runtime.block_on(async {
         let client = Client::new(&args.url, &args.model, !args.no_stream);
-        run(&client, &config).await
+        if args.engine_metrics.is_empty() {
+            return Ok(run(&client, &config).await);
+        }
+        let before = engine_counters(&client, &args.engine_metrics).await?;
+        let mut report = run(&client, &config).await;
+        let after = engine_counters(&client, &args.engine_metrics).await?;
+        report.engines = Some(before.delta(&after));
+        Ok::<_, String>(report)
     });
+    let report = match report {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("llmstack-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     if args.json {
         match serde_json::to_string_pretty(&report) {
             Ok(text) => println!("{text}"),

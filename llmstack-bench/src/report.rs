@@ -6,7 +6,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::Outcome;
+use crate::{EngineDelta, Outcome};
 
 /// Collects outcomes: latencies in HDR histograms (microseconds, 3 significant digits),
 /// counts by status, tokens.
@@ -61,6 +61,8 @@ pub struct Report {
     pub itl: Percentiles,
     /// Request to end of response.
     pub e2e: Percentiles,
+    /// What the engines counted during the run (with `--engine-metrics`).
+    pub engines: Option<EngineDelta>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -154,6 +156,7 @@ impl Recorder {
             ttft: percentiles(&self.ttft),
             itl: percentiles(&self.itl),
             e2e: percentiles(&self.e2e),
+            engines: None,
         }
     }
 }
@@ -191,7 +194,19 @@ impl Report {
             row("TTFT", &self.ttft),
             row("ITL", &self.itl),
             row("e2e", &self.e2e),
-        )
+        ) + &self
+            .engines
+            .map(|e| {
+                format!(
+                    "\nengines: prefix-cache hit rate {} ({} of {} prompt tokens), {} preemptions",
+                    e.prefix_cache_hit_rate
+                        .map_or("n/a".into(), |r| format!("{:.1}%", r * 100.0)),
+                    e.prefix_cache_hits,
+                    e.prefix_cache_queries,
+                    e.preemptions
+                )
+            })
+            .unwrap_or_default()
     }
 }
 

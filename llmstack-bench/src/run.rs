@@ -22,7 +22,40 @@ pub struct RunConfig {
     pub requests: usize,
     /// Multi-round QA: total request rate over all users (each user waits
     /// `users / qps` between its requests, and never sends before its previous answer).
+    /// Open loop: the arrival rate.
     pub qps: f64,
+    /// Closed loop, or open-loop arrivals at `qps` (synthetic and shared-prefix).
+    pub arrivals: Arrivals,
+}
+
+/// How requests are released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Arrivals {
+    /// A fixed number in flight: a new request as soon as one ends.
+    #[default]
+    Closed,
+    /// Open loop, one every `1/qps` seconds.
+    Constant,
+    /// Open loop, exponential gaps of mean `1/qps` (a Poisson process).
+    Poisson,
+}
+
+/// When each of `n` open-loop requests is sent, from the start of the run; the same for
+/// the same seed.
+pub fn arrival_times(arrivals: Arrivals, qps: f64, n: usize, seed: u64) -> Vec<Duration> {
+    let mean = 1.0 / qps.max(1e-6);
+    let mut rng = fastrand::Rng::with_seed(seed ^ 0xa5a5_a5a5);
+    let mut t = 0.0;
+    (0..n)
+        .map(|_| {
+            let at = Duration::from_secs_f64(t);
+            t += match arrivals {
+                Arrivals::Poisson => -(1.0 - rng.f64()).ln() * mean,
+                Arrivals::Constant | Arrivals::Closed => mean,
+            };
+            at
+        })
+        .collect()
 }
 
 /// Runs the workload with `client` and summarises it.
@@ -55,6 +88,31 @@ pub async fn run(client: &Client, config: &RunConfig) -> Report {
                     rec
                 });
             }
+        }
+        _ if config.arrivals != Arrivals::Closed => {
+            // Open loop: each request at its time, however many are still in flight.
+            let times = arrival_times(config.arrivals, config.qps, config.requests, config.seed);
+            let mut rec = Recorder::default();
+            let mut inflight: JoinSet<crate::Outcome> = JoinSet::new();
+            for (i, at) in times.into_iter().enumerate() {
+                let Some(prompt) = config.workload.prompt(config.seed, i) else {
+                    break;
+                };
+                tokio::time::sleep_until(start + at).await;
+                let client = client.clone();
+                inflight.spawn(async move { client.send(&prompt).await });
+                while let Some(done) = inflight.try_join_next() {
+                    if let Ok(outcome) = done {
+                        rec.record(&outcome);
+                    }
+                }
+            }
+            while let Some(done) = inflight.join_next().await {
+                if let Ok(outcome) = done {
+                    rec.record(&outcome);
+                }
+            }
+            tasks.spawn(async move { rec });
         }
         _ => {
             let counter = Arc::new(AtomicUsize::new(0));
@@ -90,4 +148,22 @@ pub async fn run(client: &Client, config: &RunConfig) -> Report {
         }
     }
     total.report(start.elapsed())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arrivals_are_seeded_and_have_the_asked_rate() {
+        let a = arrival_times(Arrivals::Poisson, 100.0, 10_000, 4);
+        assert_eq!(a, arrival_times(Arrivals::Poisson, 100.0, 10_000, 4));
+        assert_ne!(a, arrival_times(Arrivals::Poisson, 100.0, 10_000, 5));
+        // 10,000 arrivals at 100/s take about 100 s (Poisson: within a few percent).
+        let span = a.last().unwrap().as_secs_f64();
+        assert!((95.0..105.0).contains(&span), "{span}");
+        assert!(a.windows(2).all(|w| w[0] <= w[1]));
+        let c = arrival_times(Arrivals::Constant, 4.0, 5, 1);
+        assert_eq!(c[4], Duration::from_secs(1));
+    }
 }

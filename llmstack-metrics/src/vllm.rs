@@ -22,6 +22,8 @@ pub const PREFIX_CACHE_HITS: &[&str] = &[
     "vllm:gpu_prefix_cache_hits_total",
     "vllm:gpu_prefix_cache_hits",
 ];
+/// Preemptions (counter).
+pub const PREEMPTIONS: &[&str] = &["vllm:num_preemptions_total", "vllm:num_preemptions"];
 /// Cache configuration: `block_size` and `num_gpu_blocks` labels.
 pub const CACHE_CONFIG_INFO: &str = "vllm:cache_config_info";
 /// LoRA adapters running and waiting: the series with the largest value is current.

@@ -1,7 +1,7 @@
 //! Integration tests: short runs against real simulated engines over HTTP.
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
 
-use llmstack_bench::{Client, RunConfig, Workload, run};
+use llmstack_bench::{Arrivals, Client, RunConfig, Workload, engine_counters, run};
 use llmstack_sim::{EngineConfig, LatencyProfile, SimEngine};
 
 async fn engine(profile: LatencyProfile) -> SimEngine {
@@ -24,6 +24,7 @@ fn synthetic(requests: usize) -> RunConfig {
         concurrency: 8,
         requests,
         qps: 1.0,
+        arrivals: Arrivals::Closed,
     }
 }
 
@@ -73,13 +74,88 @@ async fn multi_round_qa_runs_every_round() {
         concurrency: 1,
         requests: 0,
         qps: 50.0,
+        arrivals: Arrivals::Closed,
     };
-    let report = run(&Client::new(&e.base_url(), "m", true), &config).await;
+    let client = Client::new(&e.base_url(), "m", true);
+    let engines = [e.base_url()];
+    let before = engine_counters(&client, &engines).await.unwrap();
+    let report = run(&client, &config).await;
+    let delta = before.delta(&engine_counters(&client, &engines).await.unwrap());
     assert_eq!(report.ok, 9, "{}", report.human());
     assert_eq!(report.completion_tokens, 9 * 8);
+    // The hit counts the bench reads from /metrics are the engine's own counters.
     let state = e.state().await.unwrap();
     assert!(
         state.prefix_cache_hits > 0,
         "shared system prompt and histories hit the cache"
+    );
+    assert_eq!(delta.prefix_cache_hits, state.prefix_cache_hits as f64);
+    assert_eq!(
+        delta.prefix_cache_queries,
+        state.prefix_cache_queries as f64
+    );
+    assert!(delta.prefix_cache_hit_rate.unwrap() > 0.3, "{delta:?}");
+}
+
+/// Open loop: 100 Poisson arrivals at 200/s take about half a second, whatever the engine.
+#[tokio::test]
+async fn open_loop_keeps_its_schedule() {
+    let e = engine(LatencyProfile::instant()).await;
+    let config = RunConfig {
+        qps: 200.0,
+        arrivals: Arrivals::Poisson,
+        ..synthetic(100)
+    };
+    let report = run(&Client::new(&e.base_url(), "m", true), &config).await;
+    assert_eq!(report.ok, 100);
+    assert!((0.3..1.0).contains(&report.seconds), "{}", report.seconds);
+}
+
+/// The binary: a shared-prefix run with the engine's own counters, as JSON.
+#[tokio::test]
+async fn the_binary_reports_json_with_engine_counters() {
+    let e = engine(LatencyProfile::instant()).await;
+    let url = e.base_url();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_llmstack-bench"))
+            .args([
+                "--url",
+                &url,
+                "--model",
+                "m",
+                "--workload",
+                "shared-prefix",
+                "--groups",
+                "2",
+                "--suffixes",
+                "3",
+                "--prefix-tokens",
+                "64",
+                "--prompt-tokens",
+                "4",
+                "--requests",
+                "24",
+                "--concurrency",
+                "4",
+                "--engine-metrics",
+                &url,
+                "--json",
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], 24);
+    let hit_rate = report["engines"]["prefix_cache_hit_rate"].as_f64().unwrap();
+    assert!(
+        hit_rate > 0.5,
+        "two shared 64-word prefixes mostly hit: {report}"
     );
 }
