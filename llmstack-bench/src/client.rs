@@ -1,5 +1,7 @@
 //! Sending one chat request and timing what comes back.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,7 +18,9 @@ use crate::Prompt;
 #[derive(Debug, Clone)]
 pub struct Client {
     http: HyperClient<HttpConnector, Full<Bytes>>,
-    chat_url: String,
+    /// Chat URLs of one or more endpoints, taken in turn.
+    chat_urls: Arc<[String]>,
+    next: Arc<AtomicUsize>,
     model: String,
     stream: bool,
 }
@@ -43,8 +47,9 @@ pub struct Outcome {
 // === impl Client ===
 
 impl Client {
-    /// A client for `base_url` (`http://host:port`, the `/v1/...` paths are added),
-    /// asking for `model`, streaming with usage when `stream`.
+    /// A client for `base_url` (`http://host:port`, the `/v1/...` paths are added; a
+    /// comma-separated list is taken in turn, to load several engines directly), asking
+    /// for `model`, streaming with usage when `stream`.
     pub fn new(base_url: &str, model: &str, stream: bool) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -52,7 +57,11 @@ impl Client {
             http: HyperClient::builder(TokioExecutor::new())
                 .pool_max_idle_per_host(usize::MAX)
                 .build(connector),
-            chat_url: format!("{}/v1/chat/completions", base_url.trim_end_matches('/')),
+            chat_urls: base_url
+                .split(',')
+                .map(|u| format!("{}/v1/chat/completions", u.trim().trim_end_matches('/')))
+                .collect(),
+            next: Arc::new(AtomicUsize::new(0)),
             model: model.to_owned(),
             stream,
         }
@@ -92,8 +101,10 @@ impl Client {
             body["stream"] = json!(true);
             body["stream_options"] = json!({"include_usage": true});
         }
-        let mut req =
-            http::Request::post(&self.chat_url).header("content-type", "application/json");
+        let mut req = http::Request::post(
+            &self.chat_urls[self.next.fetch_add(1, Ordering::Relaxed) % self.chat_urls.len()],
+        )
+        .header("content-type", "application/json");
         if let Some(user) = prompt.user {
             req = req.header("x-user-id", format!("user-{user}"));
         }
