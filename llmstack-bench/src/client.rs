@@ -105,8 +105,8 @@ impl Client {
             &self.chat_urls[self.next.fetch_add(1, Ordering::Relaxed) % self.chat_urls.len()],
         )
         .header("content-type", "application/json");
-        if let Some(user) = prompt.user {
-            req = req.header("x-user-id", format!("user-{user}"));
+        if let Some(session) = &prompt.session {
+            req = req.header("x-user-id", session.as_str());
         }
         let start = Instant::now();
         let failed = |start: Instant| Outcome {

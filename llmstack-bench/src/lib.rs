@@ -17,4 +17,4 @@ pub use client::{Client, Outcome};
 pub use engines::{EngineCounters, EngineDelta, engine_counters};
 pub use report::{Percentiles, Recorder, Report};
 pub use run::{Arrivals, RunConfig, arrival_times, run};
-pub use workload::{Conversation, Prompt, Workload};
+pub use workload::{Conversation, Prompt, TraceEntry, Workload, read_trace};

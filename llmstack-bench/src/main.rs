@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
-use llmstack_bench::{Arrivals, Client, RunConfig, Workload, engine_counters, run};
+use llmstack_bench::{Arrivals, Client, RunConfig, Workload, engine_counters, read_trace, run};
 
 /// Load generator for OpenAI-compatible LLM endpoints.
 #[derive(Debug, Parser)]
@@ -59,6 +59,10 @@ struct Args {
     /// arrivals at `--qps` (constant gaps or a Poisson process).
     #[arg(long, value_enum, default_value_t = ArrivalKind::Closed)]
     arrivals: ArrivalKind,
+    /// replay: the JSONL trace to replay (`timestamp`, `prompt` or `messages`,
+    /// `max_tokens`, optional `session`).
+    #[arg(long)]
+    trace: Option<std::path::PathBuf>,
     /// Send non-streaming requests (overhead tests).
     #[arg(long)]
     no_stream: bool,
@@ -83,6 +87,7 @@ enum Shape {
     Synthetic,
     SharedPrefix,
     MultiRoundQa,
+    Replay,
 }
 
 fn main() -> ExitCode {
@@ -99,6 +104,22 @@ fn main() -> ExitCode {
             suffix_tokens: args.prompt_tokens,
             answer_tokens: args.answer_tokens,
         },
+        Shape::Replay => {
+            let Some(path) = &args.trace else {
+                eprintln!("llmstack-bench: --workload replay needs --trace FILE");
+                return ExitCode::from(2);
+            };
+            let trace = std::fs::read_to_string(path)
+                .map_err(|e| format!("{}: {e}", path.display()))
+                .and_then(|text| read_trace(&text));
+            match trace {
+                Ok(trace) => Workload::Replay(trace.into()),
+                Err(e) => {
+                    eprintln!("llmstack-bench: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
         Shape::MultiRoundQa => Workload::MultiRoundQa {
             users: args.users,
             rounds: args.rounds,

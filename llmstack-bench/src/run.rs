@@ -89,9 +89,15 @@ pub async fn run(client: &Client, config: &RunConfig) -> Report {
                 });
             }
         }
-        _ if config.arrivals != Arrivals::Closed => {
+        ref w if config.arrivals != Arrivals::Closed || matches!(w, Workload::Replay(_)) => {
             // Open loop: each request at its time, however many are still in flight.
-            let times = arrival_times(config.arrivals, config.qps, config.requests, config.seed);
+            let times = match w {
+                Workload::Replay(trace) => trace
+                    .iter()
+                    .map(|e| Duration::from_secs_f64(e.timestamp.max(0.0)))
+                    .collect(),
+                _ => arrival_times(config.arrivals, config.qps, config.requests, config.seed),
+            };
             let mut rec = Recorder::default();
             let mut inflight: JoinSet<crate::Outcome> = JoinSet::new();
             for (i, at) in times.into_iter().enumerate() {

@@ -26,6 +26,8 @@ pub enum Workload {
         /// `max_tokens` of each request.
         answer_tokens: usize,
     },
+    /// Requests replayed from a trace, each at its own time.
+    Replay(std::sync::Arc<[TraceEntry]>),
     /// production-stack's multi-round QA: `users` users, each with `rounds` questions; a
     /// system prompt of `system_tokens` shared by all, a per-user history of
     /// `history_tokens`, answers of `answer_tokens`; each round appends the answer and a
@@ -44,6 +46,51 @@ pub enum Workload {
     },
 }
 
+/// One line of a JSONL trace: `{"timestamp": 0.25, "prompt": "…" | "messages": […],
+/// "max_tokens": 64, "session": "…"}` (`timestamp` in seconds from the start).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct TraceEntry {
+    /// When to send it, in seconds from the start of the run.
+    pub timestamp: f64,
+    /// A single user message…
+    #[serde(default)]
+    pub prompt: Option<String>,
+    /// …or whole chat messages.
+    #[serde(default)]
+    pub messages: Option<Vec<Value>>,
+    /// `max_tokens`.
+    pub max_tokens: usize,
+    /// The session (`x-user-id`), if any.
+    #[serde(default)]
+    pub session: Option<String>,
+}
+
+/// Reads a JSONL trace; fails on the first line that is not a [`TraceEntry`] (with its
+/// line number), or on an entry with neither `prompt` nor `messages`.
+pub fn read_trace(text: &str) -> Result<Vec<TraceEntry>, String> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, line)| {
+            let entry: TraceEntry =
+                serde_json::from_str(line).map_err(|e| format!("trace line {}: {e}", i + 1))?;
+            if entry.prompt.is_none() && entry.messages.is_none() {
+                return Err(format!(
+                    "trace line {}: needs `prompt` or `messages`",
+                    i + 1
+                ));
+            }
+            if !(0.0..=1e7).contains(&entry.timestamp) {
+                return Err(format!(
+                    "trace line {}: `timestamp` must be 0 to 1e7 seconds",
+                    i + 1
+                ));
+            }
+            Ok(entry)
+        })
+        .collect()
+}
+
 /// One request's content: chat messages, the answer length and the session (user) id.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prompt {
@@ -51,8 +98,8 @@ pub struct Prompt {
     pub messages: Vec<Value>,
     /// `max_tokens`.
     pub max_tokens: usize,
-    /// The user, for the `x-user-id` session header (multi-round QA).
-    pub user: Option<usize>,
+    /// The session, sent as the `x-user-id` header (multi-round QA users, trace sessions).
+    pub session: Option<String>,
 }
 
 /// One multi-round QA user: its history grows with every answer.
@@ -95,7 +142,7 @@ impl Workload {
                         json!({"role": "user", "content": words(&mut rng, prompt_tokens)}),
                     ],
                     max_tokens: answer_tokens,
-                    user: None,
+                    session: None,
                 })
             }
             Workload::SharedPrefix {
@@ -122,9 +169,16 @@ impl Workload {
                         json!({"role": "user", "content": format!("{prefix} {ending}")}),
                     ],
                     max_tokens: answer_tokens,
-                    user: None,
+                    session: None,
                 })
             }
+            Workload::Replay(ref trace) => trace.get(i).map(|e| Prompt {
+                messages: e.messages.clone().unwrap_or_else(|| {
+                    vec![json!({"role": "user", "content": e.prompt.clone().unwrap_or_default()})]
+                }),
+                max_tokens: e.max_tokens,
+                session: e.session.clone(),
+            }),
             Workload::MultiRoundQa { .. } => None,
         }
     }
@@ -178,7 +232,7 @@ impl Conversation {
         Some(Prompt {
             messages: self.messages.clone(),
             max_tokens: self.answer_tokens,
-            user: Some(self.user),
+            session: Some(format!("user-{}", self.user)),
         })
     }
 
@@ -202,6 +256,30 @@ impl Conversation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn traces_replay_as_written() {
+        let trace = read_trace(
+            "{\"timestamp\": 0.5, \"prompt\": \"hi\", \"max_tokens\": 3, \"session\": \"s1\"}\n\n{\"timestamp\": 1, \"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"max_tokens\": 1}\n",
+        )
+        .unwrap();
+        assert_eq!(trace.len(), 2);
+        let w = Workload::Replay(trace.into());
+        let first = w.prompt(0, 0).unwrap();
+        assert_eq!(first.messages[0]["content"], "hi");
+        assert_eq!(
+            (first.max_tokens, first.session.as_deref()),
+            (3, Some("s1"))
+        );
+        assert_eq!(w.prompt(0, 1).unwrap().messages[0]["content"], "x");
+        assert!(w.prompt(0, 2).is_none());
+        assert!(
+            read_trace("{\"timestamp\": 0, \"max_tokens\": 1}")
+                .unwrap_err()
+                .contains("line 1")
+        );
+        assert!(read_trace("nope").is_err());
+    }
 
     #[test]
     fn the_same_seed_gives_the_same_requests() {
@@ -269,6 +347,6 @@ mod tests {
         users[0].record_answer("the end");
         assert!(users[0].next_prompt().is_some());
         assert!(users[0].next_prompt().is_none(), "three rounds");
-        assert_eq!(second.user, Some(0));
+        assert_eq!(second.session.as_deref(), Some("user-0"));
     }
 }

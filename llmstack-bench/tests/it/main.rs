@@ -159,3 +159,25 @@ async fn the_binary_reports_json_with_engine_counters() {
         "two shared 64-word prefixes mostly hit: {report}"
     );
 }
+
+/// A trace is replayed at its own times.
+#[tokio::test]
+async fn a_trace_replays_on_its_timestamps() {
+    let e = engine(LatencyProfile::instant()).await;
+    let text: String = (0..5)
+        .map(|i| format!("{{\"timestamp\": {}, \"prompt\": \"question {i}\", \"max_tokens\": 2, \"session\": \"s{}\"}}\n", f64::from(i) * 0.1, i % 2))
+        .collect();
+    let trace = llmstack_bench::read_trace(&text).unwrap();
+    let config = RunConfig {
+        workload: Workload::Replay(trace.into()),
+        ..synthetic(0)
+    };
+    let report = run(&Client::new(&e.base_url(), "m", true), &config).await;
+    assert_eq!(report.ok, 5, "{}", report.human());
+    assert_eq!(report.completion_tokens, 10);
+    assert!(
+        report.seconds >= 0.4,
+        "the last entry is at 0.4 s: {}",
+        report.seconds
+    );
+}
