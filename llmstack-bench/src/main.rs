@@ -70,6 +70,9 @@ struct Args {
     /// the report then shows their prefix-cache hit rate and preemptions over the run.
     #[arg(long, value_delimiter = ',')]
     engine_metrics: Vec<String>,
+    /// Print the report as a Markdown table (header and one row labelled LABEL).
+    #[arg(long, value_name = "LABEL")]
+    markdown: Option<String>,
     /// Print the report as JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -176,6 +179,12 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         }
+    } else if let Some(label) = &args.markdown {
+        println!(
+            "{}\n{}",
+            llmstack_bench::Report::MARKDOWN_HEADER,
+            report.markdown_row(label)
+        );
     } else {
         println!("{}", report.human());
     }

@@ -175,6 +175,34 @@ fn percentiles(h: &Histogram<u64>) -> Percentiles {
 // === impl Report ===
 
 impl Report {
+    /// The header (two lines) of [`Report::markdown_row`]'s table.
+    pub const MARKDOWN_HEADER: &'static str = "| run | req/s | output tok/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | e2e p50 ms | e2e p99 ms | errors | engine prefix hit |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
+
+    /// One Markdown table row for this run, labelled `label`.
+    pub fn markdown_row(&self, label: &str) -> String {
+        let errors: u64 = self
+            .statuses
+            .iter()
+            .filter(|(s, _)| !(200..300).contains(*s))
+            .map(|(_, n)| n)
+            .sum::<u64>()
+            + self.transport_errors;
+        let hit = self
+            .engines
+            .and_then(|e| e.prefix_cache_hit_rate)
+            .map_or("-".to_owned(), |r| format!("{:.1}%", r * 100.0));
+        format!(
+            "| {label} | {:.1} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {errors} | {hit} |",
+            self.requests_per_second,
+            self.output_tokens_per_second,
+            self.ttft.p50_ms,
+            self.ttft.p99_ms,
+            self.itl.p50_ms,
+            self.e2e.p50_ms,
+            self.e2e.p99_ms,
+        )
+    }
+
     /// A few human-readable lines.
     pub fn human(&self) -> String {
         let row = |name: &str, p: &Percentiles| {
@@ -244,6 +272,19 @@ mod tests {
             (report.prompt_tokens, report.completion_tokens),
             (30_000, 20_000)
         );
+    }
+
+    #[test]
+    fn markdown_rows_fit_the_header() {
+        let mut r = Recorder::default();
+        r.record(&outcome(2000));
+        let row = r.report(Duration::from_secs(1)).markdown_row("rr");
+        let columns = |s: &str| s.matches('|').count();
+        assert_eq!(
+            columns(&row),
+            columns(Report::MARKDOWN_HEADER.lines().next().unwrap())
+        );
+        assert!(row.starts_with("| rr | 1.0 |"), "{row}");
     }
 
     #[test]
