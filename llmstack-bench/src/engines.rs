@@ -17,7 +17,7 @@ pub struct EngineCounters {
 }
 
 /// What the engines counted during a run.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 pub struct EngineDelta {
     /// Prompt tokens looked up in the prefix cache.
     pub prefix_cache_queries: f64,

@@ -7,12 +7,14 @@
 //! concurrency, or one task per user at a per-user pace) and [`Report`] summarises what
 //! came back.
 
+mod chart;
 mod client;
 mod engines;
 mod report;
 mod run;
 mod workload;
 
+pub use chart::ttft_chart;
 pub use client::{Client, Outcome};
 pub use engines::{EngineCounters, EngineDelta, engine_counters};
 pub use report::{Percentiles, Recorder, Report};

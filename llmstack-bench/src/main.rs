@@ -8,14 +8,41 @@ use llmstack_bench::{Arrivals, Client, RunConfig, Workload, engine_counters, rea
 
 /// Load generator for OpenAI-compatible LLM endpoints.
 #[derive(Debug, Parser)]
-#[command(name = "llmstack-bench", version)]
+#[command(
+    name = "llmstack-bench",
+    version,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    args: Args,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Draw TTFT (p50, p99) against offered load from JSON reports, one line per label.
+    Chart {
+        /// The SVG file to write.
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// JSON reports (from `--json`).
+        reports: Vec<std::path::PathBuf>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
 struct Args {
     /// Base URL of the endpoint (router, vLLM, simulator…).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
-    /// Model name to ask for.
+    /// Model name to ask for (required to run a workload).
     #[arg(long)]
-    model: String,
+    model: Option<String>,
+    /// A label for this run in tables and charts.
+    #[arg(long)]
+    label: Option<String>,
     /// Workload shape.
     #[arg(long, value_enum, default_value_t = Shape::Synthetic)]
     workload: Shape,
@@ -94,7 +121,15 @@ enum Shape {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let cli = Cli::parse();
+    if let Some(Command::Chart { out, reports }) = cli.command {
+        return chart(&out, &reports);
+    }
+    let args = cli.args;
+    let Some(model) = args.model.clone() else {
+        eprintln!("llmstack-bench: --model is required");
+        return ExitCode::from(2);
+    };
     let workload = match args.workload {
         Shape::Synthetic => Workload::Synthetic {
             prompt_tokens: args.prompt_tokens,
@@ -142,6 +177,7 @@ fn main() -> ExitCode {
             ArrivalKind::Constant => Arrivals::Constant,
             ArrivalKind::Poisson => Arrivals::Poisson,
         },
+        progress: true,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -154,7 +190,7 @@ fn main() -> ExitCode {
         }
     };
     let report = runtime.block_on(async {
-        let client = Client::new(&args.url, &args.model, !args.no_stream);
+        let client = Client::new(&args.url, &model, !args.no_stream);
         if args.engine_metrics.is_empty() {
             return Ok(run(&client, &config).await);
         }
@@ -164,12 +200,19 @@ fn main() -> ExitCode {
         report.engines = Some(before.delta(&after));
         Ok::<_, String>(report)
     });
-    let report = match report {
+    let mut report = match report {
         Ok(report) => report,
         Err(e) => {
             eprintln!("llmstack-bench: {e}");
             return ExitCode::FAILURE;
         }
+    };
+    report.label = args.label.clone();
+    report.target_qps = match (&config.workload, config.arrivals) {
+        (Workload::MultiRoundQa { .. }, _) | (_, Arrivals::Constant | Arrivals::Poisson) => {
+            Some(args.qps)
+        }
+        _ => None,
     };
     if args.json {
         match serde_json::to_string_pretty(&report) {
@@ -192,5 +235,33 @@ fn main() -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// `llmstack-bench chart`: reads JSON reports, writes the SVG.
+fn chart(out: &std::path::Path, paths: &[std::path::PathBuf]) -> ExitCode {
+    let mut reports = Vec::new();
+    for path in paths {
+        let parsed = std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| {
+                serde_json::from_str::<llmstack_bench::Report>(&t).map_err(|e| e.to_string())
+            });
+        match parsed {
+            Ok(r) => reports.push(r),
+            Err(e) => {
+                eprintln!("llmstack-bench: {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        }
+    }
+    match llmstack_bench::ttft_chart(&reports)
+        .and_then(|svg| std::fs::write(out, svg).map_err(|e| e.to_string()))
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("llmstack-bench: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

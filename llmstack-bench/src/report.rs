@@ -22,7 +22,7 @@ pub struct Recorder {
 }
 
 /// p50 / p90 / p99 (and the mean) of one latency, in milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 pub struct Percentiles {
     /// Samples.
     pub count: u64,
@@ -37,8 +37,14 @@ pub struct Percentiles {
 }
 
 /// The summary of a run.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Report {
+    /// The run's label (`--label`), for tables and charts.
+    #[serde(default)]
+    pub label: Option<String>,
+    /// The offered load (open loop, multi-round QA), requests per second.
+    #[serde(default)]
+    pub target_qps: Option<f64>,
     /// Wall time of the run.
     pub seconds: f64,
     /// Requests answered 2xx.
@@ -62,6 +68,7 @@ pub struct Report {
     /// Request to end of response.
     pub e2e: Percentiles,
     /// What the engines counted during the run (with `--engine-metrics`).
+    #[serde(default)]
     pub engines: Option<EngineDelta>,
 }
 
@@ -145,6 +152,8 @@ impl Recorder {
             .map(|(_, n)| n)
             .sum();
         Report {
+            label: None,
+            target_qps: None,
             seconds: elapsed.as_secs_f64(),
             ok,
             statuses: self.statuses.clone(),

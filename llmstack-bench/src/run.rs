@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use indicatif::ProgressBar;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -26,6 +27,8 @@ pub struct RunConfig {
     pub qps: f64,
     /// Closed loop, or open-loop arrivals at `qps` (synthetic and shared-prefix).
     pub arrivals: Arrivals,
+    /// Show a progress bar on standard error (only drawn when it is a terminal).
+    pub progress: bool,
 }
 
 /// How requests are released.
@@ -61,6 +64,16 @@ pub fn arrival_times(arrivals: Arrivals, qps: f64, n: usize, seed: u64) -> Vec<D
 /// Runs the workload with `client` and summarises it.
 pub async fn run(client: &Client, config: &RunConfig) -> Report {
     let start = Instant::now();
+    let total = match &config.workload {
+        Workload::MultiRoundQa { users, rounds, .. } => users * rounds,
+        Workload::Replay(trace) => trace.len(),
+        _ => config.requests,
+    };
+    let bar = if config.progress {
+        ProgressBar::new(total as u64)
+    } else {
+        ProgressBar::hidden()
+    };
     let mut tasks: JoinSet<Recorder> = JoinSet::new();
     match config.workload {
         Workload::MultiRoundQa { users, .. } => {
@@ -71,7 +84,7 @@ pub async fn run(client: &Client, config: &RunConfig) -> Report {
                 .into_iter()
                 .enumerate()
             {
-                let client = client.clone();
+                let (client, bar) = (client.clone(), bar.clone());
                 // Users join staggered over one gap, so the load starts near steady state.
                 let join = gap.mul_f64(i as f64 / users.max(1) as f64);
                 tasks.spawn(async move {
@@ -82,6 +95,7 @@ pub async fn run(client: &Client, config: &RunConfig) -> Report {
                         tokio::time::sleep_until(next).await;
                         next = Instant::now() + gap;
                         let outcome = client.send(&prompt).await;
+                        bar.inc(1);
                         rec.record(&outcome);
                         user.record_answer(&outcome.text);
                     }
@@ -105,8 +119,12 @@ pub async fn run(client: &Client, config: &RunConfig) -> Report {
                     break;
                 };
                 tokio::time::sleep_until(start + at).await;
-                let client = client.clone();
-                inflight.spawn(async move { client.send(&prompt).await });
+                let (client, bar) = (client.clone(), bar.clone());
+                inflight.spawn(async move {
+                    let outcome = client.send(&prompt).await;
+                    bar.inc(1);
+                    outcome
+                });
                 while let Some(done) = inflight.try_join_next() {
                     if let Ok(outcome) = done {
                         rec.record(&outcome);
@@ -123,12 +141,13 @@ pub async fn run(client: &Client, config: &RunConfig) -> Report {
         _ => {
             let counter = Arc::new(AtomicUsize::new(0));
             for _ in 0..config.concurrency.max(1) {
-                let (client, counter, workload, seed, total) = (
+                let (client, counter, workload, seed, total, bar) = (
                     client.clone(),
                     Arc::clone(&counter),
                     config.workload.clone(),
                     config.seed,
                     config.requests,
+                    bar.clone(),
                 );
                 tasks.spawn(async move {
                     let mut rec = Recorder::default();
@@ -141,6 +160,7 @@ pub async fn run(client: &Client, config: &RunConfig) -> Report {
                             break;
                         };
                         rec.record(&client.send(&prompt).await);
+                        bar.inc(1);
                     }
                     rec
                 });
@@ -153,6 +173,7 @@ pub async fn run(client: &Client, config: &RunConfig) -> Report {
             total.merge(&rec);
         }
     }
+    bar.finish_and_clear();
     total.report(start.elapsed())
 }
 

@@ -25,6 +25,7 @@ fn synthetic(requests: usize) -> RunConfig {
         requests,
         qps: 1.0,
         arrivals: Arrivals::Closed,
+        progress: false,
     }
 }
 
@@ -75,6 +76,7 @@ async fn multi_round_qa_runs_every_round() {
         requests: 0,
         qps: 50.0,
         arrivals: Arrivals::Closed,
+        progress: false,
     };
     let client = Client::new(&e.base_url(), "m", true);
     let engines = [e.base_url()];
