@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::{Policy, RoundRobin};
+use crate::{Policy, RoundRobin, SessionAffinity};
 
 /// The routing policy, spelled as production-stack's `--routing-logic`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -11,6 +11,8 @@ pub enum RoutingLogic {
     /// [`RoundRobin`].
     #[default]
     Roundrobin,
+    /// [`SessionAffinity`] on `--session-key`, round-robin without a key.
+    Session,
 }
 
 /// Settings of the routing crate, validated with [`RoutingConfig::validate`].
@@ -29,7 +31,6 @@ pub struct RoutingConfig {
 
 /// production-stack policies this build does not have yet.
 const NOT_YET: &[&str] = &[
-    "session",
     "prefixaware",
     "kvaware",
     "loadaware",
@@ -42,6 +43,7 @@ impl RoutingLogic {
     pub fn parse(s: &str) -> Result<Self, String> {
         match s {
             "roundrobin" => Ok(Self::Roundrobin),
+            "session" => Ok(Self::Session),
             other if NOT_YET.contains(&other) => Err(format!(
                 "--routing-logic {other} is not available yet in this build; use roundrobin"
             )),
@@ -55,6 +57,7 @@ impl RoutingLogic {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Roundrobin => "roundrobin",
+            Self::Session => "session",
         }
     }
 }
@@ -76,10 +79,13 @@ impl From<RoutingLogic> for &'static str {
 // === impl RoutingConfig ===
 
 impl RoutingConfig {
-    /// Checks the settings: session keys
+    /// Checks the settings: `session` needs a session key; session keys
     /// must be valid header names, and an alias may not point to itself or to another
     /// alias.
     pub fn validate(&self) -> Result<(), String> {
+        if self.routing_logic == RoutingLogic::Session && self.session_key.is_none() {
+            return Err("--routing-logic session needs --session-key (e.g. x-user-id)".into());
+        }
         if let Some(key) = &self.session_key {
             let valid = !key.is_empty()
                 && key
@@ -108,6 +114,7 @@ impl RoutingConfig {
     pub fn policy(&self) -> Box<dyn Policy> {
         match self.routing_logic {
             RoutingLogic::Roundrobin => Box::new(RoundRobin::default()),
+            RoutingLogic::Session => Box::new(SessionAffinity::<RoundRobin>::default()),
         }
     }
 }

@@ -30,6 +30,7 @@ mod in_flight;
 mod policy;
 mod round_robin;
 mod select;
+mod session;
 
 pub use config::{RoutingConfig, RoutingLogic};
 pub use in_flight::{InFlight, InFlightGuard};
@@ -37,3 +38,4 @@ pub use llmstack_core::{Endpoint, EndpointSet, RouteRequest};
 pub use policy::Policy;
 pub use round_robin::RoundRobin;
 pub use select::{Target, select};
+pub use session::SessionAffinity;

@@ -89,10 +89,28 @@ fn invalid_settings_are_all_reported() {
         "--static-backends",
         "http://a:1",
         "--routing-logic",
-        "session",
+        "prefixaware",
     ])
     .unwrap_err();
     assert!(err.contains("not available yet"), "{err}");
+    let err = serve(&[
+        "--static-backends",
+        "http://a:1",
+        "--routing-logic",
+        "session",
+    ])
+    .unwrap_err();
+    assert!(err.contains("needs --session-key"), "{err}");
+    let (config, _) = serve(&[
+        "--static-backends",
+        "http://a:1",
+        "--routing-logic",
+        "session",
+        "--session-key",
+        "x-user-id",
+    ])
+    .unwrap();
+    assert_eq!(config.routing.policy().name(), "session");
     let err = serve(&[
         "--static-backends",
         "http://a:1",

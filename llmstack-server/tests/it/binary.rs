@@ -133,9 +133,9 @@ fn invalid_flags_exit_with_a_clear_message() {
                 "--static-backends",
                 "http://a:1",
                 "--routing-logic",
-                "session",
+                "kvaware",
             ],
-            "session is not available yet",
+            "kvaware is not available yet",
         ),
         (&["--port", "x"], "invalid value 'x'"),
     ] {

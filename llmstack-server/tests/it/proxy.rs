@@ -364,3 +364,46 @@ async fn error_bodies() {
     assert!(a.headers.contains_key("x-request-id"));
     assert_eq!(post(&s.client, &url, &chat(M, 1)).await.status, 200);
 }
+
+/// `--routing-logic session --session-key x-user-id`: a user's requests stay on one
+/// engine; different users spread; requests without the header rotate.
+#[tokio::test]
+async fn session_affinity_keeps_users_on_their_engine() {
+    use llmstack_routing::RoutingLogic;
+
+    let s = stack(vec![instant(M), instant(M), instant(M)], |c| {
+        c.routing.routing_logic = RoutingLogic::Session;
+        c.routing.session_key = Some("x-user-id".into());
+    })
+    .await;
+    let url = s.at("/v1/chat/completions");
+    let body = chat(M, 1).to_string();
+    let ct = ("content-type", "application/json");
+    for user in 0..12 {
+        let header = format!("user-{user}");
+        for _ in 0..3 {
+            let a = send(
+                &s.client,
+                Method::POST,
+                &url,
+                &[ct, ("x-user-id", &header)],
+                &body,
+            )
+            .await;
+            assert_eq!(a.status, 200);
+        }
+    }
+    // 36 requests; each engine's count is a multiple of 3 (whole users), and more than
+    // one engine is used.
+    let mut counts = Vec::new();
+    for e in &s.engines {
+        counts.push(finished(&s.client, e, "length").await as u32);
+    }
+    assert_eq!(counts.iter().sum::<u32>(), 36);
+    assert!(counts.iter().all(|c| c % 3 == 0), "{counts:?}");
+    assert!(counts.iter().filter(|c| **c > 0).count() >= 2, "{counts:?}");
+    // The same key in the body field works too (production-stack's fallback).
+    let body = json!({"model": M, "messages": [{"role": "user", "content": "x"}], "max_tokens": 1, "x-user-id": "user-0"});
+    let a = post(&s.client, &url, &body).await;
+    assert_eq!(a.status, 200);
+}
