@@ -52,9 +52,13 @@ struct Args {
     /// Closed loop: requests in flight at once.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
-    /// Closed loop: total requests.
+    /// Closed and open loop: total requests.
     #[arg(long, default_value_t = 1000)]
     requests: usize,
+    /// Closed loop: stop starting requests after this many seconds (with --requests as
+    /// an upper bound); open loop: send `qps × seconds` requests.
+    #[arg(long)]
+    duration: Option<f64>,
     /// Prompt length in words (synthetic), or the suffix length (shared-prefix).
     #[arg(long, default_value_t = 128)]
     prompt_tokens: usize,
@@ -178,7 +182,24 @@ fn main() -> ExitCode {
             ArrivalKind::Poisson => Arrivals::Poisson,
         },
         progress: true,
+        duration: None,
     };
+    let mut config = config;
+    if let Some(secs) = args.duration {
+        if !(secs.is_finite() && secs > 0.0 && secs < 1e7) {
+            eprintln!("llmstack-bench: --duration must be a positive number of seconds");
+            return ExitCode::from(2);
+        }
+        match config.arrivals {
+            Arrivals::Closed => {
+                config.duration = Some(std::time::Duration::from_secs_f64(secs));
+                config.requests = usize::MAX;
+            }
+            Arrivals::Constant | Arrivals::Poisson => {
+                config.requests = (secs * args.qps).ceil() as usize
+            }
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -29,6 +29,8 @@ pub struct RunConfig {
     pub arrivals: Arrivals,
     /// Show a progress bar on standard error (only drawn when it is a terminal).
     pub progress: bool,
+    /// Closed loop: also stop starting requests after this long.
+    pub duration: Option<Duration>,
 }
 
 /// How requests are released.
@@ -140,6 +142,7 @@ pub async fn run(client: &Client, config: &RunConfig) -> Report {
         }
         _ => {
             let counter = Arc::new(AtomicUsize::new(0));
+            let deadline = config.duration.map(|d| start + d);
             for _ in 0..config.concurrency.max(1) {
                 let (client, counter, workload, seed, total, bar) = (
                     client.clone(),
@@ -153,7 +156,7 @@ pub async fn run(client: &Client, config: &RunConfig) -> Report {
                     let mut rec = Recorder::default();
                     loop {
                         let i = counter.fetch_add(1, Ordering::Relaxed);
-                        if i >= total {
+                        if i >= total || deadline.is_some_and(|d| Instant::now() >= d) {
                             break;
                         }
                         let Some(prompt) = workload.prompt(seed, i) else {

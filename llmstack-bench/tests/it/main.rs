@@ -26,6 +26,7 @@ fn synthetic(requests: usize) -> RunConfig {
         qps: 1.0,
         arrivals: Arrivals::Closed,
         progress: false,
+        duration: None,
     }
 }
 
@@ -62,7 +63,10 @@ async fn non_streaming_and_errors() {
 /// carrying the previous answers, so the engine's prefix cache hits grow.
 #[tokio::test]
 async fn multi_round_qa_runs_every_round() {
-    let e = engine(LatencyProfile::llama3_8b_h100()).await;
+    let (a, b) = (
+        engine(LatencyProfile::llama3_8b_h100()).await,
+        engine(LatencyProfile::llama3_8b_h100()).await,
+    );
     let config = RunConfig {
         workload: Workload::MultiRoundQa {
             users: 3,
@@ -77,24 +81,24 @@ async fn multi_round_qa_runs_every_round() {
         qps: 50.0,
         arrivals: Arrivals::Closed,
         progress: false,
+        duration: None,
     };
-    let client = Client::new(&e.base_url(), "m", true);
-    let engines = [e.base_url()];
+    // Two engines, taken in turn by the client.
+    let client = Client::new(&format!("{},{}", a.base_url(), b.base_url()), "m", true);
+    let engines = [a.base_url(), b.base_url()];
     let before = engine_counters(&client, &engines).await.unwrap();
     let report = run(&client, &config).await;
     let delta = before.delta(&engine_counters(&client, &engines).await.unwrap());
     assert_eq!(report.ok, 9, "{}", report.human());
     assert_eq!(report.completion_tokens, 9 * 8);
-    // The hit counts the bench reads from /metrics are the engine's own counters.
-    let state = e.state().await.unwrap();
-    assert!(
-        state.prefix_cache_hits > 0,
-        "shared system prompt and histories hit the cache"
-    );
-    assert_eq!(delta.prefix_cache_hits, state.prefix_cache_hits as f64);
+    // The hit counts the bench reads from /metrics are the engines' own counters.
+    let (sa, sb) = (a.state().await.unwrap(), b.state().await.unwrap());
+    let hits = sa.prefix_cache_hits + sb.prefix_cache_hits;
+    assert!(hits > 0, "shared system prompt and histories hit the cache");
+    assert_eq!(delta.prefix_cache_hits, hits as f64);
     assert_eq!(
         delta.prefix_cache_queries,
-        state.prefix_cache_queries as f64
+        (sa.prefix_cache_queries + sb.prefix_cache_queries) as f64
     );
     assert!(delta.prefix_cache_hit_rate.unwrap() > 0.3, "{delta:?}");
 }
@@ -182,4 +186,17 @@ async fn a_trace_replays_on_its_timestamps() {
         "the last entry is at 0.4 s: {}",
         report.seconds
     );
+}
+
+/// A closed loop with a time limit stops on time, whatever the request count.
+#[tokio::test]
+async fn a_duration_bounds_a_closed_loop() {
+    let e = engine(LatencyProfile::llama3_8b_h100()).await;
+    let config = RunConfig {
+        duration: Some(std::time::Duration::from_millis(600)),
+        ..synthetic(usize::MAX)
+    };
+    let report = run(&Client::new(&e.base_url(), "m", true), &config).await;
+    assert!(report.ok > 0);
+    assert!((0.5..2.0).contains(&report.seconds), "{}", report.seconds);
 }
