@@ -12,11 +12,37 @@ use crate::support::*;
 const BIN: &str = env!("CARGO_BIN_EXE_llmstack-server");
 
 /// Starts the binary and returns it with the address from its "listening" log line.
-fn start(args: &[&str]) -> (Child, String) {
+fn start(args: &[&str]) -> (Running, String) {
     start_with_env(args, &[])
 }
 
-pub(crate) fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> (Child, String) {
+/// A router process that is killed if the test ends (or panics) while it runs, so a
+/// failing test never leaves one behind.
+pub(crate) struct Running(Child);
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+pub(crate) fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> (Running, String) {
     let mut child = Command::new(BIN)
         .args(args)
         .envs(env.iter().copied())
@@ -44,7 +70,7 @@ pub(crate) fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> (Child, Str
     };
     // Keep draining stdout so the child never blocks on a full pipe.
     std::thread::spawn(move || lines.for_each(drop));
-    (child, format!("http://{addr}"))
+    (Running(child), format!("http://{addr}"))
 }
 
 async fn engines(n: usize) -> Vec<SimEngine> {
@@ -286,7 +312,7 @@ async fn a_stalled_client_does_not_make_the_router_buffer() {
 #[tokio::test]
 async fn json_logs_with_a_line_per_request_at_debug() {
     let engines = engines(1).await;
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args([
             "--host",
             "127.0.0.1",
@@ -305,6 +331,7 @@ async fn json_logs_with_a_line_per_request_at_debug() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut child = Running(child);
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     std::thread::spawn(move || {
