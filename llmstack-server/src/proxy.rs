@@ -198,8 +198,13 @@ async fn forward(
             ));
         }
     };
-    let bytes = rewrite_alias(shared, &parts, kind, bytes)?;
-    let mut route = route_request(shared, &parts, kind, &bytes)?;
+    // One parse; a second one only when the model is an alias (the spliced body).
+    let first = route_request(shared, &parts, kind, &bytes)?;
+    let spliced = alias_body(shared, kind, &bytes, &first);
+    let (bytes, mut route) = match &spliced {
+        Some(body) => (body.clone(), route_request(shared, &parts, kind, body)?),
+        None => (bytes.clone(), first),
+    };
     let set = shared.endpoints();
     if let (Some(model), Some(tally)) = (route.model(), tally.as_mut())
         && set.has_seen(model)
@@ -419,44 +424,30 @@ fn boundary(parts: &Parts) -> Result<Cow<'_, str>, Error> {
 }
 
 /// The body with an aliased model name replaced by the real one (only the model value
-/// changes); the same bytes when there is no alias.
-fn rewrite_alias(
+/// changes: the JSON value, or the text of the multipart `model` field); `None` when the
+/// model is not an alias.
+fn alias_body(
     shared: &Shared,
-    parts: &Parts,
     kind: BodyKind,
-    bytes: Bytes,
-) -> Result<Bytes, Error> {
-    if shared.aliases.is_empty() {
-        return Ok(bytes);
-    }
-    let rewritten = match kind {
-        BodyKind::Json => {
-            let route = RouteRequest::from_json(&bytes, None)?;
-            match route.model().and_then(|m| shared.aliases.get(m)) {
-                Some(real) => route.body_with_model(&bytes, real),
-                None => None,
-            }
-        }
+    bytes: &Bytes,
+    route: &RouteRequest<'_>,
+) -> Option<Bytes> {
+    let model = route.model()?;
+    let real = shared.aliases.get(model)?;
+    match kind {
+        BodyKind::Json => route.body_with_model(bytes, real).map(Bytes::from),
         BodyKind::Multipart => {
-            let boundary = boundary(parts)?;
-            let form = multipart_parts(&bytes, &boundary).map_err(invalid_form)?;
-            match multipart_text_field(&form, "model") {
-                Ok(Some(value)) => match shared.aliases.get(value.trim()) {
-                    Some(real) => {
-                        let start = value.as_ptr() as usize - bytes.as_ptr() as usize;
-                        let mut out = Vec::with_capacity(bytes.len() + real.len());
-                        out.extend_from_slice(&bytes[..start]);
-                        out.extend_from_slice(real.as_bytes());
-                        out.extend_from_slice(&bytes[start + value.len()..]);
-                        Some(out)
-                    }
-                    None => None,
-                },
-                _ => None,
-            }
+            // The form's model is a slice of the body: splice at its position.
+            let start = (model.as_ptr() as usize).checked_sub(bytes.as_ptr() as usize)?;
+            let end = start + model.len();
+            let tail = bytes.get(end..)?;
+            let mut out = Vec::with_capacity(bytes.len() + real.len());
+            out.extend_from_slice(&bytes[..start]);
+            out.extend_from_slice(real.as_bytes());
+            out.extend_from_slice(tail);
+            Some(Bytes::from(out))
         }
-    };
-    Ok(rewritten.map_or(bytes, Bytes::from))
+    }
 }
 
 /// `?id=<engine>` pinning (percent-decoded), and the path and query sent upstream
