@@ -195,18 +195,24 @@ impl Endpoint {
     pub fn uri_for(&self, path_and_query: &str) -> Option<Uri> {
         let scheme = self.url.scheme().cloned().unwrap_or(Scheme::HTTP);
         let authority = self.url.authority()?.clone();
-        let prefix = self.url.path().trim_end_matches('/');
-        let pq = if prefix.is_empty() {
-            PathAndQuery::try_from(path_and_query).ok()?
-        } else {
-            PathAndQuery::try_from(format!("{prefix}{path_and_query}")).ok()?
-        };
+        let pq = self.path_for(path_and_query).ok()?;
         Uri::builder()
             .scheme(scheme)
             .authority(authority)
             .path_and_query(pq)
             .build()
             .ok()
+    }
+
+    /// `path_and_query` under the base URL's path prefix, as an origin-form request
+    /// target. Fails when the joined text is not a valid URI path.
+    pub fn path_for(&self, path_and_query: &str) -> Result<PathAndQuery, http::uri::InvalidUri> {
+        let prefix = self.url.path().trim_end_matches('/');
+        if prefix.is_empty() {
+            PathAndQuery::try_from(path_and_query)
+        } else {
+            PathAndQuery::try_from(format!("{prefix}{path_and_query}"))
+        }
     }
 
     /// The authority (`host:port`) requests carry as `Host`.

@@ -303,14 +303,9 @@ impl Outgoing {
     /// The request for `endpoint`: origin-form target under the endpoint's path prefix,
     /// `Host` of the endpoint, the client's end-to-end headers, the original bytes.
     fn request(&self, endpoint: &Endpoint) -> Result<Request<Full<Bytes>>, Error> {
-        let prefix = endpoint.url.path().trim_end_matches('/');
         let mut req = Request::new(Full::new(self.body.clone()));
         *req.method_mut() = Method::POST;
-        let target = if prefix.is_empty() {
-            Uri::try_from(self.path_and_query.as_str())
-        } else {
-            Uri::try_from(format!("{prefix}{}", self.path_and_query))
-        };
+        let target = endpoint.path_for(&self.path_and_query).map(Uri::from);
         *req.uri_mut() = target.map_err(|e| Error::Upstream {
             endpoint: endpoint.id.clone(),
             source: e.into(),
