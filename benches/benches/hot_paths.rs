@@ -1,14 +1,18 @@
-//! Hot paths: `RouteRequest::from_json` on a 1 KB chat body, candidate selection and the
-//! policies at 8, 64 and 512 engines, and `engine_stats` on a vLLM 0.33 exposition.
+//! Hot paths: `RouteRequest::from_json` on a 1 KB chat body, candidate selection and every
+//! policy at 8, 64, 512 and 1,000 engines, the whole prefix-aware routing decision at
+//! 1,000 engines with an 8k-token prompt, and `engine_stats` on a vLLM 0.33 exposition.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::borrow::Cow;
 use std::hint::black_box;
-use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use llmstack_core::{Endpoint, EndpointSet, EndpointState, RouteRequest, Update};
-use llmstack_routing::{Policy, RoundRobin, SessionAffinity, Target, select};
+use llmstack_benches::{endpoints, long_chat};
+use llmstack_core::{EndpointSet, RouteRequest, Update};
+use llmstack_routing::{
+    Candidates, LeastLoaded, Load, Policy, PowerOfTwo, PrefixAware, PrefixConfig, PromptHashes,
+    Random, RoundRobin, Router, SessionAffinity, Target, select,
+};
 
 fn chat_body() -> Vec<u8> {
     let content = "The quick brown fox jumps over the lazy dog. ".repeat(22);
@@ -16,24 +20,6 @@ fn chat_body() -> Vec<u8> {
         r#"{{"model":"meta-llama/Llama-3.1-8B-Instruct","messages":[{{"role":"system","content":"You are helpful."}},{{"role":"user","content":"{content}"}}],"max_tokens":16,"stream":true,"temperature":0}}"#
     )
     .into_bytes()
-}
-
-fn endpoints(n: usize) -> Vec<Arc<Endpoint>> {
-    (0..n)
-        .map(|i| {
-            let url = format!(
-                "http://10.{}.{}.{}:8000",
-                i / 65536,
-                (i / 256) % 256,
-                i % 256
-            );
-            Arc::new(
-                Endpoint::new(url.parse().unwrap())
-                    .with_model("m")
-                    .with_state(EndpointState::Ready),
-            )
-        })
-        .collect()
 }
 
 fn route_request(c: &mut Criterion) {
@@ -48,27 +34,63 @@ fn route_request(c: &mut Criterion) {
 
 fn policies(c: &mut Criterion) {
     let mut group = c.benchmark_group("policy_pick");
-    for n in [8, 64, 512] {
-        let candidates = endpoints(n);
+    for n in [8, 64, 512, 1000] {
+        let eps = endpoints(n);
+        let loads: Vec<Load> = (0..n)
+            .map(|i| Load {
+                in_flight: (i * 7 % 13) as u32,
+                cached_tokens: if i % 97 == 0 { 4096 } else { 0 },
+                ..Load::default()
+            })
+            .collect();
+        let holders: Vec<(usize, u32)> = (0..n).step_by(97).map(|i| (i, 4096)).collect();
+        let candidates = Candidates::new(&eps, &loads, 8192).with_cached(&holders);
         let mut keyed = RouteRequest::from_json(br#"{"model":"m"}"#, None).unwrap();
         keyed.set_session_key(Cow::Borrowed("user-1234"));
-        let rr = RoundRobin::default();
-        let session: SessionAffinity = SessionAffinity::default();
-        group.bench_with_input(BenchmarkId::new("roundrobin", n), &candidates, |b, c| {
-            b.iter(|| black_box(rr.pick(&keyed, c)))
-        });
-        group.bench_with_input(BenchmarkId::new("session", n), &candidates, |b, c| {
-            b.iter(|| black_box(session.pick(&keyed, c)))
-        });
+        let policies: [(&str, Box<dyn Policy>); 6] = [
+            ("roundrobin", Box::new(RoundRobin::default())),
+            ("random", Box::new(Random)),
+            ("leastloaded", Box::new(LeastLoaded)),
+            ("power_of_two", Box::new(PowerOfTwo)),
+            ("session", Box::new(SessionAffinity::default())),
+            ("prefixaware", Box::new(PrefixAware::default())),
+        ];
+        for (name, policy) in &policies {
+            group.bench_with_input(BenchmarkId::new(*name, n), &candidates, |b, c| {
+                b.iter(|| black_box(policy.pick(&keyed, c)))
+            });
+        }
         let mut set = EndpointSet::default();
-        set.apply(Update::Reset(
-            candidates.iter().map(|e| (**e).clone()).collect(),
-        ));
+        set.apply(Update::Reset(eps.iter().map(|e| (**e).clone()).collect()));
+        let rr = RoundRobin::default();
         group.bench_with_input(BenchmarkId::new("select_roundrobin", n), &set, |b, set| {
             b.iter(|| black_box(select(&rr, set, &keyed, &Target::default()).unwrap()))
         });
     }
     group.finish();
+}
+
+/// The whole prefix-aware decision (`Router::route`: candidates, loads, prompt parse
+/// and hash, index match and insert, guard) at 1,000 engines with an 8k-token prompt,
+/// over an index already holding 2,000 conversations.
+fn prefix_route(c: &mut Criterion) {
+    let eps = endpoints(1000);
+    let mut set = EndpointSet::default();
+    set.apply(Update::Reset(eps.iter().map(|e| (**e).clone()).collect()));
+    let router = Router::new(PrefixAware::default()).with_prefix_index(PrefixConfig::default());
+    for user in 0..2000 {
+        let body = long_chat(user, 2048);
+        let req = RouteRequest::from_json(&body, None).unwrap();
+        drop(router.route(&set, None, &req, &Target::default()).unwrap());
+    }
+    let body = long_chat(7, 8192);
+    let req = RouteRequest::from_json(&body, None).unwrap();
+    c.bench_function("router_route_prefixaware_1000_engines_8k_prompt", |b| {
+        b.iter(|| black_box(router.route(&set, None, &req, &Target::default()).unwrap()))
+    });
+    c.bench_function("prompt_hashes_8k_chat", |b| {
+        b.iter(|| black_box(PromptHashes::of(&req, 128)))
+    });
 }
 
 fn parse_metrics(c: &mut Criterion) {
@@ -84,5 +106,11 @@ fn parse_metrics(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, route_request, policies, parse_metrics);
+criterion_group!(
+    benches,
+    route_request,
+    policies,
+    prefix_route,
+    parse_metrics
+);
 criterion_main!(benches);

@@ -11,9 +11,49 @@ use serde_json::{Map, Value};
 /// The identity of an endpoint: a short opaque name, stable for as long as the
 /// discovery source keeps describing the same engine (never a raw URL).
 ///
-/// Cloning is cheap (a reference count).
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct EndpointId(Arc<str>);
+/// Cloning is cheap (a reference count). Compared, ordered and hashed by the name.
+#[derive(Clone)]
+pub struct EndpointId {
+    name: Arc<str>,
+    /// FNV-1a of the name, computed once.
+    hash: u64,
+}
+
+impl PartialEq for EndpointId {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && self.name == other.name
+    }
+}
+
+impl Eq for EndpointId {}
+
+impl PartialOrd for EndpointId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for EndpointId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.name.cmp(&other.name)
+    }
+}
+
+impl std::hash::Hash for EndpointId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+    }
+}
+
+/// FNV-1a, 64 bits.
+fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
 
 /// What an engine does in a disaggregated (prefill/decode) deployment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize)]
@@ -78,41 +118,47 @@ pub struct Endpoint {
 impl EndpointId {
     /// An id from any string.
     pub fn new(id: impl Into<Arc<str>>) -> Self {
-        Self(id.into())
+        let name: Arc<str> = id.into();
+        Self {
+            hash: fnv1a(name.bytes()),
+            name,
+        }
     }
 
     /// The id derived from a base URL: `e` + 8 hex digits of a stable hash (FNV-1a) of
     /// the URL, so the same URL gets the same id on every start and in every replica.
     pub fn for_url(url: &Uri) -> Self {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in url.to_string().trim_end_matches('/').bytes() {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-        Self(format!("e{:08x}", (hash >> 32) ^ (hash & 0xffff_ffff)).into())
+        let hash = fnv1a(url.to_string().trim_end_matches('/').bytes());
+        Self::new(format!("e{:08x}", (hash >> 32) ^ (hash & 0xffff_ffff)))
     }
 
     /// The id as a string.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.name
+    }
+
+    /// A 64-bit hash of the id (FNV-1a of its text): the same in every process and
+    /// version, so policies hashing it (session affinity) agree across router replicas.
+    pub fn stable_hash(&self) -> u64 {
+        self.hash
     }
 }
 
 impl fmt::Debug for EndpointId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
+        fmt::Debug::fmt(&*self.name, f)
     }
 }
 
 impl fmt::Display for EndpointId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.name)
     }
 }
 
 impl serde::Serialize for EndpointId {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
+        s.serialize_str(&self.name)
     }
 }
 

@@ -22,6 +22,8 @@ pub struct RouteRequest<'a> {
     model_span: Option<(usize, usize)>,
     stream: bool,
     session: Option<Cow<'a, str>>,
+    /// OpenAI's `user` field: the session key when no session field or header is set.
+    user: Option<Cow<'a, str>>,
     prompt: Option<&'a RawValue>,
     messages: Option<&'a RawValue>,
     input: Option<&'a RawValue>,
@@ -156,9 +158,19 @@ impl<'a> RouteRequest<'a> {
         self.stream
     }
 
-    /// The session key (from the body field, or set from a header).
+    /// The session key: set from a header, else the session body field, else the
+    /// OpenAI `user` field.
     pub fn session_key(&self) -> Option<&str> {
-        self.session.as_deref()
+        self.session.as_deref().or(self.user.as_deref())
+    }
+
+    /// Length in bytes of the raw prompt field (`messages`, `prompt` or `input`, the one
+    /// [`RouteRequest::kind`] reports): a free size estimate before any parsing.
+    pub fn prompt_len(&self) -> usize {
+        self.messages
+            .or(self.prompt)
+            .or(self.input)
+            .map_or(0, |raw| raw.get().len())
     }
 
     /// Sets the session key (a header value takes precedence over the body field).
@@ -263,20 +275,25 @@ impl<'de> Visitor<'de> for Fields<'_> {
                 "messages" => req.messages = Some(map.next_value()?),
                 "input" => req.input = Some(map.next_value()?),
                 k if Some(k) == self.session_field => {
-                    let raw: &'de RawValue = map.next_value()?;
-                    req.session = match serde_json::from_str::<Text<'de>>(raw.get()) {
-                        Ok(Text(s)) => Some(s),
-                        // A number or other scalar: its JSON text is the key.
-                        Err(_) if raw.get() != "null" => Some(Cow::Borrowed(raw.get())),
-                        Err(_) => None,
-                    };
+                    req.session = scalar_key(map.next_value()?);
                 }
+                "user" => req.user = scalar_key(map.next_value()?),
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
         }
         Ok(req)
+    }
+}
+
+/// A session key from a JSON scalar: a string's text, or the JSON text of a number or
+/// boolean; `null` is no key.
+fn scalar_key(raw: &RawValue) -> Option<Cow<'_, str>> {
+    match serde_json::from_str::<Text<'_>>(raw.get()) {
+        Ok(Text(s)) => Some(s),
+        Err(_) if raw.get() != "null" => Some(Cow::Borrowed(raw.get())),
+        Err(_) => None,
     }
 }
 
@@ -319,19 +336,38 @@ fn opt_text<'de, D: de::Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>
 
 impl<'de: 'a, 'a> serde::Deserialize<'de> for Content<'a> {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(serde::Deserialize)]
-        #[serde(untagged)]
-        enum Shape<'a> {
-            #[serde(borrow)]
-            Text(Text<'a>),
-            #[serde(borrow)]
-            Parts(Vec<Part<'a>>),
+        // A direct visitor (not an untagged enum, which buffers the whole value first):
+        // the content is most of a long prompt.
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Content<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, a list of content parts, or null")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Self::Value, E> {
+                Ok(Content::Text(Cow::Borrowed(s)))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(Content::Text(Cow::Owned(s.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, s: String) -> Result<Self::Value, E> {
+                Ok(Content::Text(Cow::Owned(s)))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Content::None)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Content::None)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut parts = Vec::new();
+                while let Some(part) = seq.next_element::<Part<'a>>()? {
+                    parts.push(part);
+                }
+                Ok(Content::Parts(parts))
+            }
         }
-        Ok(match Option::<Shape<'a>>::deserialize(d)? {
-            None => Content::None,
-            Some(Shape::Text(t)) => Content::Text(t.0),
-            Some(Shape::Parts(p)) => Content::Parts(p),
-        })
+        d.deserialize_any(V(std::marker::PhantomData))
     }
 }
 

@@ -91,6 +91,12 @@ impl EndpointSet {
         self.routable.get(model).map_or(&[], |list| list)
     }
 
+    /// [`EndpointSet::candidates`] as the shared list itself: the same `Arc` for as long
+    /// as the set is unchanged, so callers may cache per-list data keyed by its identity.
+    pub fn candidates_shared(&self, model: &str) -> Option<&Arc<[Arc<Endpoint>]>> {
+        self.routable.get(model)
+    }
+
     /// Whether `model` was ever served by an endpoint of this set's history, or
     /// remembered with [`EndpointSet::remember`].
     pub fn has_seen(&self, model: &str) -> bool {

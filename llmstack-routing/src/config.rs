@@ -2,7 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use crate::{Policy, RoundRobin, SessionAffinity};
+use crate::{
+    LeastLoaded, PolicyExt, PowerOfTwo, PrefixAware, PrefixConfig, Random, RoundRobin, Router,
+    SessionAffinity,
+};
 
 /// The routing policy, spelled as production-stack's `--routing-logic`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -11,12 +14,20 @@ pub enum RoutingLogic {
     /// [`RoundRobin`].
     #[default]
     Roundrobin,
-    /// [`SessionAffinity`] on `--session-key`, round-robin without a key.
+    /// [`Random`].
+    Random,
+    /// [`LeastLoaded`] (production-stack's `loadaware` is accepted for it).
+    Leastloaded,
+    /// [`PowerOfTwo`].
+    PowerOfTwo,
+    /// [`SessionAffinity`] on the session key, [`LeastLoaded`] without one.
     Session,
+    /// [`PrefixAware`] over the router's prefix index.
+    Prefixaware,
 }
 
 /// Settings of the routing crate, validated with [`RoutingConfig::validate`].
-#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RoutingConfig {
     /// The policy.
@@ -25,15 +36,21 @@ pub struct RoutingConfig {
     pub session_key: Option<String>,
     /// Model aliases: requests naming the key are sent, rewritten, for the value.
     pub static_aliases: BTreeMap<String, String>,
+    /// `prefixaware`: matches shorter than this many prompt characters count as none
+    /// (production-stack's `--prefix-min-match-length`).
+    pub prefix_min_match_length: usize,
+    /// `prefixaware`: bytes of canonical prompt per indexed chunk.
+    pub prefix_chunk_size: usize,
+    /// `prefixaware`: tokens of prefix cache assumed per engine until its scrape
+    /// reports its KV capacity.
+    pub prefix_capacity_tokens: u64,
 }
 
 // === impl RoutingLogic ===
 
 /// production-stack policies this build does not have yet.
 const NOT_YET: &[&str] = &[
-    "prefixaware",
     "kvaware",
-    "loadaware",
     "disaggregated_prefill",
     "disaggregated_prefill_orchestrated",
 ];
@@ -43,21 +60,40 @@ impl RoutingLogic {
     pub fn parse(s: &str) -> Result<Self, String> {
         match s {
             "roundrobin" => Ok(Self::Roundrobin),
+            "random" => Ok(Self::Random),
+            "leastloaded" | "loadaware" => Ok(Self::Leastloaded),
+            "power_of_two" => Ok(Self::PowerOfTwo),
             "session" => Ok(Self::Session),
+            "prefixaware" => Ok(Self::Prefixaware),
             other if NOT_YET.contains(&other) => Err(format!(
-                "--routing-logic {other} is not available yet in this build; use roundrobin"
+                "--routing-logic {other} is not available yet in this build; use prefixaware"
             )),
             other => Err(format!(
-                "unknown --routing-logic `{other}` (expected roundrobin)"
+                "unknown --routing-logic `{other}` (expected one of {})",
+                Self::ALL.map(Self::as_str).join(", ")
             )),
         }
     }
+
+    /// Every policy.
+    pub const ALL: [Self; 6] = [
+        Self::Roundrobin,
+        Self::Random,
+        Self::Leastloaded,
+        Self::PowerOfTwo,
+        Self::Session,
+        Self::Prefixaware,
+    ];
 
     /// The name, as `--routing-logic` spells it.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Roundrobin => "roundrobin",
+            Self::Random => "random",
+            Self::Leastloaded => "leastloaded",
+            Self::PowerOfTwo => "power_of_two",
             Self::Session => "session",
+            Self::Prefixaware => "prefixaware",
         }
     }
 }
@@ -78,13 +114,33 @@ impl From<RoutingLogic> for &'static str {
 
 // === impl RoutingConfig ===
 
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        let prefix = PrefixConfig::default();
+        Self {
+            routing_logic: RoutingLogic::default(),
+            session_key: None,
+            static_aliases: BTreeMap::new(),
+            prefix_min_match_length: 0,
+            prefix_chunk_size: prefix.chunk_bytes,
+            prefix_capacity_tokens: prefix.default_capacity_tokens,
+        }
+    }
+}
+
 impl RoutingConfig {
-    /// Checks the settings: `session` needs a session key; session keys
-    /// must be valid header names, and an alias may not point to itself or to another
-    /// alias.
+    /// Checks the settings: session keys must be valid header names, chunk sizes
+    /// positive, and an alias may not point to itself or to another alias. (`session`
+    /// works without `--session-key`: it then keys on the OpenAI `user` field.)
     pub fn validate(&self) -> Result<(), String> {
-        if self.routing_logic == RoutingLogic::Session && self.session_key.is_none() {
-            return Err("--routing-logic session needs --session-key (e.g. x-user-id)".into());
+        if self.prefix_chunk_size == 0 || self.prefix_chunk_size > 65_536 {
+            return Err(format!(
+                "--prefix-chunk-size {} must be between 1 and 65536 bytes",
+                self.prefix_chunk_size
+            ));
+        }
+        if self.prefix_capacity_tokens == 0 {
+            return Err("--prefix-capacity-tokens must be positive".into());
         }
         if let Some(key) = &self.session_key {
             let valid = !key.is_empty()
@@ -110,11 +166,32 @@ impl RoutingConfig {
         Ok(())
     }
 
-    /// The configured policy.
-    pub fn policy(&self) -> Box<dyn Policy> {
+    /// The prefix index settings.
+    pub fn prefix_config(&self) -> PrefixConfig {
+        PrefixConfig {
+            chunk_bytes: self.prefix_chunk_size,
+            default_capacity_tokens: self.prefix_capacity_tokens,
+            ..PrefixConfig::default()
+        }
+    }
+
+    /// The configured router: the policy, with a prefix index for `prefixaware`.
+    pub fn router(&self) -> Router {
         match self.routing_logic {
-            RoutingLogic::Roundrobin => Box::new(RoundRobin::default()),
-            RoutingLogic::Session => Box::new(SessionAffinity::<RoundRobin>::default()),
+            RoutingLogic::Roundrobin => Router::new(RoundRobin::default()),
+            RoutingLogic::Random => Router::new(Random),
+            RoutingLogic::Leastloaded => Router::new(LeastLoaded),
+            RoutingLogic::PowerOfTwo => Router::new(PowerOfTwo),
+            RoutingLogic::Session => Router::new(SessionAffinity::default().or(LeastLoaded)),
+            RoutingLogic::Prefixaware => {
+                let config = self.prefix_config();
+                let min = (self.prefix_min_match_length as f64 / config.bytes_per_token).ceil();
+                Router::new(PrefixAware {
+                    min_match_tokens: min as u32,
+                    ..PrefixAware::default()
+                })
+                .with_prefix_index(config)
+            }
         }
     }
 }

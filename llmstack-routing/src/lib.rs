@@ -1,41 +1,80 @@
-//! Chooses the engine for each request: the [`Policy`] trait, the policies, candidate
-//! selection and in-flight accounting.
+//! Chooses the engine for each request: the [`Policy`] trait and the policies, the load
+//! view, the prefix index, in-flight accounting, and the tower [`RouteLayer`].
 //!
-//! The server hands every request's [`RouteRequest`] and the current [`EndpointSet`]
-//! snapshot to [`select`], which narrows the set to the endpoints that may take the
-//! request (the model, readiness, a pinned id, endpoints that already failed it) and
-//! asks the policy to choose among them. The chosen endpoint's [`InFlight`] guard then
-//! travels with the response until its body ends. This crate knows nothing of
-//! discovery or scraping: it is tested with made-up snapshots.
+//! The pieces, inside out:
+//!
+//! - [`Policy`]: a pure, synchronous `pick` over [`Candidates`] (the engines that may
+//!   take the request, each with its [`Load`]). Policies compose with
+//!   [`PolicyExt::or`]: a policy that declines hands over to the next.
+//! - [`Router`]: the whole decision. It narrows the [`EndpointSet`] to the request's
+//!   candidates ([`candidates`]: model, readiness, `?id=` pinning, endpoints that
+//!   already failed it), reads each one's [`Load`] from the [`InFlight`] counters and
+//!   the freshest [`StatsSnapshot`](llmstack_core::StatsSnapshot), fills in cached
+//!   prefixes from the [`PrefixIndex`] when it has one, asks the policy, and returns
+//!   the endpoint with an [`InFlightGuard`] that counts the request until dropped.
+//! - [`RouteLayer`] / [`Route`]: the router as tower middleware for other gateways;
+//!   the choice goes into request extensions ([`RoutedTo`]) and the guard rides the
+//!   response body until it ends.
+//!
+//! The policies ([`RoutingLogic`] names them as production-stack's `--routing-logic`):
+//!
+//! | policy | chooses | state |
+//! |---|---|---|
+//! | [`RoundRobin`] | candidates in turn, per model | one counter per model |
+//! | [`Random`] | uniformly at random | none |
+//! | [`LeastLoaded`] | lowest [`load_score`], ties rotate | none |
+//! | [`PowerOfTwo`] | lower [`load_score`] of two random candidates | none |
+//! | [`SessionAffinity`] | rendezvous hash of the session key, bounded load; declines without a key | none |
+//! | [`PrefixAware`] | lowest expected prefill + queue cost over cached prefixes | the router's [`PrefixIndex`] |
+//!
+//! A request for a LoRA adapter only ever has candidates that list the adapter; the
+//! load-aware policies prefer engines whose scrape shows it running
+//! ([`Load::adapter_warm`]).
+//!
+//! This crate knows nothing of discovery or scraping: it is tested with made-up
+//! snapshots.
 //!
 //! ```
-//! use llmstack_core::{Endpoint, EndpointSet, RouteRequest, Update};
-//! use llmstack_routing::{RoundRobin, Target, select};
+//! use llmstack_core::{Endpoint, EndpointSet, EndpointState, RouteRequest, Update};
+//! use llmstack_routing::{LeastLoaded, Router, Target};
 //!
 //! let mut set = EndpointSet::default();
 //! set.apply(Update::Reset(vec![
-//!     Endpoint::new("http://127.0.0.1:8001".parse()?).with_model("llama"),
-//!     Endpoint::new("http://127.0.0.1:8002".parse()?).with_model("llama"),
+//!     Endpoint::new("http://127.0.0.1:8001".parse()?).with_model("llama").with_state(EndpointState::Ready),
+//!     Endpoint::new("http://127.0.0.1:8002".parse()?).with_model("llama").with_state(EndpointState::Ready),
 //! ]));
-//! let policy = RoundRobin::default();
+//! let router = Router::new(LeastLoaded);
 //! let req = RouteRequest::from_json(br#"{"model":"llama","prompt":"hi"}"#, None)?;
-//! let first = select(&policy, &set, &req, &Target::default())?;
-//! let second = select(&policy, &set, &req, &Target::default())?;
-//! assert_ne!(first.id, second.id);
+//! let first = router.route(&set, None, &req, &Target::default())?;
+//! // The first request is still in flight: the second goes to the other engine.
+//! let second = router.route(&set, None, &req, &Target::default())?;
+//! assert_ne!(first.endpoint.id, second.endpoint.id);
+//! drop((first, second));
+//! assert_eq!(router.in_flight().total(), 0);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 mod config;
 mod in_flight;
+mod layer;
+mod load_aware;
 mod policy;
+mod prefix;
+mod prefix_aware;
 mod round_robin;
+mod router;
 mod select;
 mod session;
 
 pub use config::{RoutingConfig, RoutingLogic};
-pub use in_flight::{InFlight, InFlightGuard};
+pub use in_flight::{InFlight, InFlightGuard, LiveLoads, Load};
+pub use layer::{Route, RouteBody, RouteFuture, RouteLayer, RoutedTo};
 pub use llmstack_core::{Endpoint, EndpointSet, RouteRequest};
-pub use policy::Policy;
+pub use load_aware::{LeastLoaded, PowerOfTwo, Random, load_score};
+pub use policy::{Candidates, Fallback, Policy, PolicyExt};
+pub use prefix::{PrefixConfig, PrefixIndex, PromptHashes};
+pub use prefix_aware::PrefixAware;
 pub use round_robin::RoundRobin;
-pub use select::{Target, select};
+pub use router::{Routed, Router};
+pub use select::{CandidateList, Target, candidates, select};
 pub use session::SessionAffinity;

@@ -1,11 +1,11 @@
 //! Round-robin, per model.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 
-use llmstack_core::{Endpoint, RouteRequest};
+use llmstack_core::RouteRequest;
 
-use crate::Policy;
+use crate::{Candidates, Policy};
 
 /// Bound on the number of per-model counters kept (they are cleared when exceeded).
 const MAX_MODELS: usize = 4096;
@@ -22,7 +22,7 @@ pub struct RoundRobin {
 }
 
 impl Policy for RoundRobin {
-    fn pick(&self, req: &RouteRequest<'_>, candidates: &[Arc<Endpoint>]) -> Option<usize> {
+    fn pick(&self, req: &RouteRequest<'_>, candidates: &Candidates<'_>) -> Option<usize> {
         if candidates.len() <= 1 {
             return (!candidates.is_empty()).then_some(0);
         }
@@ -51,6 +51,10 @@ impl Policy for RoundRobin {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use llmstack_core::Endpoint;
+
     use super::*;
 
     fn eps(n: u16) -> Vec<Arc<Endpoint>> {
@@ -75,7 +79,9 @@ mod tests {
             let r = RouteRequest::from_json(body.as_bytes(), None).unwrap();
             let mut hits = vec![0; n as usize];
             for _ in 0..5 * n {
-                hits[policy.pick(&r, &candidates).unwrap()] += 1;
+                hits[policy
+                    .pick(&r, &Candidates::new(&candidates, &[], 0))
+                    .unwrap()] += 1;
             }
             assert!(hits.iter().all(|&h| h == 5), "n={n}: {hits:?}");
         }
@@ -90,7 +96,12 @@ mod tests {
         let rb = RouteRequest::from_json(b.as_bytes(), None).unwrap();
         // Interleaved models: each still alternates between both engines.
         let picks: Vec<usize> = (0..4)
-            .flat_map(|_| [policy.pick(&ra, &candidates), policy.pick(&rb, &candidates)])
+            .flat_map(|_| {
+                [
+                    policy.pick(&ra, &Candidates::new(&candidates, &[], 0)),
+                    policy.pick(&rb, &Candidates::new(&candidates, &[], 0)),
+                ]
+            })
             .map(Option::unwrap)
             .collect();
         assert_eq!(picks, [0, 0, 1, 1, 0, 0, 1, 1]);
@@ -101,6 +112,6 @@ mod tests {
         let policy = RoundRobin::default();
         let body = req("m");
         let r = RouteRequest::from_json(body.as_bytes(), None).unwrap();
-        assert_eq!(policy.pick(&r, &[]), None);
+        assert_eq!(policy.pick(&r, &Candidates::new(&[], &[], 0)), None);
     }
 }

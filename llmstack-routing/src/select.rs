@@ -1,10 +1,11 @@
 //! Narrowing the endpoint set to the candidates of one request.
 
+use std::ops::Deref;
 use std::sync::Arc;
 
 use llmstack_core::{Endpoint, EndpointId, EndpointSet, Error, RouteRequest};
 
-use crate::Policy;
+use crate::{Candidates, Policy};
 
 /// Constraints on where one request may go, beyond its model.
 #[derive(Debug, Clone, Default)]
@@ -16,40 +17,46 @@ pub struct Target<'a> {
     pub exclude: &'a [EndpointId],
 }
 
-/// Chooses the endpoint for `req`: the routable endpoints serving its model, minus the
-/// excluded ones, restricted to the pinned id if any; then `policy` picks.
+/// A request's candidate endpoints: the endpoint set's own list for the model (shared,
+/// recognisable by identity) or a filtered copy.
+#[derive(Debug, Clone)]
+pub enum CandidateList<'s> {
+    /// The set's list for the model, unfiltered.
+    Shared(&'s Arc<[Arc<Endpoint>]>),
+    /// A filtered or pinned list.
+    Owned(Vec<Arc<Endpoint>>),
+}
+
+impl Deref for CandidateList<'_> {
+    type Target = [Arc<Endpoint>];
+
+    fn deref(&self) -> &[Arc<Endpoint>] {
+        match self {
+            Self::Shared(list) => list,
+            Self::Owned(list) => list,
+        }
+    }
+}
+
+/// The endpoints `req` may go to: the routable endpoints serving its model, minus the
+/// excluded ones, restricted to the pinned id if any. Never empty on success.
 ///
 /// Errors: [`Error::ModelNotFound`] when no endpoint ever served the model (or the
-/// request names none), [`Error::NoReadyEndpoint`] when it is known but no candidate is
-/// left (none ready, or all excluded), [`Error::UnknownEndpoint`] when the pinned id is
-/// unknown or does not serve the model. Cost: one hash lookup, plus a copy of the
-/// candidate list only when some are excluded.
-pub fn select(
-    policy: &(impl Policy + ?Sized),
-    set: &EndpointSet,
+/// request names none: 400), [`Error::NoReadyEndpoint`] when it is known but no
+/// candidate is left (none ready, or all excluded), [`Error::UnknownEndpoint`] when the
+/// pinned id is unknown or does not serve the model. Cost: one hash lookup, plus a copy
+/// of the candidate list only when some are excluded.
+pub fn candidates<'s>(
+    set: &'s EndpointSet,
     req: &RouteRequest<'_>,
     target: &Target<'_>,
-) -> Result<Arc<Endpoint>, Error> {
+) -> Result<CandidateList<'s>, Error> {
     let Some(model) = req.model() else {
         return Err(Error::bad_request(
             "The request has no `model`.",
             Some("model"),
         ));
     };
-    let all = set.candidates(model);
-    if let Some(id) = target.pinned {
-        let unknown = || Error::UnknownEndpoint { id: id.to_owned() };
-        let ep = set.get(id).ok_or_else(unknown)?;
-        if !ep.serves(model) {
-            return Err(unknown());
-        }
-        if !ep.is_routable() || target.exclude.contains(&ep.id) {
-            return Err(Error::NoReadyEndpoint {
-                model: model.to_owned(),
-            });
-        }
-        return Ok(Arc::clone(ep));
-    }
     let none_left = || {
         if set.has_seen(model) {
             Error::NoReadyEndpoint {
@@ -61,22 +68,51 @@ pub fn select(
             }
         }
     };
-    let filtered;
-    let candidates = if target.exclude.is_empty() {
-        all
-    } else {
-        filtered = all
-            .iter()
-            .filter(|ep| !target.exclude.contains(&ep.id))
-            .cloned()
-            .collect::<Vec<_>>();
-        &filtered[..]
+    if let Some(id) = target.pinned {
+        let unknown = || Error::UnknownEndpoint { id: id.to_owned() };
+        let ep = set.get(id).ok_or_else(unknown)?;
+        if !ep.serves(model) {
+            return Err(unknown());
+        }
+        if !ep.is_routable() || target.exclude.contains(&ep.id) {
+            return Err(none_left());
+        }
+        return Ok(CandidateList::Owned(vec![Arc::clone(ep)]));
+    }
+    let candidates = match set.candidates_shared(model) {
+        None => CandidateList::Owned(Vec::new()),
+        Some(all) if target.exclude.is_empty() => CandidateList::Shared(all),
+        Some(all) => CandidateList::Owned(
+            all.iter()
+                .filter(|ep| !target.exclude.contains(&ep.id))
+                .cloned()
+                .collect(),
+        ),
     };
     if candidates.is_empty() {
         return Err(none_left());
     }
-    let pick = policy.pick(req, candidates).ok_or_else(none_left)?;
-    candidates.get(pick).cloned().ok_or_else(none_left)
+    Ok(candidates)
+}
+
+/// Chooses the endpoint for `req` with `policy` alone, without load information
+/// (every [`Load`](crate::Load) reads as idle): [`candidates`], then
+/// [`Policy::pick`]. A policy that declines gives the "none left" error. The
+/// [`Router`](crate::Router) is the full version: loads, prefix index, in-flight guard.
+pub fn select(
+    policy: &(impl Policy + ?Sized),
+    set: &EndpointSet,
+    req: &RouteRequest<'_>,
+    target: &Target<'_>,
+) -> Result<Arc<Endpoint>, Error> {
+    let list = candidates(set, req, target)?;
+    let tokens = u32::try_from(req.prompt_len() / 4).unwrap_or(u32::MAX);
+    policy
+        .pick(req, &Candidates::new(&list, &[], tokens))
+        .and_then(|i| list.get(i).cloned())
+        .ok_or_else(|| Error::NoReadyEndpoint {
+            model: req.model().unwrap_or_default().to_owned(),
+        })
 }
 
 #[cfg(test)]

@@ -196,6 +196,9 @@ impl Upstream {
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) if data.is_empty() => {}
                     Ok(data) => {
+                        if let Some(guard) = &mut self.guard {
+                            guard.first_byte();
+                        }
                         self.at_boundary = data.ends_with(b"\n\n");
                         if let Some(tally) = &mut self.tally {
                             tally.on_data(&data);

@@ -42,10 +42,6 @@ const WITH_VALUE: &[(&str, &str)] = &[
         "external providers are not supported",
     ),
     (
-        "prefix-min-match-length",
-        "prefix-aware routing is not in this build yet",
-    ),
-    (
         "kv-aware-threshold",
         "KV-aware routing is not in this build yet",
     ),

@@ -54,12 +54,25 @@ pub struct Settings {
     #[arg(long, env = "LLMSTACK_STATIC_ALIASES", value_delimiter = ',')]
     #[serde(deserialize_with = "list")]
     pub static_aliases: Option<Vec<String>>,
-    /// Routing policy: `roundrobin`.
+    /// Routing policy: roundrobin, random, leastloaded (alias loadaware), power_of_two,
+    /// session, prefixaware [default: roundrobin].
     #[arg(long, env = "LLMSTACK_ROUTING_LOGIC", value_parser = RoutingLogic::parse)]
     pub routing_logic: Option<RoutingLogic>,
-    /// Header (or top-level body field) carrying the session id, e.g. `x-user-id`.
+    /// Header (or top-level body field) carrying the session id, e.g. `x-user-id`;
+    /// without one, `session` keys on the OpenAI `user` field.
     #[arg(long, env = "LLMSTACK_SESSION_KEY")]
     pub session_key: Option<String>,
+    /// prefixaware: cached matches shorter than this many prompt characters count as
+    /// none [default: 0].
+    #[arg(long, env = "LLMSTACK_PREFIX_MIN_MATCH_LENGTH")]
+    pub prefix_min_match_length: Option<usize>,
+    /// prefixaware: bytes of prompt per indexed chunk [default: 128].
+    #[arg(long, env = "LLMSTACK_PREFIX_CHUNK_SIZE")]
+    pub prefix_chunk_size: Option<usize>,
+    /// prefixaware: prefix-cache tokens assumed per engine until its /metrics reports
+    /// num_gpu_blocks × block_size [default: 262144].
+    #[arg(long, env = "LLMSTACK_PREFIX_CAPACITY_TOKENS")]
+    pub prefix_capacity_tokens: Option<u64>,
     /// Seconds between two scrapes of every engine's /metrics [default: 1; sub-second
     /// values are fine].
     #[arg(long, env = "LLMSTACK_ENGINE_STATS_INTERVAL")]
@@ -200,6 +213,9 @@ impl Settings {
             static_aliases,
             routing_logic,
             session_key,
+            prefix_min_match_length,
+            prefix_chunk_size,
+            prefix_capacity_tokens,
             engine_stats_interval,
             static_backend_health_check_interval,
             backend_health_check_timeout_seconds,
@@ -313,10 +329,18 @@ impl Settings {
                 )),
             }
         }
+        let defaults = RoutingConfig::default();
         let routing = RoutingConfig {
             routing_logic: self.routing_logic.unwrap_or_default(),
             session_key: self.session_key.filter(|k| !k.is_empty()),
             static_aliases,
+            prefix_min_match_length: self
+                .prefix_min_match_length
+                .unwrap_or(defaults.prefix_min_match_length),
+            prefix_chunk_size: self.prefix_chunk_size.unwrap_or(defaults.prefix_chunk_size),
+            prefix_capacity_tokens: self
+                .prefix_capacity_tokens
+                .unwrap_or(defaults.prefix_capacity_tokens),
         };
         if let Err(e) = routing.validate() {
             errors.push(e);

@@ -14,7 +14,7 @@ use llmstack_core::{
     Endpoint, EndpointId, Error, MultipartError, RouteRequest, TimeoutPhase, multipart_boundary,
     multipart_parts, multipart_text_field,
 };
-use llmstack_routing::{Target, select};
+use llmstack_routing::Target;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -228,6 +228,7 @@ async fn forward(
         headers,
         body: bytes.clone(),
     };
+    let stats = shared.stats.snapshot();
     let mut exclude: Vec<EndpointId> = Vec::new();
     let mut last_error: Option<Error> = None;
     loop {
@@ -235,23 +236,24 @@ async fn forward(
             pinned: pinned.as_deref(),
             exclude: &exclude,
         };
-        let policy = shared.policy.name();
-        let endpoint = match select(&*shared.policy, &set, &route, &target) {
-            Ok(endpoint) => {
-                let reason = if target.pinned.is_some() {
+        let policy = shared.router.policy_name();
+        let (endpoint, guard) = match shared.router.route(&set, Some(&stats), &route, &target) {
+            Ok(routed) => {
+                let reason = if routed.pinned {
                     "pinned"
+                } else if routed.cached_tokens > 0 {
+                    "cached"
                 } else {
                     "picked"
                 };
                 shared.meters.decision(policy, reason);
-                endpoint
+                (routed.endpoint, routed.guard)
             }
             Err(e) => {
                 shared.meters.decision(policy, e.label());
                 return Err(last_error.unwrap_or(e));
             }
         };
-        let guard = shared.in_flight.start(&endpoint.id);
         match send(shared, &endpoint, &outgoing).await {
             Ok((resp, link)) => {
                 let (mut head, body) = resp.into_parts();

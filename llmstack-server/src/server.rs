@@ -14,7 +14,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use llmstack_core::{Discover, EndpointSet};
 use llmstack_discovery::{probe, static_discovery, static_endpoints};
 use llmstack_metrics::spawn_scraper;
-use llmstack_routing::InFlight;
+use llmstack_routing::{InFlight, Router};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
@@ -78,6 +78,7 @@ impl Server {
         let metrics = telemetry::recorder();
         let upkeep = tokio::spawn(telemetry::upkeep(metrics.clone()));
         let in_flight = InFlight::default();
+        let router = Arc::new(config.routing.router().with_in_flight(in_flight.clone()));
 
         let pools = Arc::new(Pools::new(config.proxy.connect_timeout));
         let session_header = config
@@ -91,7 +92,7 @@ impl Server {
             metrics,
             main_port_metrics: config.main_port_metrics,
             meters: Default::default(),
-            policy: config.routing.policy(),
+            router: Arc::clone(&router),
             pools: Arc::clone(&pools),
             in_flight: in_flight.clone(),
             proxy: config.proxy.clone(),
@@ -106,7 +107,7 @@ impl Server {
             .map_err(StartError::Bind)?;
         let addr = listener.local_addr().map_err(StartError::Bind)?;
         let sweeper = tokio::spawn(sweep_idle(Arc::clone(&pools)));
-        let discovery = tokio::spawn(run_discovery(source, set_tx, in_flight, pools));
+        let discovery = tokio::spawn(run_discovery(source, set_tx, router, pools));
         let (stop, stop_rx) = watch::channel(false);
         let admin = match config.admin {
             Some(at) => {
@@ -188,7 +189,7 @@ impl std::error::Error for StartError {}
 async fn run_discovery(
     mut source: impl Discover,
     tx: watch::Sender<EndpointSet>,
-    in_flight: InFlight,
+    router: Arc<Router>,
     pools: Arc<Pools>,
 ) {
     while let Some(update) = std::future::poll_fn(|cx| Pin::new(&mut source).poll_next(cx)).await {
@@ -197,7 +198,7 @@ async fn run_discovery(
                 let mut set = tx.borrow().clone();
                 if set.apply(update) {
                     metrics::counter!(llmstack_metrics::names::DISCOVERY_UPDATES).increment(1);
-                    in_flight.retain(|id| set.get(id.as_str()).is_some());
+                    router.retain(|id| set.get(id.as_str()).is_some());
                     pools.retain(|id| set.get(id.as_str()).is_some());
                     tx.send_replace(set);
                 }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use http::HeaderName;
 use llmstack_core::{EndpointSet, StatsReader};
-use llmstack_routing::{InFlight, Policy};
+use llmstack_routing::{InFlight, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 
@@ -24,7 +24,8 @@ pub(crate) struct Shared {
     pub(crate) main_port_metrics: bool,
     /// Resolved metric handles for the request path.
     pub(crate) meters: Meters,
-    pub(crate) policy: Box<dyn Policy>,
+    /// Chooses engines; shares `in_flight`.
+    pub(crate) router: Arc<Router>,
     pub(crate) pools: Arc<Pools>,
     pub(crate) in_flight: InFlight,
     pub(crate) proxy: ProxyConfig,

@@ -89,18 +89,51 @@ fn invalid_settings_are_all_reported() {
         "--static-backends",
         "http://a:1",
         "--routing-logic",
-        "prefixaware",
+        "kvaware",
     ])
     .unwrap_err();
     assert!(err.contains("not available yet"), "{err}");
-    let err = serve(&[
+    let (config, _) = serve(&[
         "--static-backends",
         "http://a:1",
         "--routing-logic",
-        "session",
+        "prefixaware",
+        "--prefix-min-match-length",
+        "256",
+        "--prefix-chunk-size",
+        "64",
+    ])
+    .unwrap();
+    assert_eq!(config.routing.router().policy_name(), "prefixaware");
+    assert_eq!(config.routing.prefix_min_match_length, 256);
+    assert_eq!(config.routing.prefix_chunk_size, 64);
+    let err = serve(&[
+        "--static-backends",
+        "http://a:1",
+        "--prefix-chunk-size",
+        "0",
     ])
     .unwrap_err();
-    assert!(err.contains("needs --session-key"), "{err}");
+    assert!(err.contains("prefix-chunk-size"), "{err}");
+    for logic in [
+        "random",
+        "leastloaded",
+        "loadaware",
+        "power_of_two",
+        "session",
+    ] {
+        let (config, _) =
+            serve(&["--static-backends", "http://a:1", "--routing-logic", logic]).unwrap();
+        let name = config.routing.router().policy_name();
+        assert_eq!(
+            name,
+            if logic == "loadaware" {
+                "leastloaded"
+            } else {
+                logic
+            }
+        );
+    }
     let (config, _) = serve(&[
         "--static-backends",
         "http://a:1",
@@ -110,7 +143,7 @@ fn invalid_settings_are_all_reported() {
         "x-user-id",
     ])
     .unwrap();
-    assert_eq!(config.routing.policy().name(), "session");
+    assert_eq!(config.routing.router().policy_name(), "session");
     let err = serve(&[
         "--static-backends",
         "http://a:1",

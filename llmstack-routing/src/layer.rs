@@ -1,0 +1,326 @@
+//! The tower pair: [`RouteLayer`] wraps a forwarding service in [`Route`].
+
+use std::borrow::Cow;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
+use http_body::{Body, Frame, SizeHint};
+use llmstack_core::{Endpoint, EndpointSet, Error, RouteRequest, StatsReader};
+use pin_project_lite::pin_project;
+use tokio::sync::watch;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::{InFlightGuard, Router, Target};
+
+/// The endpoint [`Route`] chose, in the request's extensions for the inner service.
+#[derive(Debug, Clone)]
+pub struct RoutedTo {
+    /// Where to send the request.
+    pub endpoint: Arc<Endpoint>,
+    /// Prompt tokens the engine probably has cached.
+    pub cached_tokens: u32,
+}
+
+/// Routes each request to an engine: a tower [`Layer`] producing [`Route`].
+///
+/// Built from a [`Router`] and the live endpoint set (a `watch` channel that discovery,
+/// or the embedder, updates); optionally the engines' scraped stats and a session key.
+#[derive(Clone)]
+pub struct RouteLayer {
+    shared: Shared,
+}
+
+#[derive(Clone)]
+struct Shared {
+    router: Arc<Router>,
+    endpoints: watch::Receiver<EndpointSet>,
+    stats: Option<StatsReader>,
+    session: Option<HeaderName>,
+}
+
+impl RouteLayer {
+    /// Routes with `router` over the endpoints published on `endpoints`.
+    pub fn new(router: impl Into<Arc<Router>>, endpoints: watch::Receiver<EndpointSet>) -> Self {
+        Self {
+            shared: Shared {
+                router: router.into(),
+                endpoints,
+                stats: None,
+                session: None,
+            },
+        }
+    }
+
+    /// Reads engine load from these scraped stats.
+    #[must_use]
+    pub fn with_stats(mut self, stats: StatsReader) -> Self {
+        self.shared.stats = Some(stats);
+        self
+    }
+
+    /// Takes the session key from this header (else the OpenAI `user` body field).
+    #[must_use]
+    pub fn with_session_header(mut self, name: HeaderName) -> Self {
+        self.shared.session = Some(name);
+        self
+    }
+
+    /// The router (for its in-flight counters and index).
+    pub fn router(&self) -> &Router {
+        &self.shared.router
+    }
+}
+
+impl fmt::Debug for RouteLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouteLayer")
+            .field("router", &self.shared.router)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Layer<S> for RouteLayer {
+    type Service = Route<S>;
+
+    fn layer(&self, inner: S) -> Route<S> {
+        Route {
+            inner,
+            shared: Arc::new(self.shared.clone()),
+        }
+    }
+}
+
+/// Chooses an engine for each request, puts the choice in its extensions
+/// ([`RoutedTo`]) and calls the inner service, which forwards the request there.
+///
+/// Takes the request with its whole body (a router must read the model from it). The
+/// request is counted in flight on the engine from the choice until the response body
+/// ends, fails or is dropped, or until the inner service fails: the guard travels in
+/// [`RouteBody`]. Routing errors (bad body, unknown model, no ready engine) become
+/// responses with vLLM's OpenAI error body and status, without calling the inner
+/// service. It picks once: retrying elsewhere is the inner service's business.
+pub struct Route<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S: Clone> Clone for Route<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for Route<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Route")
+            .field("inner", &self.inner)
+            .field("policy", &self.shared.router.policy_name())
+            .finish()
+    }
+}
+
+impl<S, B> Service<Request<Bytes>> for Route<S>
+where
+    S: Service<Request<Bytes>, Response = Response<B>>,
+    B: Body<Data = Bytes>,
+{
+    type Response = Response<RouteBody<B>>;
+    type Error = S::Error;
+    type Future = RouteFuture<S::Future, B>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Bytes>) -> Self::Future {
+        let shared = &self.shared;
+        let routed = {
+            let body = req.body();
+            RouteRequest::from_json(body, None).and_then(|mut route| {
+                if let Some(key) = shared
+                    .session
+                    .as_ref()
+                    .and_then(|h| req.headers().get(h))
+                    .and_then(|v| v.to_str().ok())
+                {
+                    route.set_session_key(Cow::Owned(key.to_owned()));
+                }
+                let set = shared.endpoints.borrow().clone();
+                let stats = shared.stats.as_ref().map(StatsReader::snapshot);
+                shared
+                    .router
+                    .route(&set, stats.as_ref(), &route, &Target::default())
+            })
+        };
+        match routed {
+            Ok(routed) => {
+                req.extensions_mut().insert(RoutedTo {
+                    endpoint: routed.endpoint,
+                    cached_tokens: routed.cached_tokens,
+                });
+                RouteFuture {
+                    state: FutureState::Called {
+                        future: self.inner.call(req),
+                        guard: Some(routed.guard),
+                    },
+                }
+            }
+            Err(e) => RouteFuture {
+                state: FutureState::Failed {
+                    response: Some(error_response(&e)),
+                },
+            },
+        }
+    }
+}
+
+/// The OpenAI error response for a routing error.
+fn error_response<B>(err: &Error) -> Response<RouteBody<B>> {
+    let body = serde_json::to_vec(&err.body()).unwrap_or_default();
+    let mut resp = Response::new(RouteBody {
+        state: BodyState::Full {
+            data: Some(Bytes::from(body)),
+        },
+    });
+    *resp.status_mut() =
+        StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+pin_project! {
+    /// The future of [`Route`].
+    pub struct RouteFuture<F, B> {
+        #[pin]
+        state: FutureState<F, B>,
+    }
+}
+
+pin_project! {
+    #[project = FutureStateProj]
+    enum FutureState<F, B> {
+        // Routing failed: the error response, taken when polled.
+        Failed { response: Option<Response<RouteBody<B>>> },
+        // The inner service was called; the guard moves into the response body.
+        Called { #[pin] future: F, guard: Option<InFlightGuard> },
+    }
+}
+
+impl<F, B, E> Future for RouteFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<RouteBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            FutureStateProj::Failed { response } => match response.take() {
+                Some(resp) => Poll::Ready(Ok(resp)),
+                None => Poll::Pending, // polled after completion
+            },
+            FutureStateProj::Called { future, guard } => {
+                // An inner error drops the guard with the future's output.
+                let resp = ready!(future.poll(cx))?;
+                Poll::Ready(Ok(resp.map(|body| RouteBody {
+                    state: BodyState::Upstream {
+                        body,
+                        guard: guard.take(),
+                    },
+                })))
+            }
+        }
+    }
+}
+
+impl<F, B> fmt::Debug for RouteFuture<F, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouteFuture").finish_non_exhaustive()
+    }
+}
+
+pin_project! {
+    /// A response body from [`Route`]: the engine's, holding the request's in-flight
+    /// guard until it ends, fails or is dropped; or a routing error's JSON.
+    pub struct RouteBody<B> {
+        #[pin]
+        state: BodyState<B>,
+    }
+}
+
+pin_project! {
+    #[project = BodyStateProj]
+    enum BodyState<B> {
+        // A routing error's body, taken by the first poll.
+        Full { data: Option<Bytes> },
+        // The inner service's body and the guard released when it ends.
+        Upstream { #[pin] body: B, guard: Option<InFlightGuard> },
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for RouteBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        match self.project().state.project() {
+            BodyStateProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            BodyStateProj::Upstream { body, guard } => {
+                let frame = ready!(body.poll_frame(cx));
+                match &frame {
+                    Some(Ok(f)) if f.is_data() => {
+                        if let Some(g) = guard.as_mut() {
+                            g.first_byte();
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    // End or failure: the request is over.
+                    None | Some(Err(_)) => drop(guard.take()),
+                }
+                Poll::Ready(frame)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.state {
+            BodyState::Full { data } => data.is_none(),
+            BodyState::Upstream { body, .. } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.state {
+            BodyState::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            BodyState::Upstream { body, .. } => body.size_hint(),
+        }
+    }
+}
+
+impl<B> fmt::Debug for RouteBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.state {
+            BodyState::Full { .. } => f.write_str("RouteBody::Full"),
+            BodyState::Upstream { guard, .. } => f
+                .debug_struct("RouteBody::Upstream")
+                .field("guard", guard)
+                .finish_non_exhaustive(),
+        }
+    }
+}

@@ -1,0 +1,624 @@
+//! The prefix index: which engine was recently sent which prompt prefixes, bounded by
+//! each engine's KV capacity and evicted least-recently-used first, like the engine's
+//! own prefix cache.
+//!
+//! Prompts are rendered canonically (chat: role and text of each message, in order;
+//! completions: the prompt text or token ids), cut into fixed-size chunks, and each
+//! chunk is hashed together with the hash of everything before it (a hash chain, like
+//! vLLM's block hashes). A chain hash therefore names a whole prefix, and a
+//! conversation's next turn extends the chain of the previous one.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use hashbrown::HashTable;
+use llmstack_core::{Content, EndpointId, Prompt, PromptView, RouteRequest};
+use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+/// Settings of the prefix index.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PrefixConfig {
+    /// Bytes of canonical prompt per chunk (default 256: about 64 tokens, four vLLM blocks).
+    pub chunk_bytes: usize,
+    /// Prompt bytes per token, to turn bytes into token estimates (default 4).
+    pub bytes_per_token: f64,
+    /// Tokens of cache assumed per engine until its scrape reports
+    /// `num_gpu_blocks × block_size` (default 262 144).
+    pub default_capacity_tokens: u64,
+}
+
+impl Default for PrefixConfig {
+    fn default() -> Self {
+        Self {
+            chunk_bytes: 256,
+            bytes_per_token: 4.0,
+            default_capacity_tokens: 262_144,
+        }
+    }
+}
+
+impl PrefixConfig {
+    /// Estimated tokens per chunk (at least 1).
+    pub fn chunk_tokens(&self) -> f64 {
+        (self.chunk_bytes as f64 / self.bytes_per_token).max(1.0)
+    }
+
+    /// How many chunks an engine with `tokens` of KV capacity holds.
+    pub fn chunks_for(&self, tokens: u64) -> usize {
+        (tokens as f64 / self.chunk_tokens()).floor() as usize
+    }
+}
+
+/// The chain hashes of one prompt's full chunks, and its size.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PromptHashes {
+    /// One hash per full chunk, each covering the whole prefix up to its chunk's end.
+    pub hashes: Vec<u64>,
+    /// Bytes of canonical rendering (full chunks and the partial tail).
+    pub bytes: usize,
+}
+
+impl PromptHashes {
+    /// Hashes the canonical rendering of `req`'s prompt in `chunk_bytes` chunks. The
+    /// chain is seeded with the model name (another model or adapter never shares a
+    /// cache). A request without a (parsable) prompt gives no hashes.
+    pub fn of(req: &RouteRequest<'_>, chunk_bytes: usize) -> Self {
+        let model = req.model().unwrap_or_default();
+        let mut chunker = Chunker::new(chunk_bytes.max(1), xxh3_64_with_seed(model.as_bytes(), 0));
+        match req.prompt_view() {
+            Some(PromptView::Chat(messages)) => {
+                for m in &messages {
+                    chunker.feed(m.role.as_bytes());
+                    chunker.feed(b"\x1f");
+                    match &m.content {
+                        Content::None => {}
+                        Content::Text(text) => chunker.feed(text.as_bytes()),
+                        Content::Parts(parts) => {
+                            for part in parts {
+                                match &part.text {
+                                    Some(text) => chunker.feed(text.as_bytes()),
+                                    None => chunker.feed(part.kind.as_bytes()),
+                                }
+                                chunker.feed(b"\x1e");
+                            }
+                        }
+                    }
+                    chunker.feed(b"\x1d");
+                }
+            }
+            Some(PromptView::Completion(p) | PromptView::Input(p)) => match p {
+                Prompt::Text(text) => chunker.feed(text.as_bytes()),
+                Prompt::Texts(texts) => {
+                    for text in &texts {
+                        chunker.feed(text.as_bytes());
+                        chunker.feed(b"\x1d");
+                    }
+                }
+                Prompt::Tokens(tokens) => chunker.tokens(&tokens),
+                Prompt::TokenLists(lists) => {
+                    for tokens in &lists {
+                        chunker.tokens(tokens);
+                        chunker.feed(b"\x1d");
+                    }
+                }
+            },
+            None => {}
+        }
+        chunker.finish()
+    }
+}
+
+/// Streams bytes into fixed-size chunks and chain-hashes each full one.
+struct Chunker {
+    size: usize,
+    buf: Vec<u8>,
+    prev: u64,
+    out: PromptHashes,
+}
+
+impl Chunker {
+    fn new(size: usize, seed: u64) -> Self {
+        Self {
+            size,
+            buf: Vec::new(),
+            prev: seed,
+            out: PromptHashes::default(),
+        }
+    }
+
+    fn hash(&mut self, chunk: &[u8]) {
+        self.prev = xxh3_64_with_seed(chunk, self.prev);
+        self.out.hashes.push(self.prev);
+    }
+
+    fn feed(&mut self, mut bytes: &[u8]) {
+        self.out.bytes += bytes.len();
+        if !self.buf.is_empty() {
+            let take = (self.size - self.buf.len()).min(bytes.len());
+            self.buf.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if self.buf.len() < self.size {
+                return;
+            }
+            let chunk = std::mem::take(&mut self.buf);
+            self.hash(&chunk);
+            self.buf = chunk;
+            self.buf.clear();
+        }
+        let mut chunks = bytes.chunks_exact(self.size);
+        for chunk in chunks.by_ref() {
+            self.hash(chunk);
+        }
+        self.buf.extend_from_slice(chunks.remainder());
+    }
+
+    fn tokens(&mut self, tokens: &[u32]) {
+        for t in tokens {
+            self.feed(&t.to_le_bytes());
+        }
+    }
+
+    fn finish(self) -> PromptHashes {
+        self.out
+    }
+}
+
+const NIL: u32 = u32::MAX;
+
+/// One (prefix chunk, engine) pair: 24 bytes.
+#[derive(Clone, Copy)]
+struct Node {
+    hash: u64,
+    slot: u32,
+    /// Toward the engine's most recently used chunk.
+    prev: u32,
+    /// Toward its least recently used chunk.
+    next: u32,
+    /// The next engine holding the same hash.
+    holder_next: u32,
+}
+
+/// One engine's share of the index.
+struct Slot {
+    id: EndpointId,
+    budget: usize,
+    used: usize,
+    /// Most recently used node.
+    head: u32,
+    /// Least recently used node: evicted first.
+    tail: u32,
+}
+
+/// Which engines were recently sent which prompt prefixes.
+///
+/// Memory is bounded: each engine holds at most its budget of chunks (its KV capacity
+/// in chunks, or the configured default), evicting its least recently used chunk
+/// first; within one prompt the tail chunks are older than the head ones, so a prefix
+/// is dropped from its end, as vLLM's cache does. Each indexed (chunk, engine) pair
+/// costs one 24-byte node plus a share of a 5-byte-per-bucket hash table.
+/// Not thread-safe by itself: the router holds it in a mutex, for microseconds.
+pub struct PrefixIndex {
+    config: PrefixConfig,
+    slots: Vec<Option<Slot>>,
+    slot_ids: HashMap<EndpointId, u32, foldhash::fast::RandomState>,
+    nodes: Vec<Node>,
+    free_nodes: u32,
+    /// Head node of each hash's holder list, looked up by the node's hash.
+    table: HashTable<u32>,
+    live: usize,
+}
+
+impl PrefixIndex {
+    /// An empty index.
+    pub fn new(config: PrefixConfig) -> Self {
+        Self {
+            config,
+            slots: Vec::new(),
+            slot_ids: HashMap::default(),
+            nodes: Vec::new(),
+            free_nodes: NIL,
+            table: HashTable::new(),
+            live: 0,
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &PrefixConfig {
+        &self.config
+    }
+
+    /// Indexed (chunk, engine) pairs.
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    /// Whether nothing is indexed.
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// Chunks indexed for `id`, and its budget.
+    pub fn usage(&self, id: &EndpointId) -> Option<(usize, usize)> {
+        self.slot_of(id)
+            .and_then(|s| self.slots[s as usize].as_ref())
+            .map(|s| (s.used, s.budget))
+    }
+
+    /// Bytes allocated by the index's tables: nodes, the hash table, and the
+    /// per-engine slots (allocated capacity, not just what is in use).
+    pub fn memory_bytes(&self) -> usize {
+        self.nodes.capacity() * size_of::<Node>()
+            + self.table.allocation_size()
+            + self.slots.capacity() * size_of::<Option<Slot>>()
+            + self.slot_ids.capacity() * (size_of::<(EndpointId, u32)>() + 1)
+    }
+
+    fn slot_of(&self, id: &EndpointId) -> Option<u32> {
+        self.slot_ids.get(id).copied()
+    }
+
+    fn head_of(&self, hash: u64) -> Option<u32> {
+        self.table
+            .find(hash, |&n| self.nodes[n as usize].hash == hash)
+            .copied()
+    }
+
+    /// For every engine holding a prefix of `hashes`: its id and how many leading chunks
+    /// it holds (≥ 1). At most one entry per engine.
+    pub fn matches(&self, hashes: &[u64]) -> Vec<(&EndpointId, usize)> {
+        let mut depth: Vec<(u32, usize)> = Vec::new();
+        for (i, &hash) in hashes.iter().enumerate() {
+            let mut node = self.head_of(hash).unwrap_or(NIL);
+            let mut advanced = false;
+            while node != NIL {
+                let n = &self.nodes[node as usize];
+                if i == 0 {
+                    depth.push((n.slot, 1));
+                    advanced = true;
+                } else if let Some(d) = depth.iter_mut().find(|d| d.0 == n.slot && d.1 == i) {
+                    d.1 = i + 1;
+                    advanced = true;
+                }
+                node = n.holder_next;
+            }
+            if !advanced {
+                break;
+            }
+        }
+        depth
+            .into_iter()
+            .filter_map(|(slot, d)| Some((&self.slots[slot as usize].as_ref()?.id, d)))
+            .collect()
+    }
+
+    /// Records that `id` was sent a prompt with these chain hashes: every chunk becomes
+    /// its most recently used, the first chunk most of all; then its oldest chunks are
+    /// evicted down to its budget. `capacity_tokens` (the engine's KV capacity, when
+    /// known) sets that budget.
+    pub fn insert(&mut self, id: &EndpointId, hashes: &[u64], capacity_tokens: Option<u64>) {
+        let budget = self
+            .config
+            .chunks_for(capacity_tokens.unwrap_or(self.config.default_capacity_tokens));
+        let slot = match self.slot_of(id) {
+            Some(slot) => slot,
+            None => self.add_slot(id),
+        };
+        if let Some(s) = self.slots[slot as usize].as_mut() {
+            s.budget = budget;
+        }
+        // Never more chunks than the budget: the head of a longer prompt is what stays.
+        let take = hashes.len().min(budget);
+        for &hash in hashes[..take].iter().rev() {
+            self.touch(slot, hash);
+        }
+        self.evict(slot);
+    }
+
+    fn add_slot(&mut self, id: &EndpointId) -> u32 {
+        let slot = Slot {
+            id: id.clone(),
+            budget: 0,
+            used: 0,
+            head: NIL,
+            tail: NIL,
+        };
+        let i = match self.slots.iter().position(Option::is_none) {
+            Some(i) => {
+                self.slots[i] = Some(slot);
+                i as u32
+            }
+            None => {
+                self.slots.push(Some(slot));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.slot_ids.insert(id.clone(), i);
+        i
+    }
+
+    /// Makes (hash, slot) the slot's most recently used node, adding it if absent.
+    fn touch(&mut self, slot: u32, hash: u64) {
+        let head = self.head_of(hash);
+        let mut node = head.unwrap_or(NIL);
+        while node != NIL && self.nodes[node as usize].slot != slot {
+            node = self.nodes[node as usize].holder_next;
+        }
+        if node != NIL {
+            self.unlink_lru(node);
+        } else {
+            node = self.alloc(Node {
+                hash,
+                slot,
+                prev: NIL,
+                next: NIL,
+                holder_next: head.unwrap_or(NIL),
+            });
+            // The new node heads the holder list.
+            match head {
+                Some(old) => {
+                    let nodes = &self.nodes;
+                    if let Some(entry) = self
+                        .table
+                        .find_mut(hash, |&n| n == old && nodes[n as usize].hash == hash)
+                    {
+                        *entry = node;
+                    }
+                }
+                None => {
+                    let nodes = &self.nodes;
+                    self.table
+                        .insert_unique(hash, node, |&n| nodes[n as usize].hash);
+                }
+            }
+            self.live += 1;
+            if let Some(s) = self.slots[slot as usize].as_mut() {
+                s.used += 1;
+            }
+        }
+        self.push_front(slot, node);
+    }
+
+    fn alloc(&mut self, node: Node) -> u32 {
+        if self.free_nodes != NIL {
+            let i = self.free_nodes;
+            self.free_nodes = self.nodes[i as usize].next;
+            self.nodes[i as usize] = node;
+            return i;
+        }
+        if self.nodes.len() == self.nodes.capacity() {
+            // Grow by a quarter, not double: the node table is most of the memory.
+            self.nodes.reserve_exact((self.nodes.len() / 4).max(1024));
+        }
+        self.nodes.push(node);
+        (self.nodes.len() - 1) as u32
+    }
+
+    fn push_front(&mut self, slot: u32, node: u32) {
+        let Some(s) = self.slots[slot as usize].as_mut() else {
+            return;
+        };
+        let old = s.head;
+        s.head = node;
+        if s.tail == NIL {
+            s.tail = node;
+        }
+        self.nodes[node as usize].prev = NIL;
+        self.nodes[node as usize].next = old;
+        if old != NIL {
+            self.nodes[old as usize].prev = node;
+        }
+    }
+
+    fn unlink_lru(&mut self, node: u32) {
+        let Node {
+            slot, prev, next, ..
+        } = self.nodes[node as usize];
+        if prev != NIL {
+            self.nodes[prev as usize].next = next;
+        }
+        if next != NIL {
+            self.nodes[next as usize].prev = prev;
+        }
+        if let Some(s) = self.slots[slot as usize].as_mut() {
+            if s.head == node {
+                s.head = next;
+            }
+            if s.tail == node {
+                s.tail = prev;
+            }
+        }
+    }
+
+    /// Removes `node` from its LRU list and its hash's holder list, and frees it.
+    fn remove(&mut self, node: u32) {
+        self.unlink_lru(node);
+        let Node {
+            hash,
+            slot,
+            holder_next,
+            ..
+        } = self.nodes[node as usize];
+        let head = self.head_of(hash).unwrap_or(NIL);
+        if head == node {
+            let nodes = &self.nodes;
+            if let Ok(entry) = self
+                .table
+                .find_entry(hash, |&n| n == node && nodes[n as usize].hash == hash)
+            {
+                if holder_next == NIL {
+                    entry.remove();
+                } else {
+                    *entry.into_mut() = holder_next;
+                }
+            }
+        } else {
+            let mut at = head;
+            while at != NIL {
+                let next = self.nodes[at as usize].holder_next;
+                if next == node {
+                    self.nodes[at as usize].holder_next = holder_next;
+                    break;
+                }
+                at = next;
+            }
+        }
+        if let Some(s) = self.slots[slot as usize].as_mut() {
+            s.used -= 1;
+        }
+        self.live -= 1;
+        self.nodes[node as usize].next = self.free_nodes;
+        self.nodes[node as usize].hash = 0;
+        self.free_nodes = node;
+    }
+
+    fn evict(&mut self, slot: u32) {
+        while let Some(s) = self.slots[slot as usize].as_ref()
+            && s.used > s.budget
+            && s.tail != NIL
+        {
+            self.remove(s.tail);
+        }
+    }
+
+    /// Drops every engine for which `keep` is false, with all its chunks.
+    pub fn retain(&mut self, mut keep: impl FnMut(&EndpointId) -> bool) {
+        for slot in 0..self.slots.len() {
+            let gone = self.slots[slot].as_ref().is_some_and(|s| !keep(&s.id));
+            if gone {
+                while let Some(tail) = self.slots[slot].as_ref().map(|s| s.tail)
+                    && tail != NIL
+                {
+                    self.remove(tail);
+                }
+                if let Some(s) = self.slots[slot].take() {
+                    self.slot_ids.remove(&s.id);
+                }
+            }
+        }
+    }
+
+    /// The chain hashes `id` holds, most recently used first (for tests and debugging).
+    pub fn held(&self, id: &EndpointId) -> Vec<u64> {
+        let mut out = Vec::new();
+        if let Some(s) = self
+            .slot_of(id)
+            .and_then(|s| self.slots[s as usize].as_ref())
+        {
+            let mut node = s.head;
+            while node != NIL {
+                out.push(self.nodes[node as usize].hash);
+                node = self.nodes[node as usize].next;
+            }
+        }
+        out
+    }
+}
+
+impl fmt::Debug for PrefixIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PrefixIndex")
+            .field("config", &self.config)
+            .field("chunks", &self.live)
+            .field("engines", &self.slots.iter().flatten().count())
+            .field("memory_bytes", &self.memory_bytes())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hashes(body: &str) -> PromptHashes {
+        let req = RouteRequest::from_json(body.as_bytes(), None).unwrap();
+        PromptHashes::of(&req, 16)
+    }
+
+    #[test]
+    fn a_conversation_turn_extends_the_chain() {
+        let sys = "You are a helpful assistant who answers briefly.";
+        let turn1 = format!(
+            r#"{{"model":"m","messages":[{{"role":"system","content":"{sys}"}},{{"role":"user","content":"What is the capital of France?"}}]}}"#
+        );
+        let turn2 = format!(
+            r#"{{"model":"m","messages":[{{"role":"system","content":"{sys}"}},{{"role":"user","content":"What is the capital of France?"}},{{"role":"assistant","content":"Paris."}},{{"role":"user","content":"And of Italy?"}}]}}"#
+        );
+        let (a, b) = (hashes(&turn1), hashes(&turn2));
+        assert!(a.hashes.len() >= 4);
+        assert_eq!(
+            a.hashes[..],
+            b.hashes[..a.hashes.len()],
+            "same chain prefix"
+        );
+        assert!(b.hashes.len() > a.hashes.len());
+        // Another model, or the same text under another role, is another chain.
+        let other = hashes(&turn1.replace(r#""model":"m""#, r#""model":"n""#));
+        assert_ne!(a.hashes[0], other.hashes[0]);
+        let role = hashes(&turn1.replace("system", "user"));
+        assert_ne!(a.hashes[0], role.hashes[0]);
+        // Prompt shapes: text, batched text, token ids.
+        assert_eq!(
+            hashes(r#"{"model":"m","prompt":"0123456789abcdef0"}"#)
+                .hashes
+                .len(),
+            1
+        );
+        assert_eq!(hashes(r#"{"model":"m","prompt":[1,2,3,4,5]}"#).bytes, 20);
+        assert_eq!(hashes(r#"{"model":"m","prompt":["ab","cd"]}"#).bytes, 6);
+        assert!(hashes(r#"{"model":"m"}"#).hashes.is_empty());
+    }
+
+    #[test]
+    fn split_feeds_hash_like_one_feed() {
+        let mut a = Chunker::new(8, 1);
+        a.feed(b"abcdefghijklmnopqrstu");
+        let mut b = Chunker::new(8, 1);
+        for piece in [&b"abc"[..], b"defghij", b"k", b"lmnopqrstu"] {
+            b.feed(piece);
+        }
+        assert_eq!(a.finish(), b.finish());
+    }
+
+    fn index(budget_chunks: usize) -> PrefixIndex {
+        PrefixIndex::new(PrefixConfig {
+            chunk_bytes: 4,
+            bytes_per_token: 1.0,
+            default_capacity_tokens: budget_chunks as u64 * 4,
+        })
+    }
+
+    #[test]
+    fn matches_report_each_holders_depth() {
+        let mut idx = index(100);
+        let (a, b) = (EndpointId::new("a"), EndpointId::new("b"));
+        idx.insert(&a, &[1, 2, 3], None);
+        idx.insert(&b, &[1, 2], None);
+        idx.insert(&b, &[1, 9], None);
+        let mut m = idx.matches(&[1, 2, 3, 4]);
+        m.sort();
+        assert_eq!(m, [(&a, 3), (&b, 2)]);
+        assert_eq!(idx.matches(&[5, 2]), []);
+        assert_eq!(idx.len(), 6);
+        idx.retain(|id| id != &a);
+        assert_eq!(idx.matches(&[1, 2, 3]), [(&b, 2)]);
+        assert_eq!(idx.len(), 3);
+        assert_eq!(idx.usage(&a), None);
+    }
+
+    #[test]
+    fn eviction_takes_the_oldest_and_the_tail_first() {
+        let mut idx = index(4);
+        let a = EndpointId::new("a");
+        idx.insert(&a, &[1, 2, 3], None);
+        idx.insert(&a, &[7, 8], None);
+        // Budget 4: the oldest prompt loses its tail chunk first.
+        assert_eq!(idx.held(&a), [7, 8, 1, 2]);
+        idx.insert(&a, &[1, 2], None); // touched again: now the newest
+        idx.insert(&a, &[5], None);
+        assert_eq!(idx.held(&a), [5, 1, 2, 7]);
+        assert_eq!(idx.usage(&a), Some((4, 4)));
+        // A capacity reported later resizes the budget.
+        idx.insert(&a, &[5], Some(8));
+        assert_eq!(idx.usage(&a), Some((2, 2)));
+    }
+}

@@ -1,0 +1,149 @@
+//! Prefix-aware routing by a continuous cost.
+
+use llmstack_core::RouteRequest;
+
+use crate::policy::{argmin_by, rotation};
+
+/// Pools up to this size are evaluated whole.
+const EXACT_UP_TO: usize = 64;
+/// Cold candidates sampled in larger pools.
+const SAMPLE: usize = 32;
+use crate::{Candidates, Load, Policy};
+
+/// Sends each request where its first token is expected soonest, counting both the
+/// prefill its uncached part needs and the queue on that engine; cache affinity and
+/// load are weighed on one scale (tokens of prefill work) instead of flipping between
+/// a "cache" and a "load" mode at a threshold.
+///
+/// For candidate `i` (all terms in prompt tokens):
+///
+/// ```text
+/// cost_i = uncached_i                         prefill this request still needs there
+///        + pending_prefill_i                  prefill already queued there by this router
+///        + request_weight × requests_i        decode batch and others' queue
+///        + request_weight × waiting_i         requests the engine reports waiting
+///        + adapter_penalty                    LoRA adapter known not to be loaded there
+/// ```
+///
+/// `uncached_i` is the prompt minus the prefix the router's
+/// [`PrefixIndex`](crate::PrefixIndex) says engine `i` holds ([`Load::cached_tokens`]);
+/// a match shorter than `min_match_tokens` counts as none (production-stack's
+/// `--prefix-min-match-length`). Equal costs rotate. So: a shared prefix stays with its
+/// holders while their queues are shorter than re-prefilling it elsewhere; a hot
+/// prefix spreads to a second engine exactly when its holder's queue costs more than
+/// the prefill; among several holders the least loaded wins; cold prompts go to the
+/// least loaded engine. Never declines while there are candidates.
+///
+/// In pools larger than 64 candidates, the costs evaluated are those of the prefix
+/// holders ([`Candidates::cached`]) and of 32 consecutive candidates from a rotating
+/// start (endpoint order is unrelated to load, so this is a 32-way random sample of the
+/// cold engines): the cost of a pick stays constant as the pool grows, and the cold
+/// choice is within the least loaded few percent.
+///
+/// The policy itself is pure: the router fills [`Candidates::cached`] from its index
+/// and records each choice in it.
+#[derive(Debug, Clone, Copy)]
+pub struct PrefixAware {
+    /// Matches shorter than this many tokens count as no match.
+    pub min_match_tokens: u32,
+    /// Tokens of prefill one queued or running request is worth (default 64).
+    pub request_weight: f64,
+    /// Tokens of prefill that loading a cold LoRA adapter is worth (default 512).
+    pub adapter_penalty: f64,
+}
+
+impl Default for PrefixAware {
+    fn default() -> Self {
+        Self {
+            min_match_tokens: 0,
+            request_weight: 64.0,
+            adapter_penalty: 512.0,
+        }
+    }
+}
+
+impl PrefixAware {
+    /// The expected cost of sending a `prompt_tokens` request to an engine with `load`.
+    pub fn cost(&self, load: &Load, prompt_tokens: u32) -> f64 {
+        let cached = if load.cached_tokens >= self.min_match_tokens.max(1) {
+            load.cached_tokens.min(prompt_tokens)
+        } else {
+            0
+        };
+        let adapter = if load.adapter_warm == Some(false) {
+            self.adapter_penalty
+        } else {
+            0.0
+        };
+        f64::from(prompt_tokens - cached)
+            + load.pending_prefill_tokens as f64
+            + self.request_weight * (load.requests() + f64::from(load.waiting.unwrap_or(0.0)))
+            + adapter
+    }
+}
+
+impl Policy for PrefixAware {
+    fn pick(&self, _req: &RouteRequest<'_>, candidates: &Candidates<'_>) -> Option<usize> {
+        let tokens = candidates.prompt_tokens();
+        let n = candidates.len();
+        if n <= EXACT_UP_TO {
+            return argmin_by(n, |i| self.cost(&candidates.load(i), tokens));
+        }
+        let start = rotation(n);
+        let sample = (start..n).chain(0..start).take(SAMPLE);
+        let holders = candidates.cached().iter().map(|&(i, _)| i);
+        let mut best: Option<(usize, f64)> = None;
+        for i in holders.chain(sample) {
+            let cost = self.cost(&candidates.load(i), tokens);
+            if best.is_none_or(|(_, b)| cost < b) {
+                best = Some((i, cost));
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+
+    fn name(&self) -> &'static str {
+        "prefixaware"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use llmstack_core::Endpoint;
+
+    use super::*;
+
+    #[test]
+    fn a_holder_wins_until_its_queue_costs_more_than_the_prefill() {
+        let eps: Vec<Arc<Endpoint>> = (0..3)
+            .map(|i| Arc::new(Endpoint::new(format!("http://h{i}:8000").parse().unwrap())))
+            .collect();
+        let req = RouteRequest::from_json(br#"{"model":"m"}"#, None).unwrap();
+        let policy = PrefixAware::default();
+        let mut loads = vec![Load::default(); 3];
+        loads[1].cached_tokens = 1900;
+        let pick = |loads: &[Load]| policy.pick(&req, &Candidates::new(&eps, loads, 2000));
+        assert_eq!(pick(&loads), Some(1));
+        // 1900 cached tokens are worth ~29 requests of queue at 64 tokens each.
+        loads[1].in_flight = 20;
+        assert_eq!(pick(&loads), Some(1));
+        loads[1].in_flight = 40;
+        assert_ne!(pick(&loads), Some(1));
+        // Two holders: the less loaded one.
+        loads[2].cached_tokens = 1900;
+        loads[2].in_flight = 3;
+        assert_eq!(pick(&loads), Some(2));
+        // Below the minimum match, a match is no match: least loaded.
+        let strict = PrefixAware {
+            min_match_tokens: 1950,
+            ..PrefixAware::default()
+        };
+        loads[0].in_flight = 1;
+        assert_eq!(
+            strict.pick(&req, &Candidates::new(&eps, &loads, 2000)),
+            Some(0)
+        );
+    }
+}

@@ -1,0 +1,265 @@
+//! The router core: candidates, load view, prefix index, policy, in-flight guard.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use llmstack_core::{Endpoint, EndpointId, EndpointSet, Error, RouteRequest, StatsSnapshot};
+
+use crate::prefix::{PrefixConfig, PrefixIndex, PromptHashes};
+use crate::{Candidates, InFlight, InFlightGuard, Policy, Target, candidates};
+
+/// Everything one routing decision needs, shared by all requests: a [`Policy`], the
+/// [`InFlight`] counters, and optionally a [`PrefixIndex`].
+///
+/// [`Router::route`] is the whole decision: narrow the endpoint set to the request's
+/// candidates, read each one's [`Load`] (live in-flight counts, the freshest scrape,
+/// the prefix the index says it holds), ask the policy, record the choice in the index,
+/// and return the endpoint with an [`InFlightGuard`] that counts the request until it
+/// is dropped. Both the server and [`RouteLayer`](crate::RouteLayer) use it, so every
+/// path holds a guard.
+pub struct Router {
+    policy: Box<dyn Policy>,
+    in_flight: InFlight,
+    prefix: Option<Mutex<PrefixIndex>>,
+    bytes_per_token: f64,
+}
+
+/// The outcome of [`Router::route`].
+#[derive(Debug)]
+pub struct Routed {
+    /// Where the request goes.
+    pub endpoint: Arc<Endpoint>,
+    /// Counts the request on `endpoint` until dropped: keep it until the response body
+    /// ends; call [`InFlightGuard::first_byte`] when the first response byte arrives.
+    pub guard: InFlightGuard,
+    /// Prompt tokens the prefix index expects the engine to have cached (0 without an
+    /// index or a match).
+    pub cached_tokens: u32,
+    /// Whether the endpoint was pinned (`?id=`) rather than chosen by the policy.
+    pub pinned: bool,
+}
+
+impl Router {
+    /// A router choosing with `policy`, without a prefix index.
+    pub fn new(policy: impl Policy) -> Self {
+        Self::boxed(Box::new(policy))
+    }
+
+    /// [`Router::new`] for an already boxed policy.
+    pub fn boxed(policy: Box<dyn Policy>) -> Self {
+        Self {
+            policy,
+            in_flight: InFlight::default(),
+            prefix: None,
+            bytes_per_token: 4.0,
+        }
+    }
+
+    /// Keeps a prefix index with `config`: every request's prompt is hashed, each
+    /// candidate's [`Load::cached_tokens`] filled from the index, and each choice
+    /// recorded in it.
+    #[must_use]
+    pub fn with_prefix_index(mut self, config: PrefixConfig) -> Self {
+        self.bytes_per_token = config.bytes_per_token.max(0.1);
+        self.prefix = Some(Mutex::new(PrefixIndex::new(config)));
+        self
+    }
+
+    /// Uses these (shared) in-flight counters instead of its own.
+    #[must_use]
+    pub fn with_in_flight(mut self, in_flight: InFlight) -> Self {
+        self.in_flight = in_flight;
+        self
+    }
+
+    /// The in-flight counters.
+    pub fn in_flight(&self) -> &InFlight {
+        &self.in_flight
+    }
+
+    /// The policy's name.
+    pub fn policy_name(&self) -> &'static str {
+        self.policy.name()
+    }
+
+    /// Runs `f` on the prefix index, if there is one (the lock is held during `f`).
+    pub fn with_index<R>(&self, f: impl FnOnce(&PrefixIndex) -> R) -> Option<R> {
+        let index = self.prefix.as_ref()?;
+        Some(f(&index.lock().unwrap_or_else(PoisonError::into_inner)))
+    }
+
+    /// Forgets endpoints for which `exists` is false: their prefix-index share, and
+    /// their in-flight counters once nothing is in flight there.
+    pub fn retain(&self, mut exists: impl FnMut(&EndpointId) -> bool) {
+        self.in_flight.retain(&mut exists);
+        if let Some(index) = &self.prefix {
+            index
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retain(exists);
+        }
+    }
+
+    /// Chooses the endpoint for `req` among `set` (see [`candidates`] for the errors),
+    /// with `stats` as the freshest scrape. A policy that declines gives
+    /// [`Error::NoReadyEndpoint`]. Cost: one pass over the candidates; with a prefix
+    /// index, also one pass over the prompt (parse and hash) and two short index
+    /// lock holds.
+    pub fn route(
+        &self,
+        set: &EndpointSet,
+        stats: Option<&Arc<StatsSnapshot>>,
+        req: &RouteRequest<'_>,
+        target: &Target<'_>,
+    ) -> Result<Routed, Error> {
+        let list = candidates(set, req, target)?;
+        if let Some(stats) = stats {
+            self.in_flight.observe(stats);
+        }
+        let prompt = self.prefix.as_ref().map(|index| {
+            let chunk = index
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .config()
+                .chunk_bytes;
+            PromptHashes::of(req, chunk)
+        });
+        let prompt_bytes = prompt.as_ref().map_or(req.prompt_len(), |p| p.bytes);
+        let tokens = (prompt_bytes as f64 / self.bytes_per_token).ceil() as u32;
+        let model = req.model().unwrap_or_default();
+        let adapter = list
+            .first()
+            .and_then(|ep| ep.models.iter().find(|m| m.id == model))
+            .is_some_and(|card| card.parent.is_some())
+            .then_some(model);
+
+        let live = self.in_flight.live(&list, adapter);
+        let mut cached = Vec::new();
+        if let (Some(index), Some(prompt)) = (&self.prefix, &prompt) {
+            let index = index.lock().unwrap_or_else(PoisonError::into_inner);
+            let chunk_tokens = index.config().chunk_tokens();
+            for (id, depth) in index.matches(&prompt.hashes) {
+                if let Ok(i) = list.binary_search_by(|ep| ep.id.cmp(id)) {
+                    let tokens_cached = (depth as f64 * chunk_tokens) as u32;
+                    cached.push((i, tokens_cached.min(tokens)));
+                }
+            }
+        }
+        let candidates = Candidates::live(&list, &live, &cached, tokens);
+        let pick = if target.pinned.is_some() {
+            Some(0)
+        } else {
+            self.policy.pick(req, &candidates)
+        };
+        let chosen = pick.and_then(|i| Some((list.get(i)?, candidates.load(i))));
+        let Some((endpoint, load)) = chosen else {
+            return Err(Error::NoReadyEndpoint {
+                model: model.to_owned(),
+            });
+        };
+        if let (Some(index), Some(prompt)) = (&self.prefix, &prompt) {
+            index.lock().unwrap_or_else(PoisonError::into_inner).insert(
+                &endpoint.id,
+                &prompt.hashes,
+                load.kv_capacity_tokens,
+            );
+        }
+        let uncached = tokens.saturating_sub(load.cached_tokens);
+        Ok(Routed {
+            endpoint: Arc::clone(endpoint),
+            guard: self
+                .in_flight
+                .start_with(&endpoint.id, u64::from(tokens), u64::from(uncached)),
+            cached_tokens: load.cached_tokens,
+            pinned: target.pinned.is_some(),
+        })
+    }
+}
+
+impl fmt::Debug for Router {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Router")
+            .field("policy", &self.policy.name())
+            .field("in_flight", &self.in_flight)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use llmstack_core::Update;
+
+    use super::*;
+    use crate::{LeastLoaded, PrefixAware};
+
+    fn set(n: u16) -> EndpointSet {
+        let mut set = EndpointSet::default();
+        set.apply(Update::Reset(
+            (0..n)
+                .map(|i| {
+                    Endpoint::new(format!("http://127.0.0.1:{}", 9000 + i).parse().unwrap())
+                        .with_model("m")
+                        .with_state(llmstack_core::EndpointState::Ready)
+                })
+                .collect(),
+        ));
+        set
+    }
+
+    fn body(user: usize, turn: usize) -> String {
+        let history: String = (0..turn)
+            .map(|t| {
+                format!(
+                    r#",{{"role":"user","content":"user {user} question {t} {}"}}"#,
+                    "x".repeat(300)
+                )
+            })
+            .collect();
+        format!(
+            r#"{{"model":"m","stream":true,"messages":[{{"role":"system","content":"{}"}}{history}]}}"#,
+            "You are helpful. ".repeat(40)
+        )
+    }
+
+    #[test]
+    fn least_loaded_spreads_concurrent_requests_through_guards() {
+        let router = Router::new(LeastLoaded);
+        let set = set(4);
+        let req = RouteRequest::from_json(br#"{"model":"m"}"#, None).unwrap();
+        let held: Vec<Routed> = (0..8)
+            .map(|_| router.route(&set, None, &req, &Target::default()).unwrap())
+            .collect();
+        for ep in set.candidates("m") {
+            assert_eq!(router.in_flight().get(&ep.id), 2);
+        }
+        drop(held);
+        assert_eq!(router.in_flight().total(), 0);
+    }
+
+    #[test]
+    fn conversations_stay_with_the_engine_holding_their_history() {
+        let router = Router::new(PrefixAware::default()).with_prefix_index(PrefixConfig::default());
+        let set = set(4);
+        let mut home = Vec::new();
+        for user in 0..8 {
+            let b = body(user, 1);
+            let req = RouteRequest::from_json(b.as_bytes(), None).unwrap();
+            let routed = router.route(&set, None, &req, &Target::default()).unwrap();
+            home.push(routed.endpoint.id.clone());
+        }
+        for turn in 2..5 {
+            for (user, home) in home.iter().enumerate() {
+                let b = body(user, turn);
+                let req = RouteRequest::from_json(b.as_bytes(), None).unwrap();
+                let routed = router.route(&set, None, &req, &Target::default()).unwrap();
+                assert_eq!(&routed.endpoint.id, home, "user {user} turn {turn}");
+                assert!(routed.cached_tokens > 0);
+            }
+        }
+        let index_chunks = router.with_index(PrefixIndex::len).unwrap();
+        assert!(index_chunks > 0);
+        router.retain(|_| false);
+        assert_eq!(router.with_index(PrefixIndex::len), Some(0));
+    }
+}
