@@ -9,4 +9,5 @@ mod metrics;
 #[cfg(feature = "otel")]
 mod otel;
 mod proxy;
+mod routing;
 mod support;
