@@ -69,7 +69,7 @@ mod session;
 pub use config::{RoutingConfig, RoutingLogic};
 pub use in_flight::{InFlight, InFlightGuard, LiveLoads, Load};
 pub use layer::{Route, RouteBody, RouteFuture, RouteLayer, RoutedTo};
-pub use llmstack_core::{Endpoint, EndpointSet, RouteRequest};
+pub use llmstack_core::{Endpoint, EndpointSet, EndpointState, Error, RouteRequest, Update};
 pub use load_aware::{LeastLoaded, PowerOfTwo, Random, load_score};
 pub use policy::{Candidates, Fallback, Policy, PolicyExt};
 pub use prefix::{PrefixConfig, PrefixIndex, PromptHashes};

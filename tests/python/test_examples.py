@@ -1,0 +1,177 @@
+"""The llmstack-routing examples, run as built by `cargo build -p llmstack-routing --examples`.
+
+- embed-axum: an axum gateway embedding the router (RouteLayer over a static endpoint list), in front of
+  two llmstack-sim processes; checked with plain HTTP like any OpenAI client would use it.
+- custom-policy: a third-party policy that asserts its own decisions; it must exit 0.
+
+Nothing is built here: the binaries come from $LLMSTACK_EXAMPLES (a directory), else
+$CARGO_TARGET_DIR/debug/examples, else target/debug/examples; the tests skip when they are missing.
+"""
+
+import json
+import os
+import pathlib
+import re
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from conftest import ROOT, Sim, stop_process
+
+MODEL = "m"
+
+
+def examples_dir():
+    if os.environ.get("LLMSTACK_EXAMPLES"):
+        return pathlib.Path(os.environ["LLMSTACK_EXAMPLES"])
+    target = pathlib.Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target")
+    if not target.is_absolute():
+        target = ROOT / target
+    return target / "debug" / "examples"
+
+
+def example(name):
+    path = examples_dir() / name
+    if not os.access(path, os.X_OK):
+        pytest.skip(f"{path} not built (run `cargo build -p llmstack-routing --examples`)")
+    return path
+
+
+class Gateway:
+    """A running embed-axum example; its output goes to a file so it never blocks on a pipe."""
+
+    LISTENING = re.compile(r"listening on (http://\S+)")
+
+    def __init__(self, binary, log_path, *args, timeout=15):
+        self.log_path = pathlib.Path(log_path)
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [binary, *args], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        try:
+            deadline = time.monotonic() + timeout
+            while not (m := self.LISTENING.search(self.log())):
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"embed-axum exited with {self.proc.returncode}:\n{self.log()}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"embed-axum printed no listening address:\n{self.log()}")
+                time.sleep(0.02)
+            self.url = m.group(1)
+        except BaseException:
+            self.stop()
+            raise
+
+    def log(self):
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self):
+        stop_process(self.proc)
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory):
+    binary = example("embed-axum")
+    sims, gw = [], None
+    try:
+        for _ in range(2):
+            sims.append(Sim("--profile", "instant", "--model", MODEL))
+        log = tmp_path_factory.mktemp("embed-axum") / "embed-axum.log"
+        gw = Gateway(binary, log, "127.0.0.1:0", MODEL, *(s.url for s in sims))
+        gw.sims = sims
+        yield gw
+    finally:
+        if gw is not None:
+            gw.stop()
+        for s in sims:
+            s.stop()
+
+
+def post(url, body, timeout=30):
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+
+
+def chat(model=MODEL, **kw):
+    return {"model": model, "messages": [{"role": "user", "content": "Hello!"}], **kw}
+
+
+def request_success_total(engine_url):
+    with urllib.request.urlopen(f"{engine_url}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("vllm:request_success_total{")
+    )
+
+
+def test_chat_completions_reach_both_engines(gateway):
+    engines = [s.url for s in gateway.sims]
+    before = [request_success_total(u) for u in engines]
+    for _ in range(20):
+        status, headers, raw = post(f"{gateway.url}/v1/chat/completions", chat(max_tokens=3, ignore_eos=True))
+        assert status == 200, raw
+        assert headers.get("Content-Type", "").startswith("application/json")
+        body = json.loads(raw)
+        assert body["object"] == "chat.completion"
+        assert body["model"] == MODEL
+        assert body["choices"][0]["message"]["role"] == "assistant"
+        assert body["choices"][0]["message"]["content"].strip()
+        assert body["choices"][0]["finish_reason"] == "length"
+        assert body["usage"]["completion_tokens"] == 3
+    deadline = time.monotonic() + 5
+    while True:
+        delta = [request_success_total(u) - b for u, b in zip(engines, before)]
+        if sum(delta) >= 20 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert sum(delta) == 20, delta
+    assert all(d > 0 for d in delta), f"least-loaded left an engine idle: {delta}"
+
+
+def test_completions(gateway):
+    status, _, raw = post(
+        f"{gateway.url}/v1/completions", {"model": MODEL, "prompt": "The sky is", "max_tokens": 2, "ignore_eos": True}
+    )
+    assert status == 200, raw
+    body = json.loads(raw)
+    assert body["object"] == "text_completion"
+    assert body["choices"][0]["text"].strip()
+    assert body["usage"]["completion_tokens"] == 2
+
+
+def test_streaming_passes_through(gateway):
+    status, headers, raw = post(
+        f"{gateway.url}/v1/chat/completions", chat(max_tokens=5, stream=True, ignore_eos=True)
+    )
+    assert status == 200, raw
+    assert headers.get("Content-Type", "").startswith("text/event-stream")
+    events = [line for line in raw.decode().splitlines() if line]
+    assert events[-1] == "data: [DONE]"
+    chunks = [json.loads(e.removeprefix("data: ")) for e in events[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert len(text.split()) == 5
+
+
+def test_unknown_model_is_an_openai_404(gateway):
+    status, headers, raw = post(f"{gateway.url}/v1/chat/completions", chat("gpt-9"))
+    assert status == 404
+    assert headers.get("Content-Type") == "application/json"
+    error = json.loads(raw)["error"]
+    assert error["code"] == 404
+    assert error["type"] == "NotFoundError"
+    assert "gpt-9" in error["message"]
+
+
+def test_custom_policy_example_passes():
+    run = subprocess.run([example("custom-policy")], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "all decisions as expected" in run.stdout
