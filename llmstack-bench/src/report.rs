@@ -19,6 +19,7 @@ pub struct Recorder {
     transport_errors: u64,
     prompt_tokens: u64,
     completion_tokens: u64,
+    reusable_prompt_tokens: u64,
 }
 
 /// p50 / p90 / p99 (and the mean) of one latency, in milliseconds.
@@ -61,6 +62,12 @@ pub struct Report {
     pub prompt_tokens: u64,
     /// Completion tokens, from `usage`.
     pub completion_tokens: u64,
+    /// Multi-round QA: prompt tokens an earlier request had already computed (the
+    /// previous round's prompt and answer; for a first round, the shared system prompt
+    /// at about four characters per token). Divided by `prompt_tokens`, the best prefix
+    /// hit rate any router could reach.
+    #[serde(default)]
+    pub reusable_prompt_tokens: Option<u64>,
     /// Time to the first content chunk (streamed requests).
     pub ttft: Percentiles,
     /// Time between content chunks (streamed requests).
@@ -103,6 +110,7 @@ impl Default for Recorder {
             transport_errors: 0,
             prompt_tokens: 0,
             completion_tokens: 0,
+            reusable_prompt_tokens: 0,
         }
     }
 }
@@ -140,6 +148,14 @@ impl Recorder {
         self.transport_errors += other.transport_errors;
         self.prompt_tokens += other.prompt_tokens;
         self.completion_tokens += other.completion_tokens;
+        self.reusable_prompt_tokens += other.reusable_prompt_tokens;
+    }
+
+    /// Counts `tokens` of a successful request's prompt as reusable: an earlier request
+    /// of the same conversation (or the shared system prompt) already computed them, so
+    /// an ideal router and cache would serve them from the prefix cache.
+    pub fn record_reusable(&mut self, tokens: u64) {
+        self.reusable_prompt_tokens += tokens;
     }
 
     /// The summary over `elapsed` of wall time.
@@ -162,6 +178,8 @@ impl Recorder {
             output_tokens_per_second: self.completion_tokens as f64 / secs,
             prompt_tokens: self.prompt_tokens,
             completion_tokens: self.completion_tokens,
+            reusable_prompt_tokens: (self.reusable_prompt_tokens > 0)
+                .then_some(self.reusable_prompt_tokens),
             ttft: percentiles(&self.ttft),
             itl: percentiles(&self.itl),
             e2e: percentiles(&self.e2e),

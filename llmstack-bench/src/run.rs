@@ -93,12 +93,20 @@ pub async fn run(client: &Client, config: &RunConfig) -> Report {
                     let mut rec = Recorder::default();
                     tokio::time::sleep(join).await;
                     let mut next = Instant::now();
+                    // What the previous round computed: its prompt and its answer.
+                    let mut computed = user.system_chars() as u64 / 4;
                     while let Some(prompt) = user.next_prompt() {
                         tokio::time::sleep_until(next).await;
                         next = Instant::now() + gap;
                         let outcome = client.send(&prompt).await;
                         bar.inc(1);
                         rec.record(&outcome);
+                        if let (Some(p), Some(c)) =
+                            (outcome.prompt_tokens, outcome.completion_tokens)
+                        {
+                            rec.record_reusable(computed.min(p));
+                            computed = p + c;
+                        }
                         user.record_answer(&outcome.text);
                     }
                     rec

@@ -242,6 +242,14 @@ impl Conversation {
             .push(json!({"role": "assistant", "content": text}));
     }
 
+    /// Characters of the shared system prompt.
+    pub fn system_chars(&self) -> usize {
+        self.messages
+            .first()
+            .and_then(|m| m["content"].as_str())
+            .map_or(0, str::len)
+    }
+
     /// The user's id.
     pub fn user(&self) -> usize {
         self.user

@@ -44,6 +44,10 @@ pub struct Load {
     /// For a request naming a LoRA adapter: whether the engine's last fresh scrape shows
     /// the adapter running or waiting there. `None` for base models or when unknown.
     pub adapter_warm: Option<bool>,
+    /// Tokens the router's prefix index has left in the engine's share before it must
+    /// evict (as the engine's own cache would); `None` without an index or before the
+    /// engine's first request.
+    pub cache_free_tokens: Option<u64>,
 }
 
 impl Load {
@@ -94,6 +98,8 @@ struct Counters {
     running: AtomicU32,
     kv_usage: AtomicU32,
     kv_capacity: AtomicU64,
+    /// Prefix-index tokens left before eviction (`u64::MAX`: unknown).
+    cache_free: AtomicU64,
     /// Milliseconds since the epoch until which the scraped numbers are fresh.
     fresh_until: AtomicU64,
     /// When the observed scrape was taken (ms since the epoch), to fold each once.
@@ -205,6 +211,14 @@ impl InFlight {
             tokens,
             pending: uncached,
         }
+    }
+
+    /// Records how many tokens `id`'s share of a prefix index has left
+    /// ([`Load::cache_free_tokens`]).
+    pub fn set_cache_free(&self, id: &EndpointId, tokens: u64) {
+        self.counters(id)
+            .cache_free
+            .store(tokens.min(u64::MAX - 1), Ordering::Relaxed);
     }
 
     /// Requests in flight on `id` now.
@@ -381,6 +395,7 @@ impl Counters {
             running: unknown(),
             kv_usage: unknown(),
             kv_capacity: AtomicU64::new(0),
+            cache_free: AtomicU64::new(u64::MAX),
             fresh_until: AtomicU64::new(0),
             scraped_at: AtomicU64::new(u64::MAX),
             adapters: Mutex::default(),
@@ -402,6 +417,10 @@ impl Counters {
             kv_usage: scraped(&self.kv_usage),
             kv_capacity_tokens: (capacity > 0).then_some(capacity),
             cached_tokens: 0,
+            cache_free_tokens: match self.cache_free.load(Ordering::Relaxed) {
+                u64::MAX => None,
+                free => Some(free),
+            },
             adapter_warm: match adapter {
                 Some(name) if fresh => Some(
                     self.adapters

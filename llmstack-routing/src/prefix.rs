@@ -25,6 +25,12 @@ pub struct PrefixConfig {
     /// Tokens of cache assumed per engine until its scrape reports
     /// `num_gpu_blocks × block_size` (default 262 144).
     pub default_capacity_tokens: u64,
+    /// Fraction of an engine's KV capacity the index assumes holds reusable prefixes
+    /// (default 0.75): the rest holds running requests' blocks and answers, and covers
+    /// the error of estimating tokens from bytes. Overestimating the cache makes the
+    /// router keep sending conversations to an engine whose LRU cache cycles through
+    /// them, missing every time.
+    pub cache_share: f64,
 }
 
 impl Default for PrefixConfig {
@@ -33,6 +39,7 @@ impl Default for PrefixConfig {
             chunk_bytes: 256,
             bytes_per_token: 4.0,
             default_capacity_tokens: 262_144,
+            cache_share: 0.75,
         }
     }
 }
@@ -44,8 +51,9 @@ impl PrefixConfig {
     }
 
     /// How many chunks an engine with `tokens` of KV capacity holds.
+    /// (`tokens` × [`PrefixConfig::cache_share`], in chunks).
     pub fn chunks_for(&self, tokens: u64) -> usize {
-        (tokens as f64 / self.chunk_tokens()).floor() as usize
+        (tokens as f64 * self.cache_share.clamp(0.0, 1.0) / self.chunk_tokens()).floor() as usize
     }
 }
 
@@ -584,6 +592,7 @@ mod tests {
             chunk_bytes: 4,
             bytes_per_token: 1.0,
             default_capacity_tokens: budget_chunks as u64 * 4,
+            cache_share: 1.0,
         })
     }
 

@@ -22,8 +22,15 @@ use crate::{Candidates, Load, Policy};
 ///        + pending_prefill_i                  prefill already queued there by this router
 ///        + request_weight × requests_i        decode batch and others' queue
 ///        + request_weight × waiting_i         requests the engine reports waiting
+///        + evict_weight × evicted_i           cached prefixes pushed out to make room
 ///        + adapter_penalty                    LoRA adapter known not to be loaded there
 /// ```
+///
+/// `evicted_i` is the part of `uncached_i` that does not fit in what the index says is
+/// left of engine `i`'s cache ([`Load::cache_free_tokens`]): once an engine's cache is
+/// full, every new token there evicts one that another request will probably need
+/// again. Without this term one engine holding a shared system prompt would attract
+/// every new conversation until its cache thrashes.
 ///
 /// `uncached_i` is the prompt minus the prefix the router's
 /// [`PrefixIndex`](crate::PrefixIndex) says engine `i` holds ([`Load::cached_tokens`]);
@@ -50,6 +57,8 @@ pub struct PrefixAware {
     pub request_weight: f64,
     /// Tokens of prefill that loading a cold LoRA adapter is worth (default 512).
     pub adapter_penalty: f64,
+    /// Tokens of prefill one evicted cached token is worth (default 1).
+    pub evict_weight: f64,
 }
 
 impl Default for PrefixAware {
@@ -58,6 +67,7 @@ impl Default for PrefixAware {
             min_match_tokens: 0,
             request_weight: 64.0,
             adapter_penalty: 512.0,
+            evict_weight: 1.0,
         }
     }
 }
@@ -75,7 +85,12 @@ impl PrefixAware {
         } else {
             0.0
         };
-        f64::from(prompt_tokens - cached)
+        let uncached = f64::from(prompt_tokens - cached);
+        let evicted = load
+            .cache_free_tokens
+            .map_or(0.0, |free| (uncached - free as f64).max(0.0));
+        uncached
+            + self.evict_weight * evicted
             + load.pending_prefill_tokens as f64
             + self.request_weight * (load.requests() + f64::from(load.waiting.unwrap_or(0.0)))
             + adapter

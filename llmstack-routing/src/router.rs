@@ -158,11 +158,13 @@ impl Router {
             });
         };
         if let (Some(index), Some(prompt)) = (&self.prefix, &prompt) {
-            index.lock().unwrap_or_else(PoisonError::into_inner).insert(
-                &endpoint.id,
-                &prompt.hashes,
-                load.kv_capacity_tokens,
-            );
+            let mut index = index.lock().unwrap_or_else(PoisonError::into_inner);
+            index.insert(&endpoint.id, &prompt.hashes, load.kv_capacity_tokens);
+            if let Some((used, budget)) = index.usage(&endpoint.id) {
+                let free = budget.saturating_sub(used) as f64 * index.config().chunk_tokens();
+                drop(index);
+                self.in_flight.set_cache_free(&endpoint.id, free as u64);
+            }
         }
         let uncached = tokens.saturating_sub(load.cached_tokens);
         Ok(Routed {

@@ -170,6 +170,7 @@ fn index_config(budget: usize) -> PrefixConfig {
         chunk_bytes: 4,
         bytes_per_token: 1.0,
         default_capacity_tokens: budget as u64 * 4,
+        cache_share: 1.0,
     }
 }
 
