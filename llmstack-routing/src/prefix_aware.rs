@@ -161,4 +161,30 @@ mod tests {
             Some(0)
         );
     }
+
+    #[test]
+    fn a_full_cache_pays_for_what_it_would_evict() {
+        let eps: Vec<Arc<Endpoint>> = (0..2)
+            .map(|i| Arc::new(Endpoint::new(format!("http://h{i}:8000").parse().unwrap())))
+            .collect();
+        let req = RouteRequest::from_json(br#"{"model":"m"}"#, None).unwrap();
+        let policy = PrefixAware::default();
+        // Engine 0 holds the 500-token system prompt but its share is full; engine 1 is
+        // empty. A new 3,000-token conversation: 2,500 to prefill and evict on 0, 3,000
+        // to prefill on 1.
+        let mut loads = vec![Load::default(); 2];
+        loads[0].cached_tokens = 500;
+        loads[0].cache_free_tokens = Some(0);
+        loads[1].cache_free_tokens = Some(100_000);
+        let c = Candidates::new(&eps, &loads, 3000);
+        assert_eq!(policy.pick(&req, &c), Some(1));
+        assert_eq!(policy.cost(&loads[0], 3000), 5000.0);
+        assert_eq!(policy.cost(&loads[1], 3000), 3000.0);
+        // With room on engine 0, the cached system prompt wins.
+        loads[0].cache_free_tokens = Some(2500);
+        assert_eq!(
+            policy.pick(&req, &Candidates::new(&eps, &loads, 3000)),
+            Some(0)
+        );
+    }
 }

@@ -12,7 +12,7 @@ use crate::{Candidates, InFlight, InFlightGuard, Policy, Target, candidates};
 /// [`InFlight`] counters, and optionally a [`PrefixIndex`].
 ///
 /// [`Router::route`] is the whole decision: narrow the endpoint set to the request's
-/// candidates, read each one's [`Load`] (live in-flight counts, the freshest scrape,
+/// candidates, read each one's [`Load`](crate::Load) (live in-flight counts, the freshest scrape,
 /// the prefix the index says it holds), ask the policy, record the choice in the index,
 /// and return the endpoint with an [`InFlightGuard`] that counts the request until it
 /// is dropped. Both the server and [`RouteLayer`](crate::RouteLayer) use it, so every
@@ -56,7 +56,7 @@ impl Router {
     }
 
     /// Keeps a prefix index with `config`: every request's prompt is hashed, each
-    /// candidate's [`Load::cached_tokens`] filled from the index, and each choice
+    /// candidate's [`Load::cached_tokens`](crate::Load::cached_tokens) filled from the index, and each choice
     /// recorded in it.
     #[must_use]
     pub fn with_prefix_index(mut self, config: PrefixConfig) -> Self {
@@ -237,6 +237,76 @@ mod tests {
         }
         drop(held);
         assert_eq!(router.in_flight().total(), 0);
+    }
+
+    #[test]
+    fn lora_requests_prefer_engines_running_the_adapter() {
+        use std::collections::HashMap;
+        use std::time::Duration;
+
+        use llmstack_core::{EngineStats, ModelCard};
+
+        let adapter = |port: u16| {
+            let mut ep = Endpoint::new(format!("http://127.0.0.1:{port}").parse().unwrap())
+                .with_model("base")
+                .with_state(llmstack_core::EndpointState::Ready);
+            ep.models.push(ModelCard {
+                id: "sql".into(),
+                parent: Some("base".into()),
+                card: Default::default(),
+            });
+            ep
+        };
+        let mut set = EndpointSet::default();
+        set.apply(Update::Reset(vec![
+            adapter(1),
+            adapter(2),
+            Endpoint::new("http://127.0.0.1:3".parse().unwrap())
+                .with_model("base")
+                .with_state(llmstack_core::EndpointState::Ready),
+        ]));
+        let warm = set.candidates("sql")[1].id.clone();
+        let stats = |running: Vec<String>| EngineStats {
+            running: 0.0,
+            waiting: 0.0,
+            kv_cache_usage: 0.0,
+            prefix_cache_queries: 0.0,
+            prefix_cache_hits: 0.0,
+            prefix_cache_hit_rate: None,
+            num_gpu_blocks: None,
+            block_size: None,
+            lora_running: running,
+            lora_waiting: vec![],
+            models: HashMap::new(),
+            scraped_at: tokio::time::Instant::now(),
+        };
+        let snapshot = Arc::new(StatsSnapshot::with_engines(
+            Duration::from_secs(1),
+            set.candidates("sql")
+                .iter()
+                .map(|ep| {
+                    let running = if ep.id == warm {
+                        vec!["sql".into()]
+                    } else {
+                        vec![]
+                    };
+                    (ep.id.clone(), stats(running))
+                })
+                .collect(),
+        ));
+        let router = Router::new(LeastLoaded);
+        let req = RouteRequest::from_json(br#"{"model":"sql"}"#, None).unwrap();
+        assert_eq!(
+            set.candidates("sql").len(),
+            2,
+            "only engines listing the adapter"
+        );
+        for _ in 0..6 {
+            let routed = router
+                .route(&set, Some(&snapshot), &req, &Target::default())
+                .unwrap();
+            assert_eq!(routed.endpoint.id, warm);
+        }
     }
 
     #[test]

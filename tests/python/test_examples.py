@@ -5,7 +5,8 @@
 - custom-policy: a third-party policy that asserts its own decisions; it must exit 0.
 
 Nothing is built here: the binaries come from $LLMSTACK_EXAMPLES (a directory), else
-$CARGO_TARGET_DIR/debug/examples, else target/debug/examples; the tests skip when they are missing.
+$CARGO_TARGET_DIR/debug/examples, else target/debug/examples; the tests skip when they are missing
+(and fail when $LLMSTACK_EXAMPLES is set, as scripts/test does).
 """
 
 import json
@@ -36,6 +37,8 @@ def examples_dir():
 def example(name):
     path = examples_dir() / name
     if not os.access(path, os.X_OK):
+        if os.environ.get("LLMSTACK_EXAMPLES"):
+            pytest.fail(f"{path} missing although LLMSTACK_EXAMPLES is set")
         pytest.skip(f"{path} not built (run `cargo build -p llmstack-routing --examples`)")
     return path
 
