@@ -68,6 +68,23 @@ fn main() {
     }
     let long: Vec<Vec<u8>> = (0..64).map(|u| long_chat(u, 8192)).collect();
     time_routes("prefixaware, 8k tokens", &prefix, &set, &long, calls);
+    // The shared system prompt on every engine: 1,000 holders of its chunks.
+    for ep in &eps {
+        let body = long_chat(9999, 600);
+        let req = RouteRequest::from_json(&body, None).unwrap();
+        let target = Target {
+            pinned: Some(ep.id.as_str()),
+            ..Target::default()
+        };
+        drop(prefix.route(&set, None, &req, &target).unwrap());
+    }
+    time_routes(
+        "prefixaware, 8k tokens, system prompt on all 1,000 engines",
+        &prefix,
+        &set,
+        &long,
+        calls,
+    );
     let short: Vec<Vec<u8>> = (0..64).map(|u| long_chat(u, 256)).collect();
     time_routes("prefixaware, 256 tokens", &prefix, &set, &short, calls);
     let keyed: Vec<Vec<u8>> = (0..64)

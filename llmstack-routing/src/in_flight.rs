@@ -86,6 +86,8 @@ const VIEWS: usize = 16;
 struct View {
     list: Arc<[Arc<Endpoint>]>,
     counters: Vec<Arc<Counters>>,
+    /// Index of each endpoint in `list`.
+    positions: Map<EndpointId, usize>,
 }
 
 /// One endpoint's live numbers. Floats are stored as their bits; `NAN` is unknown.
@@ -121,6 +123,15 @@ enum Counted {
 }
 
 impl LiveLoads {
+    /// The index of endpoint `id` among the candidates, when known without a search
+    /// (a shared candidate list); `None` otherwise.
+    pub(crate) fn position(&self, id: &EndpointId) -> Option<Option<usize>> {
+        match &self.counters {
+            Counted::View(view) => Some(view.positions.get(id).copied()),
+            Counted::Own(_) => None,
+        }
+    }
+
     /// Candidate `i`'s load now ([`Load::default`] out of range).
     pub fn get(&self, i: usize) -> Load {
         let counters = match &self.counters {
@@ -192,8 +203,8 @@ impl InFlight {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Counts one more request on `id` until the returned guard drops. `tokens` is the
-    /// request's estimated prompt size, `uncached` the part the engine must prefill.
+    /// Counts one more request on `id` until the returned guard drops (no prompt
+    /// tokens: see [`InFlight::start_with`]).
     pub fn start(&self, id: &EndpointId) -> InFlightGuard {
         self.start_with(id, 0, 0)
     }
@@ -352,6 +363,11 @@ impl InFlight {
         let view = Arc::new(View {
             list: Arc::clone(list),
             counters: list.iter().map(|ep| self.counters(&ep.id)).collect(),
+            positions: list
+                .iter()
+                .enumerate()
+                .map(|(i, ep)| (ep.id.clone(), i))
+                .collect(),
         });
         let mut views = self
             .inner

@@ -173,6 +173,13 @@ impl Chunker {
 
 const NIL: u32 = u32::MAX;
 
+/// The key of a (chunk hash, engine slot) pair in [`PrefixIndex::pairs`].
+fn pair_key(hash: u64, slot: u32) -> u64 {
+    hash ^ u64::from(slot)
+        .wrapping_add(1)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
 /// One (prefix chunk, engine) pair: 24 bytes.
 #[derive(Clone, Copy)]
 struct Node {
@@ -213,6 +220,9 @@ pub struct PrefixIndex {
     free_nodes: u32,
     /// Head node of each hash's holder list, looked up by the node's hash.
     table: HashTable<u32>,
+    /// Every node, looked up by (hash, engine): touching a chunk that a thousand
+    /// engines hold must not walk its holder list.
+    pairs: HashTable<u32>,
     live: usize,
 }
 
@@ -226,6 +236,7 @@ impl PrefixIndex {
             nodes: Vec::new(),
             free_nodes: NIL,
             table: HashTable::new(),
+            pairs: HashTable::new(),
             live: 0,
         }
     }
@@ -257,6 +268,7 @@ impl PrefixIndex {
     pub fn memory_bytes(&self) -> usize {
         self.nodes.capacity() * size_of::<Node>()
             + self.table.allocation_size()
+            + self.pairs.allocation_size()
             + self.slots.capacity() * size_of::<Option<Slot>>()
             + self.slot_ids.capacity() * (size_of::<(EndpointId, u32)>() + 1)
     }
@@ -271,31 +283,52 @@ impl PrefixIndex {
             .copied()
     }
 
-    /// For every engine holding a prefix of `hashes`: its id and how many leading chunks
-    /// it holds (≥ 1). At most one entry per engine.
-    pub fn matches(&self, hashes: &[u64]) -> Vec<(&EndpointId, usize)> {
-        let mut depth: Vec<(u32, usize)> = Vec::new();
-        for (i, &hash) in hashes.iter().enumerate() {
-            let mut node = self.head_of(hash).unwrap_or(NIL);
-            let mut advanced = false;
+    /// The (at most `limit`) engines holding the longest prefixes of `hashes`: each
+    /// one's id and how many leading chunks it holds (≥ 1), deepest first, at most one
+    /// entry per engine.
+    ///
+    /// Each engine's chunks of one chain are evicted tail first, so an engine holding
+    /// chunk `i` of a chain holds chunks `0..i` too. The deepest chunk held anywhere is
+    /// therefore found by binary search, and holders are collected walking the chain
+    /// back from there until `limit` are found. Cost: O(log n) lookups, plus one lookup
+    /// per level walked and one step per holder visited; a prefix shared by a thousand
+    /// engines costs about `limit` steps, not a thousand.
+    pub fn matches(&self, hashes: &[u64], limit: usize) -> Vec<(&EndpointId, usize)> {
+        let held = |i: usize| self.head_of(hashes[i]).is_some();
+        if limit == 0 || hashes.is_empty() || !held(0) {
+            return Vec::new();
+        }
+        // The deepest level any engine holds: held(lo) is true, held(hi) false.
+        let (mut lo, mut hi) = (0, hashes.len());
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if held(mid) {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        let mut found: Vec<(u32, usize)> = Vec::new();
+        for level in (0..=lo).rev() {
+            let mut node = self.head_of(hashes[level]).unwrap_or(NIL);
             while node != NIL {
                 let n = &self.nodes[node as usize];
-                if i == 0 {
-                    depth.push((n.slot, 1));
-                    advanced = true;
-                } else if let Some(d) = depth.iter_mut().find(|d| d.0 == n.slot && d.1 == i) {
-                    d.1 = i + 1;
-                    advanced = true;
+                if !found.iter().any(|f| f.0 == n.slot) {
+                    found.push((n.slot, level + 1));
+                    if found.len() == limit {
+                        return self.named(found);
+                    }
                 }
                 node = n.holder_next;
             }
-            if !advanced {
-                break;
-            }
         }
-        depth
+        self.named(found)
+    }
+
+    fn named(&self, found: Vec<(u32, usize)>) -> Vec<(&EndpointId, usize)> {
+        found
             .into_iter()
-            .filter_map(|(slot, d)| Some((&self.slots[slot as usize].as_ref()?.id, d)))
+            .filter_map(|(slot, depth)| Some((&self.slots[slot as usize].as_ref()?.id, depth)))
             .collect()
     }
 
@@ -346,14 +379,16 @@ impl PrefixIndex {
 
     /// Makes (hash, slot) the slot's most recently used node, adding it if absent.
     fn touch(&mut self, slot: u32, hash: u64) {
-        let head = self.head_of(hash);
-        let mut node = head.unwrap_or(NIL);
-        while node != NIL && self.nodes[node as usize].slot != slot {
-            node = self.nodes[node as usize].holder_next;
-        }
-        if node != NIL {
+        let nodes = &self.nodes;
+        let found = self.pairs.find(pair_key(hash, slot), |&n| {
+            nodes[n as usize].hash == hash && nodes[n as usize].slot == slot
+        });
+        let mut node;
+        if let Some(&n) = found {
+            node = n;
             self.unlink_lru(node);
         } else {
+            let head = self.head_of(hash);
             node = self.alloc(Node {
                 hash,
                 slot,
@@ -378,6 +413,10 @@ impl PrefixIndex {
                         .insert_unique(hash, node, |&n| nodes[n as usize].hash);
                 }
             }
+            let nodes = &self.nodes;
+            self.pairs.insert_unique(pair_key(hash, slot), node, |&n| {
+                pair_key(nodes[n as usize].hash, nodes[n as usize].slot)
+            });
             self.live += 1;
             if let Some(s) = self.slots[slot as usize].as_mut() {
                 s.used += 1;
@@ -446,6 +485,9 @@ impl PrefixIndex {
             holder_next,
             ..
         } = self.nodes[node as usize];
+        if let Ok(entry) = self.pairs.find_entry(pair_key(hash, slot), |&n| n == node) {
+            entry.remove();
+        }
         let head = self.head_of(hash).unwrap_or(NIL);
         if head == node {
             let nodes = &self.nodes;
@@ -603,13 +645,18 @@ mod tests {
         idx.insert(&a, &[1, 2, 3], None);
         idx.insert(&b, &[1, 2], None);
         idx.insert(&b, &[1, 9], None);
-        let mut m = idx.matches(&[1, 2, 3, 4]);
+        let mut m = idx.matches(&[1, 2, 3, 4], usize::MAX);
         m.sort();
         assert_eq!(m, [(&a, 3), (&b, 2)]);
-        assert_eq!(idx.matches(&[5, 2]), []);
+        assert_eq!(idx.matches(&[5, 2], usize::MAX), []);
+        assert_eq!(
+            idx.matches(&[1, 2, 3, 4], 1),
+            [(&a, 3)],
+            "the deepest first"
+        );
         assert_eq!(idx.len(), 6);
         idx.retain(|id| id != &a);
-        assert_eq!(idx.matches(&[1, 2, 3]), [(&b, 2)]);
+        assert_eq!(idx.matches(&[1, 2, 3], usize::MAX), [(&b, 2)]);
         assert_eq!(idx.len(), 3);
         assert_eq!(idx.usage(&a), None);
     }

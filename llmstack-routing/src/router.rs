@@ -8,6 +8,9 @@ use llmstack_core::{Endpoint, EndpointId, EndpointSet, Error, RouteRequest, Stat
 use crate::prefix::{PrefixConfig, PrefixIndex, PromptHashes};
 use crate::{Candidates, InFlight, InFlightGuard, Policy, Target, candidates};
 
+/// Prefix holders passed to the policy, deepest first ([`Candidates::cached`]).
+const MAX_HOLDERS: usize = 16;
+
 /// Everything one routing decision needs, shared by all requests: a [`Policy`], the
 /// [`InFlight`] counters, and optionally a [`PrefixIndex`].
 ///
@@ -22,6 +25,7 @@ pub struct Router {
     in_flight: InFlight,
     prefix: Option<Mutex<PrefixIndex>>,
     bytes_per_token: f64,
+    chunk_bytes: usize,
 }
 
 /// The outcome of [`Router::route`].
@@ -52,6 +56,7 @@ impl Router {
             in_flight: InFlight::default(),
             prefix: None,
             bytes_per_token: 4.0,
+            chunk_bytes: PrefixConfig::default().chunk_bytes,
         }
     }
 
@@ -61,6 +66,7 @@ impl Router {
     #[must_use]
     pub fn with_prefix_index(mut self, config: PrefixConfig) -> Self {
         self.bytes_per_token = config.bytes_per_token.max(0.1);
+        self.chunk_bytes = config.chunk_bytes.max(1);
         self.prefix = Some(Mutex::new(PrefixIndex::new(config)));
         self
     }
@@ -116,14 +122,10 @@ impl Router {
         if let Some(stats) = stats {
             self.in_flight.observe(stats);
         }
-        let prompt = self.prefix.as_ref().map(|index| {
-            let chunk = index
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .config()
-                .chunk_bytes;
-            PromptHashes::of(req, chunk)
-        });
+        let prompt = self
+            .prefix
+            .as_ref()
+            .map(|_| PromptHashes::of(req, self.chunk_bytes));
         let prompt_bytes = prompt.as_ref().map_or(req.prompt_len(), |p| p.bytes);
         let tokens = (prompt_bytes as f64 / self.bytes_per_token).ceil() as u32;
         let model = req.model().unwrap_or_default();
@@ -138,12 +140,18 @@ impl Router {
         if let (Some(index), Some(prompt)) = (&self.prefix, &prompt) {
             let index = index.lock().unwrap_or_else(PoisonError::into_inner);
             let chunk_tokens = index.config().chunk_tokens();
-            for (id, depth) in index.matches(&prompt.hashes) {
-                if let Ok(i) = list.binary_search_by(|ep| ep.id.cmp(id)) {
+            // The deepest holders only: a prefix held by hundreds of engines (a shared
+            // system prompt) must not make every pick walk them all.
+            for (id, depth) in index.matches(&prompt.hashes, MAX_HOLDERS) {
+                let at = live
+                    .position(id)
+                    .unwrap_or_else(|| list.binary_search_by(|ep| ep.id.cmp(id)).ok());
+                if let Some(i) = at {
                     let tokens_cached = (depth as f64 * chunk_tokens) as u32;
                     cached.push((i, tokens_cached.min(tokens)));
                 }
             }
+            cached.sort_unstable_by_key(|&(i, _)| i);
         }
         let candidates = Candidates::live(&list, &live, &cached, tokens);
         let pick = if target.pinned.is_some() {

@@ -142,6 +142,19 @@ enum IndexOp {
     Drop(usize),
 }
 
+/// Chain hashes of a sequence of chunk values: each one mixes in everything before it,
+/// like [`PromptHashes`]' chain.
+fn chain_of(raw: &[u64]) -> Vec<u64> {
+    let mut h: u64 = 0x9e37_79b9_7f4a_7c15;
+    raw.iter()
+        .map(|&x| {
+            h = (h ^ x.wrapping_add(1)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+            h ^= h >> 33;
+            h
+        })
+        .collect()
+}
+
 /// The reference model of one engine's share of the prefix index: its chunks, most
 /// recently used first, and its budget.
 #[derive(Debug, Default)]
@@ -177,7 +190,7 @@ fn index_config(budget: usize) -> PrefixConfig {
 /// Sorted `(engine, depth)` pairs of [`PrefixIndex::matches`].
 fn matches_of(index: &PrefixIndex, query: &[u64]) -> Vec<(String, usize)> {
     let mut m: Vec<(String, usize)> = index
-        .matches(query)
+        .matches(query, usize::MAX)
         .into_iter()
         .map(|(id, d)| (id.to_string(), d))
         .collect();
@@ -504,6 +517,9 @@ proptest! {
         for op in ops {
             match op {
                 IndexOp::Insert { engine, chain, capacity, query } => {
+                    // Real chains: a hash names its whole prefix, as PromptHashes makes
+                    // them (the index relies on it).
+                    let (chain, query) = (chain_of(&chain), chain_of(&query));
                     index.insert(&ids[engine], &chain, capacity);
                     let slot_budget = capacity.map_or(budget, |c| config.chunks_for(c));
                     prop_assert_eq!(slot_budget, capacity.map_or(budget, |c| c as usize / 4));
@@ -518,7 +534,11 @@ proptest! {
                         })
                         .collect();
                     expected.sort();
+                    let best = expected.iter().map(|e| e.1).max();
                     prop_assert_eq!(matches_of(&index, &query), expected, "matches({:?})", query);
+                    // With a limit: the deepest holder comes first.
+                    let top = index.matches(&query, 1);
+                    prop_assert_eq!(top.first().map(|t| t.1), best);
                 }
                 IndexOp::Drop(engine) => {
                     let gone = ids[engine].clone();
@@ -623,7 +643,7 @@ proptest! {
             let matches: BTreeMap<EndpointId, u32> = router
                 .with_index(|index| {
                     index
-                        .matches(&hashes.hashes)
+                        .matches(&hashes.hashes, usize::MAX)
                         .into_iter()
                         .map(|(id, d)| {
                             let cached = (d as f64 * config.chunk_tokens()) as u32;
