@@ -383,7 +383,7 @@ impl PrefixIndex {
         let found = self.pairs.find(pair_key(hash, slot), |&n| {
             nodes[n as usize].hash == hash && nodes[n as usize].slot == slot
         });
-        let mut node;
+        let node;
         if let Some(&n) = found {
             node = n;
             self.unlink_lru(node);
