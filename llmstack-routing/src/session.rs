@@ -89,18 +89,29 @@ impl Policy for SessionAffinity {
     fn pick(&self, req: &RouteRequest<'_>, candidates: &Candidates<'_>) -> Option<usize> {
         let key = key_hash(req.session_key()?);
         let n = candidates.len();
-        let total: f64 = (0..n).map(|i| candidates.load(i).requests()).sum();
+        // One pass reads every load (for the mean) and weight; the second only compares.
+        let scored: Vec<(u64, f64)> = candidates
+            .endpoints()
+            .iter()
+            .enumerate()
+            .map(|(i, ep)| {
+                (
+                    weight(key, ep.id.stable_hash()),
+                    candidates.load(i).requests(),
+                )
+            })
+            .collect();
+        let total: f64 = scored.iter().map(|s| s.1).sum();
         let bound = self.bound(total, n);
         // The highest weight among engines under the bound; at least one is (the least
         // loaded is at most the mean, which is below the bound).
         let mut best: Option<(usize, u64)> = None;
         let mut any: Option<(usize, u64)> = None;
-        for (i, ep) in candidates.endpoints().iter().enumerate() {
-            let w = weight(key, ep.id.stable_hash());
+        for (i, &(w, requests)) in scored.iter().enumerate() {
             if any.is_none_or(|(_, b)| w > b) {
                 any = Some((i, w));
             }
-            if candidates.load(i).requests() < bound && best.is_none_or(|(_, b)| w > b) {
+            if requests < bound && best.is_none_or(|(_, b)| w > b) {
                 best = Some((i, w));
             }
         }
