@@ -65,6 +65,8 @@ mod round_robin;
 mod router;
 mod select;
 mod session;
+#[cfg(test)]
+mod testing;
 
 pub use config::{RoutingConfig, RoutingLogic};
 pub use in_flight::{InFlight, InFlightGuard, LiveLoads, Load};

@@ -79,20 +79,8 @@ impl Policy for PowerOfTwo {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use llmstack_core::Endpoint;
-
     use super::*;
-
-    fn eps(n: u16) -> Vec<Arc<Endpoint>> {
-        (0..n)
-            .map(|i| {
-                let url = format!("http://127.0.0.1:{}", 9000 + i).parse().unwrap();
-                Arc::new(Endpoint::new(url).with_model("m"))
-            })
-            .collect()
-    }
+    use crate::testing::eps;
 
     fn loads(requests: &[u32]) -> Vec<Load> {
         requests

@@ -158,6 +158,12 @@ fn engines(shared: &Shared) -> Value {
                 "role": ep.role,
                 "labels": ep.labels,
                 "in_flight": shared.in_flight.get(&ep.id),
+                // prefixaware: this engine's share of the prefix index, in chunks.
+                "prefix_index": shared.router.with_index(|index| {
+                    index
+                        .usage(&ep.id)
+                        .map(|(chunks, budget)| json!({"chunks": chunks, "budget": budget}))
+                }),
                 // The last scrape of its /metrics; null when none is fresh.
                 "stats": stats.get_at(&ep.id, now).map(|s| json!({
                     "running": s.running,

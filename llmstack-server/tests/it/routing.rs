@@ -121,6 +121,21 @@ async fn a_hot_prefix_spreads_by_cost_and_in_flight_returns_to_zero() {
         s.health().await["retries"].as_u64().unwrap() > 0,
         "retries happened"
     );
+    // /engines shows each engine's share of the prefix index, within its budget.
+    let engines = get(&s.client, &s.at("/engines")).await.json();
+    let shares: Vec<&Value> = engines
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e.get("prefix_index").filter(|p| !p.is_null()))
+        .collect();
+    assert!(shares.len() >= 8, "{engines}");
+    for p in shares {
+        assert!(
+            p["chunks"].as_u64().unwrap() <= p["budget"].as_u64().unwrap(),
+            "{p}"
+        );
+    }
 
     let mut shares = BTreeMap::new();
     let (mut queries, mut hits) = (0.0, 0.0);
