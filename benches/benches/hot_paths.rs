@@ -81,12 +81,17 @@ fn prefix_route(c: &mut Criterion) {
     for user in 0..2000 {
         let body = long_chat(user, 2048);
         let req = RouteRequest::from_json(&body, None).unwrap();
-        drop(router.route(&set, None, &req, &Target::default()).unwrap());
+        let mut routed = router.route(&set, None, &req, &Target::default()).unwrap();
+        router.accepted(&mut routed);
     }
     let body = long_chat(7, 8192);
     let req = RouteRequest::from_json(&body, None).unwrap();
     c.bench_function("router_route_prefixaware_1000_engines_8k_prompt", |b| {
-        b.iter(|| black_box(router.route(&set, None, &req, &Target::default()).unwrap()))
+        b.iter(|| {
+            let mut routed = router.route(&set, None, &req, &Target::default()).unwrap();
+            router.accepted(&mut routed);
+            black_box(routed)
+        })
     });
     c.bench_function("prompt_hashes_8k_chat", |b| {
         b.iter(|| black_box(PromptHashes::of(&req, 128)))

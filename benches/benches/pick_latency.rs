@@ -32,7 +32,8 @@ fn time_routes(name: &str, router: &Router, set: &EndpointSet, bodies: &[Vec<u8>
     for i in 0..n + n / 10 {
         let req = &reqs[i % reqs.len()];
         let start = Instant::now();
-        let routed = router.route(set, None, req, &Target::default()).unwrap();
+        let mut routed = router.route(set, None, req, &Target::default()).unwrap();
+        router.accepted(&mut routed);
         let took = start.elapsed();
         drop(black_box(routed));
         if i >= n / 10 {
@@ -64,7 +65,8 @@ fn main() {
     for user in 0..2000 {
         let body = long_chat(user, 2048);
         let req = RouteRequest::from_json(&body, None).unwrap();
-        drop(prefix.route(&set, None, &req, &Target::default()).unwrap());
+        let mut routed = prefix.route(&set, None, &req, &Target::default()).unwrap();
+        prefix.accepted(&mut routed);
     }
     let long: Vec<Vec<u8>> = (0..64).map(|u| long_chat(u, 8192)).collect();
     time_routes("prefixaware, 8k tokens", &prefix, &set, &long, calls);
@@ -76,7 +78,8 @@ fn main() {
             pinned: Some(ep.id.as_str()),
             ..Target::default()
         };
-        drop(prefix.route(&set, None, &req, &target).unwrap());
+        let mut routed = prefix.route(&set, None, &req, &target).unwrap();
+        prefix.accepted(&mut routed);
     }
     time_routes(
         "prefixaware, 8k tokens, system prompt on all 1,000 engines",

@@ -24,11 +24,14 @@ pub struct Load {
     /// Estimated prompt tokens of those requests.
     pub in_flight_tokens: u64,
     /// Estimated uncached prompt tokens of those requests that have not received their
-    /// first response byte: prefill work still queued or running on the engine.
+    /// first response byte: prefill work still queued or running on the engine. A
+    /// non-streamed answer arrives whole at the end, so a non-streamed request counts
+    /// here until it is done (an overestimate of its prefill).
     pub pending_prefill_tokens: u64,
-    /// Requests the engine reported (running + waiting) beyond this router's own at the
-    /// time of the scrape: other routers' traffic. Added to `in_flight`, it estimates
-    /// the engine's queue between scrapes without herding (new picks count at once).
+    /// Requests the engine reported (running + waiting) beyond this router's own when
+    /// the scrape was folded in ([`InFlight::observe`]): other routers' traffic. Added
+    /// to `in_flight`, it estimates the engine's queue between scrapes without herding
+    /// (new picks count at once).
     pub foreign: f32,
     /// `vllm:num_requests_waiting` of the last fresh scrape.
     pub waiting: Option<f32>,
@@ -75,7 +78,7 @@ struct Inner {
     /// recognised by pointer identity of its endpoints, which the cache keeps alive.
     views: Mutex<Vec<Arc<View>>>,
     /// The stats snapshot last folded into the counters.
-    observed: Mutex<Option<Arc<StatsSnapshot>>>,
+    observed: Mutex<Option<(Arc<StatsSnapshot>, u64)>>,
     epoch: Instant,
 }
 
@@ -270,17 +273,23 @@ impl InFlight {
             .unwrap_or(u64::MAX)
     }
 
-    /// Folds a stats snapshot into the per-endpoint numbers, once per snapshot (later
-    /// calls with the same snapshot return at once). Each engine's `foreign` load is
-    /// its scraped running + waiting minus this router's in-flight count now.
+    /// Folds a stats snapshot into the per-endpoint numbers: each engine's `foreign`
+    /// load is its scraped running + waiting minus this router's in-flight count at
+    /// the fold. A snapshot is folded once, and at most every eighth of a scrape
+    /// interval (the scraper publishes one snapshot per engine result; folding each
+    /// would cost O(engines²) per interval): calls in between return at once.
     pub fn observe(&self, snapshot: &Arc<StatsSnapshot>) {
         let Ok(mut observed) = self.inner.observed.try_lock() else {
             return; // another pick is folding (this or a newer) snapshot
         };
-        if observed.as_ref().is_some_and(|o| Arc::ptr_eq(o, snapshot)) {
+        let now = self.millis(Instant::now());
+        let gap = u64::try_from((snapshot.interval() / 8).as_millis()).unwrap_or(u64::MAX);
+        if let Some((last, at)) = observed.as_ref()
+            && (Arc::ptr_eq(last, snapshot) || now < at.saturating_add(gap))
+        {
             return;
         }
-        *observed = Some(Arc::clone(snapshot));
+        *observed = Some((Arc::clone(snapshot), now));
         drop(observed);
         let stale_after = snapshot.interval() * 3;
         for (id, stats) in snapshot.iter() {

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::router::Learn;
 use crate::{InFlightGuard, Router, Target};
 
 /// The endpoint [`Route`] chose, in the request's extensions for the inner service.
@@ -31,6 +32,10 @@ pub struct RoutedTo {
 ///
 /// Built from a [`Router`] and the live endpoint set (a `watch` channel that discovery,
 /// or the embedder, updates); optionally the engines' scraped stats and a session key.
+/// When endpoints go away for good, call [`Router::retain`] on [`RouteLayer::router`]
+/// so their counters and prefix-index shares are freed. The layer has no health
+/// feedback of its own: an engine that fails fast looks idle, so keep the endpoint set's
+/// readiness current (or retry in the inner service).
 #[derive(Clone)]
 pub struct RouteLayer {
     shared: Shared,
@@ -162,7 +167,8 @@ where
             })
         };
         match routed {
-            Ok(routed) => {
+            Ok(mut routed) => {
+                let learn = routed.take_learn();
                 req.extensions_mut().insert(RoutedTo {
                     endpoint: routed.endpoint,
                     cached_tokens: routed.cached_tokens,
@@ -171,6 +177,7 @@ where
                     state: FutureState::Called {
                         future: self.inner.call(req),
                         guard: Some(routed.guard),
+                        learn: learn.map(|l| (Arc::clone(&self.shared.router), l)),
                     },
                 }
             }
@@ -213,8 +220,13 @@ pin_project! {
     enum FutureState<F, B> {
         // Routing failed: the error response, taken when polled.
         Failed { response: Option<Response<RouteBody<B>>> },
-        // The inner service was called; the guard moves into the response body.
-        Called { #[pin] future: F, guard: Option<InFlightGuard> },
+        // The inner service was called; the guard moves into the response body, and
+        // the prefix index learns the prompt if the engine accepts it.
+        Called {
+            #[pin] future: F,
+            guard: Option<InFlightGuard>,
+            learn: Option<(Arc<Router>, Learn)>,
+        },
     }
 }
 
@@ -230,7 +242,11 @@ where
                 Some(resp) => Poll::Ready(Ok(resp)),
                 None => Poll::Pending, // polled after completion
             },
-            FutureStateProj::Called { future, guard } => {
+            FutureStateProj::Called {
+                future,
+                guard,
+                learn,
+            } => {
                 let resp = match ready!(future.poll(cx)) {
                     Ok(resp) => resp,
                     Err(e) => {
@@ -238,6 +254,11 @@ where
                         return Poll::Ready(Err(e));
                     }
                 };
+                if resp.status().is_success()
+                    && let Some((router, learn)) = learn.take()
+                {
+                    router.learn(learn);
+                }
                 Poll::Ready(Ok(resp.map(|body| RouteBody {
                     state: BodyState::Upstream {
                         body,
@@ -409,6 +430,46 @@ mod tests {
         drop(c);
         assert_eq!(in_flight.total(), 0, "c's body was dropped unread");
         assert_eq!(calls.load(Ordering::Relaxed), 3);
+    }
+
+    /// Answers with `status`.
+    #[derive(Clone)]
+    struct Status(u16);
+
+    impl Service<Request<Bytes>> for Status {
+        type Response = Response<Full<Bytes>>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Request<Bytes>) -> Self::Future {
+            let mut resp = Response::new(Full::new(Bytes::new()));
+            *resp.status_mut() = StatusCode::from_u16(self.0).unwrap();
+            std::future::ready(Ok(resp))
+        }
+    }
+
+    #[tokio::test]
+    async fn the_prefix_index_learns_only_accepted_requests() {
+        let (_, tx) = layer();
+        let router = Router::new(crate::PrefixAware::default())
+            .with_prefix_index(crate::PrefixConfig::default());
+        let layer = RouteLayer::new(router, tx.subscribe());
+        let body = format!(
+            r#"{{"model":"m","messages":[{{"role":"user","content":"{}"}}]}}"#,
+            "a long shared question ".repeat(100)
+        );
+        let body: &'static str = Box::leak(body.into_boxed_str());
+        let indexed = || layer.router().with_index(crate::PrefixIndex::len).unwrap();
+        let mut refused = layer.layer(Status(503));
+        drop(refused.call(request(body)).await.unwrap());
+        assert_eq!(indexed(), 0, "a refused request teaches nothing");
+        let mut ok = layer.layer(Status(200));
+        drop(ok.call(request(body)).await.unwrap());
+        assert!(indexed() > 0);
     }
 
     #[tokio::test]

@@ -32,7 +32,9 @@ enum Loads<'a> {
 impl<'a> Candidates<'a> {
     /// Candidates with given loads (tests, benchmarks, other routers); `loads` shorter
     /// than `endpoints` reads as [`Load::default`] for the rest. Cached prefixes are
-    /// taken from each load's [`Load::cached_tokens`].
+    /// taken from each load's [`Load::cached_tokens`]; policies that only weigh the
+    /// holders in large pools ([`PrefixAware`](crate::PrefixAware) beyond 64
+    /// candidates) find them through [`Candidates::with_cached`].
     pub fn new(endpoints: &'a [Arc<Endpoint>], loads: &'a [Load], prompt_tokens: u32) -> Self {
         Self {
             endpoints,

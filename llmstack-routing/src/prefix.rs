@@ -189,7 +189,8 @@ struct Node {
     prev: u32,
     /// Toward its least recently used chunk.
     next: u32,
-    /// The next engine holding the same hash.
+    /// The next engine holding the same hash (a circular list: the last points back to
+    /// the first).
     holder_next: u32,
 }
 
@@ -210,7 +211,8 @@ struct Slot {
 /// in chunks, or the configured default), evicting its least recently used chunk
 /// first; within one prompt the tail chunks are older than the head ones, so a prefix
 /// is dropped from its end, as vLLM's cache does. Each indexed (chunk, engine) pair
-/// costs one 24-byte node plus a share of a 5-byte-per-bucket hash table.
+/// costs one 24-byte node plus its share of two 5-byte-per-bucket hash tables (hash →
+/// holders, (hash, engine) → node): about 50 bytes with growth slack.
 /// Not thread-safe by itself: the router holds it in a mutex, for microseconds.
 pub struct PrefixIndex {
     config: PrefixConfig,
@@ -218,7 +220,8 @@ pub struct PrefixIndex {
     slot_ids: HashMap<EndpointId, u32, foldhash::fast::RandomState>,
     nodes: Vec<Node>,
     free_nodes: u32,
-    /// Head node of each hash's holder list, looked up by the node's hash.
+    /// Entry node of each hash's circular holder list (the holder touched last),
+    /// looked up by the node's hash.
     table: HashTable<u32>,
     /// Every node, looked up by (hash, engine): touching a chunk that a thousand
     /// engines hold must not walk its holder list.
@@ -289,10 +292,13 @@ impl PrefixIndex {
     ///
     /// Each engine's chunks of one chain are evicted tail first, so an engine holding
     /// chunk `i` of a chain holds chunks `0..i` too. The deepest chunk held anywhere is
-    /// therefore found by binary search, and holders are collected walking the chain
-    /// back from there until `limit` are found. Cost: O(log n) lookups, plus one lookup
-    /// per level walked and one step per holder visited; a prefix shared by a thousand
-    /// engines costs about `limit` steps, not a thousand.
+    /// therefore found by binary search; holders are then collected walking back down
+    /// the chain, at the deepest level and then 1, 2, 4, 8, … levels lower (never
+    /// more than half the remaining depth at once), most recently touched holder first
+    /// at each level, until `limit` are found. Depths are
+    /// exact for the holders of the deepest level and at most a factor of two short for
+    /// the others. Cost: O(log n) lookups and at most about `limit` steps per level
+    /// visited, whatever the number of holders.
     pub fn matches(&self, hashes: &[u64], limit: usize) -> Vec<(&EndpointId, usize)> {
         let held = |i: usize| self.head_of(hashes[i]).is_some();
         if limit == 0 || hashes.is_empty() || !held(0) {
@@ -309,9 +315,17 @@ impl PrefixIndex {
             }
         }
         let mut found: Vec<(u32, usize)> = Vec::new();
-        for level in (0..=lo).rev() {
-            let mut node = self.head_of(hashes[level]).unwrap_or(NIL);
-            while node != NIL {
+        let mut level = lo;
+        let mut step = 1;
+        loop {
+            let Some(start) = self.head_of(hashes[level]) else {
+                break;
+            };
+            // Holders already found are met again at every lower level: look at a
+            // bounded number of nodes per level.
+            let mut node = start;
+            let mut visited = 0;
+            loop {
                 let n = &self.nodes[node as usize];
                 if !found.iter().any(|f| f.0 == n.slot) {
                     found.push((n.slot, level + 1));
@@ -319,8 +333,19 @@ impl PrefixIndex {
                         return self.named(found);
                     }
                 }
+                visited += 1;
                 node = n.holder_next;
+                if node == start || visited >= 2 * limit.min(1024) {
+                    break;
+                }
             }
+            if level == 0 {
+                break;
+            }
+            // Steps of 1, 2, 4, … levels, never more than half of the depth left, so a
+            // holder met lower than its deepest level is credited at least half of it.
+            level -= step.min(level.div_ceil(2)).max(1);
+            step *= 2;
         }
         self.named(found)
     }
@@ -388,26 +413,22 @@ impl PrefixIndex {
             node = n;
             self.unlink_lru(node);
         } else {
-            let head = self.head_of(hash);
+            let entry = self.head_of(hash);
             node = self.alloc(Node {
                 hash,
                 slot,
                 prev: NIL,
                 next: NIL,
-                holder_next: head.unwrap_or(NIL),
+                holder_next: NIL,
             });
-            // The new node heads the holder list.
-            match head {
-                Some(old) => {
-                    let nodes = &self.nodes;
-                    if let Some(entry) = self
-                        .table
-                        .find_mut(hash, |&n| n == old && nodes[n as usize].hash == hash)
-                    {
-                        *entry = node;
-                    }
+            match entry {
+                // Spliced in after the entry node of the circular list.
+                Some(e) => {
+                    self.nodes[node as usize].holder_next = self.nodes[e as usize].holder_next;
+                    self.nodes[e as usize].holder_next = node;
                 }
                 None => {
+                    self.nodes[node as usize].holder_next = node;
                     let nodes = &self.nodes;
                     self.table
                         .insert_unique(hash, node, |&n| nodes[n as usize].hash);
@@ -421,6 +442,15 @@ impl PrefixIndex {
             if let Some(s) = self.slots[slot as usize].as_mut() {
                 s.used += 1;
             }
+        }
+        // The touched holder becomes the entry of its hash's list: walks meet the
+        // engines that were sent this prefix most recently first.
+        let nodes = &self.nodes;
+        if let Some(entry) = self
+            .table
+            .find_mut(hash, |&n| nodes[n as usize].hash == hash)
+        {
+            *entry = node;
         }
         self.push_front(slot, node);
     }
@@ -488,28 +518,29 @@ impl PrefixIndex {
         if let Ok(entry) = self.pairs.find_entry(pair_key(hash, slot), |&n| n == node) {
             entry.remove();
         }
-        let head = self.head_of(hash).unwrap_or(NIL);
-        if head == node {
+        if holder_next == node {
+            // The only holder: the hash leaves the table.
             let nodes = &self.nodes;
             if let Ok(entry) = self
                 .table
                 .find_entry(hash, |&n| n == node && nodes[n as usize].hash == hash)
             {
-                if holder_next == NIL {
-                    entry.remove();
-                } else {
-                    *entry.into_mut() = holder_next;
-                }
+                entry.remove();
             }
         } else {
-            let mut at = head;
-            while at != NIL {
-                let next = self.nodes[at as usize].holder_next;
-                if next == node {
-                    self.nodes[at as usize].holder_next = holder_next;
-                    break;
-                }
-                at = next;
+            // Unlink from the circular list (the predecessor is found by walking it),
+            // and move the entry off the node if it was there.
+            let mut at = holder_next;
+            while self.nodes[at as usize].holder_next != node {
+                at = self.nodes[at as usize].holder_next;
+            }
+            self.nodes[at as usize].holder_next = holder_next;
+            let nodes = &self.nodes;
+            if let Some(entry) = self
+                .table
+                .find_mut(hash, |&n| n == node && nodes[n as usize].hash == hash)
+            {
+                *entry = holder_next;
             }
         }
         if let Some(s) = self.slots[slot as usize].as_mut() {
@@ -659,6 +690,38 @@ mod tests {
         assert_eq!(idx.matches(&[1, 2, 3], usize::MAX), [(&b, 2)]);
         assert_eq!(idx.len(), 3);
         assert_eq!(idx.usage(&a), None);
+    }
+
+    #[test]
+    fn long_chains_credit_shallow_holders_at_least_half_and_prefer_recent_ones() {
+        let mut idx = index(1000);
+        let chain: Vec<u64> = (1..=64).collect();
+        let ids: Vec<EndpointId> = (0..6).map(|i| EndpointId::new(format!("e{i}"))).collect();
+        // Engine i holds the first 64 >> i chunks.
+        for (i, id) in ids.iter().enumerate() {
+            idx.insert(id, &chain[..64 >> i], None);
+        }
+        let m = idx.matches(&chain, usize::MAX);
+        assert_eq!(m.len(), 6);
+        assert_eq!((m[0].0, m[0].1), (&ids[0], 64), "the deepest is exact");
+        for (id, depth) in m {
+            let i = ids.iter().position(|x| x == id).unwrap();
+            let truth = 64 >> i;
+            assert!(
+                depth <= truth && 2 * depth >= truth,
+                "{id}: {depth} of {truth}"
+            );
+        }
+        // Equal holders: the one sent the prefix last comes first.
+        let mut idx = index(1000);
+        for id in &ids[..3] {
+            idx.insert(id, &[7, 8], None);
+        }
+        assert_eq!(idx.matches(&[7, 8], 1), [(&ids[2], 2)]);
+        idx.insert(&ids[0], &[7, 8], None);
+        assert_eq!(idx.matches(&[7, 8], 1), [(&ids[0], 2)]);
+        idx.retain(|id| id != &ids[0]);
+        assert_eq!(idx.matches(&[7, 8], 3).len(), 2);
     }
 
     #[test]

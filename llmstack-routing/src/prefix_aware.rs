@@ -48,7 +48,7 @@ use crate::{Candidates, Load, Policy};
 /// choice is within the least loaded few percent.
 ///
 /// The policy itself is pure: the router fills [`Candidates::cached`] from its index
-/// and records each choice in it.
+/// and records each accepted request in it ([`Router::accepted`](crate::Router::accepted)).
 #[derive(Debug, Clone, Copy)]
 pub struct PrefixAware {
     /// Matches shorter than this many tokens count as no match.

@@ -16,9 +16,9 @@ const MAX_HOLDERS: usize = 16;
 ///
 /// [`Router::route`] is the whole decision: narrow the endpoint set to the request's
 /// candidates, read each one's [`Load`](crate::Load) (live in-flight counts, the freshest scrape,
-/// the prefix the index says it holds), ask the policy, record the choice in the index,
-/// and return the endpoint with an [`InFlightGuard`] that counts the request until it
-/// is dropped. Both the server and [`RouteLayer`](crate::RouteLayer) use it, so every
+/// the prefix the index says it holds), ask the policy, and return the endpoint with an
+/// [`InFlightGuard`] that counts the request until it is dropped. Once the engine
+/// accepts the request, [`Router::accepted`] records the prompt in the index. Both the server and [`RouteLayer`](crate::RouteLayer) use it, so every
 /// path holds a guard.
 pub struct Router {
     policy: Box<dyn Policy>,
@@ -41,6 +41,23 @@ pub struct Routed {
     pub cached_tokens: u32,
     /// Whether the endpoint was pinned (`?id=`) rather than chosen by the policy.
     pub pinned: bool,
+    /// What the prefix index learns once the engine accepts the request.
+    learn: Option<Learn>,
+}
+
+/// A prompt to record in the prefix index for an engine: see [`Router::accepted`].
+#[derive(Debug)]
+pub(crate) struct Learn {
+    id: llmstack_core::EndpointId,
+    hashes: Vec<u64>,
+    capacity: Option<u64>,
+}
+
+impl Routed {
+    /// Takes what the index should learn (the tower layer carries it separately).
+    pub(crate) fn take_learn(&mut self) -> Option<Learn> {
+        self.learn.take()
+    }
 }
 
 impl Router {
@@ -165,15 +182,11 @@ impl Router {
                 model: model.to_owned(),
             });
         };
-        if let (Some(index), Some(prompt)) = (&self.prefix, &prompt) {
-            let mut index = index.lock().unwrap_or_else(PoisonError::into_inner);
-            index.insert(&endpoint.id, &prompt.hashes, load.kv_capacity_tokens);
-            if let Some((used, budget)) = index.usage(&endpoint.id) {
-                let free = budget.saturating_sub(used) as f64 * index.config().chunk_tokens();
-                drop(index);
-                self.in_flight.set_cache_free(&endpoint.id, free as u64);
-            }
-        }
+        let learn = prompt.filter(|p| !p.hashes.is_empty()).map(|p| Learn {
+            id: endpoint.id.clone(),
+            hashes: p.hashes,
+            capacity: load.kv_capacity_tokens,
+        });
         let uncached = tokens.saturating_sub(load.cached_tokens);
         Ok(Routed {
             endpoint: Arc::clone(endpoint),
@@ -182,7 +195,31 @@ impl Router {
                 .start_with(&endpoint.id, u64::from(tokens), u64::from(uncached)),
             cached_tokens: load.cached_tokens,
             pinned: target.pinned.is_some(),
+            learn,
         })
+    }
+
+    /// The engine accepted `routed`'s request (a 2xx response head): records its
+    /// prompt in the prefix index for that engine, which now caches it. Nothing is
+    /// recorded for a request that failed or was refused, so an engine refusing
+    /// connections never looks like a holder. Idempotent; a no-op without an index.
+    pub fn accepted(&self, routed: &mut Routed) {
+        if let Some(learn) = routed.take_learn() {
+            self.learn(learn);
+        }
+    }
+
+    pub(crate) fn learn(&self, learn: Learn) {
+        let Some(index) = &self.prefix else {
+            return;
+        };
+        let mut index = index.lock().unwrap_or_else(PoisonError::into_inner);
+        index.insert(&learn.id, &learn.hashes, learn.capacity);
+        if let Some((used, budget)) = index.usage(&learn.id) {
+            let free = budget.saturating_sub(used) as f64 * index.config().chunk_tokens();
+            drop(index);
+            self.in_flight.set_cache_free(&learn.id, free as u64);
+        }
     }
 }
 
@@ -325,14 +362,22 @@ mod tests {
         for user in 0..8 {
             let b = body(user, 1);
             let req = RouteRequest::from_json(b.as_bytes(), None).unwrap();
-            let routed = router.route(&set, None, &req, &Target::default()).unwrap();
+            let before = router.with_index(PrefixIndex::len);
+            let mut routed = router.route(&set, None, &req, &Target::default()).unwrap();
+            assert_eq!(
+                router.with_index(PrefixIndex::len),
+                before,
+                "not before acceptance"
+            );
+            router.accepted(&mut routed);
             home.push(routed.endpoint.id.clone());
         }
         for turn in 2..5 {
             for (user, home) in home.iter().enumerate() {
                 let b = body(user, turn);
                 let req = RouteRequest::from_json(b.as_bytes(), None).unwrap();
-                let routed = router.route(&set, None, &req, &Target::default()).unwrap();
+                let mut routed = router.route(&set, None, &req, &Target::default()).unwrap();
+                router.accepted(&mut routed);
                 assert_eq!(&routed.endpoint.id, home, "user {user} turn {turn}");
                 assert!(routed.cached_tokens > 0);
             }

@@ -66,7 +66,7 @@ pub struct Settings {
     /// none [default: 0].
     #[arg(long, env = "LLMSTACK_PREFIX_MIN_MATCH_LENGTH")]
     pub prefix_min_match_length: Option<usize>,
-    /// prefixaware: bytes of prompt per indexed chunk [default: 128].
+    /// prefixaware: bytes of prompt per indexed chunk [default: 256].
     #[arg(long, env = "LLMSTACK_PREFIX_CHUNK_SIZE")]
     pub prefix_chunk_size: Option<usize>,
     /// prefixaware: prefix-cache tokens assumed per engine until its /metrics reports

@@ -237,7 +237,7 @@ async fn forward(
             exclude: &exclude,
         };
         let policy = shared.router.policy_name();
-        let (endpoint, guard) = match shared.router.route(&set, Some(&stats), &route, &target) {
+        let mut routed = match shared.router.route(&set, Some(&stats), &route, &target) {
             Ok(routed) => {
                 let reason = if routed.pinned {
                     "pinned"
@@ -247,15 +247,21 @@ async fn forward(
                     "picked"
                 };
                 shared.meters.decision(policy, reason);
-                (routed.endpoint, routed.guard)
+                routed
             }
             Err(e) => {
                 shared.meters.decision(policy, e.label());
                 return Err(last_error.unwrap_or(e));
             }
         };
+        let endpoint = Arc::clone(&routed.endpoint);
         match send(shared, &endpoint, &outgoing).await {
             Ok((resp, link)) => {
+                if resp.status().is_success() {
+                    // The engine took the prompt: the prefix index learns it.
+                    shared.router.accepted(&mut routed);
+                }
+                let guard = routed.guard;
                 let (mut head, body) = resp.into_parts();
                 strip_hop_by_hop(&mut head.headers);
                 let sse = head

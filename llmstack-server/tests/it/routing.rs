@@ -130,6 +130,18 @@ async fn a_hot_prefix_spreads_by_cost_and_in_flight_returns_to_zero() {
         .filter_map(|e| e.get("prefix_index").filter(|p| !p.is_null()))
         .collect();
     assert!(shares.len() >= 8, "{engines}");
+    // The engine refusing connections never accepted a prompt: it holds none.
+    let down = s.id_of(8).await;
+    let down = engines
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == down.as_str())
+        .unwrap();
+    assert!(
+        down["prefix_index"].is_null() || down["prefix_index"]["chunks"] == 0,
+        "{down}"
+    );
     for p in shares {
         assert!(
             p["chunks"].as_u64().unwrap() <= p["budget"].as_u64().unwrap(),
