@@ -317,10 +317,7 @@ impl PrefixIndex {
         let mut found: Vec<(u32, usize)> = Vec::new();
         let mut level = lo;
         let mut step = 1;
-        loop {
-            let Some(start) = self.head_of(hashes[level]) else {
-                break;
-            };
+        while let Some(start) = self.head_of(hashes[level]) {
             // Holders already found are met again at every lower level: look at a
             // bounded number of nodes per level.
             let mut node = start;
