@@ -74,7 +74,7 @@ pub use layer::{Route, RouteBody, RouteFuture, RouteLayer, RoutedTo};
 pub use llmstack_core::{Endpoint, EndpointSet, EndpointState, Error, RouteRequest, Update};
 pub use load_aware::{LeastLoaded, PowerOfTwo, Random, load_score};
 pub use policy::{Candidates, Fallback, Policy, PolicyExt};
-pub use prefix::{PrefixConfig, PrefixIndex, PromptHashes};
+pub use prefix::{MAX_CAPACITY_TOKENS, PrefixConfig, PrefixIndex, PromptHashes};
 pub use prefix_aware::PrefixAware;
 pub use round_robin::RoundRobin;
 pub use router::{Routed, Router};

@@ -15,6 +15,10 @@ use hashbrown::HashTable;
 use llmstack_core::{Content, EndpointId, Prompt, PromptView, RouteRequest};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
+/// The largest KV capacity believed of one engine, in tokens (2^27: far beyond any
+/// GPU's, about 100 MB of index at the default chunk size).
+pub const MAX_CAPACITY_TOKENS: u64 = 1 << 27;
+
 /// Settings of the prefix index.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PrefixConfig {
@@ -51,8 +55,10 @@ impl PrefixConfig {
     }
 
     /// How many chunks an engine with `tokens` of KV capacity holds.
-    /// (`tokens` × [`PrefixConfig::cache_share`], in chunks).
+    /// (`tokens` × [`PrefixConfig::cache_share`], in chunks). Capacities are capped at
+    /// [`MAX_CAPACITY_TOKENS`], so a bogus `num_gpu_blocks` cannot unbound the index.
     pub fn chunks_for(&self, tokens: u64) -> usize {
+        let tokens = tokens.min(MAX_CAPACITY_TOKENS);
         (tokens as f64 * self.cache_share.clamp(0.0, 1.0) / self.chunk_tokens()).floor() as usize
     }
 }
@@ -69,7 +75,9 @@ pub struct PromptHashes {
 impl PromptHashes {
     /// Hashes the canonical rendering of `req`'s prompt in `chunk_bytes` chunks. The
     /// chain is seeded with the model name (another model or adapter never shares a
-    /// cache). A request without a (parsable) prompt gives no hashes.
+    /// cache). A request without a (parsable) prompt gives no hashes. Non-text content
+    /// parts (images, audio) are rendered by their type alone: two prompts differing
+    /// only in an image look alike here, and their size is not counted.
     pub fn of(req: &RouteRequest<'_>, chunk_bytes: usize) -> Self {
         let model = req.model().unwrap_or_default();
         let mut chunker = Chunker::new(chunk_bytes.max(1), xxh3_64_with_seed(model.as_bytes(), 0));
