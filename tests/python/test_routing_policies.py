@@ -61,11 +61,11 @@ def test_chat_and_stream_work_under_every_policy(router):
         c.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}], max_tokens=1)
 
 
+@pytest.mark.parametrize("router", ["prefixaware", "session"], indirect=True)
 def test_conversations_find_their_history_cached(router):
     """A four-turn conversation: under `prefixaware` (by the prompt alone) and `session`
-    (keyed on OpenAI's `user` field) every later turn lands where the history is cached."""
-    if router.policy not in ("prefixaware", "session"):
-        pytest.skip("affinity is what prefixaware and session promise")
+    (keyed on OpenAI's `user` field) every later turn lands where the history is cached.
+    (Round-robin fails this: its second turn finds nothing cached.)"""
     c = client(router)
     for user in range(3):
         messages = [
