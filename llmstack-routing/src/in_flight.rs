@@ -341,19 +341,6 @@ impl InFlight {
         }
     }
 
-    /// The load of each candidate, in order, into `out` (cleared first): every
-    /// [`LiveLoads::get`] of [`InFlight::live`].
-    pub fn loads(
-        &self,
-        candidates: &CandidateList<'_>,
-        adapter: Option<&str>,
-        out: &mut Vec<Load>,
-    ) {
-        let live = self.live(candidates, adapter);
-        out.clear();
-        out.extend((0..candidates.len()).map(|i| live.get(i)));
-    }
-
     /// The counters of a shared candidate list, index for index.
     fn view(&self, list: &Arc<[Arc<Endpoint>]>) -> Arc<View> {
         let mut views = self
@@ -501,6 +488,12 @@ mod tests {
 
     use super::*;
 
+    /// Every candidate's load now.
+    fn loads(in_flight: &InFlight, eps: &[Arc<Endpoint>], adapter: Option<&str>) -> Vec<Load> {
+        let live = in_flight.live(&CandidateList::Owned(eps.to_vec()), adapter);
+        (0..eps.len()).map(|i| live.get(i)).collect()
+    }
+
     #[test]
     fn guards_count_until_dropped() {
         let in_flight = InFlight::default();
@@ -550,8 +543,7 @@ mod tests {
         let in_flight = InFlight::default();
         let eps = [endpoint(1)];
         let mut guard = in_flight.start_with(&eps[0].id, 100, 60);
-        let mut out = Vec::new();
-        in_flight.loads(&CandidateList::Owned(eps.to_vec()), None, &mut out);
+        let out = loads(&in_flight, &eps, None);
         assert_eq!(
             (
                 out[0].in_flight,
@@ -562,13 +554,13 @@ mod tests {
         );
         guard.first_byte();
         guard.first_byte();
-        in_flight.loads(&CandidateList::Owned(eps.to_vec()), None, &mut out);
+        let out = loads(&in_flight, &eps, None);
         assert_eq!(
             (out[0].in_flight_tokens, out[0].pending_prefill_tokens),
             (100, 0)
         );
         drop(guard);
-        in_flight.loads(&CandidateList::Owned(eps.to_vec()), None, &mut out);
+        let out = loads(&in_flight, &eps, None);
         assert_eq!(out[0], Load::default());
     }
 
@@ -584,8 +576,7 @@ mod tests {
         ));
         in_flight.observe(&snap);
         let _more = in_flight.start(&eps[0].id);
-        let mut out = Vec::new();
-        in_flight.loads(&CandidateList::Owned(eps.to_vec()), Some("sql"), &mut out);
+        let out = loads(&in_flight, &eps, Some("sql"));
         assert_eq!(out[0].in_flight, 3);
         assert_eq!(out[0].foreign, 3.0);
         assert_eq!(
@@ -597,7 +588,7 @@ mod tests {
         assert_eq!(out[0].kv_capacity_tokens, Some(1600));
         assert_eq!(out[0].adapter_warm, Some(true));
         assert_eq!(out[1], Load::default(), "never scraped: unknown, not zero");
-        in_flight.loads(&CandidateList::Owned(eps.to_vec()), Some("other"), &mut out);
+        let out = loads(&in_flight, &eps, Some("other"));
         assert_eq!(out[0].adapter_warm, Some(false));
     }
 
@@ -612,8 +603,7 @@ mod tests {
             HashMap::from([(eps[0].id.clone(), old)]),
         ));
         in_flight.observe(&snap);
-        let mut out = Vec::new();
-        in_flight.loads(&CandidateList::Owned(eps.to_vec()), Some("sql"), &mut out);
+        let out = loads(&in_flight, &eps, Some("sql"));
         assert_eq!(
             (out[0].foreign, out[0].waiting, out[0].adapter_warm),
             (0.0, None, None)

@@ -67,22 +67,9 @@ impl<'a> Candidates<'a> {
         self
     }
 
-    /// Cached tokens of candidate `i` per [`Candidates::cached`] (sorted by index, or
-    /// short enough to scan).
-    fn cached_at(&self, i: usize) -> Option<u32> {
-        if self.cached.len() <= 8 {
-            return self.cached.iter().find(|c| c.0 == i).map(|c| c.1);
-        }
-        if self.cached.is_sorted_by_key(|c| c.0) {
-            let at = self.cached.binary_search_by_key(&i, |c| c.0).ok()?;
-            return Some(self.cached[at].1);
-        }
-        self.cached.iter().find(|c| c.0 == i).map(|c| c.1)
-    }
-
     /// The candidates holding a cached prefix of the prompt according to the router's
-    /// prefix index, as `(index, cached tokens)` sorted by index (the router passes the
-    /// 16 deepest holders); empty without an index, or when the loads were given (then
+    /// prefix index, as `(index, cached tokens)` (the router passes the 16 deepest
+    /// holders); empty without an index, or when the loads were given (then
     /// see [`Load::cached_tokens`]).
     pub fn cached(&self) -> &'a [(usize, u32)] {
         self.cached
@@ -95,22 +82,15 @@ impl<'a> Candidates<'a> {
 
     /// The load of candidate `i` (read now; [`Load::default`] out of range).
     pub fn load(&self, i: usize) -> Load {
-        match self.loads {
-            Loads::Given(loads) => {
-                let mut load = loads.get(i).copied().unwrap_or_default();
-                if let Some(tokens) = self.cached_at(i) {
-                    load.cached_tokens = tokens;
-                }
-                load
-            }
-            Loads::Live(live) => {
-                let mut load = live.get(i);
-                if let Some(tokens) = self.cached_at(i) {
-                    load.cached_tokens = tokens;
-                }
-                load
-            }
+        let mut load = match self.loads {
+            Loads::Given(loads) => loads.get(i).copied().unwrap_or_default(),
+            Loads::Live(live) => live.get(i),
+        };
+        // A short list (the router passes at most 16 holders): a scan is cheapest.
+        if let Some(&(_, tokens)) = self.cached.iter().find(|c| c.0 == i) {
+            load.cached_tokens = tokens;
         }
+        load
     }
 
     /// How many candidates there are.

@@ -168,7 +168,6 @@ impl Router {
                     cached.push((i, tokens_cached.min(tokens)));
                 }
             }
-            cached.sort_unstable_by_key(|&(i, _)| i);
         }
         let candidates = Candidates::live(&list, &live, &cached, tokens);
         let pick = if target.pinned.is_some() {

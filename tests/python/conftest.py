@@ -68,6 +68,26 @@ def sim(sim_factory):
     return sim_factory("--profile", "instant", "--model", "test-model", "--enable-prompt-tokens-details")
 
 
+def request_success_total(engine_url):
+    """Requests an engine finished (`vllm:request_success_total`, every reason), from its /metrics."""
+    with urllib.request.urlopen(f"{engine_url}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("vllm:request_success_total{")
+    )
+
+
+def served_since(engines, before, expected, timeout=5):
+    """Requests each engine finished since `before` (counts from request_success_total), once
+    `expected` are counted in all or `timeout` seconds have passed (engines count just after answering)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        delta = [request_success_total(u) - b for u, b in zip(engines, before)]
+        if sum(delta) >= expected or time.monotonic() > deadline:
+            return delta
+        time.sleep(0.05)
+
+
 def stop_process(proc):
     """SIGTERM, then wait; SIGKILL only if the process ignores it."""
     if proc.poll() is None:

@@ -20,7 +20,7 @@ import urllib.request
 
 import pytest
 
-from conftest import ROOT, Sim, stop_process
+from conftest import ROOT, Sim, request_success_total, served_since, stop_process
 
 MODEL = "m"
 
@@ -107,14 +107,6 @@ def chat(model=MODEL, **kw):
     return {"model": model, "messages": [{"role": "user", "content": "Hello!"}], **kw}
 
 
-def request_success_total(engine_url):
-    with urllib.request.urlopen(f"{engine_url}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("vllm:request_success_total{")
-    )
-
-
 def test_chat_completions_reach_both_engines(gateway):
     engines = [s.url for s in gateway.sims]
     before = [request_success_total(u) for u in engines]
@@ -129,12 +121,7 @@ def test_chat_completions_reach_both_engines(gateway):
         assert body["choices"][0]["message"]["content"].strip()
         assert body["choices"][0]["finish_reason"] == "length"
         assert body["usage"]["completion_tokens"] == 3
-    deadline = time.monotonic() + 5
-    while True:
-        delta = [request_success_total(u) - b for u, b in zip(engines, before)]
-        if sum(delta) >= 20 or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+    delta = served_since(engines, before, 20)
     assert sum(delta) == 20, delta
     assert all(d > 0 for d in delta), f"least-loaded left an engine idle: {delta}"
 

@@ -6,13 +6,14 @@ Behind the router: two llmstack-sim engines serving `m`, one serving `m2`, and t
 
 import json
 import re
-import time
 import urllib.error
 import urllib.request
 import uuid
 
 import openai
 import pytest
+
+from conftest import request_success_total, served_since
 
 M, M2, ALIAS = "m", "m2", "gpt-4o"
 HEX_ID = re.compile(r"^chatcmpl-[0-9A-Za-z_-]+$")
@@ -214,16 +215,6 @@ def test_client_request_id_is_echoed(router_stack):
     assert e.value.response.headers.get("x-request-id") == rid + "-e"
 
 
-def request_success_total(engine_url):
-    with urllib.request.urlopen(f"{engine_url}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith("vllm:request_success_total{"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def test_round_robin_spreads_evenly(router_stack):
     engines = router_stack.m_engines
     before = [request_success_total(u) for u in engines]
@@ -231,11 +222,6 @@ def test_round_robin_spreads_evenly(router_stack):
     c = client(router_stack)
     for _ in range(10):
         c.chat.completions.create(**hello(max_tokens=1))
-    deadline = time.monotonic() + 5
-    while True:
-        delta = [request_success_total(u) - b for u, b in zip(engines, before)]
-        if sum(delta) >= 10 or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+    delta = served_since(engines, before, 10)
     assert delta == [5, 5]
     assert request_success_total(router_stack.m2_engine) == other_before
