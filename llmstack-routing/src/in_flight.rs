@@ -63,7 +63,7 @@ impl Load {
 /// Counts, per endpoint, the requests that were sent to it and whose response has not
 /// ended yet (body finished, failed, or dropped by a disconnecting client), with their
 /// prompt tokens; and keeps each endpoint's last scraped load, read by
-/// [`InFlight::loads`].
+/// [`InFlight::live`].
 ///
 /// Cheap to clone (shared). Counting is an [`InFlightGuard`]: taken when a request is
 /// sent, released when the guard drops, so no code path can forget to decrement.
