@@ -20,11 +20,16 @@ use crate::{Candidates, Load, Policy};
 /// ```text
 /// cost_i = uncached_i                         prefill this request still needs there
 ///        + pending_prefill_i                  prefill already queued there by this router
-///        + request_weight × requests_i        decode batch and others' queue
-///        + request_weight × waiting_i         requests the engine reports waiting
+///        + request_weight × requests_i        running and queued requests there
 ///        + evict_weight × evicted_i           cached prefixes pushed out to make room
 ///        + adapter_penalty                    LoRA adapter known not to be loaded there
 /// ```
+///
+/// `requests_i` is [`Load::requests`]: this router's requests there, counted the
+/// moment they are picked, plus other routers' as of the last scrape (their running
+/// and waiting). The scraped waiting count is not added again: it includes this
+/// router's own requests, and between two scrapes it is a stale figure that would
+/// herd picks onto whichever engine was scraped at a quiet moment.
 ///
 /// `evicted_i` is the part of `uncached_i` that does not fit in what the index says is
 /// left of engine `i`'s cache ([`Load::cache_free_tokens`]): once an engine's cache is
@@ -92,7 +97,7 @@ impl PrefixAware {
         uncached
             + self.evict_weight * evicted
             + load.pending_prefill_tokens as f64
-            + self.request_weight * (load.requests() + f64::from(load.waiting.unwrap_or(0.0)))
+            + self.request_weight * load.requests()
             + adapter
     }
 }

@@ -39,9 +39,17 @@ async fn cache(c: &HttpClient, e: &llmstack_sim::SimEngine) -> (f64, f64) {
 /// The hotspot regression (peer routers collapsed all traffic onto one engine when a
 /// code path missed in-flight accounting): 1,000 concurrent requests sharing one long
 /// prefix over 8 engines, streaming, non-streaming, retried (a ninth engine refuses
-/// connections) and abandoned by their clients, mixed. The prefix-aware cost keeps the
-/// prefix cached on its holders only while their queues are cheaper than prefilling it
-/// elsewhere, so the load spreads; and every in-flight count returns to zero.
+/// connections) and abandoned by their clients, mixed; then 1,000 more. The
+/// prefix-aware cost keeps the prefix cached on its holders only while their queues
+/// are cheaper than prefilling it elsewhere, so the load spreads; and every in-flight
+/// count returns to zero.
+///
+/// The first wave starts cold: no engine is known to hold the prefix until one
+/// answers, and the engines answering first are rightly preferred (a cached request
+/// costs them ~100 tokens of work, a cold one elsewhere ~2,000), so its counts may
+/// skew by chance (up to 2.2× fair seen in 24 runs on a 2-core VM); the bound there
+/// (3×) only catches a collapse. In the second wave every engine holds the prefix and the
+/// spread must be tight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hot_prefix_spreads_by_cost_and_in_flight_returns_to_zero() {
     const M: &str = "hot";
@@ -66,9 +74,97 @@ async fn a_hot_prefix_spreads_by_cost_and_in_flight_returns_to_zero() {
     let prefix: Arc<str> = "You are a meticulous assistant. Cite sources. "
         .repeat(170)
         .into();
+
+    let cold = hot_wave(&s, &prefix).await;
+    let served_cold = cold.values().sum::<f64>();
+    let fair = served_cold / 8.0;
+    let max = cold.values().cloned().fold(0.0, f64::max);
+    // Requests whose client left before they were sent never reach an engine; the
+    // rest did (retries included).
+    assert!(
+        served_cold >= 790.0,
+        "{served_cold} of 1000 reached an engine"
+    );
+    assert!(
+        max <= 3.0 * fair,
+        "hotspot: one engine got {max} of {served_cold} (fair share {fair}): {cold:?}"
+    );
+    assert!(
+        cold.values().all(|&n| n >= fair / 4.0),
+        "an engine was starved: {cold:?}"
+    );
+    assert!(
+        s.health().await["retries"].as_u64().unwrap() > 0,
+        "retries happened"
+    );
+
+    let warm = hot_wave(&s, &prefix).await;
+    let shares: BTreeMap<usize, f64> = warm.iter().map(|(i, n)| (*i, n - cold[i])).collect();
+    let served_warm = shares.values().sum::<f64>();
+    let fair = served_warm / 8.0;
+    let max = shares.values().cloned().fold(0.0, f64::max);
+    eprintln!("warm shares {shares:?}");
+    assert!(
+        served_warm >= 790.0,
+        "{served_warm} of 1000 reached an engine"
+    );
+    assert!(
+        max <= 1.5 * fair,
+        "hotspot: one engine got {max} of {served_warm} (fair share {fair}): {shares:?}"
+    );
+    assert!(
+        shares.values().all(|&n| n >= fair / 2.0),
+        "an engine was starved: {shares:?}"
+    );
+
+    // /engines shows each engine's share of the prefix index, within its budget.
+    let engines = get(&s.client, &s.at("/engines")).await.json();
+    let index: Vec<&Value> = engines
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e.get("prefix_index").filter(|p| !p.is_null()))
+        .collect();
+    assert!(index.len() >= 8, "{engines}");
+    for p in index {
+        assert!(
+            p["chunks"].as_u64().unwrap() <= p["budget"].as_u64().unwrap(),
+            "{p}"
+        );
+    }
+    // The engine refusing connections never accepted a prompt: it holds none.
+    let down = s.id_of(8).await;
+    let down = engines
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == down.as_str())
+        .unwrap();
+    assert!(
+        down["prefix_index"].is_null() || down["prefix_index"]["chunks"] == 0,
+        "{down}"
+    );
+    let (mut queries, mut hits) = (0.0, 0.0);
+    for e in &s.engines[..8] {
+        let (q, h) = cache(&s.client, e).await;
+        queries += q;
+        hits += h;
+    }
+    assert!(
+        hits / queries >= 0.8,
+        "the shared prefix stays cached: hit rate {}",
+        hits / queries
+    );
+}
+
+/// Sends 1,000 concurrent requests sharing `prefix` (streamed, not, abandoned early
+/// and late), waits until the router has none in flight, and returns how many
+/// requests each of the 8 live engines has finished in all.
+async fn hot_wave(s: &Arc<Stack>, prefix: &Arc<str>) -> BTreeMap<usize, f64> {
+    const M: &str = "hot";
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..1000 {
-        let (s, prefix) = (Arc::clone(&s), Arc::clone(&prefix));
+        let (s, prefix) = (Arc::clone(s), Arc::clone(prefix));
         tasks.spawn(async move {
             let c = &s.client;
             let url = s.at("/v1/chat/completions");
@@ -98,10 +194,9 @@ async fn a_hot_prefix_spreads_by_cost_and_in_flight_returns_to_zero() {
     while let Some(done) = tasks.join_next().await {
         done.unwrap();
     }
-
     // Every in-flight count returns to zero (aborts reach the router asynchronously).
     let idle = eventually(Duration::from_secs(10), || {
-        let s = Arc::clone(&s);
+        let s = Arc::clone(s);
         async move {
             let engines = get(&s.client, &s.at("/engines")).await.json();
             engines
@@ -117,69 +212,20 @@ async fn a_hot_prefix_spreads_by_cost_and_in_flight_returns_to_zero() {
         "in flight left: {}",
         get(&s.client, &s.at("/engines")).await.text()
     );
-    assert!(
-        s.health().await["retries"].as_u64().unwrap() > 0,
-        "retries happened"
-    );
-    // /engines shows each engine's share of the prefix index, within its budget.
-    let engines = get(&s.client, &s.at("/engines")).await.json();
-    let shares: Vec<&Value> = engines
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e.get("prefix_index").filter(|p| !p.is_null()))
-        .collect();
-    assert!(shares.len() >= 8, "{engines}");
-    // The engine refusing connections never accepted a prompt: it holds none.
-    let down = s.id_of(8).await;
-    let down = engines
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["id"] == down.as_str())
-        .unwrap();
-    assert!(
-        down["prefix_index"].is_null() || down["prefix_index"]["chunks"] == 0,
-        "{down}"
-    );
-    for p in shares {
-        assert!(
-            p["chunks"].as_u64().unwrap() <= p["budget"].as_u64().unwrap(),
-            "{p}"
-        );
+    // Aborted requests finish on the engines a little after the router lets go.
+    let mut settled = BTreeMap::new();
+    loop {
+        let mut shares = BTreeMap::new();
+        for (i, e) in s.engines[..8].iter().enumerate() {
+            shares.insert(i, served(&s.client, e).await);
+        }
+        if shares == settled {
+            eprintln!("shares {shares:?}");
+            return shares;
+        }
+        settled = shares;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-
-    let mut shares = BTreeMap::new();
-    let (mut queries, mut hits) = (0.0, 0.0);
-    for (i, e) in s.engines[..8].iter().enumerate() {
-        shares.insert(i, served(&s.client, e).await);
-        let (q, h) = cache(&s.client, e).await;
-        queries += q;
-        hits += h;
-    }
-    let total: f64 = shares.values().sum();
-    let fair = total / 8.0;
-    let max = shares.values().cloned().fold(0.0, f64::max);
-    eprintln!(
-        "shares {shares:?}, prefix cache hit rate {:.3}",
-        hits / queries
-    );
-    // Engines that never got the request because the client left first are fine; the
-    // rest reached an engine (retries included).
-    assert!(total >= 790.0, "{total} of 1000 reached an engine");
-    assert!(
-        max <= 1.5 * fair,
-        "hotspot: one engine got {max} of {total} (fair share {fair}): {shares:?}"
-    );
-    assert!(
-        shares.values().all(|&n| n >= fair / 3.0),
-        "an engine was starved: {shares:?}"
-    );
-    assert!(
-        hits / queries >= 0.8,
-        "the shared prefix stays cached: hit rate {}",
-        hits / queries
-    );
 }
 
 /// `leastloaded` counts the router's own in-flight requests, pinned ones included, so
