@@ -8,11 +8,17 @@
 //! [`EndpointSet`](llmstack_core::EndpointSet); routing reads that set.
 
 mod config;
+mod dns;
+#[cfg(feature = "kube")]
+pub mod k8s;
 mod prober;
 mod static_list;
 mod stream;
 
-pub use config::{ConfigError, DiscoveryConfig, DiscoveryKind, ProbeConfig};
+pub use config::{
+    ConfigError, DiscoveryConfig, DiscoveryKind, DnsConfig, K8sConfig, K8sMode, ProbeConfig,
+};
+pub use dns::dns_discovery;
 pub use prober::probe;
-pub use static_list::{static_discovery, static_endpoints};
+pub use static_list::{reloading_static_discovery, static_discovery, static_endpoints};
 pub use stream::UpdateStream;

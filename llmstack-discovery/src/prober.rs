@@ -16,9 +16,6 @@ use tokio::task::JoinSet;
 
 use crate::{ProbeConfig, UpdateStream};
 
-/// Consecutive failed probes that take a ready endpoint out of routing.
-const FAILURES_BEFORE_UNREADY: u32 = 2;
-
 /// Largest `/v1/models` answer read (a few thousand adapters fit).
 const MAX_MODELS_BODY: usize = 4 << 20;
 
@@ -27,15 +24,22 @@ type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 /// Wraps a discovery source: every endpoint it yields is probed at once and then every
 /// `config.interval`, and the updates passed on carry what the probes learned.
 ///
-/// A probe is `GET <url>/health` then `GET <url>/v1/models` (with `Authorization:
-/// Bearer <api_key>` when set)
-/// within `config.timeout`. Success (2xx twice, then an OpenAI model list) makes the endpoint
-/// [`Ready`](EndpointState::Ready) with exactly the models listed (base models and LoRA
-/// adapters, cards kept verbatim). Failure makes it
-/// [`Unready`](EndpointState::Unready) (a ready endpoint after two failures in a row, so
-/// one slow answer under load does not take it out) and keeps its configured models, so
-/// requests for them get 503, not 404. One probe per endpoint runs at a time. An update
-/// is passed on only when something changed.
+/// A probe is `GET <url>/health`, then `GET <url>/is_sleeping` when
+/// `config.is_sleeping` is set, then `GET <url>/v1/models` (with `Authorization: Bearer
+/// <api_key>` when set) within `config.timeout`. Success (2xx answers, awake, then an
+/// OpenAI model list) makes the endpoint [`Ready`](EndpointState::Ready) with exactly
+/// the models listed (base models and LoRA adapters, cards kept verbatim), so adapters
+/// loaded at run time appear within one interval. Failure makes it
+/// [`Unready`](EndpointState::Unready) and keeps its last known models, so requests for
+/// them get 503, not 404:
+///
+/// - a ready endpoint after `config.failure_threshold` failures in a row (one slow
+///   answer under load does not take it out); a sleeping engine at once;
+/// - an unready endpoint comes back after `config.success_threshold` successes in a
+///   row; a new endpoint is ready at its first success.
+///
+/// One probe per endpoint runs at a time. An update is passed on only when something
+/// changed. Taking an endpoint out only stops new requests: the ones in flight finish.
 ///
 /// The probes run in a task owned by the returned stream (dropped with it). Needs a
 /// Tokio runtime.
@@ -50,6 +54,8 @@ pub fn probe(source: impl Discover, config: ProbeConfig) -> UpdateStream {
 struct Probed {
     state: EndpointState,
     models: Option<Vec<ModelCard>>,
+    /// The engine answered that it sleeps: out at once, whatever the threshold.
+    sleeping: bool,
 }
 
 async fn run(
@@ -69,7 +75,9 @@ async fn run(
     let mut probed: HashMap<EndpointId, Probed> = HashMap::new();
     let mut probes: JoinSet<(EndpointId, Probed)> = JoinSet::new();
     let mut probing: HashSet<EndpointId> = HashSet::new();
+    // Consecutive failures (of a ready endpoint) and successes (of an unready one).
     let mut failures: HashMap<EndpointId, u32> = HashMap::new();
+    let mut successes: HashMap<EndpointId, u32> = HashMap::new();
     // New endpoints are probed as they arrive; the periodic round starts one interval later.
     let mut tick = tokio::time::interval_at(
         tokio::time::Instant::now() + config.interval,
@@ -102,6 +110,7 @@ async fn run(
                     }
                 }
                 failures.retain(|id, _| discovered.contains_key(id));
+                successes.retain(|id, _| discovered.contains_key(id));
                 let update = match update {
                     Update::Remove(ids) => {
                         for id in &ids { published.remove(id); }
@@ -131,17 +140,24 @@ async fn run(
                 let Ok((id, result)) = done else { continue };
                 probing.remove(&id);
                 let Some(ep) = discovered.get(&id) else { continue };
+                let before = probed.get(&id).map(|p| p.state);
                 let failed = failures.entry(id.clone()).or_insert(0);
+                let succeeded = successes.entry(id.clone()).or_insert(0);
                 if result.state == EndpointState::Unready {
                     *failed += 1;
-                    // A ready engine stays ready through one failed probe (a slow answer
-                    // under load); the second in a row takes it out.
-                    let was_ready = probed.get(&id).is_some_and(|p| p.state == EndpointState::Ready);
-                    if was_ready && *failed < FAILURES_BEFORE_UNREADY {
+                    *succeeded = 0;
+                    // A ready engine stays ready through failed probes below the
+                    // threshold (a slow answer under load); a sleeping one goes at once.
+                    if before == Some(EndpointState::Ready) && !result.sleeping && *failed < config.failure_threshold {
                         continue;
                     }
                 } else {
                     *failed = 0;
+                    *succeeded += 1;
+                    // An engine that was taken out comes back after enough successes.
+                    if before == Some(EndpointState::Unready) && *succeeded < config.success_threshold {
+                        continue;
+                    }
                 }
                 probed.insert(id.clone(), result);
                 let merged = merge(ep, probed.get(&id));
@@ -208,61 +224,108 @@ fn merge(ep: &Endpoint, probed: Option<&Probed>) -> Endpoint {
 
 async fn probe_one(client: HttpClient, ep: Endpoint, config: ProbeConfig) -> (EndpointId, Probed) {
     let result = tokio::time::timeout(config.timeout, fetch_models(&client, &ep, &config)).await;
+    let failed = |sleeping| Probed {
+        state: EndpointState::Unready,
+        models: None,
+        sleeping,
+    };
     let probed = match result {
         Ok(Ok(models)) => Probed {
             state: EndpointState::Ready,
             models: Some(models),
+            sleeping: false,
         },
-        Ok(Err(reason)) => {
+        Ok(Err(Failure::Sleeping)) => {
+            tracing::debug!(endpoint = %ep.id, url = %ep.url, "engine sleeps");
+            failed(true)
+        }
+        Ok(Err(Failure::Other(reason))) => {
             tracing::debug!(endpoint = %ep.id, url = %ep.url, %reason, "probe failed");
-            Probed {
-                state: EndpointState::Unready,
-                models: None,
-            }
+            failed(false)
         }
         Err(_) => {
             tracing::debug!(endpoint = %ep.id, url = %ep.url, "probe timed out");
-            Probed {
-                state: EndpointState::Unready,
-                models: None,
-            }
+            failed(false)
         }
     };
     (ep.id, probed)
 }
 
+/// Why a probe failed.
+enum Failure {
+    /// `/is_sleeping` said so.
+    Sleeping,
+    /// Anything else: refused, an error status, a bad model list.
+    Other(String),
+}
+
 /// `GET /health` (the engine's own liveness: 503 once its engine core died), then
-/// `GET /v1/models`.
+/// `GET /is_sleeping` when configured (404: no sleep mode, awake), then `GET
+/// /v1/models`.
 async fn fetch_models(
     client: &HttpClient,
     ep: &Endpoint,
     config: &ProbeConfig,
-) -> Result<Vec<ModelCard>, String> {
-    get(client, ep, config, "/health").await?;
-    parse_models(&get(client, ep, config, "/v1/models").await?)
+) -> Result<Vec<ModelCard>, Failure> {
+    get(client, ep, config, "/health")
+        .await
+        .map_err(|(_, e)| Failure::Other(e))?;
+    if config.is_sleeping {
+        match get(client, ep, config, "/is_sleeping").await {
+            Ok(body) => {
+                if parse_sleeping(&body).map_err(Failure::Other)? {
+                    return Err(Failure::Sleeping);
+                }
+            }
+            Err((Some(http::StatusCode::NOT_FOUND), _)) => {}
+            Err((_, e)) => return Err(Failure::Other(e)),
+        }
+    }
+    let models = get(client, ep, config, "/v1/models")
+        .await
+        .map_err(|(_, e)| Failure::Other(e))?;
+    parse_models(&models).map_err(Failure::Other)
 }
 
+/// `{"is_sleeping": bool}`.
+fn parse_sleeping(body: &[u8]) -> Result<bool, String> {
+    #[derive(serde::Deserialize)]
+    struct Sleeping {
+        is_sleeping: bool,
+    }
+    serde_json::from_slice::<Sleeping>(body)
+        .map(|s| s.is_sleeping)
+        .map_err(|e| format!("/is_sleeping: {e}"))
+}
+
+/// The body of a 2xx answer to `GET path`; else the status (if one came) and why.
 async fn get(
     client: &HttpClient,
     ep: &Endpoint,
     config: &ProbeConfig,
     path: &str,
-) -> Result<Bytes, String> {
-    let uri = ep.uri_for(path).ok_or("the endpoint URL has no host")?;
+) -> Result<Bytes, (Option<http::StatusCode>, String)> {
+    let fail = |e: String| (None, e);
+    let uri = ep
+        .uri_for(path)
+        .ok_or_else(|| fail("the endpoint URL has no host".into()))?;
     let mut req = http::Request::get(uri);
     if let Some(key) = &config.api_key {
         req = req.header(http::header::AUTHORIZATION, format!("Bearer {key}"));
     }
-    let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
-    let resp = client.request(req).await.map_err(|e| format!("{e:?}"))?;
+    let req = req.body(Empty::new()).map_err(|e| fail(e.to_string()))?;
+    let resp = client
+        .request(req)
+        .await
+        .map_err(|e| fail(format!("{e:?}")))?;
     let status = resp.status();
     let body = Limited::new(resp.into_body(), MAX_MODELS_BODY)
         .collect()
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| fail(e.to_string()))?
         .to_bytes();
     if !status.is_success() {
-        return Err(format!("{path} answered {status}"));
+        return Err((Some(status), format!("{path} answered {status}")));
     }
     Ok(body)
 }
@@ -297,5 +360,7 @@ mod tests {
         assert!(!models[0].is_adapter());
         assert_eq!(models[1].parent.as_deref(), Some("base"));
         assert!(parse_models(b"{}").is_err());
+        assert_eq!(parse_sleeping(br#"{"is_sleeping":true}"#), Ok(true));
+        assert!(parse_sleeping(b"{}").is_err());
     }
 }

@@ -1,13 +1,15 @@
 //! Static discovery: the configured list, once.
 
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures_core::Stream;
 use http::Uri;
 use llmstack_core::{BoxError, Discover, Endpoint, ModelCard, Update};
 
-use crate::{ConfigError, DiscoveryConfig};
+use crate::{ConfigError, DiscoveryConfig, UpdateStream};
 
 /// The endpoints described by `--static-backends`, `--static-models` and
 /// `--static-model-labels`: one endpoint per distinct URL (a repeated URL collects all
@@ -42,6 +44,66 @@ pub fn static_endpoints(config: &DiscoveryConfig) -> Result<Vec<Endpoint>, Confi
 /// forever (a static list never changes).
 pub fn static_discovery(endpoints: Vec<Endpoint>) -> impl Discover {
     Once(Some(Update::Reset(endpoints)))
+}
+
+/// A static list kept in a file: yields `Reset(initial)`, then reads `path` every
+/// `interval` and, when its bytes changed, yields `Reset(load(path))` if that
+/// succeeded and differs from the last list. A file that cannot be read or parsed
+/// keeps the last good list: the error is logged once per content and counted in
+/// `llmstack_discovery_errors_total{source="static"}`. Polling (not inotify) also sees
+/// Kubernetes ConfigMap updates, which swap a symlink.
+///
+/// The task is owned by the returned stream. Needs a Tokio runtime.
+pub fn reloading_static_discovery<F>(
+    path: PathBuf,
+    interval: Duration,
+    initial: Vec<Endpoint>,
+    load: F,
+) -> UpdateStream
+where
+    F: Fn(&Path) -> Result<Vec<Endpoint>, String> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let task = tokio::spawn(async move {
+        let mut last_bytes = tokio::fs::read(&path).await.ok();
+        let mut last = initial.clone();
+        if tx.send(Ok(Update::Reset(initial))).await.is_err() {
+            return;
+        }
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let bytes = tokio::fs::read(&path).await;
+            let (changed, parsed) = match &bytes {
+                Ok(b) if last_bytes.as_deref() == Some(b.as_slice()) => continue,
+                Ok(_) => (true, load(&path)),
+                Err(e) => (
+                    last_bytes.is_some(),
+                    Err(format!("cannot read {}: {e}", path.display())),
+                ),
+            };
+            last_bytes = bytes.ok();
+            match parsed {
+                Ok(endpoints) if endpoints != last => {
+                    tracing::info!(path = %path.display(), endpoints = endpoints.len(), "static backends reloaded");
+                    last.clone_from(&endpoints);
+                    if tx.send(Ok(Update::Reset(endpoints))).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) if changed => {
+                    metrics::counter!("llmstack_discovery_errors_total", "source" => "static")
+                        .increment(1);
+                    tracing::warn!(error = %e, "static backends not reloaded; keeping the last list");
+                }
+                Err(_) => {}
+            }
+        }
+    });
+    UpdateStream::new(rx, Some(task))
 }
 
 struct Once(Option<Update>);
@@ -108,6 +170,48 @@ mod tests {
         // Ids are stable: the same config gives the same ids.
         let again = static_endpoints(&config(&["http://b:2", "http://a:1"], &[])).unwrap();
         assert_eq!(again[0].id, eps[1].id);
+    }
+
+    #[tokio::test]
+    async fn a_changed_file_is_reloaded_and_a_broken_one_ignored() {
+        use std::future::poll_fn;
+        let dir = std::env::temp_dir().join(format!("llmstack-static-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("backends.txt");
+        std::fs::write(&path, "http://a:1").unwrap();
+        let load = |p: &Path| {
+            let text = std::fs::read_to_string(p).map_err(|e| e.to_string())?;
+            let backends: Vec<&str> = text.split(',').collect();
+            static_endpoints(&config(&backends, &[])).map_err(|e| e.0)
+        };
+        let initial = load(&path).unwrap();
+        let mut stream =
+            reloading_static_discovery(path.clone(), Duration::from_millis(20), initial, load);
+        let mut next = async || {
+            let item = tokio::time::timeout(
+                Duration::from_secs(5),
+                poll_fn(|cx| Pin::new(&mut stream).poll_next(cx)),
+            )
+            .await;
+            match item {
+                Ok(Some(Ok(Update::Reset(eps)))) => {
+                    eps.iter().map(|e| e.url.to_string()).collect::<Vec<_>>()
+                }
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(next().await, ["http://a:1/"]);
+        std::fs::write(&path, "ftp://broken").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        std::fs::write(&path, "http://a:1,http://b:2").unwrap();
+        assert_eq!(
+            next().await,
+            ["http://a:1/", "http://b:2/"],
+            "the broken content was skipped"
+        );
+        std::fs::write(&path, "http://b:2").unwrap();
+        assert_eq!(next().await, ["http://b:2/"]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -61,7 +61,13 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<(Action, Vec<Stri
                 Some(path) => Settings::from_file(path).map_err(invalid)?,
                 None => Settings::default(),
             };
-            let config = file.overlay(cli.settings).resolve().map_err(invalid)?;
+            // The static list is re-read from the file when it came from there.
+            let from_file = cli.config.as_ref().filter(|_| {
+                file.static_backends.is_some() && cli.settings.static_backends.is_none()
+            });
+            let from_file = from_file.cloned();
+            let mut config = file.overlay(cli.settings).resolve().map_err(invalid)?;
+            config.discovery.static_file = from_file;
             Ok((Action::Serve(Box::new(config)), warnings))
         }
     }

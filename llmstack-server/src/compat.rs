@@ -13,29 +13,12 @@ const WITH_VALUE: &[(&str, &str)] = &[
     ("callbacks", "Python callbacks cannot run in this router"),
     ("request-rewriter", "requests are forwarded unchanged"),
     (
-        "k8s-service-discovery-type",
-        "Kubernetes discovery is not in this build yet",
-    ),
-    (
         "static-model-types",
         "engines are probed with GET /v1/models, which needs no model type",
     ),
     (
         "static-backend-health-check-timeout-seconds",
         "use --backend-health-check-timeout-seconds",
-    ),
-    ("k8s-port", "Kubernetes discovery is not in this build yet"),
-    (
-        "k8s-namespace",
-        "Kubernetes discovery is not in this build yet",
-    ),
-    (
-        "k8s-label-selector",
-        "Kubernetes discovery is not in this build yet",
-    ),
-    (
-        "k8s-watcher-timeout-seconds",
-        "Kubernetes discovery is not in this build yet",
     ),
     (
         "external-providers-config",

@@ -10,7 +10,9 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use llmstack_discovery::{DiscoveryConfig, DiscoveryKind, ProbeConfig};
+use llmstack_discovery::{
+    DiscoveryConfig, DiscoveryKind, DnsConfig, K8sConfig, K8sMode, ProbeConfig,
+};
 use llmstack_metrics::ScrapeConfig;
 use llmstack_routing::{RoutingConfig, RoutingLogic};
 
@@ -34,9 +36,58 @@ pub struct Settings {
     /// [default: true].
     #[arg(long, env = "LLMSTACK_MAIN_PORT_METRICS")]
     pub main_port_metrics: Option<bool>,
-    /// How engines are found: `static` (`k8s` comes later).
+    /// How engines are found: `static` (--static-backends, re-read from --config when
+    /// the file changes), `dns` (--dns-name) or `k8s` (build feature `kube`)
+    /// [default: static].
     #[arg(long, env = "LLMSTACK_SERVICE_DISCOVERY", value_parser = parse_discovery)]
     pub service_discovery: Option<DiscoveryKind>,
+    /// dns: the name to resolve; `_service._proto.name` is an SRV lookup (ports from
+    /// the records), anything else A/AAAA (e.g. a headless Service's
+    /// `vllm.default.svc.cluster.local`).
+    #[arg(long, env = "LLMSTACK_DNS_NAME")]
+    pub dns_name: Option<String>,
+    /// dns: the engines' port for A/AAAA answers [default: 8000].
+    #[arg(long, env = "LLMSTACK_DNS_PORT")]
+    pub dns_port: Option<u16>,
+    /// dns: comma-separated name servers (`ip:port`) [default: the system's].
+    #[arg(long, env = "LLMSTACK_DNS_NAMESERVERS", value_delimiter = ',')]
+    #[serde(deserialize_with = "list")]
+    pub dns_nameservers: Option<Vec<String>>,
+    /// dns: shortest seconds between two resolutions, whatever the TTL [default: 1].
+    #[arg(long, env = "LLMSTACK_DNS_MIN_REFRESH")]
+    pub dns_min_refresh: Option<f64>,
+    /// dns: longest seconds between two resolutions, whatever the TTL [default: 30].
+    #[arg(long, env = "LLMSTACK_DNS_MAX_REFRESH")]
+    pub dns_max_refresh: Option<f64>,
+    /// k8s: namespace watched [default: default].
+    #[arg(long, env = "LLMSTACK_K8S_NAMESPACE")]
+    pub k8s_namespace: Option<String>,
+    /// k8s: label selector of the engine Pods (or EndpointSlices), e.g. `app=vllm`.
+    #[arg(long, env = "LLMSTACK_K8S_LABEL_SELECTOR")]
+    pub k8s_label_selector: Option<String>,
+    /// k8s: the engines' port when no `llmstack.io/port` annotation or container port
+    /// named `http` gives it [default: 8000].
+    #[arg(long, env = "LLMSTACK_K8S_PORT")]
+    pub k8s_port: Option<u16>,
+    /// k8s: name of the container (or EndpointSlice) port that is the engine's
+    /// [default: http].
+    #[arg(long, env = "LLMSTACK_K8S_PORT_NAME")]
+    pub k8s_port_name: Option<String>,
+    /// k8s: Pod annotation holding the engine's port [default: llmstack.io/port].
+    #[arg(long, env = "LLMSTACK_K8S_PORT_ANNOTATION")]
+    pub k8s_port_annotation: Option<String>,
+    /// k8s: `pod-ip` (watch Pods, route to pod IPs) or `endpoint-slice` (watch a
+    /// Service's EndpointSlices; select them with
+    /// `--k8s-label-selector kubernetes.io/service-name=NAME`) [default: pod-ip].
+    #[arg(long, env = "LLMSTACK_K8S_SERVICE_DISCOVERY_TYPE")]
+    pub k8s_service_discovery_type: Option<String>,
+    /// k8s: a kubeconfig file [default: the pod's ServiceAccount, else KUBECONFIG].
+    #[arg(long, env = "LLMSTACK_K8S_KUBECONFIG")]
+    pub k8s_kubeconfig: Option<PathBuf>,
+    /// k8s: server-side timeout of one watch request in seconds; the watch re-lists
+    /// after each [default: 0, the client's 290 s].
+    #[arg(long, env = "LLMSTACK_K8S_WATCHER_TIMEOUT_SECONDS")]
+    pub k8s_watcher_timeout_seconds: Option<u64>,
     /// Comma-separated engine base URLs (repeat a URL for several models).
     #[arg(long, env = "LLMSTACK_STATIC_BACKENDS", value_delimiter = ',')]
     #[serde(deserialize_with = "list")]
@@ -84,6 +135,17 @@ pub struct Settings {
     /// Seconds one engine poll may take [default: 2].
     #[arg(long, env = "LLMSTACK_BACKEND_HEALTH_CHECK_TIMEOUT_SECONDS")]
     pub backend_health_check_timeout_seconds: Option<f64>,
+    /// Failed health probes in a row that take a ready engine out of routing
+    /// [default: 2].
+    #[arg(long, env = "LLMSTACK_HEALTH_CHECK_FAILURE_THRESHOLD")]
+    pub health_check_failure_threshold: Option<u32>,
+    /// Successful health probes in a row that bring an engine back [default: 1].
+    #[arg(long, env = "LLMSTACK_HEALTH_CHECK_SUCCESS_THRESHOLD")]
+    pub health_check_success_threshold: Option<u32>,
+    /// Also probe `GET /is_sleeping` (vLLM sleep mode, `VLLM_SERVER_DEV_MODE=1`): a
+    /// sleeping engine gets no requests [default: false].
+    #[arg(long, env = "LLMSTACK_CHECK_IS_SLEEPING")]
+    pub check_is_sleeping: Option<bool>,
     /// Log level: critical, error, warning, info, debug or trace [default: info].
     #[arg(long, env = "LLMSTACK_LOG_LEVEL")]
     pub log_level: Option<String>,
@@ -207,6 +269,19 @@ impl Settings {
             admin_port,
             main_port_metrics,
             service_discovery,
+            dns_name,
+            dns_port,
+            dns_nameservers,
+            dns_min_refresh,
+            dns_max_refresh,
+            k8s_namespace,
+            k8s_label_selector,
+            k8s_port,
+            k8s_port_name,
+            k8s_port_annotation,
+            k8s_service_discovery_type,
+            k8s_watcher_timeout_seconds,
+            k8s_kubeconfig,
             static_backends,
             static_models,
             static_model_labels,
@@ -219,6 +294,9 @@ impl Settings {
             engine_stats_interval,
             static_backend_health_check_interval,
             backend_health_check_timeout_seconds,
+            health_check_failure_threshold,
+            health_check_success_threshold,
+            check_is_sleeping,
             log_level,
             log_format,
             otel_endpoint,
@@ -296,6 +374,69 @@ impl Settings {
                 &mut errors,
             ),
             api_key: self.engine_api_key.filter(|k| !k.is_empty()),
+            failure_threshold: self
+                .health_check_failure_threshold
+                .unwrap_or(probe_defaults.failure_threshold),
+            success_threshold: self
+                .health_check_success_threshold
+                .unwrap_or(probe_defaults.success_threshold),
+            is_sleeping: self.check_is_sleeping.unwrap_or(probe_defaults.is_sleeping),
+        };
+        let dns_defaults = DnsConfig::default();
+        let mut nameservers = Vec::new();
+        for ns in trimmed(self.dns_nameservers) {
+            match ns.parse() {
+                Ok(addr) => nameservers.push(addr),
+                Err(_) => errors.push(format!(
+                    "--dns-nameservers entry `{ns}` is not `ip:port` (e.g. 10.96.0.10:53)"
+                )),
+            }
+        }
+        let dns = DnsConfig {
+            name: self.dns_name.unwrap_or_default().trim().to_owned(),
+            port: self.dns_port.unwrap_or(dns_defaults.port),
+            nameservers,
+            min_refresh: secs(
+                "dns-min-refresh",
+                self.dns_min_refresh,
+                dns_defaults.min_refresh,
+                &mut errors,
+            ),
+            max_refresh: secs(
+                "dns-max-refresh",
+                self.dns_max_refresh,
+                dns_defaults.max_refresh,
+                &mut errors,
+            ),
+        };
+        let k8s_defaults = K8sConfig::default();
+        let mode = match self.k8s_service_discovery_type.as_deref().map(str::trim) {
+            None | Some("pod-ip" | "pods") => K8sMode::Pods,
+            Some("endpoint-slice" | "endpointslice" | "endpoint-slices") => K8sMode::EndpointSlices,
+            Some("service-name") => {
+                errors.push(
+                    "--k8s-service-discovery-type service-name is not supported: use endpoint-slice (the Service's ready endpoints) or --service-discovery dns with the Service's name".into(),
+                );
+                K8sMode::Pods
+            }
+            Some(other) => {
+                errors.push(format!(
+                    "--k8s-service-discovery-type `{other}` is not pod-ip or endpoint-slice"
+                ));
+                K8sMode::Pods
+            }
+        };
+        let k8s = K8sConfig {
+            namespace: self.k8s_namespace.unwrap_or(k8s_defaults.namespace),
+            label_selector: self.k8s_label_selector.unwrap_or_default(),
+            mode,
+            port: self.k8s_port.unwrap_or(k8s_defaults.port),
+            port_name: self.k8s_port_name.unwrap_or(k8s_defaults.port_name),
+            port_annotation: self
+                .k8s_port_annotation
+                .unwrap_or(k8s_defaults.port_annotation),
+            kubeconfig: self.k8s_kubeconfig,
+            watch_timeout: Duration::from_secs(self.k8s_watcher_timeout_seconds.unwrap_or(0)),
         };
         let scrape_defaults = ScrapeConfig::default();
         let scrape = ScrapeConfig {
@@ -313,6 +454,9 @@ impl Settings {
             static_backends: trimmed(self.static_backends),
             static_models: trimmed(self.static_models),
             static_model_labels: trimmed(self.static_model_labels),
+            static_file: None,
+            dns,
+            k8s,
             probe,
         };
         if let Err(e) = discovery.validate() {
@@ -406,6 +550,23 @@ impl Settings {
     }
 }
 
+/// The static endpoints a `--config` file lists now (its `static_backends`,
+/// `static_models` and `static_model_labels`): how the router re-reads the file when it
+/// changes. Fails on a file that cannot be read or a list that is not valid.
+pub(crate) fn static_endpoints_in(
+    path: &std::path::Path,
+) -> Result<Vec<llmstack_core::Endpoint>, String> {
+    let file = Settings::from_file(&path.to_path_buf())?;
+    let config = DiscoveryConfig {
+        static_backends: trimmed(file.static_backends),
+        static_models: trimmed(file.static_models),
+        static_model_labels: trimmed(file.static_model_labels),
+        ..DiscoveryConfig::default()
+    };
+    config.validate().map_err(|e| e.0)?;
+    llmstack_discovery::static_endpoints(&config).map_err(|e| e.0)
+}
+
 /// Longest duration a setting takes (a year): anything longer is a typo, and deadlines
 /// far in the future overflow the clock.
 const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
@@ -421,9 +582,10 @@ fn trimmed(list: Option<Vec<String>>) -> Vec<String> {
 fn parse_discovery(s: &str) -> Result<DiscoveryKind, String> {
     match s {
         "static" => Ok(DiscoveryKind::Static),
+        "dns" => Ok(DiscoveryKind::Dns),
         "k8s" => Ok(DiscoveryKind::K8s),
         other => Err(format!(
-            "unknown discovery `{other}` (expected static or k8s)"
+            "unknown discovery `{other}` (expected static, dns or k8s)"
         )),
     }
 }

@@ -12,7 +12,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use llmstack_core::{Discover, EndpointSet};
-use llmstack_discovery::{probe, static_discovery, static_endpoints};
+use llmstack_discovery::{
+    DiscoveryConfig, DiscoveryKind, dns_discovery, probe, reloading_static_discovery,
+    static_discovery, static_endpoints,
+};
 use llmstack_metrics::spawn_scraper;
 use llmstack_routing::{InFlight, Router};
 use tokio::net::TcpListener;
@@ -62,8 +65,10 @@ impl Server {
             .validate()
             .map_err(|e| StartError::Config(e.0))?;
         config.routing.validate().map_err(StartError::Config)?;
-        let endpoints = static_endpoints(&config.discovery).map_err(|e| StartError::Config(e.0))?;
-        let source = probe(static_discovery(endpoints), config.discovery.probe.clone());
+        let source = probe(
+            source(&config.discovery).await?,
+            config.discovery.probe.clone(),
+        );
         let mut seed = EndpointSet::default();
         for model in config
             .discovery
@@ -107,7 +112,19 @@ impl Server {
             .map_err(StartError::Bind)?;
         let addr = listener.local_addr().map_err(StartError::Bind)?;
         let sweeper = tokio::spawn(sweep_idle(Arc::clone(&pools)));
-        let discovery = tokio::spawn(run_discovery(source, set_tx, router, pools));
+        let (answered_tx, answered) = tokio::sync::oneshot::channel();
+        let discovery = tokio::spawn(run_discovery(source, set_tx, router, pools, answered_tx));
+        // DNS and Kubernetes answer after a round trip: serve once they have (or after
+        // FIRST_ANSWER_WAIT, with /ready at 503 until engines are found).
+        if tokio::time::timeout(FIRST_ANSWER_WAIT, answered)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                waited = ?FIRST_ANSWER_WAIT,
+                "discovery has not answered yet; serving anyway (requests get 503 until engines are found)"
+            );
+        }
         let (stop, stop_rx) = watch::channel(false);
         let admin = match config.admin {
             Some(at) => {
@@ -185,14 +202,72 @@ impl std::fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
-/// Applies discovery updates to the endpoint set and publishes each new snapshot.
+/// How long [`Server::start`] waits for discovery's first answer before serving.
+const FIRST_ANSWER_WAIT: Duration = Duration::from_secs(10);
+
+/// How often a static list's `--config` file is checked for changes.
+const STATIC_FILE_POLL: Duration = Duration::from_secs(1);
+
+/// A discovery source of any kind.
+type Source = Box<dyn Discover>;
+
+/// The discovery source `config` describes (not yet probed).
+async fn source(config: &DiscoveryConfig) -> Result<Source, StartError> {
+    Ok(match config.service_discovery {
+        DiscoveryKind::Static => {
+            let endpoints = static_endpoints(config).map_err(|e| StartError::Config(e.0))?;
+            match &config.static_file {
+                Some(path) => Box::new(reloading_static_discovery(
+                    path.clone(),
+                    STATIC_FILE_POLL,
+                    endpoints,
+                    crate::config::static_endpoints_in,
+                )),
+                None => Box::new(static_discovery(endpoints)),
+            }
+        }
+        DiscoveryKind::Dns => Box::new(dns_discovery(config.dns.clone())),
+        DiscoveryKind::K8s => k8s_source(config).await?,
+    })
+}
+
+#[cfg(feature = "kube")]
+async fn k8s_source(config: &DiscoveryConfig) -> Result<Source, StartError> {
+    let client = llmstack_discovery::k8s::client(&config.k8s)
+        .await
+        .map_err(|e| {
+            StartError::Config(format!(
+                "no Kubernetes API access (in-cluster ServiceAccount or KUBECONFIG): {e}"
+            ))
+        })?;
+    Ok(Box::new(llmstack_discovery::k8s::k8s_discovery(
+        client,
+        config.k8s.clone(),
+    )))
+}
+
+#[cfg(not(feature = "kube"))]
+async fn k8s_source(_: &DiscoveryConfig) -> Result<Source, StartError> {
+    Err(StartError::Config(
+        "--service-discovery k8s needs a build with the `kube` feature (cargo build --features kube)"
+            .into(),
+    ))
+}
+
+/// Applies discovery updates to the endpoint set and publishes each new snapshot;
+/// `answered` fires at the first update (even one that changes nothing).
 async fn run_discovery(
     mut source: impl Discover,
     tx: watch::Sender<EndpointSet>,
     router: Arc<Router>,
     pools: Arc<Pools>,
+    answered: tokio::sync::oneshot::Sender<()>,
 ) {
+    let mut answered = Some(answered);
     while let Some(update) = std::future::poll_fn(|cx| Pin::new(&mut source).poll_next(cx)).await {
+        if let Some(answered) = answered.take() {
+            let _ = answered.send(());
+        }
         match update {
             Ok(update) => {
                 let mut set = tx.borrow().clone();

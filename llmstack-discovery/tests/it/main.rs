@@ -1,6 +1,8 @@
 //! Integration tests: the prober against real `llmstack-sim` engines over HTTP.
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
 
+mod dns;
+
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::time::Duration;
@@ -14,7 +16,7 @@ fn config() -> ProbeConfig {
     ProbeConfig {
         interval: Duration::from_millis(100),
         timeout: Duration::from_millis(500),
-        api_key: None,
+        ..ProbeConfig::default()
     }
 }
 

@@ -41,6 +41,8 @@ fn production_stack_flags_work_unchanged() {
         "debug",
         "--k8s-namespace",
         "prod",
+        "--callbacks",
+        "x.y",
         "--log-stats",
     ])
     .unwrap();
@@ -59,8 +61,12 @@ fn production_stack_flags_work_unchanged() {
         "default"
     );
     assert_eq!(config.log_filter, "debug");
+    assert_eq!(
+        config.discovery.k8s.namespace, "prod",
+        "taken, unused by static"
+    );
     assert_eq!(warnings.len(), 2, "{warnings:?}");
-    assert!(warnings[0].contains("--k8s-namespace"));
+    assert!(warnings[0].contains("--callbacks"));
 }
 
 #[test]

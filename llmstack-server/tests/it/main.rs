@@ -4,6 +4,8 @@
 
 mod binary;
 mod failures;
+#[cfg(feature = "kube")]
+mod k8s;
 mod local;
 mod metrics;
 #[cfg(feature = "otel")]

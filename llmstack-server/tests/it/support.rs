@@ -44,7 +44,7 @@ pub fn config_for(engines: &[SimEngine]) -> ServerConfig {
             probe: ProbeConfig {
                 interval: Duration::from_millis(200),
                 timeout: Duration::from_secs(1),
-                api_key: None,
+                ..ProbeConfig::default()
             },
             ..DiscoveryConfig::default()
         },
