@@ -38,7 +38,9 @@ use crate::{DnsConfig, UpdateStream};
 ///   (a headless Service with no ready pods). A failure (timeout, SERVFAIL, refused)
 ///   keeps the last set, is logged at warn, counted in
 ///   `llmstack_discovery_errors_total{source="dns"}`, and retried after `min_refresh`,
-///   doubling up to `max_refresh` while it keeps failing.
+///   doubling up to `max_refresh` while it keeps failing. One attempt waits at most
+///   `max_refresh` (and the resolver's own timeout, 5 s by default); the resolver
+///   makes 3 attempts by default before a lookup fails.
 ///
 /// The stream yields a single `Err` and ends (a fatal condition for the consumer) only
 /// when the name does not parse or the system resolver configuration cannot be read.
@@ -76,10 +78,7 @@ async fn run(config: DnsConfig, tx: mpsc::Sender<Result<Update, BoxError>>) {
     let mut last: Option<Vec<Endpoint>> = None;
     let mut backoff = config.min_refresh;
     loop {
-        let t0 = tokio::time::Instant::now();
-        let r = resolve(&resolver, &name, config.port).await;
-        eprintln!("DBG resolve {:?} in {:?}", r.as_ref().map(|a| a.addrs.len()).map_err(|e| e.to_string()), t0.elapsed());
-        let delay = match r {
+        let delay = match resolve(&resolver, &name, config.port).await {
             Ok(answer) => {
                 backoff = config.min_refresh;
                 let (endpoints, delay) = answer.snapshot(&config);
@@ -112,20 +111,29 @@ async fn run(config: DnsConfig, tx: mpsc::Sender<Result<Update, BoxError>>) {
 }
 
 /// A resolver asking `config.nameservers`, or the system's when there are none.
+///
+/// One attempt waits at most `max_refresh` (hickory's default is 5 s): an answer later
+/// than that is older than the refresh it was for, and a silent server is then counted
+/// as failing at the pace of the refreshes.
 fn resolver(config: &DnsConfig) -> Result<TokioResolver, NetError> {
-    if config.nameservers.is_empty() {
-        return TokioResolver::builder_tokio()?.build();
-    }
-    let servers = config.nameservers.iter().map(|addr| {
-        let (mut udp, mut tcp) = (ConnectionConfig::udp(), ConnectionConfig::tcp());
-        udp.port = addr.port();
-        tcp.port = addr.port();
-        NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
-    });
-    let config = ResolverConfig::from_name_servers(servers.collect());
-    let mut builder = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default());
-    // The configured servers are the whole truth: `/etc/hosts` must not shadow them.
-    builder.options_mut().use_hosts_file = ResolveHosts::Never;
+    let mut builder = if config.nameservers.is_empty() {
+        TokioResolver::builder_tokio()?
+    } else {
+        let servers = config.nameservers.iter().map(|addr| {
+            let (mut udp, mut tcp) = (ConnectionConfig::udp(), ConnectionConfig::tcp());
+            udp.port = addr.port();
+            tcp.port = addr.port();
+            NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
+        });
+        let servers = ResolverConfig::from_name_servers(servers.collect());
+        let mut builder =
+            TokioResolver::builder_with_config(servers, TokioRuntimeProvider::default());
+        // The configured servers are the whole truth: `/etc/hosts` must not shadow them.
+        builder.options_mut().use_hosts_file = ResolveHosts::Never;
+        builder
+    };
+    let options = builder.options_mut();
+    options.timeout = options.timeout.min(config.max_refresh);
     builder.build()
 }
 
@@ -154,7 +162,6 @@ async fn resolve(resolver: &TokioResolver, name: &Name, port: u16) -> Result<Ans
             .iter()
             .filter(|r| r.name.eq_ignore_root(&target) && ip(r).is_some())
             .collect();
-        eprintln!("DBG glue for {target}: {}", glue.len());
         if glue.is_empty() {
             addresses(resolver, &target, port, &mut answer).await?;
         } else {

@@ -34,6 +34,9 @@ pub const ROUTING_DECISIONS: &str = "llmstack_routing_decisions_total";
 pub const ENDPOINTS: &str = "llmstack_endpoints";
 /// Discovery updates applied to the endpoint set (changes only).
 pub const DISCOVERY_UPDATES: &str = "llmstack_discovery_updates_total";
+/// Discovery failures, by `source` (`dns`, `k8s`, `static`): a resolution, watch or
+/// file reload that failed (the last good endpoints stay).
+pub const DISCOVERY_ERRORS: &str = "llmstack_discovery_errors_total";
 /// Duration of the last `/metrics` scrape of each engine, by `engine` (a gauge: one
 /// sample per engine keeps `/metrics` small with hundreds of engines).
 pub const SCRAPE_DURATION: &str = "llmstack_engine_scrape_duration_seconds";
@@ -87,6 +90,10 @@ pub fn describe() {
     describe_counter!(
         DISCOVERY_UPDATES,
         "Discovery updates that changed the endpoint set."
+    );
+    describe_counter!(
+        DISCOVERY_ERRORS,
+        "Discovery failures (DNS resolutions, Kubernetes watches, static file reloads); the last good endpoints stay."
     );
     describe_gauge!(
         SCRAPE_DURATION,

@@ -5,6 +5,7 @@
 //! errors instead of returning them, which is what a test wants.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc, missing_docs)]
 
+pub mod dnsmasq;
 pub mod kube_apiserver;
 
 use std::time::Duration;

@@ -1,4 +1,5 @@
-//! Integration tests: the prober against real `llmstack-sim` engines over HTTP.
+//! Integration tests: the prober against real `llmstack-sim` engines over HTTP, and DNS
+//! discovery against a real resolver (`dns`).
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
 
 mod dns;

@@ -73,8 +73,10 @@ async fn engines(c: &HttpClient, url: &str) -> Vec<(String, String)> {
     out
 }
 
-/// Waits until the router's engines are exactly `want` (base URLs), all ready.
-async fn until_engines(c: &HttpClient, url: &str, want: &[&SimEngine]) {
+/// Waits until the router's engines are exactly `want` (base URLs), all ready; returns
+/// how long that took.
+async fn until_engines(c: &HttpClient, url: &str, want: &[&SimEngine]) -> Duration {
+    let start = tokio::time::Instant::now();
     let mut want: Vec<(String, String)> = want
         .iter()
         .map(|e| (e.base_url(), "ready".to_owned()))
@@ -86,6 +88,7 @@ async fn until_engines(c: &HttpClient, url: &str, want: &[&SimEngine]) {
     })
     .await;
     assert!(ok, "want {want:?}, have {:?}", engines(c, url).await);
+    start.elapsed()
 }
 
 /// Sends `n` chats and returns how many each engine finished meanwhile.
@@ -150,7 +153,7 @@ async fn pods_come_go_and_drain_and_a_deletion_during_a_disconnect_is_seen() {
 
     // Ready: routed to (the annotation gives the port).
     set_status(&pods, "vllm-0", "127.0.0.2", true).await;
-    until_engines(&c, &url, &[&sims[0]]).await;
+    let routed = until_engines(&c, &url, &[&sims[0]]).await;
     assert_eq!(spread(&c, &url, &sims, 4).await, [4.0, 0.0]);
 
     // A second engine (port from the container port named `http`): traffic spreads.
@@ -166,7 +169,7 @@ async fn pods_come_go_and_drain_and_a_deletion_during_a_disconnect_is_seen() {
 
     // Not ready any more: out; ready again: back.
     set_status(&pods, "vllm-1", "127.0.0.3", false).await;
-    until_engines(&c, &url, &[&sims[0]]).await;
+    let unready = until_engines(&c, &url, &[&sims[0]]).await;
     assert_eq!(spread(&c, &url, &sims, 2).await, [2.0, 0.0]);
     set_status(&pods, "vllm-1", "127.0.0.3", true).await;
     until_engines(&c, &url, &[&sims[0], &sims[1]]).await;
@@ -198,7 +201,7 @@ async fn pods_come_go_and_drain_and_a_deletion_during_a_disconnect_is_seen() {
     pods.delete("vllm-0", &DeleteParams::default())
         .await
         .unwrap();
-    until_engines(&c, &url, &[&sims[1]]).await;
+    let terminating = until_engines(&c, &url, &[&sims[1]]).await;
     assert_eq!(spread(&c, &url, &sims, 3).await, [0.0, 3.0]);
     let rest = read_to_end(&mut long).await;
     assert!(
@@ -230,7 +233,11 @@ async fn pods_come_go_and_drain_and_a_deletion_during_a_disconnect_is_seen() {
     api.stop_apiserver().await;
     delete_from_etcd(&c, api.etcd_url(), "/registry/pods/default/vllm-1").await;
     api.start_apiserver().await;
-    until_engines(&c, &url, &[&sims[0]]).await;
+    let relisted = until_engines(&c, &url, &[&sims[0]]).await;
+    eprintln!(
+        "k8s discovery: Ready → routed {routed:?}, not Ready → out {unready:?}, \
+         terminating → out {terminating:?}, apiserver back → deletion seen {relisted:?}"
+    );
     assert_eq!(spread(&c, &url, &sims, 2).await, [2.0, 0.0]);
     let idle = eventually(Duration::from_secs(5), || async {
         get(&c, &format!("{url}/health")).await.json()["in_flight"] == 0

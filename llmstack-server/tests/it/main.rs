@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
 
 mod binary;
+mod discovery;
 mod failures;
 #[cfg(feature = "kube")]
 mod k8s;
