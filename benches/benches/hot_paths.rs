@@ -1,6 +1,7 @@
 //! Hot paths: `RouteRequest::from_json` on a 1 KB chat body, candidate selection and every
 //! policy at 8, 64, 512 and 1,000 engines, the whole prefix-aware routing decision at
-//! 1,000 engines with an 8k-token prompt, and `engine_stats` on a vLLM 0.33 exposition.
+//! 1,000 engines with an 8k-token prompt, `engine_stats` on a vLLM 0.33 exposition, and
+//! discovery updates (one pod event, a re-list) applied to a 1,000-engine set.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::borrow::Cow;
@@ -111,11 +112,37 @@ fn parse_metrics(c: &mut Criterion) {
     });
 }
 
+/// What a Kubernetes pod event (`Add` of one changed engine) and a re-list (`Reset` of
+/// all 1,000, unchanged) cost the discovery task: `EndpointSet::apply` builds the next
+/// snapshot (the router's readers keep the old one).
+fn discovery_updates(c: &mut Criterion) {
+    let eps: Vec<_> = endpoints(1000).iter().map(|e| (**e).clone()).collect();
+    let mut set = EndpointSet::default();
+    set.apply(Update::Reset(eps.clone()));
+    let mut changed = eps[500].clone();
+    changed.labels.insert("rev".into(), "2".into());
+    c.bench_function("endpoint_set_apply_pod_event_1000_engines", |b| {
+        b.iter_batched(
+            || (set.clone(), Update::Add(vec![changed.clone()])),
+            |(mut set, update)| black_box(set.apply(update)),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    c.bench_function("endpoint_set_apply_relist_1000_engines", |b| {
+        b.iter_batched(
+            || (set.clone(), Update::Reset(eps.clone())),
+            |(mut set, update)| black_box(set.apply(update)),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+}
+
 criterion_group!(
     benches,
     route_request,
     policies,
     prefix_route,
-    parse_metrics
+    parse_metrics,
+    discovery_updates
 );
 criterion_main!(benches);

@@ -3,6 +3,8 @@
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
 
 mod dns;
+#[cfg(feature = "kube")]
+mod slices;
 
 use std::future::poll_fn;
 use std::pin::Pin;
