@@ -268,19 +268,7 @@ pub fn pod_endpoint(pod: &Pod, config: &K8sConfig) -> Option<Endpoint> {
     };
     let port = annotated.or_else(named).unwrap_or(config.port);
     let mut ep = Endpoint::new(url(ip, port)?);
-    let name = meta.name.as_deref()?;
-    let uid: String = meta
-        .uid
-        .as_deref()
-        .unwrap_or_default()
-        .chars()
-        .take(8)
-        .collect();
-    ep.id = if uid.is_empty() {
-        EndpointId::new(name)
-    } else {
-        EndpointId::new(format!("{name}.{uid}"))
-    };
+    ep.id = pod_id(meta.name.as_deref()?, meta.uid.as_deref());
     ep.labels = meta.labels.clone().unwrap_or_default();
     Some(ep)
 }
@@ -324,23 +312,23 @@ pub fn slice_endpoints(slice: &EndpointSlice, config: &K8sConfig) -> Vec<Endpoin
             .filter(|t| t.kind.as_deref() == Some("Pod"))
             && let Some(name) = target.name.as_deref()
         {
-            let uid: String = target
-                .uid
-                .as_deref()
-                .unwrap_or_default()
-                .chars()
-                .take(8)
-                .collect();
-            ep.id = if uid.is_empty() {
-                EndpointId::new(name)
-            } else {
-                EndpointId::new(format!("{name}.{uid}"))
-            };
+            ep.id = pod_id(name, target.uid.as_deref());
         }
         ep.labels = slice.metadata.labels.clone().unwrap_or_default();
         out.push(ep);
     }
     out
+}
+
+/// A pod's endpoint id: `<name>.<first 8 characters of its UID>` (the name alone
+/// without a UID).
+fn pod_id(name: &str, uid: Option<&str>) -> EndpointId {
+    let uid: String = uid.unwrap_or_default().chars().take(8).collect();
+    if uid.is_empty() {
+        EndpointId::new(name)
+    } else {
+        EndpointId::new(format!("{name}.{uid}"))
+    }
 }
 
 /// `http://ip:port` (IPv6 in brackets); `None` for something that is not an IP.

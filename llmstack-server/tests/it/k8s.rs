@@ -260,34 +260,10 @@ async fn read_to_end(res: &mut http::Response<hyper::body::Incoming>) -> String 
 
 /// Deletes `key` in etcd through its v3 JSON gateway.
 async fn delete_from_etcd(c: &HttpClient, etcd: &str, key: &str) {
-    use base64_free::encode;
-    let body: Value = json!({"key": encode(key.as_bytes())});
+    use base64::Engine as _;
+    let key = base64::engine::general_purpose::STANDARD.encode(key);
+    let body: Value = json!({"key": key});
     let a = post(c, &format!("{etcd}/v3/kv/deleterange"), &body).await;
     assert_eq!(a.status, 200, "{}", a.text());
     assert_eq!(a.json()["deleted"], "1", "{}", a.text());
-}
-
-/// Standard base64 (etcd's gateway wants keys encoded), without a dependency.
-mod base64_free {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-    pub(super) fn encode(bytes: &[u8]) -> String {
-        let mut out = String::new();
-        for chunk in bytes.chunks(3) {
-            let b = [
-                chunk[0],
-                *chunk.get(1).unwrap_or(&0),
-                *chunk.get(2).unwrap_or(&0),
-            ];
-            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
-    }
 }
