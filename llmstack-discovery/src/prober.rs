@@ -1,6 +1,6 @@
 //! Learns each endpoint's models and readiness from `GET /v1/models`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::time::Duration;
@@ -58,6 +58,22 @@ struct Probed {
     sleeping: bool,
 }
 
+/// What the prober knows of one discovered endpoint.
+struct Tracked {
+    /// As discovered (configured models).
+    ep: Endpoint,
+    /// Bumped when the endpoint is (re-)added or its URL changes: results of probes of
+    /// an older generation are dropped (they probed another address).
+    generation: u64,
+    /// The last probe result that counted.
+    probed: Option<Probed>,
+    /// Consecutive failures (of a ready endpoint) and successes (of an unready one).
+    failures: u32,
+    successes: u32,
+    /// The generation of the probe in flight, if any (one at a time per generation).
+    probing: Option<u64>,
+}
+
 async fn run(
     mut source: impl Discover,
     config: ProbeConfig,
@@ -69,15 +85,26 @@ async fn run(
     let client: HttpClient = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(3))
         .build(connector);
-    // As discovered (configured models), and as last published.
-    let mut discovered: BTreeMap<EndpointId, Endpoint> = BTreeMap::new();
+    let mut tracked: BTreeMap<EndpointId, Tracked> = BTreeMap::new();
+    // As last published.
     let mut published: HashMap<EndpointId, Endpoint> = HashMap::new();
-    let mut probed: HashMap<EndpointId, Probed> = HashMap::new();
-    let mut probes: JoinSet<(EndpointId, Probed)> = JoinSet::new();
-    let mut probing: HashSet<EndpointId> = HashSet::new();
-    // Consecutive failures (of a ready endpoint) and successes (of an unready one).
-    let mut failures: HashMap<EndpointId, u32> = HashMap::new();
-    let mut successes: HashMap<EndpointId, u32> = HashMap::new();
+    let mut probes: JoinSet<(EndpointId, u64, Probed)> = JoinSet::new();
+    // Which endpoint and generation each probe task is for (a task that panics is
+    // only known by its task id).
+    let mut tasks: HashMap<tokio::task::Id, (EndpointId, u64)> = HashMap::new();
+    let mut next_generation: u64 = 0;
+    let spawn = |probes: &mut JoinSet<(EndpointId, u64, Probed)>,
+                 tasks: &mut HashMap<tokio::task::Id, (EndpointId, u64)>,
+                 t: &mut Tracked| {
+        t.probing = Some(t.generation);
+        let handle = probes.spawn(probe_one(
+            client.clone(),
+            t.ep.clone(),
+            t.generation,
+            config.clone(),
+        ));
+        tasks.insert(handle.id(), (t.ep.id.clone(), t.generation));
+    };
     // New endpoints are probed as they arrive; the periodic round starts one interval later.
     let mut tick = tokio::time::interval_at(
         tokio::time::Instant::now() + config.interval,
@@ -100,28 +127,24 @@ async fn run(
                         continue;
                     }
                 };
-                let fresh = absorb(&mut discovered, &update);
-                probed.retain(|id, _| discovered.contains_key(id));
-                for id in fresh {
-                    if let Some(ep) = discovered.get(&id)
-                        && probing.insert(id.clone())
+                for id in absorb(&mut tracked, &update, &mut next_generation) {
+                    if let Some(t) = tracked.get_mut(&id)
+                        && t.probing != Some(t.generation)
                     {
-                        probes.spawn(probe_one(client.clone(), ep.clone(), config.clone()));
+                        spawn(&mut probes, &mut tasks, t);
                     }
                 }
-                failures.retain(|id, _| discovered.contains_key(id));
-                successes.retain(|id, _| discovered.contains_key(id));
                 let update = match update {
                     Update::Remove(ids) => {
                         for id in &ids { published.remove(id); }
                         Update::Remove(ids)
                     }
                     Update::Reset(_) => {
-                        published = discovered.values().map(|ep| (ep.id.clone(), merge(ep, probed.get(&ep.id)))).collect();
+                        published = tracked.values().map(|t| (t.ep.id.clone(), merge(t))).collect();
                         Update::Reset(published.values().cloned().collect())
                     }
                     Update::Add(eps) => {
-                        let merged: Vec<Endpoint> = eps.iter().filter_map(|ep| discovered.get(&ep.id)).map(|ep| merge(ep, probed.get(&ep.id))).collect();
+                        let merged: Vec<Endpoint> = eps.iter().filter_map(|ep| tracked.get(&ep.id)).map(merge).collect();
                         for ep in &merged { published.insert(ep.id.clone(), ep.clone()); }
                         Update::Add(merged)
                     }
@@ -130,37 +153,43 @@ async fn run(
             }
             _ = tick.tick() => {
                 // One probe per endpoint at a time: a slow one is not stacked up.
-                for ep in discovered.values() {
-                    if probing.insert(ep.id.clone()) {
-                        probes.spawn(probe_one(client.clone(), ep.clone(), config.clone()));
+                for t in tracked.values_mut() {
+                    if t.probing.is_none() {
+                        spawn(&mut probes, &mut tasks, t);
                     }
                 }
             }
-            Some(done) = probes.join_next(), if !probes.is_empty() => {
-                let Ok((id, result)) = done else { continue };
-                probing.remove(&id);
-                let Some(ep) = discovered.get(&id) else { continue };
-                let before = probed.get(&id).map(|p| p.state);
-                let failed = failures.entry(id.clone()).or_insert(0);
-                let succeeded = successes.entry(id.clone()).or_insert(0);
+            Some(done) = probes.join_next_with_id(), if !probes.is_empty() => {
+                let (task, result) = match done {
+                    Ok((task, (_, _, result))) => (task, Some(result)),
+                    Err(e) => (e.id(), None),
+                };
+                let Some((id, generation)) = tasks.remove(&task) else { continue };
+                let Some(t) = tracked.get_mut(&id) else { continue };
+                if t.probing == Some(generation) {
+                    t.probing = None;
+                }
+                // A probe of an older address, or one that panicked, says nothing.
+                let Some(result) = result.filter(|_| generation == t.generation) else { continue };
+                let before = t.probed.as_ref().map(|p| p.state);
                 if result.state == EndpointState::Unready {
-                    *failed += 1;
-                    *succeeded = 0;
+                    t.failures += 1;
+                    t.successes = 0;
                     // A ready engine stays ready through failed probes below the
                     // threshold (a slow answer under load); a sleeping one goes at once.
-                    if before == Some(EndpointState::Ready) && !result.sleeping && *failed < config.failure_threshold {
+                    if before == Some(EndpointState::Ready) && !result.sleeping && t.failures < config.failure_threshold {
                         continue;
                     }
                 } else {
-                    *failed = 0;
-                    *succeeded += 1;
+                    t.failures = 0;
+                    t.successes += 1;
                     // An engine that was taken out comes back after enough successes.
-                    if before == Some(EndpointState::Unready) && *succeeded < config.success_threshold {
+                    if before == Some(EndpointState::Unready) && t.successes < config.success_threshold {
                         continue;
                     }
                 }
-                probed.insert(id.clone(), result);
-                let merged = merge(ep, probed.get(&id));
+                t.probed = Some(result);
+                let merged = merge(t);
                 if published.get(&id) != Some(&merged) {
                     if published.get(&id).map(|p| p.state) != Some(merged.state) {
                         tracing::info!(endpoint = %id, url = %merged.url, state = ?merged.state, models = merged.models.len(), "endpoint state");
@@ -180,40 +209,61 @@ async fn next_update(
     poll_fn(|cx| Pin::new(&mut *source).poll_next(cx)).await
 }
 
-/// Applies `update` to the discovered map; returns the ids that are new or changed.
-fn absorb(discovered: &mut BTreeMap<EndpointId, Endpoint>, update: &Update) -> Vec<EndpointId> {
+/// Applies `update` to the tracked endpoints; returns the ids that are new or changed
+/// (to probe now). An endpoint that is new, or whose URL changed, starts over: a new
+/// generation, no probe result, [`Pending`](EndpointState::Pending) until probed.
+fn absorb(
+    tracked: &mut BTreeMap<EndpointId, Tracked>,
+    update: &Update,
+    next_generation: &mut u64,
+) -> Vec<EndpointId> {
     let mut fresh = Vec::new();
-    let mut insert = |discovered: &mut BTreeMap<EndpointId, Endpoint>, ep: &Endpoint| {
-        if discovered.get(&ep.id) != Some(ep) {
-            fresh.push(ep.id.clone());
-            discovered.insert(ep.id.clone(), ep.clone());
+    let mut insert = |tracked: &mut BTreeMap<EndpointId, Tracked>, ep: &Endpoint| {
+        match tracked.get_mut(&ep.id) {
+            Some(t) if t.ep == *ep => return,
+            Some(t) if t.ep.url == ep.url => t.ep = ep.clone(),
+            _ => {
+                *next_generation += 1;
+                tracked.insert(
+                    ep.id.clone(),
+                    Tracked {
+                        ep: ep.clone(),
+                        generation: *next_generation,
+                        probed: None,
+                        failures: 0,
+                        successes: 0,
+                        probing: None,
+                    },
+                );
+            }
         }
+        fresh.push(ep.id.clone());
     };
     match update {
         Update::Reset(eps) => {
-            discovered.retain(|id, _| eps.iter().any(|ep| &ep.id == id));
+            tracked.retain(|id, _| eps.iter().any(|ep| &ep.id == id));
             for ep in eps {
-                insert(discovered, ep);
+                insert(tracked, ep);
             }
         }
         Update::Add(eps) => {
             for ep in eps {
-                insert(discovered, ep);
+                insert(tracked, ep);
             }
         }
         Update::Remove(ids) => {
             for id in ids {
-                discovered.remove(id);
+                tracked.remove(id);
             }
         }
     }
     fresh
 }
 
-/// The discovered endpoint with what its last probe learned.
-fn merge(ep: &Endpoint, probed: Option<&Probed>) -> Endpoint {
-    let mut ep = ep.clone();
-    if let Some(p) = probed {
+/// The discovered endpoint with what its last counted probe learned.
+fn merge(t: &Tracked) -> Endpoint {
+    let mut ep = t.ep.clone();
+    if let Some(p) = &t.probed {
         ep.state = p.state;
         if let Some(models) = &p.models {
             ep.models.clone_from(models);
@@ -222,7 +272,12 @@ fn merge(ep: &Endpoint, probed: Option<&Probed>) -> Endpoint {
     ep
 }
 
-async fn probe_one(client: HttpClient, ep: Endpoint, config: ProbeConfig) -> (EndpointId, Probed) {
+async fn probe_one(
+    client: HttpClient,
+    ep: Endpoint,
+    generation: u64,
+    config: ProbeConfig,
+) -> (EndpointId, u64, Probed) {
     let result = tokio::time::timeout(config.timeout, fetch_models(&client, &ep, &config)).await;
     let failed = |sleeping| Probed {
         state: EndpointState::Unready,
@@ -248,7 +303,7 @@ async fn probe_one(client: HttpClient, ep: Endpoint, config: ProbeConfig) -> (En
             failed(false)
         }
     };
-    (ep.id, probed)
+    (ep.id, generation, probed)
 }
 
 /// Why a probe failed.

@@ -65,7 +65,8 @@ where
 {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let task = tokio::spawn(async move {
-        let mut last_bytes = tokio::fs::read(&path).await.ok();
+        // Compared at the first tick: a change between the caller's read and now is seen.
+        let mut last_bytes: Option<Vec<u8>> = None;
         let mut last = initial.clone();
         if tx.send(Ok(Update::Reset(initial))).await.is_err() {
             return;
@@ -202,7 +203,7 @@ mod tests {
         };
         assert_eq!(next().await, ["http://a:1/"]);
         std::fs::write(&path, "ftp://broken").unwrap();
-        std::thread::sleep(Duration::from_millis(100));
+        tokio::time::sleep(Duration::from_millis(100)).await;
         std::fs::write(&path, "http://a:1,http://b:2").unwrap();
         assert_eq!(
             next().await,

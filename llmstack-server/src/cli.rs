@@ -61,9 +61,14 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<(Action, Vec<Stri
                 Some(path) => Settings::from_file(path).map_err(invalid)?,
                 None => Settings::default(),
             };
-            // The static list is re-read from the file when it came from there.
+            // The static list is re-read from the file when all of it came from there
+            // (flags or the environment for any of its parts fix it).
             let from_file = cli.config.as_ref().filter(|_| {
-                file.static_backends.is_some() && cli.settings.static_backends.is_none()
+                let over = &cli.settings;
+                file.static_backends.is_some()
+                    && over.static_backends.is_none()
+                    && over.static_models.is_none()
+                    && over.static_model_labels.is_none()
             });
             let from_file = from_file.cloned();
             let mut config = file.overlay(cli.settings).resolve().map_err(invalid)?;

@@ -92,7 +92,7 @@ impl Server {
             .as_deref()
             .and_then(|k| HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()).ok());
         let shared = Arc::new(Shared {
-            endpoints: set_rx,
+            endpoints: set_rx.clone(),
             stats,
             metrics,
             main_port_metrics: config.main_port_metrics,
@@ -113,18 +113,7 @@ impl Server {
         let addr = listener.local_addr().map_err(StartError::Bind)?;
         let sweeper = tokio::spawn(sweep_idle(Arc::clone(&pools)));
         let (answered_tx, answered) = tokio::sync::oneshot::channel();
-        let discovery = tokio::spawn(run_discovery(source, set_tx, router, pools, answered_tx));
-        // DNS and Kubernetes answer after a round trip: serve once they have (or after
-        // FIRST_ANSWER_WAIT, with /ready at 503 until engines are found).
-        if tokio::time::timeout(FIRST_ANSWER_WAIT, answered)
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                waited = ?FIRST_ANSWER_WAIT,
-                "discovery has not answered yet; serving anyway (requests get 503 until engines are found)"
-            );
-        }
+        let mut discovery = tokio::spawn(run_discovery(source, set_tx, router, pools, answered_tx));
         let (stop, stop_rx) = watch::channel(false);
         let admin = match config.admin {
             Some(at) => {
@@ -139,6 +128,41 @@ impl Server {
             None => None,
         };
         let (admin_addr, admin) = admin.unzip();
+        // DNS and Kubernetes answer after a round trip, and a new engine's models are
+        // known after its first probe: serve once both happened (so a request is not
+        // a 404 for a model about to appear), or after FIRST_ANSWER_WAIT with /ready at
+        // 503 until engines are found. The admin listener already answers.
+        let deadline = tokio::time::Instant::now() + FIRST_ANSWER_WAIT;
+        match tokio::time::timeout_at(deadline, answered).await {
+            Ok(Ok(Err(fatal))) => {
+                discovery.abort();
+                if let Some(admin) = &admin {
+                    admin.abort();
+                }
+                sweeper.abort();
+                return Err(StartError::Config(fatal));
+            }
+            Ok(Ok(Ok(()))) => {
+                let mut set = set_rx.clone();
+                let probed = set.wait_for(|set| {
+                    set.iter()
+                        .all(|ep| ep.state != llmstack_core::EndpointState::Pending)
+                });
+                if tokio::time::timeout_at(deadline, probed).await.is_err() {
+                    tracing::warn!(waited = ?FIRST_ANSWER_WAIT, "engines not probed yet; serving anyway");
+                }
+            }
+            Ok(Err(_)) => {
+                // The discovery task ended without a word: report how.
+                if let Err(e) = (&mut discovery).await {
+                    return Err(StartError::Config(format!("discovery failed: {e}")));
+                }
+            }
+            Err(_) => tracing::warn!(
+                waited = ?FIRST_ANSWER_WAIT,
+                "discovery has not answered yet; serving anyway (requests get 503 until engines are found)"
+            ),
+        }
         let serve = tokio::spawn(serve(listener, shared, stop_rx));
         tracing::info!(%addr, policy = config.routing.routing_logic.as_str(), "router listening");
         Ok(Self {
@@ -254,21 +278,20 @@ async fn k8s_source(_: &DiscoveryConfig) -> Result<Source, StartError> {
     ))
 }
 
-/// Applies discovery updates to the endpoint set and publishes each new snapshot;
-/// `answered` fires at the first update (even one that changes nothing).
+/// Applies discovery updates to the endpoint set and publishes each new snapshot.
+/// `answered` gets the outcome of the first item once it is applied: `Ok` for an
+/// update (even one that changes nothing), `Err` for an error (the source cannot
+/// start, e.g. an unusable DNS name: fatal at start).
 async fn run_discovery(
     mut source: impl Discover,
     tx: watch::Sender<EndpointSet>,
     router: Arc<Router>,
     pools: Arc<Pools>,
-    answered: tokio::sync::oneshot::Sender<()>,
+    answered: tokio::sync::oneshot::Sender<Result<(), String>>,
 ) {
     let mut answered = Some(answered);
     while let Some(update) = std::future::poll_fn(|cx| Pin::new(&mut source).poll_next(cx)).await {
-        if let Some(answered) = answered.take() {
-            let _ = answered.send(());
-        }
-        match update {
+        let outcome = match update {
             Ok(update) => {
                 let mut set = tx.borrow().clone();
                 if set.apply(update) {
@@ -277,8 +300,16 @@ async fn run_discovery(
                     pools.retain(|id| set.get(id.as_str()).is_some());
                     tx.send_replace(set);
                 }
+                Ok(())
             }
-            Err(e) => tracing::warn!(error = %e, "discovery error"),
+            Err(e) => {
+                tracing::warn!(error = %e, "discovery error");
+                Err(e.to_string())
+            }
+        };
+        if let Some(answered) = answered.take() {
+            // Start-up may have given up waiting already.
+            let _ = answered.send(outcome);
         }
     }
     tracing::error!("discovery ended; the endpoint set is frozen");

@@ -57,6 +57,9 @@ pub(crate) struct Link {
     closed: bool,
     /// Whether the link came from the pool (a request lost on it may be retried).
     pub(crate) reused: bool,
+    /// The address it is connected to: an endpoint that moves (same id, new URL) must
+    /// not reuse links to its old address.
+    to: http::uri::Authority,
 }
 
 // === impl Pools ===
@@ -72,13 +75,14 @@ impl Pools {
 
     /// A live idle connection to `endpoint`, or a new one.
     pub(crate) async fn link(&self, endpoint: &Endpoint) -> Result<Link, Error> {
-        if let Some(link) = self.checkout(&endpoint.id) {
+        if let Some(link) = self.checkout(endpoint) {
             return Ok(link);
         }
         self.connect(endpoint).await
     }
 
-    fn checkout(&self, id: &EndpointId) -> Option<Link> {
+    fn checkout(&self, endpoint: &Endpoint) -> Option<Link> {
+        let (id, to) = (&endpoint.id, endpoint.authority()?);
         let now = Instant::now();
         loop {
             // Pop under the lock; check the connection outside it.
@@ -96,7 +100,7 @@ impl Pools {
             // Let the connection notice a close by the engine (EOF) without blocking.
             let mut cx = Context::from_waker(Waker::noop());
             link.drive(&mut cx);
-            if !link.closed && link.sender.is_ready() {
+            if !link.closed && link.sender.is_ready() && link.to == *to {
                 link.reused = true;
                 return Some(link);
             }
@@ -169,6 +173,7 @@ impl Pools {
             conn,
             closed: false,
             reused: false,
+            to: authority.clone(),
         })
     }
 

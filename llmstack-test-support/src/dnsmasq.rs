@@ -18,6 +18,9 @@ pub struct Dnsmasq {
     dir: PathBuf,
     port: u16,
     child: Option<Child>,
+    /// While dnsmasq is down: sockets holding its port, so nothing else takes it and
+    /// queries go unanswered (a silent server: timeouts, not refusals).
+    hold: Option<(UdpSocket, TcpListener)>,
 }
 
 impl Dnsmasq {
@@ -34,6 +37,7 @@ impl Dnsmasq {
             dir,
             port: free_port(),
             child: None,
+            hold: None,
         };
         dns.set_hosts(hosts);
         dns.restart(srv);
@@ -51,11 +55,18 @@ impl Dnsmasq {
         std::fs::rename(&tmp, self.dir.join("hosts").join("engines")).unwrap();
     }
 
+    /// Stops dnsmasq; its port stays taken by sockets that never answer, until the
+    /// next (re)start.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             // `Child::kill` signals this child's PID only.
             child.kill().unwrap();
             child.wait().unwrap();
+        }
+        if self.hold.is_none() {
+            let udp = UdpSocket::bind(("127.0.0.1", self.port)).unwrap();
+            let tcp = TcpListener::bind(("127.0.0.1", self.port)).unwrap();
+            self.hold = Some((udp, tcp));
         }
     }
 
@@ -72,6 +83,7 @@ impl Dnsmasq {
 
     fn spawn(&mut self, srv: &[&str], refuse: bool) {
         self.kill();
+        self.hold = None;
         let log = std::fs::File::create(self.dir.join("dnsmasq.log")).unwrap();
         let mut cmd = Command::new(dnsmasq());
         cmd.args([

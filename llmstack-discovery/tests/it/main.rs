@@ -103,3 +103,64 @@ async fn an_unhealthy_engine_is_unready() {
     until(&mut stream, &mut set, |s| s.ready_count() == 0).await;
     assert!(set.candidates("m").is_empty());
 }
+
+/// A discovery source the test feeds by hand.
+struct Fed(tokio::sync::mpsc::UnboundedReceiver<Update>);
+
+impl Stream for Fed {
+    type Item = Result<Update, llmstack_core::BoxError>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx).map(|u| u.map(Ok))
+    }
+}
+
+/// An endpoint that keeps its id but moves (a pod's port annotation changed) starts
+/// over at its new address: pending at once, then what a probe of the new address
+/// says, never the old address's result.
+#[tokio::test]
+async fn an_endpoint_that_moves_is_probed_again_at_its_new_address() {
+    let engine = SimEngine::start(
+        EngineConfig::new("m").with_profile(LatencyProfile::instant()),
+        "127.0.0.1:0".parse().unwrap(),
+        0,
+    )
+    .await
+    .unwrap();
+    // Nothing listens on this port.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let (feed, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut stream = probe(
+        Fed(rx),
+        ProbeConfig {
+            interval: Duration::from_secs(30),
+            ..config()
+        },
+    );
+    let mut ep = Endpoint::new(engine.base_url().parse().unwrap());
+    ep.id = llmstack_core::EndpointId::new("vllm-0.abcd1234");
+    feed.send(Update::Reset(vec![ep.clone()])).unwrap();
+    let mut set = EndpointSet::default();
+    until(&mut stream, &mut set, |s| s.ready_count() == 1).await;
+    // Moved to a dead address: pending at once (not the old "ready"), then unready
+    // after its own probe, long before the 30 s interval.
+    let mut moved = ep.clone();
+    moved.url = dead_url.parse().unwrap();
+    feed.send(Update::Reset(vec![moved])).unwrap();
+    set.apply(next(&mut stream).await);
+    let now = set.get("vllm-0.abcd1234").unwrap();
+    assert_eq!(now.url.to_string(), format!("{dead_url}/"));
+    assert_eq!(now.state, EndpointState::Pending);
+    until(&mut stream, &mut set, |s| {
+        s.get("vllm-0.abcd1234").unwrap().state == EndpointState::Unready
+    })
+    .await;
+    // Back to the live engine: ready again after a probe there.
+    feed.send(Update::Reset(vec![ep])).unwrap();
+    until(&mut stream, &mut set, |s| s.ready_count() == 1).await;
+}

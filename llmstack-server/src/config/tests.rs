@@ -209,3 +209,30 @@ fn otel_needs_the_feature() {
     let (config, _) = serve(&["--static-backends", "http://a:1"]).unwrap();
     assert_eq!(config.otel, None);
 }
+
+#[test]
+fn a_static_list_from_the_config_file_is_reloaded_unless_flags_fix_it() {
+    let dir = std::env::temp_dir().join(format!("llmstack-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("router.yaml");
+    std::fs::write(
+        &file,
+        "static_backends: [http://a:8000]\nstatic_models: m\n",
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    let (config, _) = serve(&["--config", path]).unwrap();
+    assert_eq!(
+        config.discovery.static_file.as_deref(),
+        Some(file.as_path())
+    );
+    for fixed in [
+        ["--static-backends", "http://b:8000"],
+        ["--static-models", "n"],
+        ["--static-model-labels", "l"],
+    ] {
+        let (config, _) = serve(&["--config", path, fixed[0], fixed[1]]).unwrap();
+        assert_eq!(config.discovery.static_file, None, "{fixed:?}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

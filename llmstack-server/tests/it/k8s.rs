@@ -74,7 +74,8 @@ async fn engines(c: &HttpClient, url: &str) -> Vec<(String, String)> {
 }
 
 /// Waits until the router's engines are exactly `want` (base URLs), all ready; returns
-/// how long that took.
+/// how long that took. Up to 60 s: after an apiserver outage, kube's reconnect backoff
+/// may have grown to tens of seconds on a slow machine.
 async fn until_engines(c: &HttpClient, url: &str, want: &[&SimEngine]) -> Duration {
     let start = tokio::time::Instant::now();
     let mut want: Vec<(String, String)> = want
@@ -82,13 +83,24 @@ async fn until_engines(c: &HttpClient, url: &str, want: &[&SimEngine]) -> Durati
         .map(|e| (e.base_url(), "ready".to_owned()))
         .collect();
     want.sort();
-    let ok = eventually(Duration::from_secs(20), || {
+    let ok = eventually(Duration::from_secs(60), || {
         let want = want.clone();
         async move { engines(c, url).await == want }
     })
     .await;
     assert!(ok, "want {want:?}, have {:?}", engines(c, url).await);
     start.elapsed()
+}
+
+/// The router's id of `engine`.
+async fn id_of(c: &HttpClient, url: &str, engine: &SimEngine) -> String {
+    let list = get(c, &format!("{url}/engines")).await.json();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["url"].as_str().unwrap().trim_end_matches('/') == engine.base_url())
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .unwrap()
 }
 
 /// Sends `n` chats and returns how many each engine finished meanwhile.
@@ -116,8 +128,9 @@ async fn pods_come_go_and_drain_and_a_deletion_during_a_disconnect_is_seen() {
     // Engines where pod IPs point: 127.0.0.2 and 127.0.0.3 (each its own port).
     let mut sims = Vec::new();
     for ip in ["127.0.0.2", "127.0.0.3"] {
-        let mut config = h100(M);
-        config.speedup = 10.0;
+        // H100 timing: a 600-token stream lasts about 4 s, long enough to outlive
+        // its engine's removal.
+        let config = h100(M);
         sims.push(
             SimEngine::start(config, format!("{ip}:0").parse().unwrap(), 0)
                 .await
@@ -184,24 +197,23 @@ async fn pods_come_go_and_drain_and_a_deletion_during_a_disconnect_is_seen() {
     )
     .await
     .unwrap();
-    let pinned = format!("{url}/v1/completions");
-    let mut long = None;
-    for _ in 0..4 {
-        // Round-robin: one of two consecutive streams lands on vllm-0.
-        let before = sims[0].state().await.unwrap().running;
-        let mut res = open(&c, &pinned, &streamed(M, 150)).await;
-        read_frames(&mut res, 1).await;
-        if sims[0].state().await.unwrap().running > before {
-            long = Some(res);
-            break;
-        }
-        drop(res);
-    }
-    let mut long = long.expect("a stream landed on vllm-0");
+    let id = id_of(&c, &url, &sims[0]).await;
+    let mut long = open(
+        &c,
+        &format!("{url}/v1/completions?id={id}"),
+        &streamed(M, 600),
+    )
+    .await;
+    read_frames(&mut long, 1).await;
     pods.delete("vllm-0", &DeleteParams::default())
         .await
         .unwrap();
     let terminating = until_engines(&c, &url, &[&sims[1]]).await;
+    assert_eq!(
+        sims[0].state().await.unwrap().running,
+        1,
+        "the stream is still running on the engine that left"
+    );
     assert_eq!(spread(&c, &url, &sims, 3).await, [0.0, 3.0]);
     let rest = read_to_end(&mut long).await;
     assert!(
