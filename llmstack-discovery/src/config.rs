@@ -102,7 +102,8 @@ pub struct K8sConfig {
     /// in a cluster, else `KUBECONFIG` or `~/.kube/config`.
     pub kubeconfig: Option<PathBuf>,
     /// Server-side timeout of one watch request (`--k8s-watcher-timeout-seconds`; 0:
-    /// the client's default of 290 s). The watcher re-lists after every disconnect.
+    /// the client's default of 290 s). After a disconnect the watcher resumes from the last resource version, or re-lists when
+    /// that version is gone (410).
     #[serde(with = "secs")]
     pub watch_timeout: Duration,
 }

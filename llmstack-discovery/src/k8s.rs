@@ -1,11 +1,14 @@
 //! Kubernetes discovery (feature `kube`): Pods or EndpointSlices, list+watch.
 //!
-//! kube-runtime's [`watcher`] lists, then watches from the list's resource version, and
-//! after any disconnect (watch timeout, apiserver restart, `410 Gone`) lists again: the
-//! fresh list arrives as `Init`, `InitApply`…, `InitDone`, and [`PodMap`] /
-//! [`SliceMap`] turn it into one [`Update::Reset`], so an object deleted while the watch
-//! was down is dropped at the re-list instead of being routed to for hours
-//! (production-stack's watch re-opened without re-listing and kept such "zombie" pods).
+//! kube-runtime's [`watcher`] lists, then watches from the list's resource version.
+//! After a disconnect (watch timeout, apiserver restart) it watches again from the last
+//! resource version it saw, so the apiserver replays what happened meanwhile, deletions
+//! included; when that version is too old to replay (`410 Gone`, e.g. after an
+//! apiserver restart), it lists again. The fresh list arrives as `Init`, `InitApply`…,
+//! `InitDone`, and [`PodMap`] / [`SliceMap`] turn it into one [`Update::Reset`]. Either
+//! way an object deleted while the watch was down is dropped, instead of being routed
+//! to for hours (production-stack's watch re-opened from "now", without a resource
+//! version or a re-list, and kept such "zombie" pods).
 //!
 //! The mapping from watcher events to [`Update`]s is pure and tested on its own
 //! (property: after any event sequence, the endpoints equal what the last list plus

@@ -84,8 +84,8 @@ pub struct Settings {
     /// k8s: a kubeconfig file [default: the pod's ServiceAccount, else KUBECONFIG].
     #[arg(long, env = "LLMSTACK_K8S_KUBECONFIG")]
     pub k8s_kubeconfig: Option<PathBuf>,
-    /// k8s: server-side timeout of one watch request in seconds; the watch re-lists
-    /// after each [default: 0, the client's 290 s].
+    /// k8s: server-side timeout of one watch request in seconds; the watch resumes from
+    /// its last resource version after each [default: 0, the client's 290 s].
     #[arg(long, env = "LLMSTACK_K8S_WATCHER_TIMEOUT_SECONDS")]
     pub k8s_watcher_timeout_seconds: Option<u64>,
     /// Comma-separated engine base URLs (repeat a URL for several models).
