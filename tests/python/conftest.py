@@ -203,3 +203,241 @@ def router_stack(tmp_path_factory):
     stack = RouterStack(tmp_path_factory.mktemp("router"))
     yield stack
     stack.stop()
+
+
+# --- A real Kubernetes API server (issue 8: the Helm chart tests) ---------------------------------
+#
+# etcd + kube-apiserver v1.20.2 on loopback, the Python port of
+# llmstack-test-support/src/kube_apiserver.rs: free ports, a self-signed serving cert generated
+# by the apiserver (also the CA to trust), token auth with an admin token in system:masters, RBAC.
+# This 1.20 build crashes (SIGSEGV) when it pretty-prints JSON, which it does for ?pretty=true or
+# a User-Agent starting with curl, Wget or Mozilla: every request here sends a neutral User-Agent.
+
+KUBE_ADMIN_TOKEN = "llmstack-test-admin-token"
+KUBE_USER_AGENT = "llmstack-tests/0.1"
+
+
+def kube_apiserver_binary():
+    """$LLMSTACK_KUBE_APISERVER, else the cached build; fails (never skips) when it is missing."""
+    path = os.environ.get("LLMSTACK_KUBE_APISERVER")
+    if not path:
+        cache = os.environ.get("LLMSTACK_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "llmstack"))
+        path = os.path.join(cache, "kube-apiserver-v1.20.2", "kube-apiserver")
+    path = os.path.expanduser(path)
+    if not os.path.isfile(path):
+        pytest.fail(
+            f"no kube-apiserver binary at {path}: run `scripts/kube-apiserver` once (it builds v1.20.2 "
+            "and installs etcd), or set LLMSTACK_KUBE_APISERVER"
+        )
+    return path
+
+
+def free_loopback_ports(n, host="127.0.0.1"):
+    """n distinct free ports on `host`: all bound at once, then released."""
+    import socket
+
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _log_tail(path, lines=40):
+    try:
+        return "\n".join(pathlib.Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError as e:
+        return f"<cannot read {path}: {e}>"
+
+
+class KubeApiServer:
+    """A running etcd + kube-apiserver pair; `stop()` kills both by their own handles."""
+
+    def __init__(self, directory, timeout=60):
+        import shutil
+        import ssl
+
+        import tempfile
+
+        self.dir = pathlib.Path(directory)
+        self.etcd = None
+        self.apiserver = None
+        # etcd preallocates 2 x 64 MB of WAL: kept in memory (tmpfs) when possible, and removed
+        # on stop either way.
+        shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+        self.etcd_data = pathlib.Path(tempfile.mkdtemp(prefix="llmstack-etcd-", dir=shm))
+        bin_path = kube_apiserver_binary()
+        for tool in ("etcd", "openssl"):
+            if shutil.which(tool) is None:
+                pytest.fail(f"`{tool}` is not installed (apt-get install etcd-server openssl)")
+        certs = self.dir / "certs"
+        certs.mkdir(parents=True, exist_ok=True)
+        try:
+            subprocess.run(
+                ["openssl", "genrsa", "-out", str(certs / "sa.key"), "2048"], check=True, capture_output=True
+            )
+            subprocess.run(
+                ["openssl", "rsa", "-in", str(certs / "sa.key"), "-pubout", "-out", str(certs / "sa.pub")],
+                check=True,
+                capture_output=True,
+            )
+            (certs / "tokens.csv").write_text(f'{KUBE_ADMIN_TOKEN},admin,1,"system:masters"\n')
+            etcd_client, etcd_peer, self.port = free_loopback_ports(3)
+            etcd_url, peer_url = f"http://127.0.0.1:{etcd_client}", f"http://127.0.0.1:{etcd_peer}"
+            with open(self.dir / "etcd.log", "wb") as log:
+                self.etcd = subprocess.Popen(
+                    [
+                        "etcd", "--name=t", f"--data-dir={self.etcd_data}",
+                        f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
+                        f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
+                        f"--initial-cluster=t={peer_url}", "--log-level=warn",
+                    ],
+                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                )  # fmt: skip
+            deadline = time.monotonic() + timeout
+            self._wait_port(etcd_client, self.etcd, "etcd", self.dir / "etcd.log", deadline)
+            with open(self.dir / "apiserver.log", "wb") as log:
+                self.apiserver = subprocess.Popen(
+                    [
+                        bin_path, f"--etcd-servers={etcd_url}", "--bind-address=127.0.0.1",
+                        "--advertise-address=127.0.0.1", f"--secure-port={self.port}", "--insecure-port=0",
+                        f"--cert-dir={certs}", f"--token-auth-file={certs / 'tokens.csv'}",
+                        "--authorization-mode=RBAC", "--service-cluster-ip-range=10.96.0.0/24",
+                        "--service-account-issuer=https://kubernetes.default.svc",
+                        f"--service-account-key-file={certs / 'sa.pub'}",
+                        f"--service-account-signing-key-file={certs / 'sa.key'}",
+                        "--api-audiences=https://kubernetes.default.svc", "--enable-priority-and-fairness=false",
+                        "--disable-admission-plugins=ServiceAccount", "--profiling=false", "--v=0",
+                    ],
+                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                )  # fmt: skip
+            self._wait_ready(deadline)
+            self.ssl = ssl.create_default_context(cafile=str(self.ca_path))
+            self.kubeconfig_path.write_text(
+                f"""apiVersion: v1
+kind: Config
+clusters:
+- name: llmstack-test
+  cluster:
+    server: {self.url}
+    certificate-authority: {self.ca_path}
+users:
+- name: admin
+  user:
+    token: {KUBE_ADMIN_TOKEN}
+contexts:
+- name: llmstack-test
+  context:
+    cluster: llmstack-test
+    user: admin
+    namespace: default
+current-context: llmstack-test
+"""
+            )
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def url(self):
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def ca_path(self):
+        return self.dir / "certs" / "apiserver.crt"
+
+    @property
+    def kubeconfig_path(self):
+        return self.dir / "kubeconfig"
+
+    @property
+    def token(self):
+        return KUBE_ADMIN_TOKEN
+
+    def _wait_port(self, port, proc, name, log, deadline):
+        import socket
+
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not come up on port {port} (exit {proc.poll()}):\n{_log_tail(log)}")
+            time.sleep(0.05)
+
+    def _wait_ready(self, deadline):
+        import ssl
+
+        insecure = ssl.create_default_context()
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE
+        last = None
+        while True:
+            req = urllib.request.Request(
+                f"{self.url}/readyz",
+                headers={"Authorization": f"Bearer {KUBE_ADMIN_TOKEN}", "User-Agent": KUBE_USER_AGENT},
+            )
+            try:
+                with urllib.request.urlopen(req, timeout=2, context=insecure) as r:
+                    if r.status == 200:
+                        return
+            except urllib.error.HTTPError as e:
+                last = e.code
+            except OSError as e:
+                last = e
+            if self.apiserver.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"kube-apiserver not ready at {self.url} (last: {last}, exit {self.apiserver.poll()}):\n"
+                    + _log_tail(self.dir / "apiserver.log")
+                )
+            time.sleep(0.1)
+
+    def request(self, method, path, body=None, content_type="application/json", timeout=30):
+        """(status, decoded JSON body) of one API call; an HTTP error status is returned, not raised."""
+        data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+        req = urllib.request.Request(
+            f"{self.url}{path}",
+            data=data,
+            method=method,
+            headers={
+                "Authorization": f"Bearer {KUBE_ADMIN_TOKEN}",
+                "User-Agent": KUBE_USER_AGENT,
+                "Accept": "application/json",
+                **({"Content-Type": content_type} if data is not None else {}),
+            },
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=timeout, context=self.ssl) as r:
+                status, raw = r.status, r.read()
+        except urllib.error.HTTPError as e:
+            status, raw = e.code, e.read()
+        try:
+            return status, json.loads(raw) if raw else None
+        except ValueError:
+            return status, raw.decode(errors="replace")
+
+    def stop(self):
+        import shutil
+
+        for proc in (self.apiserver, self.etcd):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+            if proc is not None:
+                proc.wait()
+        self.apiserver = self.etcd = None
+        shutil.rmtree(self.etcd_data, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def kube_apiserver(tmp_path_factory):
+    """A fresh etcd + kube-apiserver v1.20.2 for one test module (about 5 s to start)."""
+    server = KubeApiServer(tmp_path_factory.mktemp("kapi"))
+    yield server
+    server.stop()

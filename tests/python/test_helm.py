@@ -1,0 +1,1124 @@
+"""The Helm chart helm/llmstack, with Helm's own Go SDK (helm-python-sdk: lint, template, install).
+
+- lint: the chart with its defaults and with every examples/values-*.yaml;
+- values.schema.json: accepts those values, rejects bad ones;
+- render: what each example produces (engines, router flags, RBAC, PDB, HPA, KEDA, dashboards);
+- every rendered object against the Kubernetes 1.33 schemas (kubernetes-validate, strict);
+- every object rendered for a real kube-apiserver v1.20.2 (etcd + apiserver on loopback, the
+  `kube_apiserver` fixture) POSTed with ?dryRun=All, including the 1.20 fallbacks
+  (policy/v1beta1 PDB, autoscaling/v2beta2 HPA) chosen through .Capabilities;
+- the simulator example installed into that apiserver, with this test playing the controllers
+  and the kubelet: a pod per replica, llmstack-sim started with the pod's rendered args, the
+  router started with its rendered args and the ServiceAccount token the chart's RBAC grants,
+  then /engines and a chat completion through the official openai client.
+
+CRD kinds (ServiceMonitor, ScaledObject) have no Kubernetes schema: they are checked offline
+against the trimmed CRD schemas below (the fields the chart uses, with prometheus-operator's and
+KEDA's types; unknown fields rejected). The CRDs are registered in a second apiserver so that
+.Capabilities sees monitoring.coreos.com/v1 and the ServiceMonitors render, but custom resources
+themselves are not POSTed: this 1.20 build (Go 1.19 with the reflect2 Kubernetes 1.20 vendors)
+crashes with SIGSEGV in json-iterator's sorted-map encoder on any custom-resource create, the
+same fault as its pretty-printing.
+"""
+
+import copy
+import json
+import os
+import pathlib
+import re
+import select
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import jsonschema
+import kubernetes_validate
+import openai
+import pytest
+import yaml
+
+import helm_python as helm
+from conftest import SERVER, BINARY as SIM, KubeApiServer, free_loopback_ports, stop_process
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "llmstack"
+EXAMPLES = ["minimal", "multiple-models", "simulator", "session-routing", "prefix-routing"]
+K8S_VERSION = "1.33.0"
+RELEASE, NAMESPACE = "demo", "llm"
+APP_VERSION = "0.1.0"
+
+# Every option at once: vLLM with PVC, HF token and API key as strings (the chart's Secret),
+# LMCache, tensor parallelism (/dev/shm), scheduling fields, KEDA; the router autoscaled on CPU
+# and in-flight requests with a PDB; ServiceMonitors and dashboards.
+FULL = {
+    "commonLabels": {"team": "ml"},
+    "imagePullSecrets": ["regcred"],
+    "servingEngineSpec": {
+        "vllmApiKey": "sk-engine",
+        "runtimeClassName": "nvidia",
+        "labels": {"tier": "gpu"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "modelSpec": [
+            {
+                "name": "llama3",
+                "repository": "vllm/vllm-openai",
+                "tag": "v0.33.0",
+                "modelURL": "meta-llama/Llama-3.1-70B-Instruct",
+                "replicaCount": 2,
+                "requestCPU": 8,
+                "requestMemory": "64Gi",
+                "requestGPU": 2,
+                "limitMemory": "96Gi",
+                "pvcStorage": "200Gi",
+                "storageClass": "fast",
+                "shmSize": "32Gi",
+                "vllmConfig": {
+                    "maxModelLen": 32768,
+                    "dtype": "bfloat16",
+                    "tensorParallelSize": 2,
+                    "enablePrefixCaching": True,
+                    "maxNumSeqs": 256,
+                    "gpuMemoryUtilization": 0.92,
+                    "extraArgs": ["--disable-log-requests"],
+                },
+                "lmcacheConfig": {"enabled": True, "cpuOffloadingBufferSize": "40", "logLevel": "INFO"},
+                "hf_token": "hf_secret_value",
+                "env": [{"name": "VLLM_LOGGING_LEVEL", "value": "INFO"}],
+                "nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "gpu", "operator": "In", "values": ["h100"]}]}
+                ],
+                "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "llm", "effect": "NoSchedule"}],
+                "podAnnotations": {"example.com/owner": "ml"},
+                "keda": {"enabled": True, "minReplicaCount": 1, "maxReplicaCount": 6, "threshold": 4},
+            },
+            {
+                "name": "small",
+                "repository": "vllm/vllm-openai",
+                "tag": "v0.33.0",
+                "modelURL": "facebook/opt-125m",
+                "requestGPU": 1,
+                "vllmConfig": {"enablePrefixCaching": False},
+                "hf_token": {"secretName": "hf", "secretKey": "token"},
+            },
+        ],
+    },
+    "routerSpec": {
+        "routingLogic": "session",
+        "sessionKey": "x-user-id",
+        "aliases": {"gpt-4o": "meta-llama/Llama-3.1-70B-Instruct"},
+        "extraArgs": ["--health-check-failure-threshold", "3"],
+        "env": [{"name": "RUST_BACKTRACE", "value": "1"}],
+        "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 5, "targetInFlightRequests": 64},
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+    },
+}
+
+
+def example_values(name):
+    return helm.values_from_yaml((ROOT / "examples" / f"values-{name}.yaml").read_text())
+
+
+CASES = {"default": {}, **{name: example_values(name) for name in EXAMPLES}, "full": FULL}
+
+
+def parse_manifests(texts):
+    """The objects of rendered templates (NOTES.txt and empty documents left out)."""
+    objects = []
+    for path, text in sorted(texts.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                doc.setdefault("metadata", {})
+                objects.append(doc)
+    return objects
+
+
+def render(values, name=RELEASE, namespace=NAMESPACE, chart=CHART):
+    """`helm template`: offline, with Helm's default capabilities (every built-in API version,
+    no CRDs)."""
+    with helm.Chart.load(str(chart)) as c:
+        return parse_manifests(c.render(values, name=name, namespace=namespace))
+
+
+def notes(values, name=RELEASE, namespace=NAMESPACE):
+    with helm.Chart.load(str(CHART)) as c:
+        texts = c.render(values, name=name, namespace=namespace)
+    return next(text for path, text in texts.items() if path.endswith("NOTES.txt"))
+
+
+def of_kind(objects, kind):
+    return [o for o in objects if o["kind"] == kind]
+
+
+def one(objects, kind, name):
+    found = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(found) == 1, f"{kind}/{name}: {[(o['kind'], o['metadata']['name']) for o in objects]}"
+    return found[0]
+
+
+def flag(args, name):
+    """The value after `name` in an argument list (None when absent); fails on duplicates."""
+    hits = [i for i, a in enumerate(args) if a == name]
+    assert len(hits) <= 1, f"{name} given {len(hits)} times: {args}"
+    return args[hits[0] + 1] if hits else None
+
+
+def help_flags(binary):
+    out = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return set(re.findall(r"(--[a-z0-9][a-z0-9-]*)", out.stdout))
+
+
+def pod_containers(obj):
+    spec = obj["spec"]["template"]["spec"] if obj["kind"] == "Deployment" else obj["spec"]
+    return spec.get("containers", []) + spec.get("initContainers", [])
+
+
+def all_ports(obj):
+    if obj["kind"] == "Service":
+        return obj["spec"]["ports"]
+    if obj["kind"] in ("Deployment", "Pod"):
+        return [p for c in pod_containers(obj) for p in c.get("ports", [])]
+    return []
+
+
+def selector_matches(selector, labels):
+    """A --k8s-label-selector made of `k=v` terms against a label map."""
+    for term in selector.split(","):
+        key, value = term.split("=", 1)
+        if labels.get(key.strip()) != value.strip():
+            return False
+    return True
+
+
+# --- 1. lint ------------------------------------------------------------------------------------
+
+# The only finding allowed: Helm recommends an icon (shown by chart repositories such as Artifact
+# Hub); the project has no logo yet, and a made-up URL would be worse than none.
+ALLOWED_LINT = {(1, "Chart.yaml", "icon is recommended")}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_lint_is_clean(case):
+    for kube_version in ("v1.20.2", "v1.33.0"):
+        report = helm.lint(str(CHART), CASES[case], strict=True, namespace=NAMESPACE, kube_version=kube_version)
+        assert report["total_charts_linted"] == 1
+        assert report["errors"] == [], report
+        found = {(m["severity"], m["path"], m["error"]) for m in report["messages"]}
+        assert found <= ALLOWED_LINT, report
+
+
+def test_lint_reports_bad_values():
+    report = helm.lint(str(CHART), {"routerSpec": {"routingLogic": "kvaware"}})
+    assert report["errors"], report
+    assert any("routingLogic" in e for e in report["errors"]), report
+
+
+# --- 2. values.schema.json and render -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_schema_accepts(case):
+    with helm.Chart.load(str(CHART)) as c:
+        assert c.schema["$schema"] == "http://json-schema.org/draft-07/schema#"
+        c.validate_schema(c.merge_values(CASES[case]))
+
+
+def model(**kw):
+    return {"name": "m", "modelURL": "org/model", "repository": "vllm/vllm-openai", "tag": "v0.33.0", **kw}
+
+
+BAD_VALUES = {
+    "routingLogic: bogus": ({"routerSpec": {"routingLogic": "bogus"}}, "/routerSpec/routingLogic"),
+    "modelSpec replicaCount: -1": (
+        {"servingEngineSpec": {"modelSpec": [model(replicaCount=-1)]}},
+        "/servingEngineSpec/modelSpec/0/replicaCount",
+    ),
+    "router replicaCount: -1": ({"routerSpec": {"replicaCount": -1}}, "/routerSpec/replicaCount"),
+    "modelSpec entry without name": (
+        {"servingEngineSpec": {"modelSpec": [{"modelURL": "org/model", "repository": "r", "tag": "t"}]}},
+        "missing property 'name'",
+    ),
+    "modelSpec entry without modelURL": (
+        {"servingEngineSpec": {"modelSpec": [{"name": "m", "repository": "r", "tag": "t"}]}},
+        "missing property 'modelURL'",
+    ),
+    "vllm engine without image": (
+        {"servingEngineSpec": {"modelSpec": [{"name": "m", "modelURL": "org/model"}]}},
+        "'repository', 'tag'",
+    ),
+    "engine: bogus": ({"servingEngineSpec": {"engine": "tgi"}}, "/servingEngineSpec/engine"),
+    "name not a DNS label": (
+        {"servingEngineSpec": {"modelSpec": [model(name="Llama_3")]}},
+        "/servingEngineSpec/modelSpec/0/name",
+    ),
+    "unknown modelSpec key": (
+        {"servingEngineSpec": {"modelSpec": [model(replicas=2)]}},
+        "replicas",
+    ),
+    "unknown top-level key": ({"routerSpecs": {}}, "routerSpecs"),
+    "gpuMemoryUtilization > 1": (
+        {"servingEngineSpec": {"modelSpec": [model(vllmConfig={"gpuMemoryUtilization": 1.5})]}},
+        "gpuMemoryUtilization",
+    ),
+    "requestGPU: -1": ({"servingEngineSpec": {"modelSpec": [model(requestGPU=-1)]}}, "requestGPU"),
+    "requestMemory not a quantity": (
+        {"servingEngineSpec": {"modelSpec": [model(requestMemory="lots")]}},
+        "requestMemory",
+    ),
+    "hf_token ref without key": (
+        {"servingEngineSpec": {"modelSpec": [model(hf_token={"secretName": "hf"})]}},
+        "hf_token",
+    ),
+    "engineStatsInterval: 0": ({"routerSpec": {"engineStatsInterval": 0}}, "engineStatsInterval"),
+    "containerPort: 70000": ({"servingEngineSpec": {"containerPort": 70000}}, "containerPort"),
+    "logFormat: xml": ({"routerSpec": {"logFormat": "xml"}}, "logFormat"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_VALUES))
+def test_schema_rejects(case):
+    values, message = BAD_VALUES[case]
+    with helm.Chart.load(str(CHART)) as c:
+        with pytest.raises(helm.HelmValuesError, match=re.escape(message)):
+            c.validate_schema(c.merge_values(values))
+        # `helm template` / `helm install` refuse them the same way.
+        with pytest.raises(helm.HelmError):
+            c.render(values, name=RELEASE, namespace=NAMESPACE)
+
+
+def test_template_errors_beyond_the_schema():
+    """What JSON Schema cannot say, the templates refuse with a clear message."""
+    with helm.Chart.load(str(CHART)) as c:
+        with pytest.raises(helm.HelmError, match="used twice"):
+            c.render({"servingEngineSpec": {"modelSpec": [model(), model()]}}, name=RELEASE)
+        with pytest.raises(helm.HelmError, match="targetCPUUtilizationPercentage or targetInFlightRequests"):
+            c.render(
+                {"routerSpec": {"autoscaling": {"enabled": True, "targetCPUUtilizationPercentage": 0}}},
+                name=RELEASE,
+            )
+
+
+@pytest.fixture(scope="module")
+def router_help_flags():
+    return help_flags(SERVER)
+
+
+@pytest.fixture(scope="module")
+def sim_help_flags():
+    return help_flags(SIM)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_render_common_invariants(case, router_help_flags, sim_help_flags):
+    """What holds for every values file: namespaces, labels, TCP on every port, the router's
+    discovery flags and selector, flags the binaries know, and pods only in the Role."""
+    values = CASES[case]
+    objects = render(values)
+    with helm.Chart.load(str(CHART)) as c:
+        merged = c.merge_values(values)
+    sim = merged["servingEngineSpec"]["engine"] == "sim"
+    models = merged["servingEngineSpec"]["modelSpec"]
+
+    for obj in objects:
+        meta = obj["metadata"]
+        assert meta.get("namespace") == NAMESPACE, (obj["kind"], meta)
+        assert meta["labels"]["app.kubernetes.io/instance"] == RELEASE
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+        assert len(meta["name"]) <= 63 and re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", meta["name"]), meta["name"]
+        for port in all_ports(obj):
+            # Helm v4 applies server-side; 1.20's SSA rejects list entries without `protocol`.
+            assert port.get("protocol") == "TCP", (obj["kind"], meta["name"], port)
+            assert port.get("name"), port
+
+    router = one(objects, "Deployment", f"{RELEASE}-llmstack-router")
+    container = router["spec"]["template"]["spec"]["containers"][0]
+    args = container["args"]
+    assert container["image"] == f"ghcr.io/llmstack/llmstack-server:{APP_VERSION}"
+    assert flag(args, "--service-discovery") == "k8s"
+    assert flag(args, "--k8s-namespace") == NAMESPACE
+    assert flag(args, "--k8s-port") == "8000"
+    assert flag(args, "--port") == "8000" and flag(args, "--host") == "0.0.0.0"
+    assert flag(args, "--routing-logic") == merged["routerSpec"]["routingLogic"]
+    assert {a for a in args if a.startswith("--")} <= router_help_flags, "router flags unknown to llmstack-server"
+    assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert router["spec"]["template"]["spec"]["serviceAccountName"] == f"{RELEASE}-llmstack-router"
+
+    selector = flag(args, "--k8s-label-selector")
+    engines = [d for d in of_kind(objects, "Deployment") if d is not router]
+    assert len(engines) == len(models)
+    by_model = {d["metadata"]["labels"]["model"]: d for d in engines}
+    for spec in models:
+        dep = by_model[spec["name"]]
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        assert labels["app.kubernetes.io/component"] == "engine"
+        assert labels["model"] == spec["name"]
+        assert selector_matches(selector, labels), (selector, labels)
+        assert dep["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        engine = dep["spec"]["template"]["spec"]["containers"][0]
+        eargs = engine["args"]
+        assert flag(eargs, "--port") == "8000" and flag(eargs, "--host") == "0.0.0.0"
+        assert {"name": "PYTHONHASHSEED", "value": "0"} in engine["env"]
+        assert engine["ports"][0] == {"name": "http", "containerPort": 8000, "protocol": "TCP"}
+        assert engine["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+        assert engine["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+        if sim:
+            assert engine["image"] == f"ghcr.io/llmstack/llmstack-sim:{APP_VERSION}"
+            assert "command" not in engine
+            assert flag(eargs, "--model") == spec["modelURL"]
+            assert {a for a in eargs if a.startswith("--")} <= sim_help_flags, "flags unknown to llmstack-sim"
+            assert not any("gpu" in r for r in json.dumps(engine["resources"]).split('"'))
+        else:
+            assert engine["image"] == f"{spec['repository']}:{spec['tag']}"
+            assert engine["command"] == spec.get("command", ["vllm", "serve"])
+            assert eargs[0] == spec["modelURL"]
+            assert engine["startupProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+            gpus = spec.get("requestGPU", 0)
+            if gpus:
+                assert engine["resources"]["requests"]["nvidia.com/gpu"] == str(gpus)
+                assert engine["resources"]["limits"]["nvidia.com/gpu"] == str(gpus)
+        if spec.get("vllmConfig", {}).get("enablePrefixCaching") is False:
+            assert "--kv-events-config" not in eargs
+        else:
+            kv = json.loads(flag(eargs, "--kv-events-config"))
+            assert kv == {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": "tcp://*:5557",
+                          "topic": "kv-events"}
+            assert {"name": "kv-events", "containerPort": 5557, "protocol": "TCP"} in engine["ports"]
+        service = one(objects, "Service", dep["metadata"]["name"])
+        assert service["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+
+    role = one(objects, "Role", f"{RELEASE}-llmstack-router")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+    binding = one(objects, "RoleBinding", f"{RELEASE}-llmstack-router")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": f"{RELEASE}-llmstack-router",
+                                    "namespace": NAMESPACE}]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": f"{RELEASE}-llmstack-router"}
+    one(objects, "ServiceAccount", f"{RELEASE}-llmstack-router")
+    # No prometheus-operator in Helm's offline capabilities: no ServiceMonitor.
+    assert of_kind(objects, "ServiceMonitor") == []
+
+
+def test_render_default():
+    objects = render({})
+    kinds = sorted(o["kind"] for o in objects)
+    dashboards = sorted(CHART.glob("dashboards/*.json"))
+    assert kinds == sorted(["ConfigMap"] * len(dashboards) + ["Deployment", "Role", "RoleBinding", "Service",
+                                                              "ServiceAccount"])
+    router = one(objects, "Deployment", "demo-llmstack-router")
+    args = router["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert flag(args, "--k8s-label-selector") == (
+        "app.kubernetes.io/component=engine,app.kubernetes.io/instance=demo,app.kubernetes.io/name=llmstack"
+    )
+    assert flag(args, "--engine-stats-interval") == "1"
+    assert flag(args, "--session-key") is None
+    assert router["spec"]["replicas"] == 1
+    assert router["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 40
+    assert "servingEngineSpec.modelSpec is empty" in notes({})
+
+
+def test_render_minimal():
+    objects = render(CASES["minimal"])
+    dep = one(objects, "Deployment", "demo-llmstack-opt125m-engine")
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    assert c["image"] == "vllm/vllm-openai:v0.33.0"
+    assert c["command"] == ["vllm", "serve"]
+    assert c["args"][:5] == ["facebook/opt-125m", "--host", "0.0.0.0", "--port", "8000"]
+    assert c["resources"] == {"requests": {"cpu": "2", "memory": "8Gi", "nvidia.com/gpu": "1"},
+                              "limits": {"nvidia.com/gpu": "1"}}
+    assert c["startupProbe"]["failureThreshold"] == 120
+    assert of_kind(objects, "PersistentVolumeClaim") == [] and of_kind(objects, "Secret") == []
+    assert of_kind(objects, "PodDisruptionBudget") == [] and of_kind(objects, "HorizontalPodAutoscaler") == []
+    text = notes(CASES["minimal"])
+    assert "kubectl -n llm port-forward service/demo-llmstack-router 8080:80" in text
+    assert '"model": "facebook/opt-125m"' in text and "localhost:8080/v1/chat/completions" in text
+
+
+def test_render_multiple_models():
+    objects = render(CASES["multiple-models"])
+    names = sorted(d["metadata"]["name"] for d in of_kind(objects, "Deployment"))
+    assert names == ["demo-llmstack-llama3-engine", "demo-llmstack-mistral-engine", "demo-llmstack-router"]
+    assert sorted(p["metadata"]["name"] for p in of_kind(objects, "PersistentVolumeClaim")) == [
+        "demo-llmstack-llama3-engine-storage", "demo-llmstack-mistral-engine-storage"]
+    llama = one(objects, "Deployment", "demo-llmstack-llama3-engine")
+    assert llama["spec"]["replicas"] == 2
+    pod = llama["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert {"name": "HF_HOME", "value": "/data"} in c["env"]
+    assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}}} in c["env"]
+    assert c["volumeMounts"] == [{"name": "storage", "mountPath": "/data"}]
+    assert pod["volumes"] == [{"name": "storage", "persistentVolumeClaim": {
+        "claimName": "demo-llmstack-llama3-engine-storage"}}]
+    assert flag(c["args"], "--max-model-len") == "16384" and flag(c["args"], "--dtype") == "bfloat16"
+    assert flag(c["args"], "--gpu-memory-utilization") == "0.9"
+    mistral = one(objects, "Deployment", "demo-llmstack-mistral-engine")["spec"]["template"]["spec"]
+    assert mistral["containers"][0]["args"][-2:] == ["--tokenizer-mode", "mistral"]
+    assert of_kind(objects, "Secret") == []  # the token is a reference to an existing Secret
+    router = one(objects, "Deployment", "demo-llmstack-router")["spec"]["template"]["spec"]["containers"][0]
+    assert flag(router["args"], "--static-aliases") == "gpt-4o:meta-llama/Llama-3.1-8B-Instruct"
+    assert flag(router["args"], "--routing-logic") == "leastloaded"
+
+
+def test_render_simulator():
+    objects = render(CASES["simulator"])
+    llama = one(objects, "Deployment", "demo-llmstack-llama3-engine")
+    pod = llama["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["args"] == [
+        "--model", "meta-llama/Llama-3.1-8B-Instruct", "--host", "0.0.0.0", "--port", "8000",
+        "--max-model-len", "8192", "--max-num-seqs", "128",
+        "--kv-events-config",
+        '{"enable_kv_cache_events":true,"endpoint":"tcp://*:5557","publisher":"zmq","topic":"kv-events"}',
+        "--profile", "llama3-8b-h100", "--speedup", "1",
+    ]  # fmt: skip
+    assert c["resources"] == {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}
+    assert "startupProbe" not in c and "runtimeClassName" not in pod
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert "Engines (llmstack-sim" in notes(CASES["simulator"])
+
+
+def test_render_session_routing():
+    objects = render(CASES["session-routing"])
+    router = one(objects, "Deployment", "demo-llmstack-router")
+    args = router["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert flag(args, "--routing-logic") == "session" and flag(args, "--session-key") == "x-user-id"
+    assert router["spec"]["replicas"] == 2
+    pdb = one(objects, "PodDisruptionBudget", "demo-llmstack-router")
+    assert pdb["apiVersion"] == "policy/v1"
+    assert pdb["spec"] == {"minAvailable": 1, "selector": {"matchLabels": {
+        "app.kubernetes.io/name": "llmstack", "app.kubernetes.io/instance": "demo",
+        "app.kubernetes.io/component": "router"}}}
+    assert router["spec"]["template"]["metadata"]["labels"].items() >= pdb["spec"]["selector"]["matchLabels"].items()
+
+
+def test_render_prefix_routing():
+    objects = render(CASES["prefix-routing"])
+    args = one(objects, "Deployment", "demo-llmstack-router")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert flag(args, "--routing-logic") == "prefixaware"
+    assert flag(args, "--prefix-min-match-length") == "256"
+    engine = one(objects, "Deployment", "demo-llmstack-llama3-engine")["spec"]["template"]["spec"]["containers"][0]
+    assert "--enable-prefix-caching" in engine["args"]
+    assert flag(engine["args"], "--max-num-seqs") == "256"
+
+
+def test_render_full():
+    objects = render(FULL)
+    secret = one(objects, "Secret", "demo-llmstack-secrets")
+    assert sorted(secret["data"]) == ["hf_token_llama3", "vllm_api_key"]
+    llama = one(objects, "Deployment", "demo-llmstack-llama3-engine")
+    assert "replicas" not in llama["spec"]  # KEDA owns the replica count
+    pod = llama["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert pod["runtimeClassName"] == "nvidia"
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert [t["key"] for t in pod["tolerations"]] == ["nvidia.com/gpu", "dedicated"]
+    assert pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0][
+        "matchExpressions"][0]["values"] == ["h100"]
+    assert llama["spec"]["template"]["metadata"]["labels"]["tier"] == "gpu"
+    assert llama["spec"]["template"]["metadata"]["annotations"] == {"example.com/owner": "ml"}
+    assert {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "32Gi"}} in pod["volumes"]
+    assert flag(c["args"], "--tensor-parallel-size") == "2"
+    assert json.loads(flag(c["args"], "--kv-transfer-config")) == {"kv_connector": "LMCacheConnectorV1",
+                                                                   "kv_role": "kv_both"}
+    env = {e["name"]: e for e in c["env"]}
+    assert env["LMCACHE_MAX_LOCAL_CPU_SIZE"]["value"] == "40" and env["LMCACHE_LOCAL_CPU"]["value"] == "True"
+    assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "demo-llmstack-secrets", "key": "hf_token_llama3"}
+    assert env["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "demo-llmstack-secrets", "key": "vllm_api_key"}
+    assert env["VLLM_LOGGING_LEVEL"]["value"] == "INFO"
+    assert c["resources"] == {"requests": {"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": "2"},
+                              "limits": {"memory": "96Gi", "nvidia.com/gpu": "2"}}
+    small = one(objects, "Deployment", "demo-llmstack-small-engine")["spec"]["template"]["spec"]["containers"][0]
+    assert "--no-enable-prefix-caching" in small["args"]
+    assert one(objects, "PersistentVolumeClaim", "demo-llmstack-llama3-engine-storage")["spec"] == {
+        "accessModes": ["ReadWriteOnce"], "storageClassName": "fast", "resources": {"requests": {"storage": "200Gi"}}}
+
+    so = one(objects, "ScaledObject", "demo-llmstack-llama3-engine")
+    assert so["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                            "name": "demo-llmstack-llama3-engine"}
+    assert (so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"]) == (1, 6)
+    trigger = so["spec"]["triggers"][0]
+    assert trigger["type"] == "prometheus"
+    assert trigger["metadata"] == {
+        "serverAddress": "http://prometheus-operated.monitoring.svc:9090",
+        "query": 'sum(vllm:num_requests_waiting{namespace="llm",service="demo-llmstack-llama3-engine"})',
+        "threshold": "4",
+    }
+    assert len(of_kind(objects, "ScaledObject")) == 1
+
+    router = one(objects, "Deployment", "demo-llmstack-router")
+    assert "replicas" not in router["spec"]  # the HPA owns it
+    rc = router["spec"]["template"]["spec"]["containers"][0]
+    assert rc["env"][0] == {"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {
+        "name": "demo-llmstack-secrets", "key": "vllm_api_key"}}}
+    assert rc["args"][-2:] == ["--health-check-failure-threshold", "3"]
+    hpa = one(objects, "HorizontalPodAutoscaler", "demo-llmstack-router")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 5)
+    assert hpa["spec"]["metrics"] == [
+        {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}},
+        {"type": "Pods", "pods": {"metric": {"name": "llmstack_in_flight_requests"},
+                                  "target": {"type": "AverageValue", "averageValue": "64"}}},
+    ]
+    # The HPA's minimum is 2: the PDB follows.
+    assert one(objects, "PodDisruptionBudget", "demo-llmstack-router")["spec"]["minAvailable"] == 1
+    assert all(o["metadata"]["labels"]["team"] == "ml" for o in objects)
+
+
+def test_the_in_flight_metric_exists():
+    """The HPA's Pods metric is a series the router really exports."""
+    names = (ROOT / "llmstack-metrics" / "src" / "names.rs").read_text()
+    assert 'pub const IN_FLIGHT: &str = "llmstack_in_flight_requests";' in names
+
+
+def copy_chart(tmp_path, dashboards):
+    """The chart with its dashboards/ replaced by `dashboards` (name -> text; None: no dir)."""
+    dest = tmp_path / "llmstack"
+    shutil.copytree(CHART, dest, ignore=shutil.ignore_patterns("dashboards"))
+    if dashboards is not None:
+        (dest / "dashboards").mkdir()
+        for name, text in dashboards.items():
+            (dest / "dashboards" / name).write_text(text)
+    return dest
+
+
+def test_dashboards_become_configmaps(tmp_path):
+    # The chart as shipped: one ConfigMap per dashboards/*.json.
+    shipped = sorted(CHART.glob("dashboards/*.json"))
+    maps = of_kind(render({}), "ConfigMap")
+    assert len(maps) == len(shipped)
+    for cm in maps:
+        assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+        (key, text), = cm["data"].items()
+        assert text == (CHART / "dashboards" / key).read_text().rstrip("\n")
+        json.loads(text)
+
+    # Any file name; other files ignored; the toggle and extra labels/annotations.
+    chart = copy_chart(tmp_path / "a", {"Router Overview.json": '{"title": "a"}\n', "engines.json": '{"title": "b"}',
+                                        "README.md": "not a dashboard"})
+    maps = of_kind(render({"observability": {"grafanaDashboards": {"annotations": {"grafana_folder": "LLM"}}}},
+                          chart=chart), "ConfigMap")
+    assert sorted(m["metadata"]["name"] for m in maps) == ["demo-llmstack-dashboard-engines",
+                                                          "demo-llmstack-dashboard-router-overview"]
+    by_name = {m["metadata"]["name"]: m for m in maps}
+    assert by_name["demo-llmstack-dashboard-router-overview"]["data"] == {"Router-Overview.json": '{"title": "a"}'}
+    assert by_name["demo-llmstack-dashboard-engines"]["data"] == {"engines.json": '{"title": "b"}'}
+    assert all(m["metadata"]["annotations"] == {"grafana_folder": "LLM"} for m in maps)
+    assert of_kind(render({"observability": {"grafanaDashboards": {"enabled": False}}}, chart=chart), "ConfigMap") == []
+
+    # No dashboards directory, or an empty one: nothing.
+    assert of_kind(render({}, chart=copy_chart(tmp_path / "b", None)), "ConfigMap") == []
+    assert of_kind(render({}, chart=copy_chart(tmp_path / "c", {})), "ConfigMap") == []
+
+
+# --- 3. Kubernetes schemas ------------------------------------------------------------------------
+
+
+def crd(group, version, kind, plural, spec_schema):
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{group}"},
+        "spec": {
+            "group": group,
+            "scope": "Namespaced",
+            "names": {"kind": kind, "plural": plural, "singular": kind.lower(), "listKind": f"{kind}List"},
+            "versions": [{
+                "name": version, "served": True, "storage": True,
+                "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                    "apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {"type": "object"},
+                    "spec": spec_schema}}},
+            }],
+        },
+    }  # fmt: skip
+
+
+STR, INT, BOOL = {"type": "string"}, {"type": "integer"}, {"type": "boolean"}
+STRINGS = {"type": "array", "items": STR}
+LABEL_SELECTOR = {"type": "object", "properties": {
+    "matchLabels": {"type": "object", "additionalProperties": STR},
+    "matchExpressions": {"type": "array", "items": {"type": "object", "required": ["key", "operator"], "properties": {
+        "key": STR, "operator": STR, "values": STRINGS}}}}}
+DURATION = {
+    "type": "string",
+    "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$",
+}
+# Trimmed from prometheus-operator's ServiceMonitor CRD (monitoring.coreos.com/v1) and KEDA's
+# ScaledObject CRD (keda.sh/v1alpha1): the fields the chart sets, with their types.
+CRDS = [
+    crd("monitoring.coreos.com", "v1", "ServiceMonitor", "servicemonitors", {
+        "type": "object", "required": ["selector"], "properties": {
+            "selector": LABEL_SELECTOR,
+            "namespaceSelector": {"type": "object", "properties": {"any": BOOL, "matchNames": STRINGS}},
+            "podTargetLabels": STRINGS, "targetLabels": STRINGS, "jobLabel": STR,
+            "endpoints": {"type": "array", "items": {"type": "object", "properties": {
+                "port": STR, "path": STR, "scheme": {"type": "string", "enum": ["http", "https"]},
+                "interval": DURATION, "scrapeTimeout": DURATION, "honorLabels": BOOL}}}}}),
+    crd("keda.sh", "v1alpha1", "ScaledObject", "scaledobjects", {
+        "type": "object", "required": ["scaleTargetRef", "triggers"], "properties": {
+            "scaleTargetRef": {"type": "object", "required": ["name"], "properties": {
+                "apiVersion": STR, "kind": STR, "name": STR, "envSourceContainerName": STR}},
+            "minReplicaCount": INT, "maxReplicaCount": INT, "idleReplicaCount": INT,
+            "pollingInterval": INT, "cooldownPeriod": INT, "initialCooldownPeriod": INT,
+            "triggers": {"type": "array", "items": {"type": "object", "required": ["type", "metadata"], "properties": {
+                "type": STR, "name": STR, "metricType": STR, "useCachedMetrics": BOOL,
+                "metadata": {"type": "object", "additionalProperties": STR}}}}}}),
+]  # fmt: skip
+
+
+def closed(schema):
+    """The CRD schema with unknown fields rejected (the apiserver prunes them instead)."""
+    schema = copy.deepcopy(schema)
+    if schema.get("type") == "object" and "properties" in schema:
+        schema["additionalProperties"] = False
+        schema["properties"] = {k: closed(v) for k, v in schema["properties"].items()}
+    if "items" in schema:
+        schema["items"] = closed(schema["items"])
+    return schema
+
+
+CRD_SCHEMAS = {
+    (f"{c['spec']['group']}/{c['spec']['versions'][0]['name']}", c["spec"]["names"]["kind"]):
+        closed(c["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+    for c in CRDS
+}  # fmt: skip
+
+
+def validate_offline(obj, version=K8S_VERSION):
+    """Strict Kubernetes schema, or the trimmed CRD schema for a CRD kind."""
+    crd_schema = CRD_SCHEMAS.get((obj["apiVersion"], obj["kind"]))
+    if crd_schema is not None:
+        jsonschema.Draft7Validator(crd_schema).validate(obj)
+        return "crd"
+    kubernetes_validate.validate(obj, version, strict=True)
+    return "k8s"
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_kubernetes_1_33_schemas(case):
+    results = {}
+    for obj in render(CASES[case]):
+        try:
+            results[(obj["kind"], obj["metadata"]["name"])] = validate_offline(obj)
+        except kubernetes_validate.ValidationError as e:
+            pytest.fail(f"{obj['kind']}/{obj['metadata']['name']}: {'.'.join(map(str, e.path))}: {e.message}")
+        except kubernetes_validate.SchemaNotFoundError as e:
+            pytest.fail(e.message)
+    assert results
+    if case == "full":
+        assert results[("ScaledObject", "demo-llmstack-llama3-engine")] == "crd"
+        assert results[("HorizontalPodAutoscaler", "demo-llmstack-router")] == "k8s"
+
+
+def test_offline_checks_catch_mistakes():
+    """The validators used above do reject what they should."""
+    dep = one(render(CASES["simulator"]), "Deployment", "demo-llmstack-router")
+    bad = copy.deepcopy(dep)
+    bad["spec"]["template"]["spec"]["containers"][0]["portz"] = []
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate_offline(bad)
+    bad = copy.deepcopy(dep)
+    bad["spec"]["replicas"] = "two"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate_offline(bad)
+    so = one(render(FULL), "ScaledObject", "demo-llmstack-llama3-engine")
+    so["spec"]["triggers"][0]["metadata"]["threshold"] = 4
+    with pytest.raises(jsonschema.ValidationError):
+        validate_offline(so)
+
+
+# --- 3b. the real kube-apiserver 1.20: capabilities and server-side dry-run -------------------------
+
+
+class Api:
+    """Paths of API resources, from the apiserver's discovery documents."""
+
+    def __init__(self, kapi):
+        self.kapi = kapi
+        self.cache = {}
+
+    def resource(self, api_version, kind):
+        if api_version not in self.cache:
+            path = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+            status, body = self.kapi.request("GET", path)
+            assert status == 200, (api_version, status, body)
+            self.cache[api_version] = (path, {r["kind"]: r for r in body["resources"] if "/" not in r["name"]})
+        path, resources = self.cache[api_version]
+        r = resources[kind]
+        return path, r["name"], r["namespaced"]
+
+    def collection(self, obj, namespace):
+        path, plural, namespaced = self.resource(obj["apiVersion"], obj["kind"])
+        return f"{path}/namespaces/{namespace}/{plural}" if namespaced else f"{path}/{plural}"
+
+
+def create_namespace(kapi, name):
+    status, body = kapi.request("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                                               "metadata": {"name": name}})
+    assert status in (201, 409), body
+
+
+@pytest.fixture(scope="module")
+def kube(tmp_path_factory):
+    """A second apiserver with the ServiceMonitor and ScaledObject CRDs registered (established);
+    the install test uses the plain `kube_apiserver`, where the chart renders no ServiceMonitor
+    (whose creation would crash this build, see above)."""
+    server = KubeApiServer(tmp_path_factory.mktemp("kapi-crds"))
+    try:
+        register_crds(server)
+        yield server
+    finally:
+        server.stop()
+
+
+def register_crds(kube_apiserver):
+    for c in CRDS:
+        status, body = kube_apiserver.request("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", c)
+        assert status == 201, body
+    deadline = time.monotonic() + 20
+    for c in CRDS:
+        while True:
+            _, body = kube_apiserver.request(
+                "GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{c['metadata']['name']}")
+            conditions = {x["type"]: x["status"] for x in body.get("status", {}).get("conditions", [])}
+            if conditions.get("Established") == "True":
+                break
+            assert time.monotonic() < deadline, body
+            time.sleep(0.05)
+
+
+def cluster_render(kapi, values, namespace, name=RELEASE):
+    """`helm install --dry-run=server`: rendered with the cluster's capabilities (1.20's API
+    versions, the CRDs registered), nothing stored."""
+    with helm.Config(namespace=namespace, kubeconfig_path=str(kapi.kubeconfig_path)) as cfg:
+        release = cfg.install(str(CHART), name, values, namespace=namespace, dry_run="server")
+    return [o for o in yaml.safe_load_all(release["manifest"]) if o]
+
+
+def dropped_fields(sent, returned, path=""):
+    """Paths present in `sent` but not in what the apiserver kept: fields it does not know (1.20
+    has no strict field validation; it drops them, and a CRD prunes them)."""
+    missing = []
+    if isinstance(sent, dict):
+        if not isinstance(returned, dict):
+            return [path or "."]
+        for key, value in sent.items():
+            if value is None:
+                continue
+            if key not in returned:
+                missing.append(f"{path}.{key}")
+            else:
+                missing += dropped_fields(value, returned[key], f"{path}.{key}")
+    elif isinstance(sent, list):
+        if not isinstance(returned, list) or len(returned) != len(sent):
+            return [path]
+        for i, item in enumerate(sent):
+            # Some lists come back reordered (1.20 stores HPAs as autoscaling/v1 and appends the
+            # CPU target after the others): any element that kept everything will do.
+            tries = [dropped_fields(item, other, f"{path}[{i}]") for other in [returned[i], *returned]]
+            missing += min(tries, key=len)
+    return missing
+
+
+def dry_run(kapi, api, obj, namespace):
+    status, body = kapi.request("POST", api.collection(obj, namespace) + "?dryRun=All", obj)
+    return status, body
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_server_dry_run_on_kube_1_20(kube, case):
+    namespace = f"dry-{case}"
+    create_namespace(kube, namespace)
+    api = Api(kube)
+    objects = cluster_render(kube, CASES[case], namespace)
+    kinds = {o["kind"] for o in objects}
+    posted = 0
+    for obj in objects:
+        if (obj["apiVersion"], obj["kind"]) in CRD_SCHEMAS:
+            validate_offline(obj)  # not POSTed: see the module docstring
+            continue
+        status, body = dry_run(kube, api, obj, namespace)
+        assert status == 201, f"{obj['kind']}/{obj['metadata']['name']}: {status} {body}"
+        assert body["metadata"]["name"] == obj["metadata"]["name"]
+        assert dropped_fields(obj, body) == [], f"{obj['kind']}/{obj['metadata']['name']}"
+        posted += 1
+    assert posted >= 5
+    # Dry run: nothing was created.
+    status, body = kube.request("GET", f"/apis/apps/v1/namespaces/{namespace}/deployments")
+    assert status == 200 and body["items"] == []
+    # prometheus-operator's API is served here, so the ServiceMonitors are rendered.
+    monitors = [o for o in objects if o["kind"] == "ServiceMonitor"]
+    engines = CASES[case].get("servingEngineSpec", {}).get("modelSpec")
+    assert sorted(m["metadata"]["name"] for m in monitors) == sorted(
+        [f"{RELEASE}-llmstack-router"] + ([f"{RELEASE}-llmstack-engines"] if engines else []))
+    for m in monitors:
+        assert m["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "15s"}]
+    if case == "full":
+        assert {"ScaledObject", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Secret"} <= kinds
+
+
+def test_api_versions_follow_capabilities(kube):
+    """1.20 serves neither policy/v1 (1.21) nor autoscaling/v2 (1.23): the chart falls back; Helm's
+    offline capabilities (a current Kubernetes) get the GA versions."""
+    offline = render(FULL)
+    assert one(offline, "PodDisruptionBudget", "demo-llmstack-router")["apiVersion"] == "policy/v1"
+    assert one(offline, "HorizontalPodAutoscaler", "demo-llmstack-router")["apiVersion"] == "autoscaling/v2"
+    create_namespace(kube, "caps")
+    on_1_20 = cluster_render(kube, FULL, "caps")
+    pdb = one(on_1_20, "PodDisruptionBudget", "demo-llmstack-router")
+    hpa = one(on_1_20, "HorizontalPodAutoscaler", "demo-llmstack-router")
+    assert pdb["apiVersion"] == "policy/v1beta1"
+    assert hpa["apiVersion"] == "autoscaling/v2beta2"
+    # Same content under either version.
+    assert pdb["spec"] == one(offline, "PodDisruptionBudget", "demo-llmstack-router")["spec"]
+    assert hpa["spec"] == one(offline, "HorizontalPodAutoscaler", "demo-llmstack-router")["spec"]
+
+
+def test_server_dry_run_catches_mistakes(kube):
+    """The dry-run check above fails on a bad object: a wrong type (rejected) and an unknown
+    field (dropped by 1.20, found missing in the answer); a CR's unknown field, offline."""
+    create_namespace(kube, "dry-bad")
+    api = Api(kube)
+    objects = cluster_render(kube, FULL, "dry-bad")
+    dep = copy.deepcopy(one(objects, "Deployment", "demo-llmstack-router"))
+    dep["spec"]["template"]["spec"]["containers"][0]["portz"] = [1]
+    status, body = dry_run(kube, api, dep, "dry-bad")
+    assert status == 201 and dropped_fields(dep, body) == [".spec.template.spec.containers[0].portz"]
+    dep["spec"]["replicas"] = "two"
+    status, _ = dry_run(kube, api, dep, "dry-bad")
+    assert status in (400, 422)
+    sm = copy.deepcopy(one(objects, "ServiceMonitor", "demo-llmstack-router"))
+    sm["spec"]["endpoints"][0]["intervall"] = "15s"
+    with pytest.raises(jsonschema.ValidationError, match="intervall"):
+        validate_offline(sm)
+
+
+# --- 4. install the simulator example and run it ----------------------------------------------------
+
+
+class Processes:
+    """Processes this test starts; all stopped (by handle) at the end."""
+
+    def __init__(self, log_dir):
+        self.log_dir = pathlib.Path(log_dir)
+        self.procs = []
+
+    def start(self, name, argv, stdout=None):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LLMSTACK_") and k != "VLLM_API_KEY"}
+        env["NO_COLOR"] = "1"
+        log = open(self.log_dir / f"{name}.log", "wb")
+        proc = subprocess.Popen(argv, stdout=stdout or log, stderr=log, stdin=subprocess.DEVNULL, env=env,
+                                text=stdout is not None)
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def log(self, name):
+        return (self.log_dir / f"{name}.log").read_text(errors="replace")
+
+    def stop(self):
+        for proc in reversed(self.procs):
+            stop_process(proc)
+
+
+@pytest.fixture
+def processes(tmp_path):
+    p = Processes(tmp_path)
+    yield p
+    p.stop()
+
+
+def replace_flag(args, name, value):
+    args = list(args)
+    i = args.index(name)
+    args[i + 1] = value
+    return args
+
+
+def http_json(url, timeout=5):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def wait_for(what, check, timeout, on_fail=lambda: ""):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+            if result:
+                return result
+        except (OSError, ValueError, urllib.error.URLError) as e:
+            last = e
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what} (last error: {last})\n{on_fail()}")
+
+
+def service_account_kubeconfig(kapi, namespace, service_account, path):
+    """A kubeconfig with a TokenRequest token of the chart's ServiceAccount: the router gets
+    exactly what the chart's Role grants."""
+    status, body = kapi.request(
+        "POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{service_account}/token",
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+         "spec": {"audiences": ["https://kubernetes.default.svc"], "expirationSeconds": 3600}})  # fmt: skip
+    assert status == 201, body
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
+        "clusters": [{"name": "c", "cluster": {"server": kapi.url, "certificate-authority": str(kapi.ca_path)}}],
+        "users": [{"name": "sa", "user": {"token": body["status"]["token"]}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "c", "user": "sa", "namespace": namespace}}],
+    }))  # fmt: skip
+    return path
+
+
+def allowed(kapi, namespace, service_account, verb, resource, group="", ns=None):
+    status, body = kapi.request("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", {
+        "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+        "spec": {"user": f"system:serviceaccount:{namespace}:{service_account}",
+                 "groups": ["system:serviceaccounts", f"system:serviceaccounts:{namespace}"],
+                 "resourceAttributes": {"namespace": ns or namespace, "verb": verb, "group": group,
+                                        "resource": resource}}})  # fmt: skip
+    assert status == 201, body
+    return body["status"].get("allowed", False)
+
+
+def test_install_simulator_example_and_route(kube_apiserver, processes, tmp_path):
+    kapi, namespace, release = kube_apiserver, "sim-e2e", "llmstack"
+    started = time.monotonic()
+    with helm.Config(namespace=namespace, kubeconfig_path=str(kapi.kubeconfig_path)) as cfg:
+        installed = cfg.install(str(CHART), release, CASES["simulator"], namespace=namespace,
+                                create_namespace=True, timeout=60)
+        assert installed["status"] == "deployed", installed
+        assert [r["name"] for r in cfg.list()] == [release]
+        try:
+            run_installed_release(kapi, namespace, release, processes, tmp_path)
+        finally:
+            cfg.uninstall(release, timeout=60)
+        assert cfg.list() == []
+    selector = f"labelSelector=app.kubernetes.io/instance%3D{release}"
+    for plural, path in [("deployments", "/apis/apps/v1"), ("services", "/api/v1"),
+                         ("roles", "/apis/rbac.authorization.k8s.io/v1")]:
+        status, body = kapi.request("GET", f"{path}/namespaces/{namespace}/{plural}?{selector}")
+        assert status == 200 and body["items"] == [], (plural, body)
+    print(f"install, run and uninstall: {time.monotonic() - started:.1f} s")
+
+
+def run_installed_release(kapi, namespace, release, processes, tmp_path):
+    selector = f"app.kubernetes.io/instance%3D{release}"
+    status, body = kapi.request("GET", f"/apis/apps/v1/namespaces/{namespace}/deployments?labelSelector={selector}")
+    assert status == 200, body
+    deployments = {d["metadata"]["name"]: d for d in body["items"]}
+    router_name = f"{release}-router"
+    assert sorted(deployments) == sorted([router_name, f"{release}-llama3-engine", f"{release}-qwen-engine"])
+
+    # The chart's RBAC: pods get/list/watch in the release namespace, nothing else.
+    sa = deployments[router_name]["spec"]["template"]["spec"]["serviceAccountName"]
+    for verb in ("get", "list", "watch"):
+        assert allowed(kapi, namespace, sa, verb, "pods")
+    assert not allowed(kapi, namespace, sa, "patch", "pods")
+    assert not allowed(kapi, namespace, sa, "delete", "pods")
+    assert not allowed(kapi, namespace, sa, "get", "secrets")
+    assert not allowed(kapi, namespace, sa, "list", "pods", ns="default")
+    assert not allowed(kapi, namespace, sa, "list", "endpointslices", group="discovery.k8s.io")
+
+    # Play the ReplicaSet controller, the scheduler and the kubelet for every engine replica:
+    # start llmstack-sim with the container's rendered args, adjusted only where the pod's
+    # network differs from this machine's: --host (the pod IP, a loopback address), --port
+    # (0: a free port, which the pod announces with the llmstack.io/port annotation, as the
+    # router reads it before the container port) and the KV-events port (0 for the same reason).
+    pods = {}
+    ip = 2
+    for name, dep in sorted(deployments.items()):
+        if name == router_name:
+            continue
+        template = dep["spec"]["template"]
+        container = template["spec"]["containers"][0]
+        assert container["image"] == f"ghcr.io/llmstack/llmstack-sim:{APP_VERSION}"
+        for replica in range(dep["spec"]["replicas"]):
+            pod_ip = f"127.0.0.{ip}"
+            ip += 1
+            pod_name = f"{name}-{replica}"
+            args = replace_flag(container["args"], "--host", pod_ip)
+            args = replace_flag(args, "--port", "0")
+            kv = json.loads(args[args.index("--kv-events-config") + 1])
+            assert kv["endpoint"] == "tcp://*:5557"
+            args = replace_flag(args, "--kv-events-config", json.dumps({**kv, "endpoint": "tcp://*:0"}))
+            sim = processes.start(pod_name, [SIM, *args], stdout=subprocess.PIPE)
+            ready, _, _ = select.select([sim.stdout], [], [], 15)
+            line = sim.stdout.readline() if ready else ""
+            assert line, f"llmstack-sim {args} did not start:\n{processes.log(pod_name)}"
+            engine = json.loads(line)["engines"][0]
+            port = int(engine["url"].rsplit(":", 1)[1])
+            assert engine["model"] == flag(container["args"], "--model")
+
+            pod = {
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": pod_name, "namespace": namespace, "labels": template["metadata"]["labels"],
+                             "annotations": {**template["metadata"].get("annotations", {}),
+                                             "llmstack.io/port": str(port)}},
+                "spec": {**template["spec"], "nodeName": "node-1"},
+            }  # fmt: skip
+            status, created = kapi.request("POST", f"/api/v1/namespaces/{namespace}/pods", pod)
+            assert status == 201, created
+            status, patched = kapi.request(
+                "PATCH", f"/api/v1/namespaces/{namespace}/pods/{pod_name}/status",
+                {"status": {"phase": "Running", "podIP": pod_ip, "podIPs": [{"ip": pod_ip}],
+                            "conditions": [{"type": "Ready", "status": "True"}]}},
+                content_type="application/merge-patch+json")  # fmt: skip
+            assert status == 200, patched
+            pods[pod_name] = (created["metadata"]["uid"], f"http://{pod_ip}:{port}", engine["model"])
+    assert len(pods) == 3
+
+    # The router with its rendered args; overridden: --host/--port (loopback, a free port instead
+    # of the pod's 0.0.0.0:8000) and, added, --k8s-kubeconfig (outside a pod there is no mounted
+    # ServiceAccount token: the kubeconfig carries a token of the chart's ServiceAccount instead).
+    rc = deployments[router_name]["spec"]["template"]["spec"]["containers"][0]
+    assert flag(rc["args"], "--k8s-namespace") == namespace
+    (port,) = free_loopback_ports(1)
+    args = replace_flag(replace_flag(rc["args"], "--host", "127.0.0.1"), "--port", str(port))
+    kubeconfig = service_account_kubeconfig(kapi, namespace, sa, tmp_path / "router-kubeconfig")
+    router = processes.start("router", [SERVER, *args, "--k8s-kubeconfig", str(kubeconfig)])
+    url = f"http://127.0.0.1:{port}"
+
+    def router_log():
+        return processes.log("router")
+
+    def all_ready():
+        engines = http_json(f"{url}/engines")
+        return engines if sorted(e["state"] for e in engines) == ["ready"] * len(pods) else None
+
+    engines = wait_for("the router to find 3 ready engines", all_ready, 20, router_log)
+    assert router.poll() is None
+    by_id = {e["id"]: e for e in engines}
+    assert sorted(by_id) == sorted(f"{name}.{uid[:8]}" for name, (uid, _, _) in pods.items())
+    for name, (uid, engine_url, served) in pods.items():
+        e = by_id[f"{name}.{uid[:8]}"]
+        assert e["url"] == engine_url
+        assert [m["id"] for m in e["models"]] == [served]
+        assert e["labels"]["model"] == name.split("-")[1]
+    with urllib.request.urlopen(f"{url}/ready", timeout=5) as r:
+        assert r.status == 200
+
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=30)
+    models = sorted(m.id for m in client.models.list())
+    assert models == ["Qwen/Qwen2.5-7B-Instruct", "meta-llama/Llama-3.1-8B-Instruct"]
+    for model_id in ("meta-llama/Llama-3.1-8B-Instruct", "Qwen/Qwen2.5-7B-Instruct"):
+        reply = client.chat.completions.create(
+            model=model_id, messages=[{"role": "user", "content": "Hello!"}], max_tokens=4,
+            extra_body={"ignore_eos": True})  # fmt: skip
+        assert reply.model == model_id
+        assert reply.usage.completion_tokens == 4
+        assert reply.choices[0].message.content
+
+    # Engine pods going away (as the Deployments' pods do once uninstalled): the router's watch
+    # drops them.
+    for name in pods:
+        status, body = kapi.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/{name}?gracePeriodSeconds=0")
+        assert status == 200, body
+    wait_for("the router to drop the deleted pods", lambda: http_json(f"{url}/engines") == [], 10, router_log)
+    assert router.poll() is None, router_log()
