@@ -3,7 +3,8 @@
 //! Every name starts with `llmstack_` and none reuses a `vllm:` name, so one Prometheus
 //! can scrape engines and routers without collisions. Labels are bounded: `engine`
 //! (an endpoint id), `model` (a model some engine served, or `unknown`), `route` (a fixed
-//! path), `status` (`2xx`, `4xx`, `5xx`), `policy`, `reason`, `kind`, `state`.
+//! path), `status` (`2xx`, `3xx`, `4xx`, `5xx`, or `cancelled` when the client left
+//! before an answer), `policy`, `reason`, `kind`, `state`.
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 

@@ -8,6 +8,7 @@ use llmstack_core::{EndpointId, EndpointState, Error};
 use llmstack_metrics::names;
 use metrics::{Counter, Histogram, SharedString, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_util::MetricKindMask;
 use tokio::time::Instant;
 
 use crate::state::Shared;
@@ -24,13 +25,20 @@ const ITL_BUCKETS: &[f64] = &[
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// How long a gauge lives without being set (see [`recorder`]).
+const GAUGE_IDLE: Duration = Duration::from_secs(60);
+
 /// The process's Prometheus recorder, installed on first use (the server is the only
 /// code that installs one). When an embedding program installed another recorder first,
 /// the router's series go to that one and this handle renders nothing of them.
 pub(crate) fn recorder() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
+            // Per-engine gauges are refreshed at every render while the engine is known
+            // and its stats fresh; an engine removed or gone silent drops out after a
+            // minute instead of showing its last value forever.
             let builder = PrometheusBuilder::new()
+                .idle_timeout(MetricKindMask::GAUGE, Some(GAUGE_IDLE))
                 .set_buckets_for_metric(
                     Matcher::Full(names::REQUEST_DURATION.into()),
                     LATENCY_BUCKETS,
@@ -98,7 +106,7 @@ pub(crate) fn render(shared: &Shared, handle: &PrometheusHandle) -> String {
     handle.render()
 }
 
-/// `2xx`, `4xx`, `5xx`.
+/// The status class: `2xx`, `3xx`, `4xx` or `5xx` (anything else counts as `5xx`).
 fn class(status: u16) -> &'static str {
     match status {
         200..=299 => "2xx",
