@@ -33,6 +33,9 @@ pub const UPSTREAM_ERRORS: &str = "llmstack_upstream_errors_total";
 pub const ROUTING_DECISIONS: &str = "llmstack_routing_decisions_total";
 /// Endpoints known, by `state` (`pending`, `ready`, `unready`).
 pub const ENDPOINTS: &str = "llmstack_endpoints";
+/// Ready engines serving each model (base model or LoRA adapter), by `model`: 0 while
+/// the model's engines are all unready or pending (requests get 503).
+pub const MODEL_READY_ENDPOINTS: &str = "llmstack_model_ready_endpoints";
 /// Discovery updates applied to the endpoint set (changes only).
 pub const DISCOVERY_UPDATES: &str = "llmstack_discovery_updates_total";
 /// Discovery failures, by `source` (`dns`, `k8s`, `static`): a resolution, watch or
@@ -88,6 +91,10 @@ pub fn describe() {
         "Routing decisions by policy and outcome."
     );
     describe_gauge!(ENDPOINTS, "Engines known to the router, by state.");
+    describe_gauge!(
+        MODEL_READY_ENDPOINTS,
+        "Ready engines serving each model (0: requests for it get 503)."
+    );
     describe_counter!(
         DISCOVERY_UPDATES,
         "Discovery updates that changed the endpoint set."

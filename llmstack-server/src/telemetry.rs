@@ -82,7 +82,12 @@ pub(crate) fn render(shared: &Shared, handle: &PrometheusHandle) -> String {
     let set = shared.endpoints();
     let stats = shared.stats.snapshot();
     let mut by_state = [0u32; 3];
+    let mut ready_by_model: std::collections::HashMap<&str, u32> = Default::default();
     for ep in set.iter() {
+        for model in &ep.models {
+            *ready_by_model.entry(model.id.as_str()).or_default() +=
+                u32::from(ep.state == EndpointState::Ready);
+        }
         let engine = SharedString::from(ep.id.to_string());
         by_state[match ep.state {
             EndpointState::Pending => 0,
@@ -102,6 +107,9 @@ pub(crate) fn render(shared: &Shared, handle: &PrometheusHandle) -> String {
     }
     for (state, n) in ["pending", "ready", "unready"].into_iter().zip(by_state) {
         gauge!(names::ENDPOINTS, "state" => state).set(f64::from(n));
+    }
+    for (model, n) in ready_by_model {
+        gauge!(names::MODEL_READY_ENDPOINTS, "model" => model.to_owned()).set(f64::from(n));
     }
     handle.render()
 }

@@ -90,6 +90,12 @@ async fn a_failing_health_check_takes_an_engine_out_within_the_threshold() {
         "out after {out:?}"
     );
     assert_eq!(served_by(&s, M, 4).await, [0.0, 4.0]);
+    // The alert rules read readiness per model.
+    let metrics = get(&s.client, &s.at("/metrics")).await;
+    assert_eq!(
+        sample(metrics.text(), "llmstack_model_ready_endpoints", &[("model", M)]),
+        Some(1.0)
+    );
     s.engines[0].set_faults(FaultConfig::default()).unwrap();
     let back = until_state(&s, 0, "ready", Duration::from_secs(3)).await;
     eprintln!(
