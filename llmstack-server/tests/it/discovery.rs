@@ -93,7 +93,11 @@ async fn a_failing_health_check_takes_an_engine_out_within_the_threshold() {
     // The alert rules read readiness per model.
     let metrics = get(&s.client, &s.at("/metrics")).await;
     assert_eq!(
-        sample(metrics.text(), "llmstack_model_ready_endpoints", &[("model", M)]),
+        sample(
+            metrics.text(),
+            "llmstack_model_ready_endpoints",
+            &[("model", M)]
+        ),
         Some(1.0)
     );
     s.engines[0].set_faults(FaultConfig::default()).unwrap();
