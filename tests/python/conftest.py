@@ -10,6 +10,7 @@ import pathlib
 import re
 import subprocess
 import time
+import socket
 import urllib.error
 import urllib.request
 
@@ -86,6 +87,19 @@ def served_since(engines, before, expected, timeout=5):
         if sum(delta) >= expected or time.monotonic() > deadline:
             return delta
         time.sleep(0.05)
+
+
+def free_port():
+    """A TCP port free on 127.0.0.1 now (for programs that cannot bind port 0)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(url):
+    """The body of a GET, as text (raises on an error status)."""
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return r.read().decode()
 
 
 def stop_process(proc):

@@ -28,7 +28,8 @@ import urllib.request
 import pytest
 from ruamel.yaml import YAML
 
-from conftest import ROOT, stop_process
+from conftest import ROOT, free_port, stop_process
+from conftest import http_get as get
 
 DASHBOARD = ROOT / "helm" / "llmstack" / "dashboards" / "llmstack.json"
 RULES_DIR = ROOT / "observability" / "rules"
@@ -170,17 +171,6 @@ def test_queries_and_rules_use_only_real_metric_names(prometheus_with_traffic):
 
 
 # === a real Prometheus ===
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(url):
-    with urllib.request.urlopen(url, timeout=10) as r:
-        return r.read().decode()
 
 
 def query(prom, expr):

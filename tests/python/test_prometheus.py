@@ -11,20 +11,10 @@ import urllib.request
 
 import pytest
 
-from conftest import stop_process
+from conftest import free_port, stop_process
+from conftest import http_get as get
 
 REQUESTS = 6
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(url):
-    with urllib.request.urlopen(url, timeout=10) as r:
-        return r.read().decode()
 
 
 def chat(router, model):
