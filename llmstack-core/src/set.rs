@@ -103,6 +103,11 @@ impl EndpointSet {
         self.seen.contains(model)
     }
 
+    /// Every model [`EndpointSet::has_seen`] is true for, in name order.
+    pub fn seen_models(&self) -> impl Iterator<Item = &str> {
+        self.seen.iter().map(|m| &**m)
+    }
+
     /// The endpoint with this id (in any state).
     pub fn get(&self, id: &str) -> Option<&Arc<Endpoint>> {
         self.endpoints.get(id)

@@ -34,7 +34,8 @@ pub const ROUTING_DECISIONS: &str = "llmstack_routing_decisions_total";
 /// Endpoints known, by `state` (`pending`, `ready`, `unready`).
 pub const ENDPOINTS: &str = "llmstack_endpoints";
 /// Ready engines serving each model (base model or LoRA adapter), by `model`: 0 while
-/// the model's engines are all unready or pending (requests get 503).
+/// the model's engines are all unready, pending or gone (requests get 503). Every
+/// model the router has ever seen served, or was configured with, is listed.
 pub const MODEL_READY_ENDPOINTS: &str = "llmstack_model_ready_endpoints";
 /// Discovery updates applied to the endpoint set (changes only).
 pub const DISCOVERY_UPDATES: &str = "llmstack_discovery_updates_total";

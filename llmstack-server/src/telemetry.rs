@@ -82,7 +82,9 @@ pub(crate) fn render(shared: &Shared, handle: &PrometheusHandle) -> String {
     let set = shared.endpoints();
     let stats = shared.stats.snapshot();
     let mut by_state = [0u32; 3];
-    let mut ready_by_model: std::collections::HashMap<&str, u32> = Default::default();
+    // Every model ever served or configured, so one whose engines all left reads 0.
+    let mut ready_by_model: std::collections::HashMap<&str, u32> =
+        set.seen_models().map(|m| (m, 0)).collect();
     for ep in set.iter() {
         for model in &ep.models {
             *ready_by_model.entry(model.id.as_str()).or_default() +=

@@ -17,7 +17,6 @@ import json
 import math
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time

@@ -3,7 +3,6 @@ loopback; promtool lints the router's exposition. scripts/test installs promethe
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse

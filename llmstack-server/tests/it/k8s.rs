@@ -256,6 +256,25 @@ async fn pods_come_go_and_drain_and_a_deletion_during_a_disconnect_is_seen() {
     })
     .await;
     assert!(idle, "nothing left in flight");
+
+    // The last pod goes: the model is still known (503, not 404) and the per-model
+    // readiness gauge the alert rules read says 0.
+    let ready_m = || async {
+        let text = get(&c, &format!("{url}/metrics")).await;
+        sample(
+            text.text(),
+            "llmstack_model_ready_endpoints",
+            &[("model", M)],
+        )
+    };
+    assert_eq!(ready_m().await, Some(1.0));
+    pods.delete("vllm-0", &DeleteParams::default())
+        .await
+        .unwrap();
+    until_engines(&c, &url, &[]).await;
+    assert_eq!(ready_m().await, Some(0.0));
+    let a = post(&c, &format!("{url}/v1/chat/completions"), &chat(M, 2)).await;
+    assert_eq!(a.status, 503, "{}", a.text());
 }
 
 /// The rest of a response body as text.
