@@ -13,7 +13,8 @@ FROM docker.io/library/rust:1.95-slim-bookworm AS build
 ARG SOURCE_DATE_EPOCH=0
 ENV CARGO_INCREMENTAL=0 \
     CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
-    RUSTFLAGS="--remap-path-prefix=/src=. --remap-path-prefix=/usr/local/cargo=cargo"
+    RUSTFLAGS="--remap-path-prefix=/src=. --remap-path-prefix=/usr/local/cargo=cargo" \
+    CFLAGS="-ffile-prefix-map=/src=. -ffile-prefix-map=/usr/local/cargo=cargo"
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked -p llmstack-server --features kube \
