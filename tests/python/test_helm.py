@@ -49,9 +49,10 @@ K8S_VERSION = "1.33.0"
 RELEASE, NAMESPACE = "demo", "llm"
 APP_VERSION = "0.1.0"
 
-# Every option at once: vLLM with PVC, HF token and API key as strings (the chart's Secret),
-# LMCache, tensor parallelism (/dev/shm), scheduling fields, KEDA; the router autoscaled on CPU
-# and in-flight requests with a PDB; ServiceMonitors and dashboards.
+# Every option at once: vLLM with a ReadWriteMany PVC (shared by the replicas KEDA scales),
+# HF token and API key as strings (the chart's Secret), LMCache with CPU and disk offload,
+# tensor parallelism (/dev/shm), scheduling fields, KEDA; the router autoscaled on CPU and
+# in-flight requests with a PDB; ServiceMonitors and dashboards.
 FULL = {
     "commonLabels": {"team": "ml"},
     "imagePullSecrets": ["regcred"],
@@ -72,6 +73,7 @@ FULL = {
                 "requestGPU": 2,
                 "limitMemory": "96Gi",
                 "pvcStorage": "200Gi",
+                "pvcAccessMode": "ReadWriteMany",
                 "storageClass": "fast",
                 "shmSize": "32Gi",
                 "vllmConfig": {
@@ -83,7 +85,8 @@ FULL = {
                     "gpuMemoryUtilization": 0.92,
                     "extraArgs": ["--disable-log-requests"],
                 },
-                "lmcacheConfig": {"enabled": True, "cpuOffloadingBufferSize": "40", "logLevel": "INFO"},
+                "lmcacheConfig": {"enabled": True, "cpuOffloadingBufferSize": "40", "diskOffloadingBufferSize": "100",
+                                  "logLevel": "INFO"},
                 "hf_token": "hf_secret_value",
                 "env": [{"name": "VLLM_LOGGING_LEVEL", "value": "INFO"}],
                 "nodeSelectorTerms": [
@@ -276,6 +279,16 @@ BAD_VALUES = {
     "engineStatsInterval: 0": ({"routerSpec": {"engineStatsInterval": 0}}, "engineStatsInterval"),
     "containerPort: 70000": ({"servingEngineSpec": {"containerPort": 70000}}, "containerPort"),
     "logFormat: xml": ({"routerSpec": {"logFormat": "xml"}}, "logFormat"),
+    # From zero engines, nothing would scale them back up: the queue metric comes from them.
+    "keda minReplicaCount: 0": (
+        {"servingEngineSpec": {"modelSpec": [model(keda={"enabled": True, "minReplicaCount": 0})]}},
+        "/servingEngineSpec/modelSpec/0/keda/minReplicaCount",
+    ),
+    # The router would reference a ServiceAccount that nothing creates.
+    "serviceAccount.create: false without a name": (
+        {"routerSpec": {"serviceAccount": {"create": False}}},
+        "/routerSpec/serviceAccount/name",
+    ),
 }
 
 
@@ -300,6 +313,201 @@ def test_template_errors_beyond_the_schema():
                 {"routerSpec": {"autoscaling": {"enabled": True, "targetCPUUtilizationPercentage": 0}}},
                 name=RELEASE,
             )
+
+
+# What the templates refuse (values the schema accepts): case -> (values, message, release name).
+TEMPLATE_ERRORS = {
+    "RWO PVC with 2 replicas": (
+        {"servingEngineSpec": {"modelSpec": [model(replicaCount=2, pvcStorage="50Gi")]}},
+        "replicaCount 2 with a ReadWriteOnce PVC", RELEASE),
+    "RWOP PVC with 2 replicas": (
+        {"servingEngineSpec": {"modelSpec": [model(replicaCount=2, pvcStorage="50Gi",
+                                                   pvcAccessMode="ReadWriteOncePod")]}},
+        "replicaCount 2 with a ReadWriteOncePod PVC", RELEASE),
+    "RWO PVC with KEDA": (
+        {"servingEngineSpec": {"modelSpec": [model(pvcStorage="50Gi", keda={"enabled": True})]}},
+        "KEDA may scale to 4 replicas, which would share one ReadWriteOnce PVC", RELEASE),
+    "requestGPU below tensorParallelSize": (
+        {"servingEngineSpec": {"modelSpec": [model(requestGPU=1, vllmConfig={"tensorParallelSize": 2})]}},
+        "requestGPU (1) is less than vllmConfig.tensorParallelSize (2)", RELEASE),
+    "engine names equal after truncation": (
+        {"fullnameOverride": "x" * 50, "servingEngineSpec": {"modelSpec": [
+            model(name="aaaaaaaaaaaa-one"), model(name="aaaaaaaaaaaa-two")]}},
+        'engine name "' + "x" * 50 + '-aaaaaaaaaaaa" (<fullname>-<model name>-engine, truncated to 63 characters) '
+        "is also the name of servingEngineSpec.modelSpec[aaaaaaaaaaaa-one]'s engines", RELEASE),
+    "commonLabels overriding a selector label": (
+        {"commonLabels": {"app.kubernetes.io/instance": "other"}},
+        'commonLabels: the label "app.kubernetes.io/instance" is set by the chart', RELEASE),
+    "engine labels overriding model": (
+        {"servingEngineSpec": {"labels": {"model": "other"}, "modelSpec": [model()]}},
+        'servingEngineSpec.labels: the label "model" is set by the chart', RELEASE),
+    "modelSpec labels overriding component": (
+        {"servingEngineSpec": {"modelSpec": [model(labels={"app.kubernetes.io/component": "x"})]}},
+        'servingEngineSpec.modelSpec[m].labels: the label "app.kubernetes.io/component"', RELEASE),
+    "router labels overriding name": (
+        {"routerSpec": {"labels": {"app.kubernetes.io/name": "x"}}},
+        'routerSpec.labels: the label "app.kubernetes.io/name"', RELEASE),
+    "router extraArgs repeating --routing-logic": (
+        {"routerSpec": {"extraArgs": ["--routing-logic", "random"]}},
+        "routerSpec.extraArgs: --routing-logic is already passed by the chart (its value comes from "
+        "routerSpec.routingLogic)", RELEASE),
+    "router extraArgs repeating --k8s-port=": (
+        {"routerSpec": {"extraArgs": ["--k8s-port=9000"]}},
+        "routerSpec.extraArgs: --k8s-port is already passed by the chart", RELEASE),
+    "router extraArgs repeating a set --session-key": (
+        {"routerSpec": {"sessionKey": "x-user", "extraArgs": ["--session-key", "y"]}},
+        "routerSpec.extraArgs: --session-key is already passed", RELEASE),
+    "simExtraArgs repeating --speedup": (
+        {"servingEngineSpec": {"engine": "sim", "simExtraArgs": ["--speedup", "4"], "modelSpec": [model()]}},
+        "servingEngineSpec.simExtraArgs (model m): --speedup is already passed by the chart", RELEASE),
+    "simExtraArgs repeating a set --max-model-len": (
+        {"servingEngineSpec": {"engine": "sim", "simExtraArgs": ["--max-model-len=4096"],
+                               "modelSpec": [model(vllmConfig={"maxModelLen": 8192})]}},
+        "--max-model-len is already passed by the chart", RELEASE),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(TEMPLATE_ERRORS))
+def test_template_refuses(case):
+    values, message, name = TEMPLATE_ERRORS[case]
+    with helm.Chart.load(str(CHART)) as c:
+        c.validate_schema(c.merge_values(values))  # the schema accepts them ...
+        with pytest.raises(helm.HelmError, match=re.escape(message)):  # ... the templates do not
+            c.render(values, name=name, namespace=NAMESPACE)
+
+
+def test_template_accepts_the_neighbours_of_refused_values(router_help_flags, sim_help_flags):
+    """The limits of the refusals above: what is still allowed, and renders as expected."""
+    # One replica on a ReadWriteOnce claim, or KEDA that never goes above 1; a repeatable flag.
+    objects = render({"servingEngineSpec": {"modelSpec": [
+        model(name="a", pvcStorage="50Gi"),
+        model(name="b", pvcStorage="50Gi", keda={"enabled": True, "maxReplicaCount": 1}),
+        model(name="c", pvcStorage="50Gi", pvcAccessMode="ReadWriteMany", replicaCount=3)]}})  # fmt: skip
+    assert one(objects, "Deployment", "demo-llmstack-a-engine")["spec"]["strategy"] == {"type": "Recreate"}
+    assert one(objects, "Deployment", "demo-llmstack-b-engine")["spec"]["strategy"] == {"type": "Recreate"}
+    assert "strategy" not in one(objects, "Deployment", "demo-llmstack-c-engine")["spec"]
+    # Router flags the chart passes only when their value is set are free otherwise.
+    objects = render({"routerSpec": {"extraArgs": ["--session-key", "x-user", "--health-check-failure-threshold=3"]}})
+    args = one(objects, "Deployment", "demo-llmstack-router")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert flag(args, "--session-key") == "x-user"
+    sim = render({"servingEngineSpec": {"engine": "sim", "simExtraArgs": ["--max-model-len", "4096"],
+                                        "modelSpec": [model()]}})
+    sargs = one(sim, "Deployment", "demo-llmstack-m-engine")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert flag(sargs, "--max-model-len") == "4096"
+    assert {a for a in sargs if a.startswith("--")} <= sim_help_flags
+
+
+def test_chart_flags_are_the_ones_checked(router_help_flags):
+    """Every flag the router template passes is in its extraArgs refusal list (so a new flag
+    cannot be added without it), and each one really is refused by llmstack-server when repeated."""
+    objects = render({"routerSpec": {"sessionKey": "x", "prefixMinMatchLength": 8, "aliases": {"a": "b"}}})
+    args = one(objects, "Deployment", "demo-llmstack-router")["spec"]["template"]["spec"]["containers"][0]["args"]
+    passed = [a for a in args if a.startswith("--")]
+    assert len(passed) == 14
+    for f in passed:
+        with pytest.raises(helm.HelmError, match=re.escape(f"routerSpec.extraArgs: {f} is already passed")):
+            render({"routerSpec": {"sessionKey": "x", "prefixMinMatchLength": 8, "aliases": {"a": "b"},
+                                   "extraArgs": [f, "1"]}})
+    out = subprocess.run([SERVER, "--log-level", "info", "--log-level", "info"], capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode != 0 and "cannot be used multiple times" in out.stderr
+
+
+def test_engine_replica_count_zero():
+    """replicaCount: 0 (allowed by the schema) stays 0: `default 1` would turn it into 1."""
+    values = {"servingEngineSpec": {"modelSpec": [model(replicaCount=0), model(name="n")]}}
+    objects = render(values)
+    assert one(objects, "Deployment", "demo-llmstack-m-engine")["spec"]["replicas"] == 0
+    assert one(objects, "Deployment", "demo-llmstack-n-engine")["spec"]["replicas"] == 1
+    text = notes(values)
+    assert "  - m: org/model x 0 (Deployment" in text and "  - n: org/model x 1 (Deployment" in text
+    keda = notes({"servingEngineSpec": {"modelSpec": [model(keda={"enabled": True, "maxReplicaCount": 6})]}})
+    assert "  - m: org/model x 1..6 (KEDA) (Deployment" in keda
+
+
+def test_tensor_parallel_requests_its_gpus():
+    """tensorParallelSize without requestGPU requests one GPU per worker; requestGPU, when set,
+    wins (and may not be lower: TEMPLATE_ERRORS); no tensorParallelSize and no requestGPU: none."""
+    objects = render({"servingEngineSpec": {"modelSpec": [
+        model(name="tp", vllmConfig={"tensorParallelSize": 2}),
+        model(name="more", requestGPU=4, vllmConfig={"tensorParallelSize": 2}),
+        model(name="cpu")]}})  # fmt: skip
+
+    def resources(name):
+        return one(objects, "Deployment", f"demo-llmstack-{name}-engine")["spec"]["template"]["spec"]["containers"][0][
+            "resources"]
+
+    assert resources("tp") == {"requests": {"nvidia.com/gpu": "2"}, "limits": {"nvidia.com/gpu": "2"}}
+    assert resources("more") == {"requests": {"nvidia.com/gpu": "4"}, "limits": {"nvidia.com/gpu": "4"}}
+    assert resources("cpu") == {}
+    # The simulator has no GPUs, whatever vllmConfig says.
+    sim = render({"servingEngineSpec": {"engine": "sim", "modelSpec": [model(vllmConfig={"tensorParallelSize": 2})]}})
+    c = one(sim, "Deployment", "demo-llmstack-m-engine")["spec"]["template"]["spec"]["containers"][0]
+    assert "gpu" not in json.dumps(c["resources"])
+
+
+def test_lmcache_disk_offload_without_disk_size():
+    """LMCACHE_LOCAL_DISK and its volume come only with a disk size (FULL has one)."""
+    objects = render({"servingEngineSpec": {"modelSpec": [model(lmcacheConfig={"enabled": True,
+                                                                               "cpuOffloadingBufferSize": 5})]}})
+    pod = one(objects, "Deployment", "demo-llmstack-m-engine")["spec"]["template"]["spec"]
+    names = {e["name"] for e in pod["containers"][0]["env"]}
+    assert "LMCACHE_LOCAL_CPU" in names and not names & {"LMCACHE_LOCAL_DISK", "LMCACHE_MAX_LOCAL_DISK_SIZE"}
+    assert "volumes" not in pod and "volumeMounts" not in pod["containers"][0]
+
+
+@pytest.mark.parametrize("name", ["405", "no", "on", "true", "1e3", "0x1f"])
+def test_label_values_that_yaml_reads_as_scalars_stay_strings(name):
+    """Model and release names that YAML reads as numbers or booleans (they match the schema's DNS
+    label pattern) stay strings in every label and selector, and the objects stay valid."""
+    values = {"servingEngineSpec": {"modelSpec": [model(name=name)]}, "commonLabels": {"team": "no"}}
+    objects = render(values, name=name)
+    assert objects
+    for obj in objects:
+        validate_offline(obj)
+        labels = obj["metadata"]["labels"]
+        assert all(isinstance(v, str) for v in labels.values()), labels
+        assert labels["app.kubernetes.io/instance"] == name and labels["team"] == "no"
+    dep = one(objects, "Deployment", f"{name}-llmstack-{name}-engine")
+    assert dep["metadata"]["labels"]["model"] == name
+    assert dep["spec"]["selector"]["matchLabels"]["model"] == name
+    assert dep["spec"]["template"]["metadata"]["labels"]["model"] == name
+    assert one(objects, "Service", f"{name}-llmstack-{name}-engine")["spec"]["selector"]["model"] == name
+    args = one(objects, "Deployment", f"{name}-llmstack-router")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert f"app.kubernetes.io/instance={name}," in flag(args, "--k8s-label-selector")
+
+
+def test_engine_labels_merge_on_pods_and_services():
+    """servingEngineSpec.labels and a model's labels are on the pods and the engine Service; a key in
+    both is the model's, once (no duplicate key)."""
+    objects = render({"servingEngineSpec": {"labels": {"tier": "gpu", "cost": "shared"},
+                                            "modelSpec": [model(labels={"cost": "team-a"})]}})
+    dep = one(objects, "Deployment", "demo-llmstack-m-engine")
+    service = one(objects, "Service", "demo-llmstack-m-engine")
+    for labels in (dep["spec"]["template"]["metadata"]["labels"], service["metadata"]["labels"]):
+        assert (labels["tier"], labels["cost"], labels["model"]) == ("gpu", "team-a", "m")
+    assert service["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    with helm.Chart.load(str(CHART)) as c:
+        text = c.render({"servingEngineSpec": {"labels": {"cost": "a"}, "modelSpec": [model(labels={"cost": "b"})]}},
+                        name=RELEASE, namespace=NAMESPACE)
+    for path in ("llmstack/templates/engine-deployment.yaml", "llmstack/templates/engine-service.yaml"):
+        assert text[path].count("cost:") == 1, text[path]
+
+
+def test_existing_service_account():
+    """serviceAccount.create: false uses the named ServiceAccount and creates no RBAC."""
+    objects = render({"routerSpec": {"serviceAccount": {"create": False, "name": "llm-router"}}})
+    router = one(objects, "Deployment", "demo-llmstack-router")
+    assert router["spec"]["template"]["spec"]["serviceAccountName"] == "llm-router"
+    assert not of_kind(objects, "ServiceAccount") and not of_kind(objects, "Role")
+
+
+def test_readme_documents_the_fixed_dashboard_uid():
+    """Two releases in one Grafana collide on the dashboard's fixed uid: the README says so."""
+    uids = {json.loads(p.read_text())["uid"] for p in CHART.glob("dashboards/*.json")}
+    assert uids == {"llmstack-overview"}
+    readme = (CHART / "README.md").read_text()
+    assert "`llmstack-overview`" in readme and "`observability.grafanaDashboards.enabled: false`" in readme
 
 
 @pytest.fixture(scope="module")
@@ -447,6 +655,14 @@ def test_render_multiple_models():
         "demo-llmstack-llama3-engine-storage", "demo-llmstack-mistral-engine-storage"]
     llama = one(objects, "Deployment", "demo-llmstack-llama3-engine")
     assert llama["spec"]["replicas"] == 2
+    # Two replicas share the claim: ReadWriteMany, and rolling updates are fine.
+    assert one(objects, "PersistentVolumeClaim", "demo-llmstack-llama3-engine-storage")["spec"]["accessModes"] == [
+        "ReadWriteMany"]
+    assert "strategy" not in llama["spec"]
+    # One replica on a ReadWriteOnce claim: Recreate, so the new pod can mount it.
+    assert one(objects, "PersistentVolumeClaim", "demo-llmstack-mistral-engine-storage")["spec"]["accessModes"] == [
+        "ReadWriteOnce"]
+    assert one(objects, "Deployment", "demo-llmstack-mistral-engine")["spec"]["strategy"] == {"type": "Recreate"}
     pod = llama["spec"]["template"]["spec"]
     c = pod["containers"][0]
     assert {"name": "HF_HOME", "value": "/data"} in c["env"]
@@ -491,7 +707,7 @@ def test_render_session_routing():
     assert router["spec"]["replicas"] == 2
     pdb = one(objects, "PodDisruptionBudget", "demo-llmstack-router")
     assert pdb["apiVersion"] == "policy/v1"
-    assert pdb["spec"] == {"minAvailable": 1, "selector": {"matchLabels": {
+    assert pdb["spec"] == {"minAvailable": 1, "unhealthyPodEvictionPolicy": "AlwaysAllow", "selector": {"matchLabels": {
         "app.kubernetes.io/name": "llmstack", "app.kubernetes.io/instance": "demo",
         "app.kubernetes.io/component": "router"}}}
     assert router["spec"]["template"]["metadata"]["labels"].items() >= pdb["spec"]["selector"]["matchLabels"].items()
@@ -528,6 +744,11 @@ def test_render_full():
                                                                    "kv_role": "kv_both"}
     env = {e["name"]: e for e in c["env"]}
     assert env["LMCACHE_MAX_LOCAL_CPU_SIZE"]["value"] == "40" and env["LMCACHE_LOCAL_CPU"]["value"] == "True"
+    # Disk offload: a size and the path LMCache writes to, on a volume of the pod.
+    assert env["LMCACHE_MAX_LOCAL_DISK_SIZE"]["value"] == "100"
+    assert env["LMCACHE_LOCAL_DISK"]["value"] == "file:///lmcache/"
+    assert {"name": "lmcache-disk", "mountPath": "/lmcache"} in c["volumeMounts"]
+    assert {"name": "lmcache-disk", "emptyDir": {}} in pod["volumes"]
     assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "demo-llmstack-secrets", "key": "hf_token_llama3"}
     assert env["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "demo-llmstack-secrets", "key": "vllm_api_key"}
     assert env["VLLM_LOGGING_LEVEL"]["value"] == "INFO"
@@ -536,7 +757,11 @@ def test_render_full():
     small = one(objects, "Deployment", "demo-llmstack-small-engine")["spec"]["template"]["spec"]["containers"][0]
     assert "--no-enable-prefix-caching" in small["args"]
     assert one(objects, "PersistentVolumeClaim", "demo-llmstack-llama3-engine-storage")["spec"] == {
-        "accessModes": ["ReadWriteOnce"], "storageClassName": "fast", "resources": {"requests": {"storage": "200Gi"}}}
+        "accessModes": ["ReadWriteMany"], "storageClassName": "fast", "resources": {"requests": {"storage": "200Gi"}}}
+    assert "strategy" not in llama["spec"]
+    # servingEngineSpec.labels are on the engine Services too, not only on the pods.
+    service = one(objects, "Service", "demo-llmstack-llama3-engine")
+    assert service["metadata"]["labels"]["tier"] == "gpu" and service["metadata"]["labels"]["model"] == "llama3"
 
     so = one(objects, "ScaledObject", "demo-llmstack-llama3-engine")
     assert so["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
@@ -658,7 +883,14 @@ CRDS = [
             "podTargetLabels": STRINGS, "targetLabels": STRINGS, "jobLabel": STR,
             "endpoints": {"type": "array", "items": {"type": "object", "properties": {
                 "port": STR, "path": STR, "scheme": {"type": "string", "enum": ["http", "https"]},
-                "interval": DURATION, "scrapeTimeout": DURATION, "honorLabels": BOOL}}}}}),
+                "interval": DURATION, "scrapeTimeout": DURATION, "honorLabels": BOOL,
+                "relabelings": {"type": "array", "items": {"type": "object", "properties": {
+                    "sourceLabels": STRINGS, "separator": STR, "targetLabel": STR, "regex": STR,
+                    "replacement": STR, "modulus": INT,
+                    "action": {"type": "string", "enum": [
+                        "replace", "Replace", "keep", "Keep", "drop", "Drop", "hashmod", "HashMod", "labelmap",
+                        "LabelMap", "labeldrop", "LabelDrop", "labelkeep", "LabelKeep", "lowercase", "Lowercase",
+                        "uppercase", "Uppercase", "keepequal", "KeepEqual", "dropequal", "DropEqual"]}}}}}}}}}),
     crd("keda.sh", "v1alpha1", "ScaledObject", "scaledobjects", {
         "type": "object", "required": ["scaleTargetRef", "triggers"], "properties": {
             "scaleTargetRef": {"type": "object", "required": ["name"], "properties": {
@@ -857,7 +1089,12 @@ def test_server_dry_run_on_kube_1_20(kube, case):
     assert sorted(m["metadata"]["name"] for m in monitors) == sorted(
         [f"{RELEASE}-llmstack-router"] + ([f"{RELEASE}-llmstack-engines"] if engines else []))
     for m in monitors:
-        assert m["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "15s"}]
+        endpoint = {"port": "http", "path": "/metrics", "interval": "15s"}
+        if m["metadata"]["name"].endswith("-engines"):
+            # Only ready engines are targets: a pod loading its weights is not `up == 0`.
+            endpoint["relabelings"] = [
+                {"sourceLabels": ["__meta_kubernetes_endpoint_ready"], "regex": "true", "action": "keep"}]
+        assert m["spec"]["endpoints"] == [endpoint]
     if case == "full":
         assert {"ScaledObject", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Secret"} <= kinds
 
@@ -874,8 +1111,11 @@ def test_api_versions_follow_capabilities(kube):
     hpa = one(on_1_20, "HorizontalPodAutoscaler", "demo-llmstack-router")
     assert pdb["apiVersion"] == "policy/v1beta1"
     assert hpa["apiVersion"] == "autoscaling/v2beta2"
-    # Same content under either version.
-    assert pdb["spec"] == one(offline, "PodDisruptionBudget", "demo-llmstack-router")["spec"]
+    # Same content under either version, but for unhealthyPodEvictionPolicy (policy/v1 on
+    # Kubernetes 1.26+: unready routers, waiting for an engine, must not block node drains).
+    offline_pdb = dict(one(offline, "PodDisruptionBudget", "demo-llmstack-router")["spec"])
+    assert offline_pdb.pop("unhealthyPodEvictionPolicy") == "AlwaysAllow"
+    assert pdb["spec"] == offline_pdb
     assert hpa["spec"] == one(offline, "HorizontalPodAutoscaler", "demo-llmstack-router")["spec"]
 
 

@@ -23,19 +23,36 @@
 
 {{/* Labels every object carries. */}}
 {{- define "llmstack.labels" -}}
-helm.sh/chart: {{ include "llmstack.chart" . }}
+{{- include "llmstack.checkLabels" (dict "labels" .Values.commonLabels "path" "commonLabels" "reserved" (include "llmstack.chartLabelKeys" . | fromJsonArray)) }}
+helm.sh/chart: {{ include "llmstack.chart" . | quote }}
 {{ include "llmstack.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
-app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/managed-by: {{ .Release.Service | quote }}
 app.kubernetes.io/part-of: llmstack
 {{- with .Values.commonLabels }}
 {{ toYaml . }}
 {{- end }}
 {{- end }}
 
+{{/* Label values are quoted: a name such as "405", "no" or "on" must stay a string. */}}
 {{- define "llmstack.selectorLabels" -}}
-app.kubernetes.io/name: {{ include "llmstack.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/name: {{ include "llmstack.name" . | quote }}
+app.kubernetes.io/instance: {{ .Release.Name | quote }}
+{{- end }}
+
+{{/* Label keys the chart sets itself (a JSON list): user labels may not repeat them. */}}
+{{- define "llmstack.chartLabelKeys" -}}
+{{- list "helm.sh/chart" "app.kubernetes.io/name" "app.kubernetes.io/instance" "app.kubernetes.io/version" "app.kubernetes.io/managed-by" "app.kubernetes.io/part-of" "app.kubernetes.io/component" "model" | toJson }}
+{{- end }}
+
+{{/* Fails when a user label map repeats a key of `reserved` (a duplicate key, or a pod label
+that no longer matches its Deployment's selector). Call with (dict "labels" L "path" P "reserved" R). */}}
+{{- define "llmstack.checkLabels" -}}
+{{- range $k, $_ := (.labels | default dict) }}
+{{- if has $k $.reserved }}
+{{- fail (printf "%s: the label %q is set by the chart (selectors and standard labels use it); remove it (reserved: %s)" $.path $k (join ", " $.reserved)) }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/* The router: name and selector labels. */}}
@@ -48,8 +65,39 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: router
 {{- end }}
 
+{{/* Fails when a model name is used twice, or when two objects of one kind would get the
+same name: engine names (and the router's) are truncated to 63 characters, which can make
+them equal. */}}
+{{- define "llmstack.checkNames" -}}
+{{- $seen := dict }}
+{{- if .Values.routerSpec.enableRouter }}
+{{- $_ := set $seen (include "llmstack.routerName" .) "the router" }}
+{{- end }}
+{{- if .Values.servingEngineSpec.enableEngine }}
+{{- $models := dict }}
+{{- range .Values.servingEngineSpec.modelSpec }}
+{{- if hasKey $models .name }}
+{{- fail (printf "servingEngineSpec.modelSpec: the name %q is used twice" .name) }}
+{{- end }}
+{{- $_ := set $models .name true }}
+{{- end }}
+{{- range $model := .Values.servingEngineSpec.modelSpec }}
+{{- $name := include "llmstack.engineName" (dict "root" $ "model" $model) }}
+{{- if hasKey $seen $name }}
+{{- fail (printf "servingEngineSpec.modelSpec[%s]: its engine name %q (<fullname>-<model name>-engine, truncated to 63 characters) is also the name of %s; shorten the release name, fullnameOverride or the model names" $model.name $name (get $seen $name)) }}
+{{- end }}
+{{- $_ := set $seen $name (printf "servingEngineSpec.modelSpec[%s]'s engines" $model.name) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{- define "llmstack.routerServiceAccountName" -}}
-{{- default (include "llmstack.routerName" .) .Values.routerSpec.serviceAccount.name }}
+{{- $sa := .Values.routerSpec.serviceAccount }}
+{{- if $sa.create }}
+{{- default (include "llmstack.routerName" .) $sa.name }}
+{{- else }}
+{{- required "routerSpec.serviceAccount.name is required when routerSpec.serviceAccount.create is false (the existing ServiceAccount the router runs as; it needs get, list and watch on pods)" $sa.name }}
+{{- end }}
 {{- end }}
 
 {{/* The engines of one modelSpec entry; call with (dict "root" $ "model" $model). */}}
@@ -65,7 +113,70 @@ app.kubernetes.io/component: engine
 
 {{- define "llmstack.engineSelectorLabels" -}}
 {{ include "llmstack.engineCommonSelectorLabels" .root }}
-model: {{ .model.name }}
+model: {{ .model.name | quote }}
+{{- end }}
+
+{{/* Labels of a model's engine objects (Deployment, Service, PVC, ScaledObject): the common
+labels, component and model; with (dict ... "extra" true) also servingEngineSpec.labels and the
+model's labels (the model's win). Keys the chart sets are refused (llmstack.checkLabels). */}}
+{{- define "llmstack.engineLabels" -}}
+{{- $spec := .root.Values.servingEngineSpec }}
+{{- $reserved := include "llmstack.chartLabelKeys" .root | fromJsonArray }}
+{{- include "llmstack.checkLabels" (dict "labels" $spec.labels "path" "servingEngineSpec.labels" "reserved" $reserved) }}
+{{- include "llmstack.checkLabels" (dict "labels" .model.labels "path" (printf "servingEngineSpec.modelSpec[%s].labels" .model.name) "reserved" $reserved) }}
+{{- $labels := include "llmstack.labels" .root | fromYaml }}
+{{- if .extra }}
+{{- $labels = merge (dict) (.model.labels | default dict) ($spec.labels | default dict) $labels }}
+{{- end }}
+{{- $_ := set $labels "app.kubernetes.io/component" "engine" }}
+{{- $_ := set $labels "model" (toString .model.name) }}
+{{- toYaml $labels }}
+{{- end }}
+
+{{/* Extra labels of a model's engine pods: servingEngineSpec.labels and the model's (the
+model's win), checked against the chart's keys. */}}
+{{- define "llmstack.engineExtraPodLabels" -}}
+{{- $spec := .root.Values.servingEngineSpec }}
+{{- $reserved := include "llmstack.chartLabelKeys" .root | fromJsonArray }}
+{{- include "llmstack.checkLabels" (dict "labels" $spec.labels "path" "servingEngineSpec.labels" "reserved" $reserved) }}
+{{- include "llmstack.checkLabels" (dict "labels" .model.labels "path" (printf "servingEngineSpec.modelSpec[%s].labels" .model.name) "reserved" $reserved) }}
+{{- with (merge (dict) (.model.labels | default dict) ($spec.labels | default dict)) }}
+{{- toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Engine replicas of a modelSpec entry: replicaCount (0 stays 0), default 1. */}}
+{{- define "llmstack.engineReplicas" -}}
+{{- if hasKey . "replicaCount" }}{{ .replicaCount | int }}{{ else }}1{{ end }}
+{{- end }}
+
+{{/* GPUs of a vLLM engine: requestGPU, else tensorParallelSize when that is set (one GPU per
+tensor-parallel worker), else none; fails when requestGPU < a tensorParallelSize that is set. */}}
+{{- define "llmstack.engineGPUs" -}}
+{{- $vc := .vllmConfig | default dict }}
+{{- $tp := $vc.tensorParallelSize | default 1 | int }}
+{{- $gpus := 0 }}
+{{- if hasKey . "requestGPU" }}
+{{- $gpus = .requestGPU | int }}
+{{- else if hasKey $vc "tensorParallelSize" }}
+{{- $gpus = $tp }}
+{{- end }}
+{{- if and (hasKey $vc "tensorParallelSize") (lt $gpus $tp) }}
+{{- fail (printf "servingEngineSpec.modelSpec[%s]: requestGPU (%d) is less than vllmConfig.tensorParallelSize (%d); vLLM needs one GPU per tensor-parallel worker (leave requestGPU unset to request %d)" .name $gpus $tp $tp) }}
+{{- end }}
+{{- $gpus }}
+{{- end }}
+
+{{/* Fails when `args` (extraArgs) repeat a flag of `flags` (a dict flag -> the value that sets
+it), as `--flag` or `--flag=value`: the router and llmstack-sim refuse a flag given twice.
+Call with (dict "args" A "flags" F "path" P). */}}
+{{- define "llmstack.checkExtraArgs" -}}
+{{- range .args }}
+{{- $f := first (splitList "=" (toString .)) }}
+{{- if hasKey $.flags $f }}
+{{- fail (printf "%s: %s is already passed by the chart (its value comes from %s); a flag given twice stops the process at start. Flags the chart passes: %s" $.path $f (get $.flags $f) (join ", " (keys $.flags | sortAlpha))) }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/* --k8s-label-selector: routerSpec.labelSelector, else this release's engine pods. */}}
