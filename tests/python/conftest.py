@@ -4,14 +4,17 @@ The binaries come from LLMSTACK_SIM and LLMSTACK_SERVER (set by scripts/test) or
 Every process started here is ended here, by its own handle.
 """
 
+import contextlib
 import json
 import os
 import pathlib
 import re
+import shutil
+import socket
 import subprocess
 import time
-import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -100,6 +103,58 @@ def http_get(url):
     """The body of a GET, as text (raises on an error status)."""
     with urllib.request.urlopen(url, timeout=10) as r:
         return r.read().decode()
+
+
+def eventually(f, what="the condition", timeout=30):
+    """f()'s first truthy result within `timeout` s (errors of a server not up yet are retried)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = f()
+            if last:
+                return last
+        except (OSError, ValueError) as e:  # not listening, or not answering JSON yet
+            last = e
+        time.sleep(0.5)
+    raise AssertionError(f"{what}: never true; last: {last}")
+
+
+@contextlib.contextmanager
+def prometheus_scraping(tmp, targets):
+    """A real Prometheus (Debian's package) scraping `targets` (host:port) every second;
+    yields its base URL. Its log is tmp/prometheus.log."""
+    binary = shutil.which("prometheus")
+    assert binary, "prometheus is not installed (scripts/test installs it with apt-get)"
+    config = tmp / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        "scrape_configs:\n  - job_name: llmstack\n    static_configs:\n"
+        f"      - targets: {json.dumps(targets)}\n"
+    )
+    check = subprocess.run(["promtool", "check", "config", str(config)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    port = free_port()
+    with open(tmp / "prometheus.log", "wb") as log:
+        proc = subprocess.Popen(
+            [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_process(proc)
+
+
+def prom_query(prom, expr):
+    """The instant query's result; a query Prometheus rejects fails the test with its error."""
+    try:
+        out = json.loads(http_get(f"{prom}/api/v1/query?query={urllib.parse.quote(expr)}"))
+    except urllib.error.HTTPError as e:
+        raise AssertionError(f"Prometheus rejected\n{expr}\n{e.read().decode()}") from None
+    assert out["status"] == "success", out
+    return out["data"]["result"]
 
 
 def stop_process(proc):

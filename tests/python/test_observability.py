@@ -12,7 +12,6 @@ Needs node + npm (for the schema, cached after the first run), prometheus and pr
 scripts/test installs the latter two. Nothing is skipped: a missing tool fails.
 """
 
-import copy
 import json
 import math
 import re
@@ -20,15 +19,15 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 
 import pytest
 from ruamel.yaml import YAML
 
-from conftest import ROOT, free_port, stop_process
+from conftest import ROOT, eventually, prometheus_scraping
 from conftest import http_get as get
+from conftest import prom_query as query
 
 DASHBOARD = ROOT / "helm" / "llmstack" / "dashboards" / "llmstack.json"
 RULES_DIR = ROOT / "observability" / "rules"
@@ -172,36 +171,12 @@ def test_queries_and_rules_use_only_real_metric_names(prometheus_with_traffic):
 # === a real Prometheus ===
 
 
-def query(prom, expr):
-    """The instant query's result; a query Prometheus rejects fails the test with its error."""
-    try:
-        out = json.loads(get(f"{prom}/api/v1/query?query={urllib.parse.quote(expr)}"))
-    except urllib.error.HTTPError as e:
-        raise AssertionError(f"Prometheus rejected\n{expr}\n{e.read().decode()}") from None
-    assert out["status"] == "success", out
-    return out["data"]["result"]
-
-
 def labelsets(result):
     return sorted(json.dumps(r["metric"], sort_keys=True) for r in result)
 
 
 def finite(result):
     return [r for r in result if math.isfinite(float(r["value"][1]))]
-
-
-def eventually(f, what, timeout=30):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = f()
-            if last:
-                return last
-        except OSError as e:  # not listening yet
-            last = e
-        time.sleep(0.5)
-    raise AssertionError(f"{what}: never true; last: {last}")
 
 
 def chat(router, model, content):
@@ -217,31 +192,15 @@ def chat(router, model, content):
 @pytest.fixture(scope="module")
 def prometheus(router_stack, tmp_path_factory):
     """Prometheus scraping the router and the three engines every second."""
-    binary = tool("prometheus")
+    tool("prometheus")
     tool("promtool")
     hostport = lambda url: urllib.parse.urlparse(url).netloc  # noqa: E731
     targets = [hostport(u) for u in [router_stack.url, *router_stack.m_engines, router_stack.m2_engine]]
     tmp = tmp_path_factory.mktemp("prometheus")
-    config = tmp / "prometheus.yml"
-    config.write_text(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-        "scrape_configs:\n  - job_name: llmstack\n    static_configs:\n"
-        f"      - targets: {json.dumps(targets)}\n"
-    )
-    port = free_port()
-    with open(tmp / "prometheus.log", "wb") as log:
-        proc = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        prom = f"http://127.0.0.1:{port}"
+    with prometheus_scraping(tmp, targets) as prom:
         up = lambda: len([r for r in query(prom, "up") if r["value"][1] == "1"]) == len(targets)  # noqa: E731
         eventually(up, f"all {len(targets)} targets up (log: {tmp / 'prometheus.log'})")
         yield prom
-    finally:
-        stop_process(proc)
 
 
 @pytest.fixture(scope="module")
