@@ -97,9 +97,7 @@ async fn run<K>(
 pub struct PodMap {
     config: K8sConfig,
     /// Routable pods by `namespace/name`.
-    current: BTreeMap<String, Endpoint>,
-    /// A re-list in progress.
-    listing: Option<BTreeMap<String, Endpoint>>,
+    pods: Listed<Endpoint>,
 }
 
 impl PodMap {
@@ -107,52 +105,40 @@ impl PodMap {
     pub fn new(config: K8sConfig) -> Self {
         Self {
             config,
-            current: BTreeMap::new(),
-            listing: None,
+            pods: Listed::default(),
         }
     }
 
     /// Applies one watcher event; returns the update to pass on, if anything changed
     /// (always a `Reset` at `InitDone`, so a (re-)list is a snapshot).
     pub fn on_event(&mut self, event: Event<Pod>) -> Option<Update> {
+        let current = &mut self.pods.current;
         match event {
-            Event::Init => {
-                self.listing = Some(BTreeMap::new());
-                None
-            }
-            Event::InitApply(pod) => {
-                let listing = self.listing.get_or_insert_with(BTreeMap::new);
-                if let Some(ep) = pod_endpoint(&pod, &self.config) {
-                    listing.insert(key(&pod.metadata), ep);
-                }
-                None
-            }
-            Event::InitDone => {
-                self.current = self.listing.take().unwrap_or_default();
-                Some(Update::Reset(self.current.values().cloned().collect()))
+            Event::Init | Event::InitApply(_) | Event::InitDone => {
+                let done = self.pods.listing(event, |pod| {
+                    let ep = pod_endpoint(&pod, &self.config)?;
+                    Some((key(&pod.metadata), ep))
+                });
+                done.then(|| Update::Reset(self.pods.current.values().cloned().collect()))
             }
             Event::Apply(pod) => {
                 let key = key(&pod.metadata);
                 match pod_endpoint(&pod, &self.config) {
                     Some(ep) => {
-                        let old = self.current.insert(key, ep.clone());
+                        let old = current.insert(key, ep.clone());
                         match old {
                             Some(old) if old == ep => None,
                             Some(old) if old.id != ep.id => {
                                 // Same name, new pod: the old one is gone.
-                                Some(Update::Reset(self.current.values().cloned().collect()))
+                                Some(Update::Reset(current.values().cloned().collect()))
                             }
                             _ => Some(Update::Add(vec![ep])),
                         }
                     }
-                    None => self
-                        .current
-                        .remove(&key)
-                        .map(|old| Update::Remove(vec![old.id])),
+                    None => current.remove(&key).map(|old| Update::Remove(vec![old.id])),
                 }
             }
-            Event::Delete(pod) => self
-                .current
+            Event::Delete(pod) => current
                 .remove(&key(&pod.metadata))
                 .map(|old| Update::Remove(vec![old.id])),
         }
@@ -160,7 +146,54 @@ impl PodMap {
 
     /// The routable endpoints now.
     pub fn endpoints(&self) -> impl Iterator<Item = &Endpoint> {
-        self.current.values()
+        self.pods.current.values()
+    }
+}
+
+/// Objects by `namespace/name`, following the watcher's list protocol: `Init` starts a
+/// new list, `InitApply` adds to it, `InitDone` replaces the current objects with it
+/// (whatever is not listed again is gone).
+#[derive(Debug)]
+struct Listed<V> {
+    current: BTreeMap<String, V>,
+    /// A (re-)list in progress.
+    listing: Option<BTreeMap<String, V>>,
+}
+
+impl<V> Default for Listed<V> {
+    fn default() -> Self {
+        Self {
+            current: BTreeMap::new(),
+            listing: None,
+        }
+    }
+}
+
+impl<V> Listed<V> {
+    /// Applies a list event (`Init`, `InitApply`, `InitDone`; others are ignored),
+    /// turning each listed object into an entry with `entry` (`None`: left out).
+    /// Returns whether the list is done, i.e. `current` was replaced.
+    fn listing<K>(
+        &mut self,
+        event: Event<K>,
+        entry: impl FnOnce(K) -> Option<(String, V)>,
+    ) -> bool {
+        match event {
+            Event::Init => self.listing = Some(BTreeMap::new()),
+            Event::InitApply(object) => {
+                if let Some((key, value)) = entry(object) {
+                    self.listing
+                        .get_or_insert_with(BTreeMap::new)
+                        .insert(key, value);
+                }
+            }
+            Event::InitDone => {
+                self.current = self.listing.take().unwrap_or_default();
+                return true;
+            }
+            Event::Apply(_) | Event::Delete(_) => {}
+        }
+        false
     }
 }
 
@@ -170,8 +203,7 @@ impl PodMap {
 #[derive(Debug)]
 pub struct SliceMap {
     config: K8sConfig,
-    current: BTreeMap<String, Vec<Endpoint>>,
-    listing: Option<BTreeMap<String, Vec<Endpoint>>>,
+    slices: Listed<Vec<Endpoint>>,
 }
 
 impl SliceMap {
@@ -179,34 +211,31 @@ impl SliceMap {
     pub fn new(config: K8sConfig) -> Self {
         Self {
             config,
-            current: BTreeMap::new(),
-            listing: None,
+            slices: Listed::default(),
         }
     }
 
     /// Applies one watcher event; returns the update to pass on, if anything changed.
     pub fn on_event(&mut self, event: Event<EndpointSlice>) -> Option<Update> {
+        let current = &mut self.slices.current;
         match event {
-            Event::Init => {
-                self.listing = Some(BTreeMap::new());
-                return None;
-            }
-            Event::InitApply(slice) => {
-                self.listing
-                    .get_or_insert_with(BTreeMap::new)
-                    .insert(key(&slice.metadata), slice_endpoints(&slice, &self.config));
-                return None;
-            }
-            Event::InitDone => self.current = self.listing.take().unwrap_or_default(),
-            Event::Apply(slice) => {
-                let eps = slice_endpoints(&slice, &self.config);
-                if self.current.get(&key(&slice.metadata)) == Some(&eps) {
+            Event::Init | Event::InitApply(_) | Event::InitDone => {
+                let done = self.slices.listing(event, |slice| {
+                    Some((key(&slice.metadata), slice_endpoints(&slice, &self.config)))
+                });
+                if !done {
                     return None;
                 }
-                self.current.insert(key(&slice.metadata), eps);
+            }
+            Event::Apply(slice) => {
+                let eps = slice_endpoints(&slice, &self.config);
+                if current.get(&key(&slice.metadata)) == Some(&eps) {
+                    return None;
+                }
+                current.insert(key(&slice.metadata), eps);
             }
             Event::Delete(slice) => {
-                self.current.remove(&key(&slice.metadata))?;
+                current.remove(&key(&slice.metadata))?;
             }
         }
         Some(Update::Reset(self.endpoints()))
@@ -215,7 +244,7 @@ impl SliceMap {
     /// The routable endpoints now (one per id: the first slice listing it wins).
     pub fn endpoints(&self) -> Vec<Endpoint> {
         let mut by_id: BTreeMap<EndpointId, Endpoint> = BTreeMap::new();
-        for ep in self.current.values().flatten() {
+        for ep in self.slices.current.values().flatten() {
             by_id.entry(ep.id.clone()).or_insert_with(|| ep.clone());
         }
         by_id.into_values().collect()

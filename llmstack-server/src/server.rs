@@ -82,6 +82,8 @@ impl Server {
         let (stats, scraper) = spawn_scraper(set_rx.clone(), config.scrape.clone());
         let metrics = telemetry::recorder();
         let upkeep = tokio::spawn(telemetry::upkeep(metrics.clone()));
+        // Whatever start-up returns early with, nothing it spawned keeps running.
+        let mut spawned = Spawned(vec![scraper.abort_handle(), upkeep.abort_handle()]);
         let in_flight = InFlight::default();
         let router = Arc::new(config.routing.router().with_in_flight(in_flight.clone()));
 
@@ -114,16 +116,18 @@ impl Server {
         let sweeper = tokio::spawn(sweep_idle(Arc::clone(&pools)));
         let (answered_tx, answered) = tokio::sync::oneshot::channel();
         let mut discovery = tokio::spawn(run_discovery(source, set_tx, router, pools, answered_tx));
+        spawned
+            .0
+            .extend([sweeper.abort_handle(), discovery.abort_handle()]);
         let (stop, stop_rx) = watch::channel(false);
         let admin = match config.admin {
             Some(at) => {
                 let admin = TcpListener::bind(at).await.map_err(StartError::Bind)?;
                 let admin_addr = admin.local_addr().map_err(StartError::Bind)?;
                 tracing::info!(addr = %admin_addr, "admin listener (/metrics, /health, /ready)");
-                Some((
-                    admin_addr,
-                    tokio::spawn(serve_admin(admin, Arc::clone(&shared))),
-                ))
+                let task = tokio::spawn(serve_admin(admin, Arc::clone(&shared)));
+                spawned.0.push(task.abort_handle());
+                Some((admin_addr, task))
             }
             None => None,
         };
@@ -134,14 +138,7 @@ impl Server {
         // 503 until engines are found. The admin listener already answers.
         let deadline = tokio::time::Instant::now() + FIRST_ANSWER_WAIT;
         match tokio::time::timeout_at(deadline, answered).await {
-            Ok(Ok(Err(fatal))) => {
-                discovery.abort();
-                if let Some(admin) = &admin {
-                    admin.abort();
-                }
-                sweeper.abort();
-                return Err(StartError::Config(fatal));
-            }
+            Ok(Ok(Err(fatal))) => return Err(StartError::Config(fatal)),
             Ok(Ok(Ok(()))) => {
                 let mut set = set_rx.clone();
                 let probed = set.wait_for(|set| {
@@ -165,6 +162,8 @@ impl Server {
         }
         let serve = tokio::spawn(serve(listener, shared, stop_rx));
         tracing::info!(%addr, policy = config.routing.routing_logic.as_str(), "router listening");
+        // Started: the tasks are the server's now (stopped by its `Drop`).
+        spawned.0.clear();
         Ok(Self {
             addr,
             stop,
@@ -225,6 +224,17 @@ impl std::fmt::Display for StartError {
 }
 
 impl std::error::Error for StartError {}
+
+/// Tasks [`Server::start`] spawned, aborted if it returns early.
+struct Spawned(Vec<tokio::task::AbortHandle>);
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
 
 /// How long [`Server::start`] waits for discovery's first answer before serving.
 const FIRST_ANSWER_WAIT: Duration = Duration::from_secs(10);
