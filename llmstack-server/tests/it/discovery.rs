@@ -40,6 +40,33 @@ async fn until_state(s: &Stack, i: usize, state: &str, limit: Duration) -> Durat
     start.elapsed()
 }
 
+/// Waits (up to `limit`) until engine `i` is no longer listed; returns how long it took.
+async fn until_gone(s: &Stack, i: usize, limit: Duration) -> Duration {
+    let start = Instant::now();
+    while state_of(s, i).await.is_some() {
+        assert!(
+            start.elapsed() < limit,
+            "engine {i} still listed after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    start.elapsed()
+}
+
+/// Whether the router's `/metrics` counts a discovery error from `source` within `limit`.
+async fn discovery_errors_counted(s: &Stack, source: &str, limit: Duration) -> bool {
+    eventually(limit, || async {
+        let text = get(&s.client, &s.at("/metrics")).await;
+        sample(
+            text.text(),
+            "llmstack_discovery_errors_total",
+            &[("source", source)],
+        )
+        .is_some_and(|n| n >= 1.0)
+    })
+    .await
+}
+
 /// Sends `n` chats for `model`; returns how many each engine finished meanwhile.
 async fn served_by(s: &Stack, model: &str, n: usize) -> Vec<f64> {
     let mut before = Vec::new();
@@ -242,12 +269,7 @@ async fn the_static_list_follows_its_file_and_removed_engines_drain() {
     config.discovery.static_models.clear();
     config.discovery.static_file = Some(file.clone());
     let server = Server::start(config).await.unwrap();
-    let s = Stack {
-        engines: sims,
-        url: format!("http://{}", server.local_addr()),
-        server,
-        client: client(),
-    };
+    let s = Stack::new(server, sims);
     until_state(&s, 0, "ready", Duration::from_secs(3)).await;
     assert_eq!(served_by(&s, M, 2).await, [2.0, 0.0]);
 
@@ -266,19 +288,8 @@ async fn the_static_list_follows_its_file_and_removed_engines_drain() {
     .await;
     read_frames(&mut long, 1).await;
     write(&[&s.engines[1]]);
-    let start = Instant::now();
-    while state_of(&s, 0).await.is_some() {
-        assert!(
-            start.elapsed() < Duration::from_secs(3),
-            "engine 0 still listed"
-        );
-
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    eprintln!(
-        "static: file rewritten → engine out after {:?} (polled every 1 s)",
-        start.elapsed()
-    );
+    let out = until_gone(&s, 0, Duration::from_secs(3)).await;
+    eprintln!("static: file rewritten → engine out after {out:?} (polled every 1 s)");
     assert_eq!(
         s.engines[0].state().await.unwrap().running,
         1,
@@ -312,17 +323,10 @@ async fn the_static_list_follows_its_file_and_removed_engines_drain() {
     let tmp = file.with_extension("tmp");
     std::fs::write(&tmp, "static_backends: ftp://nowhere\n").unwrap();
     std::fs::rename(&tmp, &file).unwrap();
-    let counted = eventually(Duration::from_secs(5), || async {
-        let text = get(&s.client, &s.at("/metrics")).await;
-        sample(
-            text.text(),
-            "llmstack_discovery_errors_total",
-            &[("source", "static")],
-        )
-        .is_some_and(|n| n >= 1.0)
-    })
-    .await;
-    assert!(counted, "the reload error is counted");
+    assert!(
+        discovery_errors_counted(&s, "static", Duration::from_secs(5)).await,
+        "the reload error is counted"
+    );
     assert_eq!(state_of(&s, 1).await.as_deref(), Some("ready"));
     assert_eq!(served_by(&s, M, 2).await, [0.0, 2.0]);
     std::fs::remove_dir_all(&dir).unwrap();
@@ -357,12 +361,7 @@ async fn dns_discovery_follows_the_records_and_survives_a_dead_resolver() {
         max_refresh: Duration::from_secs(1),
     };
     let server = Server::start(config).await.unwrap();
-    let s = Stack {
-        engines: vec![a, b],
-        url: format!("http://{}", server.local_addr()),
-        server,
-        client: client(),
-    };
+    let s = Stack::new(server, vec![a, b]);
     // The first answer came before the router served.
     assert!(state_of(&s, 0).await.is_some());
     until_state(&s, 0, "ready", Duration::from_secs(3)).await;
@@ -373,32 +372,15 @@ async fn dns_discovery_follows_the_records_and_survives_a_dead_resolver() {
     assert_eq!(served_by(&s, M, 4).await, [2.0, 2.0]);
 
     dns.set_hosts("127.0.0.3 vllm.test\n");
-    let start = Instant::now();
-    while state_of(&s, 0).await.is_some() {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "127.0.0.2 still listed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    eprintln!(
-        "dns: record added → routed after {added:?}, removed → out after {:?} (TTL 1 s)",
-        start.elapsed()
-    );
+    let out = until_gone(&s, 0, Duration::from_secs(5)).await;
+    eprintln!("dns: record added → routed after {added:?}, removed → out after {out:?} (TTL 1 s)");
     assert_eq!(served_by(&s, M, 3).await, [0.0, 3.0]);
 
     dns.kill();
-    let counted = eventually(Duration::from_secs(10), || async {
-        let text = get(&s.client, &s.at("/metrics")).await;
-        sample(
-            text.text(),
-            "llmstack_discovery_errors_total",
-            &[("source", "dns")],
-        )
-        .is_some_and(|n| n >= 1.0)
-    })
-    .await;
-    assert!(counted, "resolution failures are counted");
+    assert!(
+        discovery_errors_counted(&s, "dns", Duration::from_secs(10)).await,
+        "resolution failures are counted"
+    );
     assert_eq!(state_of(&s, 1).await.as_deref(), Some("ready"));
     assert_eq!(served_by(&s, M, 2).await, [0.0, 2.0]);
 }

@@ -102,6 +102,16 @@ pub async fn stack(configs: Vec<EngineConfig>, tweak: impl FnOnce(&mut ServerCon
 }
 
 impl Stack {
+    /// A started router and the engines behind it.
+    pub fn new(server: Server, engines: Vec<SimEngine>) -> Self {
+        Self {
+            url: format!("http://{}", server.local_addr()),
+            engines,
+            server,
+            client: client(),
+        }
+    }
+
     /// `self.url + path`.
     pub fn at(&self, path: &str) -> String {
         format!("{}{path}", self.url)
