@@ -16,14 +16,8 @@ const M: &str = "m";
 
 /// The router's state of engine `i` ("ready", "unready", "pending"), if listed.
 async fn state_of(s: &Stack, i: usize) -> Option<String> {
-    let want = s.engines[i].base_url();
-    let engines = get(&s.client, &s.at("/engines")).await.json();
-    engines
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["url"] == want.as_str())
-        .map(|e| e["state"].as_str().unwrap().to_owned())
+    let entry = s.engine_entry(i).await?;
+    Some(entry["state"].as_str().unwrap().to_owned())
 }
 
 /// Waits (up to `limit`) until engine `i` is in `state`; returns how long it took.

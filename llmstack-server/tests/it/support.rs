@@ -117,8 +117,8 @@ impl Stack {
         format!("{}{path}", self.url)
     }
 
-    /// The router's id of engine `i`.
-    pub async fn id_of(&self, i: usize) -> String {
+    /// Engine `i`'s entry in the router's `/engines`, if listed.
+    pub async fn engine_entry(&self, i: usize) -> Option<Value> {
         let want = self.engines[i].base_url();
         let engines = get(&self.client, &self.at("/engines")).await.json();
         engines
@@ -126,8 +126,14 @@ impl Stack {
             .unwrap()
             .iter()
             .find(|e| e["url"] == want.as_str())
-            .map(|e| e["id"].as_str().unwrap().to_owned())
-            .unwrap_or_else(|| panic!("{want} not in {engines}"))
+            .cloned()
+    }
+
+    /// The router's id of engine `i`.
+    pub async fn id_of(&self, i: usize) -> String {
+        let entry = self.engine_entry(i).await;
+        let entry = entry.unwrap_or_else(|| panic!("{} not listed", self.engines[i].base_url()));
+        entry["id"].as_str().unwrap().to_owned()
     }
 
     /// The router's `/health` counters.
