@@ -10,7 +10,6 @@ use hickory_resolver::lookup::Lookup;
 use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
-use http::Uri;
 use llmstack_core::{BoxError, Endpoint, Update};
 use tokio::sync::mpsc;
 
@@ -241,8 +240,7 @@ impl Answer {
         let endpoints = self
             .addrs
             .iter()
-            // Always parses: `ip:port` (IPv6 in brackets) is a valid authority.
-            .filter_map(|addr| format!("http://{addr}").parse::<Uri>().ok())
+            .filter_map(|&addr| crate::url_at(addr))
             .map(Endpoint::new)
             .collect();
         let delay = self.ttl.map_or(config.min_refresh, |ttl| {
@@ -308,7 +306,7 @@ mod tests {
         );
         assert_eq!(delay, Duration::from_secs(20));
         // Ids come from the URL: the same address is the same endpoint everywhere.
-        let same: Uri = "http://10.0.0.1:8000".parse().unwrap();
+        let same: http::Uri = "http://10.0.0.1:8000".parse().unwrap();
         assert_eq!(endpoints[0].id, Endpoint::new(same).id);
     }
 

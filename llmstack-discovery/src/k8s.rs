@@ -366,8 +366,7 @@ fn pod_id(name: &str, uid: Option<&str>) -> EndpointId {
 /// `http://ip:port` (IPv6 in brackets); `None` for something that is not an IP.
 fn url(ip: &str, port: u16) -> Option<Uri> {
     let ip: std::net::IpAddr = ip.trim().parse().ok()?;
-    let authority = std::net::SocketAddr::new(ip, port);
-    format!("http://{authority}").parse().ok()
+    crate::url_at(std::net::SocketAddr::new(ip, port))
 }
 
 /// The API client `config` asks for: its `kubeconfig` file when set, else from the

@@ -22,3 +22,9 @@ pub use dns::dns_discovery;
 pub use prober::probe;
 pub use static_list::{reloading_static_discovery, static_discovery, static_endpoints};
 pub use stream::UpdateStream;
+
+/// The base URL of an engine at `addr`: `http://ip:port` (IPv6 in brackets).
+pub(crate) fn url_at(addr: std::net::SocketAddr) -> Option<http::Uri> {
+    // Always parses: `ip:port` is a valid authority.
+    format!("http://{addr}").parse().ok()
+}
