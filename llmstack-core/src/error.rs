@@ -89,6 +89,9 @@ pub enum Error {
     },
     /// The route exists but not with this method (405).
     MethodNotAllowed,
+    /// A request reached the forwarding service without an engine chosen for it (500:
+    /// the service stack is assembled wrong, with no routing layer before forwarding).
+    Unrouted,
 }
 
 /// The OpenAI/vLLM error body: `{"error":{"message","type","param","code"}}` where
@@ -134,6 +137,7 @@ impl Error {
             Self::Connect { .. } | Self::Upstream { .. } | Self::Broken { .. } => 502,
             Self::NoReadyEndpoint { .. } | Self::ShuttingDown => 503,
             Self::Timeout { .. } => 504,
+            Self::Unrouted => 500,
         }
     }
 
@@ -152,6 +156,7 @@ impl Error {
             Self::ShuttingDown => "shutting_down",
             Self::NotFound { .. } => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::Unrouted => "unrouted",
         }
     }
 
@@ -182,6 +187,21 @@ impl Error {
                 code,
             },
         }
+    }
+
+    /// The HTTP response for this error: its [`status`](Error::status), a JSON
+    /// content type and the [OpenAI body](Error::body). The one mapping from an error
+    /// to a response: every layer that answers with an error calls it.
+    pub fn to_response(&self) -> http::Response<bytes::Bytes> {
+        let body = serde_json::to_vec(&self.body()).unwrap_or_default();
+        let mut resp = http::Response::new(bytes::Bytes::from(body));
+        *resp.status_mut() = http::StatusCode::from_u16(self.status())
+            .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        resp
     }
 
     /// Whether a request that failed this way may be sent to another endpoint: the
@@ -242,6 +262,9 @@ impl fmt::Display for Error {
             Self::ShuttingDown => f.write_str("The router is shutting down."),
             Self::NotFound { path } => write!(f, "Route {path} not found."),
             Self::MethodNotAllowed => f.write_str("Method not allowed."),
+            Self::Unrouted => f.write_str(
+                "No engine was chosen for this request (the router's service stack has no routing layer).",
+            ),
         }
     }
 }

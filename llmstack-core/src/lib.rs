@@ -25,17 +25,21 @@
 mod discover;
 mod endpoint;
 mod error;
+mod facts;
 mod multipart;
 mod request;
+mod routes;
 mod set;
 mod stats;
 
 pub use discover::{BoxError, Discover, Update};
 pub use endpoint::{Endpoint, EndpointId, EndpointState, ModelCard, Role};
 pub use error::{Error, ErrorBody, ErrorObject, TimeoutPhase};
+pub use facts::{Exclude, RouteFacts, RoutedTo, SeenModel, UpstreamFailure};
 pub use multipart::{
     FormPart, MultipartError, multipart_boundary, multipart_parts, multipart_text_field,
 };
 pub use request::{Content, Message, Part, Prompt, PromptView, RequestKind, RouteRequest};
+pub use routes::{BodyKind, OPENAI_ROUTES, openai_route};
 pub use set::EndpointSet;
 pub use stats::{EngineStats, ModelLoad, StatsReader, StatsSnapshot};

@@ -12,6 +12,7 @@ mod dns;
 #[cfg(feature = "kube")]
 pub mod k8s;
 mod prober;
+mod publish;
 mod static_list;
 mod stream;
 
@@ -20,6 +21,7 @@ pub use config::{
 };
 pub use dns::dns_discovery;
 pub use prober::probe;
+pub use publish::publish;
 pub use static_list::{reloading_static_discovery, static_discovery, static_endpoints};
 pub use stream::UpdateStream;
 

@@ -7,16 +7,22 @@
 //! publishes each new [`StatsSnapshot`](llmstack_core::StatsSnapshot) through a `watch`
 //! channel, read with a [`StatsReader`](llmstack_core::StatsReader).
 //!
+//! [`AccountLayer`] is the request path's accounting: a tower layer that counts every
+//! request once (status, duration, time to first token, inter-token latency, tokens,
+//! routing decisions) from what passes through it.
+//!
 //! [`names`] holds the router's own metric names (all `llmstack_…`, never a vLLM name)
 //! and [`names::describe`], their help texts. Libraries only call the `metrics` macros;
 //! the server installs the Prometheus recorder.
 
+mod accounting;
 pub mod names;
 mod parse;
 mod scraper;
 mod stats;
 pub mod vllm;
 
+pub use accounting::{Account, AccountBody, AccountFuture, AccountLayer, count_decision};
 pub use parse::{Sample, parse};
 pub use scraper::{ScrapeConfig, spawn_scraper};
 pub use stats::engine_stats;

@@ -1,6 +1,6 @@
 //! The tower pair: [`RouteLayer`] wraps a forwarding service in [`Route`].
 
-use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -8,34 +8,31 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
+use http::request::Parts;
+use http::{HeaderName, Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
-use llmstack_core::{Endpoint, EndpointSet, Error, RouteRequest, StatsReader};
+use llmstack_core::{
+    EndpointSet, Error, Exclude, RouteFacts, RouteRequest, RoutedTo, SeenModel, StatsReader,
+};
 use pin_project_lite::pin_project;
 use tokio::sync::watch;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::extract::{Extract, split_pin};
 use crate::router::Learn;
-use crate::{InFlightGuard, Router, Target};
+use crate::{InFlightGuard, Routed, Router, Target};
 
-/// The endpoint [`Route`] chose, in the request's extensions for the inner service.
-#[derive(Debug, Clone)]
-pub struct RoutedTo {
-    /// Where to send the request.
-    pub endpoint: Arc<Endpoint>,
-    /// Prompt tokens the engine probably has cached.
-    pub cached_tokens: u32,
-}
-
-/// Routes each request to an engine: a tower [`Layer`] producing [`Route`].
+/// Routes each request to an engine: a tower [`Layer`] producing [`Route`]. The one
+/// place a request is routed, for the `llmstack-server` binary and for embedders.
 ///
 /// Built from a [`Router`] and the live endpoint set (a `watch` channel that discovery,
-/// or the embedder, updates); optionally the engines' scraped stats and a session key.
-/// When endpoints go away for good, call [`Router::retain`] on [`RouteLayer::router`]
-/// so their counters and prefix-index shares are freed. The layer has no health
-/// feedback of its own: an engine that fails fast looks idle, so keep the endpoint set's
-/// readiness current (or retry in the inner service).
+/// or the embedder, updates); optionally the engines' scraped stats, a session key and
+/// model aliases. When endpoints go away for good, call [`Router::retain`] on
+/// [`RouteLayer::router`] so their counters and prefix-index shares are freed. The
+/// layer has no health feedback of its own: an engine that fails fast looks idle, so
+/// keep the endpoint set's readiness current and put a retry layer
+/// (`llmstack-proxy`'s `RetryLayer`) outside it.
 #[derive(Clone)]
 pub struct RouteLayer {
     shared: Shared,
@@ -46,7 +43,7 @@ struct Shared {
     router: Arc<Router>,
     endpoints: watch::Receiver<EndpointSet>,
     stats: Option<StatsReader>,
-    session: Option<HeaderName>,
+    extract: Extract,
 }
 
 impl RouteLayer {
@@ -57,7 +54,7 @@ impl RouteLayer {
                 router: router.into(),
                 endpoints,
                 stats: None,
-                session: None,
+                extract: Extract::default(),
             },
         }
     }
@@ -72,7 +69,27 @@ impl RouteLayer {
     /// Takes the session key from this header (else the OpenAI `user` body field).
     #[must_use]
     pub fn with_session_header(mut self, name: HeaderName) -> Self {
-        self.shared.session = Some(name);
+        self.shared.extract.session_header = Some(name);
+        self
+    }
+
+    /// Takes the session key from the header named `key`, else the top-level body
+    /// field of that name, else the OpenAI `user` field (production-stack's
+    /// `--session-key`). A `key` that is not a valid header name is only read from
+    /// the body.
+    #[must_use]
+    pub fn with_session_key(mut self, key: &str) -> Self {
+        self.shared.extract.session_header =
+            HeaderName::from_bytes(key.to_ascii_lowercase().as_bytes()).ok();
+        self.shared.extract.session_field = Some(key.to_owned());
+        self
+    }
+
+    /// Model aliases (alias → model): a request naming an alias is routed, and
+    /// forwarded, for the model, with only the model value of its body rewritten.
+    #[must_use]
+    pub fn with_aliases(mut self, aliases: BTreeMap<String, String>) -> Self {
+        self.shared.extract.aliases = aliases;
         self
     }
 
@@ -104,12 +121,18 @@ impl<S> Layer<S> for RouteLayer {
 /// Chooses an engine for each request, puts the choice in its extensions
 /// ([`RoutedTo`]) and calls the inner service, which forwards the request there.
 ///
-/// Takes the request with its whole body (a router must read the model from it). The
-/// request is counted in flight on the engine from the choice until the response body
-/// ends, fails or is dropped, or until the inner service fails: the guard travels in
-/// [`RouteBody`]. Routing errors (bad body, unknown model, no ready engine) become
-/// responses with vLLM's OpenAI error body and status, without calling the inner
-/// service. It picks once: retrying elsewhere is the inner service's business.
+/// Takes the request with its whole body (a router must read the model from it) and
+/// reads it once (`extract.rs`): the model from the JSON body, or from the form of the
+/// multipart audio routes; the session key; an alias, whose body is rewritten; `?id=`
+/// pinning, which is taken off the query sent on. Engines in the request's
+/// [`Exclude`] extension are never chosen. The request is counted in flight on the
+/// engine from the choice until the response body ends, fails or is dropped, or until
+/// the inner service fails: the guard travels in [`RouteBody`]. A 2xx response head
+/// teaches the prefix index the prompt. Routing errors (bad body, unknown model, no
+/// ready engine) become responses with vLLM's OpenAI error body and status
+/// ([`Error::to_response`]), without calling the inner service. Every response carries
+/// [`RouteFacts`] (model, policy, reason, engine) for the layers outside. It picks
+/// once: retrying elsewhere is an outer layer's business.
 pub struct Route<S> {
     inner: S,
     shared: Arc<Shared>,
@@ -146,65 +169,137 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<Bytes>) -> Self::Future {
-        let shared = &self.shared;
-        let routed = {
-            let body = req.body();
-            RouteRequest::from_json(body, None).and_then(|mut route| {
-                if let Some(key) = shared
-                    .session
-                    .as_ref()
-                    .and_then(|h| req.headers().get(h))
-                    .and_then(|v| v.to_str().ok())
-                {
-                    route.set_session_key(Cow::Owned(key.to_owned()));
-                }
-                let set = shared.endpoints.borrow().clone();
-                let stats = shared.stats.as_ref().map(StatsReader::snapshot);
-                shared
-                    .router
-                    .route(&set, stats.as_ref(), &route, &Target::default())
-            })
-        };
-        match routed {
-            Ok(mut routed) => {
+    fn call(&mut self, req: Request<Bytes>) -> Self::Future {
+        let (mut parts, body) = req.into_parts();
+        let policy = self.shared.router.policy_name();
+        match self.shared.decide(&mut parts, body) {
+            Ok(Decided {
+                mut routed,
+                body,
+                model,
+            }) => {
+                let reason = if routed.pinned {
+                    "pinned"
+                } else if routed.cached_tokens > 0 {
+                    "cached"
+                } else {
+                    "picked"
+                };
+                let facts = RouteFacts {
+                    model,
+                    policy,
+                    reason,
+                    engine: Some(routed.endpoint.id.clone()),
+                };
                 let learn = routed.take_learn();
-                req.extensions_mut().insert(RoutedTo {
+                parts.extensions.insert(RoutedTo {
                     endpoint: routed.endpoint,
                     cached_tokens: routed.cached_tokens,
                 });
                 RouteFuture {
                     state: FutureState::Called {
-                        future: self.inner.call(req),
+                        future: self.inner.call(Request::from_parts(parts, body)),
                         guard: Some(routed.guard),
                         learn: learn.map(|l| (Arc::clone(&self.shared.router), l)),
+                        facts: Some(facts),
                     },
                 }
             }
-            Err(e) => RouteFuture {
-                state: FutureState::Failed {
-                    response: Some(error_response(&e)),
-                },
-            },
+            Err((e, model)) => {
+                let mut response = e.to_response().map(RouteBody::from);
+                response.extensions_mut().insert(RouteFacts {
+                    model,
+                    policy,
+                    reason: e.label(),
+                    engine: None,
+                });
+                RouteFuture {
+                    state: FutureState::Failed {
+                        response: Some(response),
+                    },
+                }
+            }
         }
     }
 }
 
-/// The OpenAI error response for a routing error.
-fn error_response<B>(err: &Error) -> Response<RouteBody<B>> {
-    let body = serde_json::to_vec(&err.body()).unwrap_or_default();
-    let mut resp = Response::new(RouteBody {
-        state: BodyState::Full {
-            data: Some(Bytes::from(body)),
-        },
-    });
-    *resp.status_mut() =
-        StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
+/// A routing decision and the body to forward (rewritten for an alias).
+struct Decided {
+    routed: Routed,
+    body: Bytes,
+    /// The model, when some engine serves or served it.
+    model: Option<Arc<str>>,
+}
+
+/// A routing error, and the model when some engine serves it.
+type Failed = (Error, Option<Arc<str>>);
+
+// === impl Shared ===
+
+impl Shared {
+    /// Reads the request and routes it; on failure, the error and the model (when known).
+    fn decide(&self, parts: &mut Parts, body: Bytes) -> Result<Decided, Failed> {
+        let set = self.endpoints.borrow().clone();
+        let route = self
+            .extract
+            .route_request(parts, &body)
+            .map_err(|e| (e, None))?;
+        let Some(spliced) = self.extract.alias_body(parts, &body, &route) else {
+            let (routed, model) = self.pick(&set, parts, &route)?;
+            drop(route);
+            return Ok(Decided {
+                routed,
+                body,
+                model,
+            });
+        };
+        drop(route);
+        let route = self
+            .extract
+            .route_request(parts, &spliced)
+            .map_err(|e| (e, None))?;
+        let (routed, model) = self.pick(&set, parts, &route)?;
+        drop(route);
+        Ok(Decided {
+            routed,
+            body: spliced,
+            model,
+        })
+    }
+
+    fn pick(
+        &self,
+        set: &EndpointSet,
+        parts: &mut Parts,
+        route: &RouteRequest<'_>,
+    ) -> Result<(Routed, Option<Arc<str>>), Failed> {
+        let model: Option<Arc<str>> = route.model().filter(|m| set.has_seen(m)).map(Arc::from);
+        if let (Some(slot), Some(model)) = (parts.extensions.get::<SeenModel>(), &model) {
+            slot.set(Arc::clone(model));
+        }
+        let failed = |e| (e, model.clone());
+        let (pinned, upstream) = split_pin(parts).map_err(failed)?;
+        if let Some(path_and_query) = upstream {
+            let mut uri = std::mem::take(&mut parts.uri).into_parts();
+            uri.path_and_query = Some(path_and_query.parse().map_err(|_| {
+                failed(Error::bad_request("The request target is not valid.", None))
+            })?);
+            parts.uri = Uri::from_parts(uri).map_err(|_| {
+                failed(Error::bad_request("The request target is not valid.", None))
+            })?;
+        }
+        let exclude = parts.extensions.get::<Exclude>().map_or(&[][..], |e| &e.0);
+        let target = Target {
+            pinned: pinned.as_deref(),
+            exclude,
+        };
+        let stats = self.stats.as_ref().map(StatsReader::snapshot);
+        let routed = self
+            .router
+            .route(set, stats.as_ref(), route, &target)
+            .map_err(failed)?;
+        Ok((routed, model))
+    }
 }
 
 pin_project! {
@@ -226,6 +321,7 @@ pin_project! {
             #[pin] future: F,
             guard: Option<InFlightGuard>,
             learn: Option<(Arc<Router>, Learn)>,
+            facts: Option<RouteFacts>,
         },
     }
 }
@@ -246,8 +342,9 @@ where
                 future,
                 guard,
                 learn,
+                facts,
             } => {
-                let resp = match ready!(future.poll(cx)) {
+                let mut resp = match ready!(future.poll(cx)) {
                     Ok(resp) => resp,
                     Err(e) => {
                         drop(guard.take()); // the request is over
@@ -258,6 +355,9 @@ where
                     && let Some((router, learn)) = learn.take()
                 {
                     router.learn(learn);
+                }
+                if let Some(facts) = facts.take() {
+                    resp.extensions_mut().insert(facts);
                 }
                 Poll::Ready(Ok(resp.map(|body| RouteBody {
                     state: BodyState::Upstream {
@@ -292,6 +392,15 @@ pin_project! {
         Full { data: Option<Bytes> },
         // The inner service's body and the guard released when it ends.
         Upstream { #[pin] body: B, guard: Option<InFlightGuard> },
+    }
+}
+
+impl<B> From<Bytes> for RouteBody<B> {
+    /// A body of known bytes (an error response's).
+    fn from(data: Bytes) -> Self {
+        Self {
+            state: BodyState::Full { data: Some(data) },
+        }
     }
 }
 
@@ -352,150 +461,4 @@ impl<B> fmt::Debug for RouteBody<B> {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::convert::Infallible;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use http_body_util::{BodyExt, Full};
-    use llmstack_core::{EndpointState, Update};
-
-    use super::*;
-    use crate::LeastLoaded;
-
-    /// The inner service: answers with the routed endpoint's id, counting calls. (A
-    /// stand-in for a forwarder: these tests are about the layer's bookkeeping.)
-    #[derive(Clone)]
-    struct Echo(Arc<AtomicUsize>);
-
-    impl Service<Request<Bytes>> for Echo {
-        type Response = Response<Full<Bytes>>;
-        type Error = Infallible;
-        type Future = std::future::Ready<Result<Self::Response, Infallible>>;
-
-        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn call(&mut self, req: Request<Bytes>) -> Self::Future {
-            self.0.fetch_add(1, Ordering::Relaxed);
-            let to = req
-                .extensions()
-                .get::<RoutedTo>()
-                .map(|r| r.endpoint.id.to_string());
-            std::future::ready(Ok(Response::new(Full::new(Bytes::from(
-                to.unwrap_or_default(),
-            )))))
-        }
-    }
-
-    fn layer() -> (RouteLayer, watch::Sender<EndpointSet>) {
-        let mut set = EndpointSet::default();
-        set.apply(Update::Reset(
-            (1..=2)
-                .map(|i| {
-                    Endpoint::new(format!("http://127.0.0.1:{i}").parse().unwrap())
-                        .with_model("m")
-                        .with_state(EndpointState::Ready)
-                })
-                .collect(),
-        ));
-        let (tx, rx) = watch::channel(set);
-        (RouteLayer::new(Router::new(LeastLoaded), rx), tx)
-    }
-
-    fn request(body: &'static str) -> Request<Bytes> {
-        Request::new(Bytes::from_static(body.as_bytes()))
-    }
-
-    #[tokio::test]
-    async fn the_guard_lives_until_the_body_ends_or_is_dropped() {
-        let (layer, _tx) = layer();
-        let calls = Arc::new(AtomicUsize::new(0));
-        let mut route = layer.layer(Echo(Arc::clone(&calls)));
-        let in_flight = layer.router().in_flight().clone();
-
-        let a = route.call(request(r#"{"model":"m"}"#)).await.unwrap();
-        let b = route.call(request(r#"{"model":"m"}"#)).await.unwrap();
-        assert_eq!(in_flight.total(), 2);
-        let a = a.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(in_flight.total(), 1, "a's body ended");
-        let b = b.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(in_flight.total(), 0, "b's body ended");
-        assert_ne!(
-            a, b,
-            "least loaded: the second request went to the other engine"
-        );
-        let c = route.call(request(r#"{"model":"m"}"#)).await.unwrap();
-        assert_eq!(in_flight.total(), 1);
-        drop(c);
-        assert_eq!(in_flight.total(), 0, "c's body was dropped unread");
-        assert_eq!(calls.load(Ordering::Relaxed), 3);
-    }
-
-    /// Answers with `status`.
-    #[derive(Clone)]
-    struct Status(u16);
-
-    impl Service<Request<Bytes>> for Status {
-        type Response = Response<Full<Bytes>>;
-        type Error = Infallible;
-        type Future = std::future::Ready<Result<Self::Response, Infallible>>;
-
-        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn call(&mut self, _: Request<Bytes>) -> Self::Future {
-            let mut resp = Response::new(Full::new(Bytes::new()));
-            *resp.status_mut() = StatusCode::from_u16(self.0).unwrap();
-            std::future::ready(Ok(resp))
-        }
-    }
-
-    #[tokio::test]
-    async fn the_prefix_index_learns_only_accepted_requests() {
-        let (_, tx) = layer();
-        let router = Router::new(crate::PrefixAware::default())
-            .with_prefix_index(crate::PrefixConfig::default());
-        let layer = RouteLayer::new(router, tx.subscribe());
-        let body = format!(
-            r#"{{"model":"m","messages":[{{"role":"user","content":"{}"}}]}}"#,
-            "a long shared question ".repeat(100)
-        );
-        let body: &'static str = Box::leak(body.into_boxed_str());
-        let indexed = || layer.router().with_index(crate::PrefixIndex::len).unwrap();
-        let mut refused = layer.layer(Status(503));
-        drop(refused.call(request(body)).await.unwrap());
-        assert_eq!(indexed(), 0, "a refused request teaches nothing");
-        let mut ok = layer.layer(Status(200));
-        drop(ok.call(request(body)).await.unwrap());
-        assert!(indexed() > 0);
-    }
-
-    #[tokio::test]
-    async fn routing_errors_answer_without_calling_the_inner_service() {
-        let (layer, tx) = layer();
-        let calls = Arc::new(AtomicUsize::new(0));
-        let mut route = layer.layer(Echo(Arc::clone(&calls)));
-        for (body, status) in [
-            (r#"{"model":"nope"}"#, 404),
-            ("not json", 400),
-            (r#"{"prompt":"no model"}"#, 400),
-        ] {
-            let resp = route.call(request(body)).await.unwrap();
-            assert_eq!(resp.status(), status, "{body}");
-            let json: serde_json::Value =
-                serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes())
-                    .unwrap();
-            assert_eq!(json["error"]["code"], status, "{json}");
-        }
-        // Every engine gone: the model is known, none ready.
-        tx.send_modify(|set| {
-            set.apply(Update::Reset(vec![]));
-        });
-        let resp = route.call(request(r#"{"model":"m"}"#)).await.unwrap();
-        assert_eq!(resp.status(), 503);
-        assert_eq!(calls.load(Ordering::Relaxed), 0);
-        assert_eq!(layer.router().in_flight().total(), 0);
-    }
-}
+mod tests;

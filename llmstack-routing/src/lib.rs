@@ -55,6 +55,7 @@
 //! ```
 
 mod config;
+mod extract;
 mod in_flight;
 mod layer;
 mod load_aware;
@@ -70,8 +71,11 @@ mod testing;
 
 pub use config::{RoutingConfig, RoutingLogic};
 pub use in_flight::{InFlight, InFlightGuard, LiveLoads, Load};
-pub use layer::{Route, RouteBody, RouteFuture, RouteLayer, RoutedTo};
-pub use llmstack_core::{Endpoint, EndpointSet, EndpointState, Error, RouteRequest, Update};
+pub use layer::{Route, RouteBody, RouteFuture, RouteLayer};
+pub use llmstack_core::{
+    Endpoint, EndpointSet, EndpointState, Error, Exclude, RouteFacts, RouteRequest, RoutedTo,
+    Update,
+};
 pub use load_aware::{LeastLoaded, PowerOfTwo, Random, load_score};
 pub use policy::{Candidates, Fallback, Policy, PolicyExt};
 pub use prefix::{MAX_CAPACITY_TOKENS, PrefixConfig, PrefixIndex, PromptHashes};

@@ -1,13 +1,13 @@
 //! The command line: `llmstack-server [FLAGS]` routes; `llmstack-server demo` runs a
 //! self-contained demo.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::compat;
 use crate::config::{ServerConfig, Settings};
-use crate::demo::DemoArgs;
 
 /// llmstack-server: an OpenAI-compatible router for vLLM engines.
 ///
@@ -34,7 +34,8 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Simulated engines plus the router, on this machine, no GPU needed.
+    /// Simulated engines plus the router, on this machine, no GPU needed (build
+    /// feature `demo`, on by default).
     Demo(DemoArgs),
 }
 
@@ -76,4 +77,29 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<(Action, Vec<Stri
             Ok((Action::Serve(Box::new(config)), warnings))
         }
     }
+}
+
+/// Settings of the demo.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Router address.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// Router port.
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Number of simulated engines (spread over the models).
+    #[arg(long, default_value_t = 4)]
+    pub engines: usize,
+    /// Comma-separated model names, one group of engines each.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "meta-llama/Llama-3.1-8B-Instruct,Qwen/Qwen2.5-7B-Instruct"
+    )]
+    pub models: Vec<String>,
+    /// Speed-up over the calibrated H100 timing (1 = as fast as a real H100 running
+    /// Llama-3-8B).
+    #[arg(long, default_value_t = 1.0)]
+    pub speedup: f64,
 }

@@ -14,6 +14,7 @@ use llmstack_discovery::{
     DiscoveryConfig, DiscoveryKind, DnsConfig, K8sConfig, K8sMode, ProbeConfig,
 };
 use llmstack_metrics::ScrapeConfig;
+use llmstack_proxy::ProxyConfig;
 use llmstack_routing::{RoutingConfig, RoutingLogic};
 
 /// Router settings as given: every field optional, so a flag, its environment variable
@@ -202,8 +203,10 @@ pub struct ServerConfig {
     pub discovery: DiscoveryConfig,
     /// Routing.
     pub routing: RoutingConfig,
-    /// The forwarder.
+    /// The forwarder and retries.
     pub proxy: ProxyConfig,
+    /// Time in-flight requests get to finish at shutdown.
+    pub shutdown_grace: Duration,
     /// The engine stats scraper.
     pub scrape: ScrapeConfig,
 }
@@ -215,36 +218,6 @@ pub struct OtelConfig {
     pub endpoint: String,
     /// `service.name` of the spans.
     pub service_name: String,
-}
-
-/// Settings of the forwarder.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ProxyConfig {
-    /// Deadline to establish a connection.
-    pub connect_timeout: Duration,
-    /// Deadline for the response head.
-    pub first_byte_timeout: Duration,
-    /// Deadline between two body chunks (no total cap: long streams are fine).
-    pub idle_timeout: Duration,
-    /// Other engines tried after a failure before the response starts.
-    pub retries: u32,
-    /// Largest request body, in bytes.
-    pub max_body: usize,
-    /// Time in-flight requests get at shutdown.
-    pub shutdown_grace: Duration,
-}
-
-impl Default for ProxyConfig {
-    fn default() -> Self {
-        Self {
-            connect_timeout: Duration::from_secs(5),
-            first_byte_timeout: Duration::from_secs(600),
-            idle_timeout: Duration::from_secs(300),
-            retries: 2,
-            max_body: 32 << 20,
-            shutdown_grace: Duration::from_secs(30),
-        }
-    }
 }
 
 // === impl Settings ===
@@ -350,13 +323,13 @@ impl Settings {
                 .max_instance_failover_reroute_attempts
                 .unwrap_or(defaults.retries),
             max_body: self.max_request_body_bytes.unwrap_or(defaults.max_body),
-            shutdown_grace: secs(
-                "shutdown-grace-period",
-                self.shutdown_grace_period,
-                defaults.shutdown_grace,
-                &mut errors,
-            ),
         };
+        let shutdown_grace = secs(
+            "shutdown-grace-period",
+            self.shutdown_grace_period,
+            Duration::from_secs(30),
+            &mut errors,
+        );
         if proxy.max_body == 0 {
             errors.push("--max-request-body-bytes must be greater than zero".into());
         }
@@ -545,6 +518,7 @@ impl Settings {
             discovery,
             routing,
             proxy,
+            shutdown_grace,
             scrape,
         })
     }

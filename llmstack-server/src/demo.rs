@@ -7,32 +7,7 @@ use llmstack_metrics::ScrapeConfig;
 use llmstack_routing::RoutingConfig;
 use llmstack_sim::{EngineConfig, LatencyProfile, SimCluster};
 
-use crate::{ProxyConfig, Server, ServerConfig};
-
-/// Settings of the demo.
-#[derive(Debug, Clone, clap::Args)]
-pub struct DemoArgs {
-    /// Router address.
-    #[arg(long, default_value = "127.0.0.1")]
-    pub host: IpAddr,
-    /// Router port.
-    #[arg(long, default_value_t = 8080)]
-    pub port: u16,
-    /// Number of simulated engines (spread over the models).
-    #[arg(long, default_value_t = 4)]
-    pub engines: usize,
-    /// Comma-separated model names, one group of engines each.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "meta-llama/Llama-3.1-8B-Instruct,Qwen/Qwen2.5-7B-Instruct"
-    )]
-    pub models: Vec<String>,
-    /// Speed-up over the calibrated H100 timing (1 = as fast as a real H100 running
-    /// Llama-3-8B).
-    #[arg(long, default_value_t = 1.0)]
-    pub speedup: f64,
-}
+use crate::{DemoArgs, ProxyConfig, Server, ServerConfig};
 
 /// A running demo: the engines and the router.
 #[derive(Debug)]
@@ -80,6 +55,7 @@ pub async fn start(args: &DemoArgs) -> Result<Demo, String> {
         },
         routing: RoutingConfig::default(),
         proxy: ProxyConfig::default(),
+        shutdown_grace: std::time::Duration::from_secs(30),
         scrape: ScrapeConfig::default(),
     };
     let server = Server::start(config).await.map_err(|e| e.to_string())?;

@@ -6,25 +6,25 @@
 //! ([`RouteRequest`](llmstack_core::RouteRequest)) are read from the raw body, a
 //! policy (`llmstack-routing`) picks the engine, and a pooled hyper connection forwards the
 //! original bytes, passing the response through frame by frame. `main.rs` only parses
-//! the command line and calls [`Server::start`] or [`demo::start`].
+//! the command line and calls [`Server::start`] or `demo::start` (feature `demo`).
 
-mod body;
 mod cli;
 mod compat;
 mod config;
+#[cfg(feature = "demo")]
+#[cfg_attr(docsrs, doc(cfg(feature = "demo")))]
 pub mod demo;
-mod headers;
 mod local;
 #[cfg(feature = "otel")]
 #[cfg_attr(docsrs, doc(cfg(feature = "otel")))]
 pub mod otel;
-mod proxy;
 mod server;
+mod service;
+mod stack;
 mod state;
 mod telemetry;
-mod upstream;
 
-pub use body::ProxyBody;
-pub use cli::{Action, Cli, Command, parse};
-pub use config::{OtelConfig, ProxyConfig, ServerConfig, Settings};
+pub use cli::{Action, Cli, Command, DemoArgs, parse};
+pub use config::{OtelConfig, ServerConfig, Settings};
+pub use llmstack_proxy::ProxyConfig;
 pub use server::{Server, StartError};

@@ -4,13 +4,17 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
+use http_body_util::Full;
 use serde_json::{Value, json};
 
-use crate::body::ProxyBody;
-use crate::proxy::{error_response, json_response};
 use crate::state::Shared;
 use crate::telemetry;
+
+/// A local answer's body.
+type Body = Full<Bytes>;
 
 /// A router-local route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,31 +41,33 @@ pub(crate) fn route(path: &str) -> Option<Local> {
 }
 
 /// Answers a local route from the current state.
-pub(crate) fn answer(shared: &Shared, route: Local) -> Response<ProxyBody> {
+pub(crate) fn answer(shared: &Shared, route: Local) -> Response<Body> {
     match route {
         Local::Metrics => metrics_response(telemetry::render(shared, &shared.metrics)),
         Local::Models => json_response(StatusCode::OK, &models(shared)),
         Local::Engines => json_response(StatusCode::OK, &engines(shared)),
         Local::Health => {
-            let c = &shared.counters;
+            let c = shared.forward.counters();
             json_response(
                 StatusCode::OK,
                 &json!({
                     "status": "healthy",
-                    "in_flight": shared.in_flight.total(),
-                    "requests": c.requests.load(Ordering::Relaxed),
-                    "errors": c.errors.load(Ordering::Relaxed),
+                    "in_flight": shared.router.in_flight().total(),
+                    "requests": shared.requests.load(Ordering::Relaxed),
+                    "errors": shared.errors.load(Ordering::Relaxed),
                     "retries": c.retries.load(Ordering::Relaxed),
                     "broken_streams": c.broken_streams.load(Ordering::Relaxed),
                     "timeouts": c.timeouts.load(Ordering::Relaxed),
-                    "engine_connections_opened": shared.pools.opened(),
+                    "engine_connections_opened": shared.forward.connections_opened(),
                 }),
             )
         }
         Local::Ready => {
             let ready = shared.endpoints().ready_count();
             if shared.draining.load(Ordering::Relaxed) {
-                error_response(&llmstack_core::Error::ShuttingDown)
+                llmstack_core::Error::ShuttingDown
+                    .to_response()
+                    .map(Full::new)
             } else if ready == 0 {
                 json_response(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -83,7 +89,7 @@ pub(crate) fn answer(shared: &Shared, route: Local) -> Response<ProxyBody> {
 
 /// Answers a local route; `/metrics` renders on the blocking pool (about a millisecond
 /// with hundreds of engines), so the request threads are never stalled by a scrape.
-pub(crate) async fn answer_async(shared: &Arc<Shared>, route: Local) -> Response<ProxyBody> {
+pub(crate) async fn answer_async(shared: &Arc<Shared>, route: Local) -> Response<Body> {
     if route != Local::Metrics {
         return answer(shared, route);
     }
@@ -100,11 +106,22 @@ pub(crate) async fn answer_async(shared: &Arc<Shared>, route: Local) -> Response
     }
 }
 
-fn metrics_response(text: String) -> Response<ProxyBody> {
-    let mut resp = Response::new(ProxyBody::full(text));
+fn metrics_response(text: String) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(text)));
     resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}
+
+/// A JSON response.
+fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(value.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
     );
     resp
 }
@@ -157,7 +174,7 @@ fn engines(shared: &Shared) -> Value {
                 "state": ep.state,
                 "role": ep.role,
                 "labels": ep.labels,
-                "in_flight": shared.in_flight.get(&ep.id),
+                "in_flight": shared.router.in_flight().get(&ep.id),
                 // prefixaware: this engine's share of the prefix index, in chunks.
                 "prefix_index": shared.router.with_index(|index| {
                     index

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use llmstack_server::{Action, demo, parse};
+use llmstack_server::{Action, parse};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -100,10 +100,16 @@ async fn run(action: Action) -> ExitCode {
             .await
             .map(|server| (server, None))
             .map_err(|e| e.to_string()),
-        Action::Demo(args) => demo::start(&args).await.map(|d| {
-            println!("{}", demo::banner(&d, &args));
-            (d.server, Some(d.cluster))
+        #[cfg(feature = "demo")]
+        Action::Demo(args) => llmstack_server::demo::start(&args).await.map(|d| {
+            println!("{}", llmstack_server::demo::banner(&d, &args));
+            let engines: Box<dyn std::any::Any> = Box::new(d.cluster);
+            (d.server, Some(engines))
         }),
+        #[cfg(not(feature = "demo"))]
+        Action::Demo(_) => Err(
+            "this llmstack-server was built without the `demo` feature (cargo build --features demo)".into(),
+        ),
     };
     let (server, _engines) = match started {
         Ok(started) => started,

@@ -1,18 +1,14 @@
-//! OpenTelemetry (feature `otel`): request spans exported over OTLP/HTTP, and the W3C
-//! trace context taken from clients and passed on to engines.
+//! OpenTelemetry (feature `otel`): request spans exported over OTLP/HTTP. (The W3C
+//! trace context is taken from clients and passed on to engines by `llmstack-proxy`.)
 
 use std::time::Duration;
 
-use http::HeaderMap;
-use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::Layer;
 use tracing_subscriber::registry::LookupSpan;
 
@@ -55,7 +51,8 @@ where
         .with_tracer(tracer)
         .with_filter(
             tracing_subscriber::filter::Targets::new()
-                .with_target("llmstack_server", tracing::Level::DEBUG),
+                .with_target("llmstack_server", tracing::Level::DEBUG)
+                .with_target("llmstack_proxy", tracing::Level::DEBUG),
         );
     Ok((layer, OtelGuard(Some(provider))))
 }
@@ -70,19 +67,4 @@ impl OtelGuard {
             }
         }
     }
-}
-
-/// Makes the client's trace context (if its headers carry one) the parent of `span`.
-pub(crate) fn adopt_parent(span: &tracing::Span, headers: &HeaderMap) {
-    let cx = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
-    if let Err(e) = span.set_parent(cx) {
-        tracing::debug!(error = ?e, "trace context not adopted");
-    }
-}
-
-/// Writes the current span's trace context into `headers` (`traceparent`, `tracestate`),
-/// replacing the client's, so the engine's spans hang under the router's.
-pub(crate) fn inject_current(headers: &mut HeaderMap) {
-    let cx = tracing::Span::current().context();
-    TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
 }

@@ -1,31 +1,31 @@
 //! Composition: discovery task, shared state, listener, graceful shutdown.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use http::HeaderName;
 use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use llmstack_core::{Discover, EndpointSet};
 use llmstack_discovery::{
-    DiscoveryConfig, DiscoveryKind, dns_discovery, probe, reloading_static_discovery,
+    DiscoveryConfig, DiscoveryKind, dns_discovery, probe, publish, reloading_static_discovery,
     static_discovery, static_endpoints,
 };
 use llmstack_metrics::spawn_scraper;
-use llmstack_routing::{InFlight, Router};
+use llmstack_proxy::Forward;
+use llmstack_routing::RouteLayer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::ServerConfig;
-use crate::state::{Counters, Shared};
+use crate::service::{self, Admin, Main};
+use crate::stack;
+use crate::state::Shared;
 use crate::telemetry;
-use crate::upstream::Pools;
 
 /// A running router.
 ///
@@ -84,38 +84,38 @@ impl Server {
         let upkeep = tokio::spawn(telemetry::upkeep(metrics.clone()));
         // Whatever start-up returns early with, nothing it spawned keeps running.
         let mut spawned = Spawned(vec![scraper.abort_handle(), upkeep.abort_handle()]);
-        let in_flight = InFlight::default();
-        let router = Arc::new(config.routing.router().with_in_flight(in_flight.clone()));
-
-        let pools = Arc::new(Pools::new(config.proxy.connect_timeout));
-        let session_header = config
-            .routing
-            .session_key
-            .as_deref()
-            .and_then(|k| HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()).ok());
+        let router = Arc::new(config.routing.router());
+        let mut route = RouteLayer::new(Arc::clone(&router), set_rx.clone())
+            .with_stats(stats.clone())
+            .with_aliases(config.routing.static_aliases.clone());
+        if let Some(key) = &config.routing.session_key {
+            route = route.with_session_key(key);
+        }
+        let forward = Forward::new(config.proxy.clone());
         let shared = Arc::new(Shared {
             endpoints: set_rx.clone(),
             stats,
             metrics,
             main_port_metrics: config.main_port_metrics,
-            meters: Default::default(),
             router: Arc::clone(&router),
-            pools: Arc::clone(&pools),
-            in_flight: in_flight.clone(),
-            proxy: config.proxy.clone(),
-            aliases: config.routing.static_aliases.clone(),
-            session_header,
-            session_field: config.routing.session_key.clone(),
-            counters: Arc::new(Counters::default()),
+            forward: forward.clone(),
+            proxied: stack::proxied(route, forward.clone(), &config.proxy),
+            requests: Default::default(),
+            errors: Default::default(),
             draining: Default::default(),
         });
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(StartError::Bind)?;
         let addr = listener.local_addr().map_err(StartError::Bind)?;
-        let sweeper = tokio::spawn(sweep_idle(Arc::clone(&pools)));
+        let sweeper = tokio::spawn(forward.sweep_idle());
         let (answered_tx, answered) = tokio::sync::oneshot::channel();
-        let mut discovery = tokio::spawn(run_discovery(source, set_tx, router, pools, answered_tx));
+        let on_change = move |set: &EndpointSet| {
+            metrics::counter!(llmstack_metrics::names::DISCOVERY_UPDATES).increment(1);
+            router.retain(|id| set.get(id.as_str()).is_some());
+            forward.retain(|id| set.get(id.as_str()).is_some());
+        };
+        let mut discovery = tokio::spawn(publish(source, set_tx, on_change, Some(answered_tx)));
         spawned
             .0
             .extend([sweeper.abort_handle(), discovery.abort_handle()]);
@@ -138,7 +138,7 @@ impl Server {
         // 503 until engines are found. The admin listener already answers.
         let deadline = tokio::time::Instant::now() + FIRST_ANSWER_WAIT;
         match tokio::time::timeout_at(deadline, answered).await {
-            Ok(Ok(Err(fatal))) => return Err(StartError::Config(fatal)),
+            Ok(Ok(Err(fatal))) => return Err(StartError::Config(fatal.to_string())),
             Ok(Ok(Ok(()))) => {
                 let mut set = set_rx.clone();
                 let probed = set.wait_for(|set| {
@@ -160,7 +160,7 @@ impl Server {
                 "discovery has not answered yet; serving anyway (requests get 503 until engines are found)"
             ),
         }
-        let serve = tokio::spawn(serve(listener, shared, stop_rx));
+        let serve = tokio::spawn(serve(listener, shared, stop_rx, config.shutdown_grace));
         tracing::info!(%addr, policy = config.routing.routing_logic.as_str(), "router listening");
         // Started: the tasks are the server's now (stopped by its `Drop`).
         spawned.0.clear();
@@ -288,43 +288,6 @@ async fn k8s_source(_: &DiscoveryConfig) -> Result<Source, StartError> {
     ))
 }
 
-/// Applies discovery updates to the endpoint set and publishes each new snapshot.
-/// `answered` gets the outcome of the first item once it is applied: `Ok` for an
-/// update (even one that changes nothing), `Err` for an error (the source cannot
-/// start, e.g. an unusable DNS name: fatal at start).
-async fn run_discovery(
-    mut source: impl Discover,
-    tx: watch::Sender<EndpointSet>,
-    router: Arc<Router>,
-    pools: Arc<Pools>,
-    answered: tokio::sync::oneshot::Sender<Result<(), String>>,
-) {
-    let mut answered = Some(answered);
-    while let Some(update) = std::future::poll_fn(|cx| Pin::new(&mut source).poll_next(cx)).await {
-        let outcome = match update {
-            Ok(update) => {
-                let mut set = tx.borrow().clone();
-                if set.apply(update) {
-                    metrics::counter!(llmstack_metrics::names::DISCOVERY_UPDATES).increment(1);
-                    router.retain(|id| set.get(id.as_str()).is_some());
-                    pools.retain(|id| set.get(id.as_str()).is_some());
-                    tx.send_replace(set);
-                }
-                Ok(())
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "discovery error");
-                Err(e.to_string())
-            }
-        };
-        if let Some(answered) = answered.take() {
-            // Start-up may have given up waiting already.
-            let _ = answered.send(outcome);
-        }
-    }
-    tracing::error!("discovery ended; the endpoint set is frozen");
-}
-
 /// The admin listener: no graceful drain (it answers instantly); stopped with the server.
 async fn serve_admin(listener: TcpListener, shared: Arc<Shared>) {
     let mut http = http1::Builder::new();
@@ -335,8 +298,8 @@ async fn serve_admin(listener: TcpListener, shared: Arc<Shared>) {
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         };
-        let shared = Arc::clone(&shared);
-        let service = service_fn(move |req| crate::proxy::handle_admin(Arc::clone(&shared), req));
+        let service =
+            TowerToHyperService::new(service::with_request_ids(Admin(Arc::clone(&shared))));
         let conn = http.serve_connection(TokioIo::new(stream), service);
         conns.spawn(async move {
             if let Err(e) = conn.await {
@@ -347,16 +310,12 @@ async fn serve_admin(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-/// Closes stale idle engine connections every second.
-async fn sweep_idle(pools: Arc<Pools>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tick.tick().await;
-        pools.sweep();
-    }
-}
-
-async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+) {
     let graceful = GracefulShutdown::new();
     // Every connection task is owned here: aborted if the grace period runs out.
     let mut conns = JoinSet::new();
@@ -377,8 +336,7 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Rece
                 if let Err(e) = stream.set_nodelay(true) {
                     tracing::debug!(error = %e, "set_nodelay failed");
                 }
-                let shared = Arc::clone(&shared);
-                let service = service_fn(move |req| crate::proxy::handle(Arc::clone(&shared), req));
+                let service = TowerToHyperService::new(service::with_request_ids(Main(Arc::clone(&shared))));
                 let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
                 conns.spawn(async move {
                     if let Err(e) = conn.await {
@@ -394,13 +352,12 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Rece
     }
     shared.draining.store(true, Ordering::Relaxed);
     drop(listener);
-    let in_flight = shared.in_flight.total();
+    let in_flight = shared.router.in_flight().total();
     tracing::info!(in_flight, "shutting down: no new connections; draining");
-    let grace = shared.proxy.shutdown_grace;
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(grace) => {
-            tracing::warn!(in_flight = shared.in_flight.total(), "grace period over; closing the rest");
+            tracing::warn!(in_flight = shared.router.in_flight().total(), "grace period over; closing the rest");
         }
     }
     conns.abort_all();

@@ -151,7 +151,7 @@ async fn a_client_disconnect_aborts_the_engine_request() {
 #[tokio::test]
 async fn shutdown_lets_open_streams_finish() {
     let s = stack(vec![h100(M), h100(M)], |c| {
-        c.proxy.shutdown_grace = Duration::from_secs(20);
+        c.shutdown_grace = Duration::from_secs(20);
     })
     .await;
     let streams: Vec<_> = (0..50)

@@ -54,6 +54,7 @@ pub fn config_for(engines: &[SimEngine]) -> ServerConfig {
             idle_timeout: Duration::from_secs(10),
             ..ProxyConfig::default()
         },
+        shutdown_grace: Duration::from_secs(30),
         scrape: ScrapeConfig {
             interval: Duration::from_millis(100),
             ..ScrapeConfig::default()

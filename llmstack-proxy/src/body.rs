@@ -1,4 +1,5 @@
-//! The response body: a local answer, or an engine's body passed through frame by frame.
+//! The forwarder's response body: an engine's body passed through frame by frame, or
+//! an error's JSON.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,21 +11,22 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use llmstack_core::{BoxError, EndpointId, Error, TimeoutPhase};
-use llmstack_routing::InFlightGuard;
 use tokio::time::{Instant, Sleep};
 
-use crate::state::Counters;
-use crate::telemetry::BodyTally;
-use crate::upstream::{Link, Pools};
+use crate::Counters;
+use crate::pool::{Link, Pools};
 
-/// Every response the router sends.
+/// The body of every response [`Forward`](crate::Forward) gives.
 ///
 /// An engine's body is polled only when the client's connection asks for more, so a
-/// slow client slows its engine (no buffering in between); dropping it (the client went
-/// away) drops the engine request, which makes vLLM abort it. The request's in-flight
-/// guard lives here until the body ends, fails or is dropped.
+/// slow client slows its engine (no buffering in between); engine chunks that arrived
+/// together are handed on as one frame (at most 64 KiB). Dropping it (the client went
+/// away) drops the engine request, which makes vLLM abort it. Between two chunks the
+/// engine has the idle deadline; when it fails mid-body, an SSE stream that stopped
+/// between two events ends with an error event and `[DONE]`, anything else with a body
+/// error (the client's connection is cut, so a partial answer never looks whole).
 #[derive(Debug)]
-pub struct ProxyBody {
+pub struct ForwardBody {
     kind: Kind,
 }
 
@@ -49,7 +51,6 @@ struct Upstream {
     last: Instant,
     /// Created on the first wait only: most non-streamed bodies never wait.
     timer: Option<Pin<Box<Sleep>>>,
-    guard: Option<InFlightGuard>,
     counters: Arc<Counters>,
     /// An SSE stream can be ended with an error event when the engine fails.
     sse: bool,
@@ -59,8 +60,6 @@ struct Upstream {
     tail: Option<Bytes>,
     /// Data read but not yet handed to the client connection.
     batch: Batch,
-    /// Request accounting; records the request when dropped with the body.
-    tally: Option<BodyTally>,
     /// What the engine sent after the gathered data (handed on after it).
     after_batch: Option<After>,
     done: bool,
@@ -84,9 +83,9 @@ struct Batch {
 /// Largest batch of engine chunks merged into one frame.
 const MAX_BATCH: usize = 64 * 1024;
 
-// === impl ProxyBody ===
+// === impl ForwardBody ===
 
-impl ProxyBody {
+impl ForwardBody {
     /// A body of known bytes.
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         Self {
@@ -94,18 +93,15 @@ impl ProxyBody {
         }
     }
 
-    /// An engine's body, held to `idle` between chunks, keeping `guard` until it ends.
-    #[expect(clippy::too_many_arguments, reason = "one constructor, one caller")]
+    /// An engine's body, held to `idle` between chunks.
     pub(crate) fn upstream(
         body: Incoming,
         link: Link,
         pools: Arc<Pools>,
         endpoint: EndpointId,
         idle: Duration,
-        guard: InFlightGuard,
         counters: Arc<Counters>,
         sse: bool,
-        tally: Option<BodyTally>,
     ) -> Self {
         Self {
             kind: Kind::Upstream(Upstream {
@@ -116,13 +112,11 @@ impl ProxyBody {
                 idle,
                 last: Instant::now(),
                 timer: None,
-                guard: Some(guard),
                 counters,
                 sse,
                 at_boundary: true,
                 tail: None,
                 batch: Batch::default(),
-                tally,
                 after_batch: None,
                 done: false,
             }),
@@ -130,7 +124,13 @@ impl ProxyBody {
     }
 }
 
-impl Body for ProxyBody {
+impl From<Bytes> for ForwardBody {
+    fn from(bytes: Bytes) -> Self {
+        Self::full(bytes)
+    }
+}
+
+impl Body for ForwardBody {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -196,13 +196,7 @@ impl Upstream {
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) if data.is_empty() => {}
                     Ok(data) => {
-                        if let Some(guard) = &mut self.guard {
-                            guard.first_byte();
-                        }
                         self.at_boundary = data.ends_with(b"\n\n");
-                        if let Some(tally) = &mut self.tally {
-                            tally.on_data(&data);
-                        }
                         self.batch.push(data);
                         if self.body.is_end_stream() {
                             // The last bytes of a sized body: hyper will not poll again,
@@ -278,19 +272,16 @@ impl Upstream {
 
     fn finish(&mut self, cx: &mut Context<'_>) {
         self.done = true;
-        self.guard = None;
         if let Some(link) = self.link.take() {
             self.pools.checkin(&self.endpoint, link, cx);
         }
     }
 
-    /// The engine failed mid-body: end this client's response, count it, release the
-    /// in-flight guard. An SSE stream that stopped on an event boundary gets a closing
+    /// The engine failed mid-body: end this client's response and count it. An SSE stream that stopped on an event boundary gets a closing
     /// error event and `[DONE]`, so SSE clients end cleanly; anything else is cut (the
     /// connection is closed without the final chunk), so the client knows it is short.
     fn fail(&mut self, error: BoxError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.done = true;
-        self.guard = None;
         self.link = None;
         self.counters.broken_streams.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(endpoint = %self.endpoint, %error, "engine response broke off");

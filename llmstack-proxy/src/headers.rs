@@ -4,7 +4,7 @@ use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
 
 /// `x-request-id`.
-pub(crate) static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), proxy credentials, and `Expect` (the router
 /// answers it itself and sends engines a complete body).
@@ -22,7 +22,7 @@ static HOP_BY_HOP: [HeaderName; 10] = [
 ];
 
 /// Removes hop-by-hop headers, including any named in `Connection`.
-pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -39,7 +39,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// The client's `X-Request-Id` if it is a sane token, else a new random 32-hex id.
-pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     if let Some(v) = headers.get(&REQUEST_ID) {
         let ok =
             !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(|b| b.is_ascii_graphic());

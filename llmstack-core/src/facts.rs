@@ -1,0 +1,92 @@
+//! Facts one layer of the request path leaves for another, in request or response
+//! extensions, so that no layer parses a request twice or depends on another's crate.
+//!
+//! | type | put by | on | read by |
+//! |---|---|---|---|
+//! | [`RoutedTo`] | the routing layer | the request | the forwarder |
+//! | [`Exclude`] | the retry layer | the request | the routing layer (never the same engine twice) |
+//! | [`RouteFacts`] | the routing layer | the response (also error responses) | accounting, retry |
+//! | [`UpstreamFailure`] | the forwarder | the error response | retry, accounting |
+//! | [`SeenModel`] | accounting (empty), filled by the routing layer | the request | accounting, even when the client left before any response |
+
+use std::sync::{Arc, OnceLock};
+
+use crate::{Endpoint, EndpointId, Error};
+
+/// Where the routing layer sent a request: in the request's extensions for the service
+/// that forwards it.
+#[derive(Debug, Clone)]
+pub struct RoutedTo {
+    /// Where to send the request.
+    pub endpoint: Arc<Endpoint>,
+    /// Prompt tokens the engine probably has cached.
+    pub cached_tokens: u32,
+}
+
+/// Engines that already failed this request: the routing layer never picks them again.
+/// Put in the request's extensions by a retry layer.
+#[derive(Debug, Clone, Default)]
+pub struct Exclude(pub Vec<EndpointId>);
+
+/// What the routing layer learnt and decided, in the extensions of every response that
+/// went through it (routing errors included), for the layers outside it.
+#[derive(Debug, Clone)]
+pub struct RouteFacts {
+    /// The requested model, only when some engine serves or served it (a bounded set:
+    /// client strings never become metric labels).
+    pub model: Option<Arc<str>>,
+    /// The policy's name (`roundrobin`, `prefixaware`, …).
+    pub policy: &'static str,
+    /// Why this engine: `pinned`, `cached` (a prefix hit) or `picked`; for a routing
+    /// error, the error's [`Error::label`].
+    pub reason: &'static str,
+    /// The engine the request went to, if routing succeeded.
+    pub engine: Option<EndpointId>,
+}
+
+/// The forwarder's failure, in the extensions of the error response it answered with:
+/// which engine failed, how, and whether another engine may be tried.
+#[derive(Debug, Clone)]
+pub struct UpstreamFailure {
+    /// The engine that failed.
+    pub endpoint: EndpointId,
+    /// [`Error::label`] of the failure (`connect`, `upstream`, `timeout`).
+    pub kind: &'static str,
+    /// [`Error::is_retryable`]: the engine cannot have started on the request.
+    pub retryable: bool,
+}
+
+/// A slot for the request's model, filled by the routing layer once it knows some engine
+/// serves or served the model (a bounded set, fit for metric labels). An outer layer
+/// puts an empty one in the request's extensions and reads it when the request ends,
+/// including when the client left before any response: the response's
+/// [`RouteFacts`] never reach it then. Clones share the slot.
+#[derive(Debug, Clone, Default)]
+pub struct SeenModel(Arc<OnceLock<Arc<str>>>);
+
+// === impl SeenModel ===
+
+impl SeenModel {
+    /// Fills the slot; the first value stays (retries name the same model).
+    pub fn set(&self, model: Arc<str>) {
+        let _first_stays = self.0.set(model);
+    }
+
+    /// The model, once known.
+    pub fn get(&self) -> Option<&Arc<str>> {
+        self.0.get()
+    }
+}
+
+// === impl UpstreamFailure ===
+
+impl UpstreamFailure {
+    /// The failure that `err` (an error about `endpoint`) describes.
+    pub fn of(endpoint: EndpointId, err: &Error) -> Self {
+        Self {
+            endpoint,
+            kind: err.label(),
+            retryable: err.is_retryable(),
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! Settings of the forwarder and the retry layer.
+
+use std::time::Duration;
+
+/// Deadlines, retries and the body limit of the request path.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxyConfig {
+    /// Deadline to establish a connection to an engine [default: 5 s].
+    pub connect_timeout: Duration,
+    /// Deadline for the engine's response head [default: 600 s].
+    pub first_byte_timeout: Duration,
+    /// Deadline between two body chunks; no total cap, so long streams are fine
+    /// [default: 300 s].
+    pub idle_timeout: Duration,
+    /// Other engines tried after a failure before the response starts [default: 2].
+    pub retries: u32,
+    /// Largest request body, in bytes [default: 32 MiB].
+    pub max_body: usize,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            first_byte_timeout: Duration::from_secs(600),
+            idle_timeout: Duration::from_secs(300),
+            retries: 2,
+            max_body: 32 << 20,
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! [`RetryLayer`]: a request that failed before its engine answered goes to another one.
+
+use std::fmt;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use llmstack_core::{Exclude, RouteFacts, UpstreamFailure};
+use llmstack_metrics::{count_decision, names};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::Counters;
+
+/// Retries requests whose engine failed before answering, on other engines: a tower
+/// [`Layer`] producing [`Retry`]. Goes outside the routing layer, which reads the
+/// [`Exclude`] list this layer keeps, so a retry never returns to an engine that failed
+/// the request.
+#[derive(Debug, Clone)]
+pub struct RetryLayer {
+    attempts: u32,
+    counters: Option<Arc<Counters>>,
+}
+
+/// Sends the request to the inner service (routing, then forwarding) and, while the
+/// answer is an error response whose [`UpstreamFailure`] is retryable (the engine
+/// refused the connection, or dropped it before the response head: it cannot have
+/// started on the request) and fewer than `attempts` other engines were tried, sends it
+/// again with that engine added to [`Exclude`]. Nothing is retried after the response
+/// head: a response under way belongs to its engine.
+///
+/// When no other engine is left, the client gets the last engine failure (502/504),
+/// not "no engine ready". Each retry is counted in `llmstack_retries_total{engine,reason}`
+/// and, with [`RetryLayer::counting`], in [`Counters::retries`]. Costs one copy of the
+/// request head per request (the body is shared).
+pub struct Retry<S> {
+    inner: S,
+    attempts: u32,
+    counters: Option<Arc<Counters>>,
+}
+
+/// The future of [`Retry`].
+pub type RetryFuture<B, E> = Pin<Box<dyn Future<Output = Result<Response<B>, E>> + Send>>;
+
+// === impl RetryLayer ===
+
+impl RetryLayer {
+    /// At most `attempts` other engines after the first one (0: no retries).
+    pub fn new(attempts: u32) -> Self {
+        Self {
+            attempts,
+            counters: None,
+        }
+    }
+
+    /// Also counts retries in `counters` (e.g. the forwarder's [`Counters`]).
+    #[must_use]
+    pub fn counting(mut self, counters: Arc<Counters>) -> Self {
+        self.counters = Some(counters);
+        self
+    }
+}
+
+impl<S> Layer<S> for RetryLayer {
+    type Service = Retry<S>;
+
+    fn layer(&self, inner: S) -> Retry<S> {
+        Retry {
+            inner,
+            attempts: self.attempts,
+            counters: self.counters.clone(),
+        }
+    }
+}
+
+// === impl Retry ===
+
+impl<S: Clone> Clone for Retry<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            attempts: self.attempts,
+            counters: self.counters.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for Retry<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Retry")
+            .field("inner", &self.inner)
+            .field("attempts", &self.attempts)
+            .finish()
+    }
+}
+
+impl<S, B> Service<Request<Bytes>> for Retry<S>
+where
+    S: Service<Request<Bytes>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Send,
+    B: Send + 'static,
+{
+    type Response = Response<B>;
+    type Error = S::Error;
+    type Future = RetryFuture<B, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Bytes>) -> Self::Future {
+        // The readied service takes the first attempt; a clone takes the others.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let (attempts, counters) = (self.attempts, self.counters.clone());
+        Box::pin(async move {
+            if attempts == 0 {
+                return inner.call(req).await;
+            }
+            let (parts, body) = req.into_parts();
+            let head = Head::from(&parts);
+            let mut resp = inner.call(Request::from_parts(parts, body.clone())).await?;
+            let mut excluded = Vec::new();
+            loop {
+                let Some(failure) = resp.extensions().get::<UpstreamFailure>() else {
+                    return Ok(resp);
+                };
+                if !failure.retryable || excluded.len() >= attempts as usize {
+                    return Ok(resp);
+                }
+                metrics::counter!(names::RETRIES, "engine" => failure.endpoint.to_string(), "reason" => failure.kind)
+                    .increment(1);
+                if let Some(c) = &counters {
+                    c.retries.fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::warn!(endpoint = %failure.endpoint, kind = failure.kind, "engine failed before answering; trying another");
+                excluded.push(failure.endpoint.clone());
+                if let Some(facts) = resp.extensions().get::<RouteFacts>() {
+                    count_decision(facts);
+                }
+                let mut retry = head.request(body.clone());
+                retry.extensions_mut().insert(Exclude(excluded.clone()));
+                poll_fn(|cx| inner.poll_ready(cx)).await?;
+                let next = inner.call(retry).await?;
+                let none_left = next
+                    .extensions()
+                    .get::<RouteFacts>()
+                    .is_some_and(|f| f.engine.is_none() && f.reason == NO_READY_ENDPOINT);
+                if none_left {
+                    // Every engine was tried: the last engine failure is the answer.
+                    return Ok(resp);
+                }
+                resp = next;
+            }
+        })
+    }
+}
+
+/// [`Error::label`](llmstack_core::Error::label) of `NoReadyEndpoint`: the routing
+/// layer found no candidate left.
+const NO_READY_ENDPOINT: &str = "no_ready_endpoint";
+
+/// The request head, kept to build each retry.
+struct Head {
+    method: http::Method,
+    uri: http::Uri,
+    version: http::Version,
+    headers: http::HeaderMap,
+    extensions: http::Extensions,
+}
+
+impl Head {
+    fn from(parts: &http::request::Parts) -> Self {
+        Self {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+            extensions: parts.extensions.clone(),
+        }
+    }
+
+    fn request(&self, body: Bytes) -> Request<Bytes> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        *req.extensions_mut() = self.extensions.clone();
+        req
+    }
+}
