@@ -17,11 +17,12 @@ use tokio::time::Instant;
 
 use crate::block_pool::BlockPool;
 use crate::config::{EngineConfig, FaultConfig, LoraModule};
+use crate::finish::FinishReason;
 use crate::hash::BlockHasher;
 use crate::kv_events::{KvEventsEndpoints, KvPublisher};
 use crate::metrics::{EngineMetrics, ExpositionInfo, SleepState};
 use crate::profile::LatencyProfile;
-use crate::scheduler::{CoreLimits, EngineCore, FinishReason, NewSeq, SeqState, StepPlan};
+use crate::scheduler::{CoreLimits, EngineCore, NewSeq, SeqState, StepPlan};
 
 /// How long the virtual clock may lag real time before it is reset to now.
 const CLOCK_SLACK: Duration = Duration::from_millis(2);

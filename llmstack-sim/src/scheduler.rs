@@ -7,200 +7,30 @@
 //! are free after its prefix-cache hit. [`EngineCore::finish_step`] applies the step:
 //! sequences whose known tokens are all computed sample one token, and finished ones free
 //! their blocks. The engine task ([`crate::engine`]) wraps this in time and channels.
+//!
+//! The sequence vocabulary lives in `sequence`, the limits and step plan in `plan`; how a
+//! sequence ends is [`crate::finish`]'s, shared with the metrics.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::block_pool::{BlockId, BlockPool, StoredExtra};
-use crate::hash::{BlockHash, BlockHasher, ExtraKey};
+use crate::block_pool::{BlockPool, StoredExtra};
+use crate::finish::{Finish, FinishReason, FinishedSeq};
+use crate::hash::{BlockHasher, ExtraKey};
 use crate::metrics::EngineMetrics;
 use crate::tokenizer;
 
-/// Why a sequence finished (the `finished_reason` label and the `finish_reason` field).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum FinishReason {
-    /// EOS, a stop string or a stop token.
-    Stop,
-    /// `max_tokens` or `max_model_len` reached.
-    Length,
-    /// Aborted: the client went away, or sleep in `abort` mode.
-    Abort,
-    /// An internal error.
-    Error,
-    /// Repetition detected (never produced by the simulator; exported for completeness).
-    Repetition,
-}
+mod plan;
+mod sequence;
 
-impl FinishReason {
-    /// All reasons, in vLLM's label order.
-    pub const ALL: [Self; 5] = [
-        Self::Stop,
-        Self::Length,
-        Self::Abort,
-        Self::Error,
-        Self::Repetition,
-    ];
+pub use sequence::SeqState;
 
-    /// The label / JSON value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Stop => "stop",
-            Self::Length => "length",
-            Self::Abort => "abort",
-            Self::Error => "error",
-            Self::Repetition => "repetition",
-        }
-    }
-}
+pub(crate) use plan::{CoreLimits, StepPlan};
+pub(crate) use sequence::{Emitted, LoraRef, NewSeq, SeqEvent};
 
-/// How a sequence ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Finish {
-    pub(crate) reason: FinishReason,
-    /// The stop token id when a `stop_token_ids` entry ended it.
-    pub(crate) stop_token: Option<u32>,
-}
-
-/// Tokens carried by one event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Emitted {
-    /// One new token (streaming sequences, one per step).
-    One(u32),
-    /// All generated tokens at once (non-streaming sequences, on finish).
-    All(Vec<u32>),
-    /// No token (e.g. aborted).
-    Nothing,
-}
-
-/// What a sequence reports to its HTTP handler.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct SeqEvent {
-    /// Choice index within the HTTP response.
-    pub(crate) index: u32,
-    pub(crate) tokens: Emitted,
-    pub(crate) finish: Option<Finish>,
-    /// Prompt tokens served from the prefix cache at first admission.
-    pub(crate) cached_tokens: u32,
-}
-
-/// A LoRA adapter as the scheduler sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct LoraRef {
-    pub(crate) name: Arc<str>,
-    pub(crate) path: Arc<str>,
-}
-
-/// A sequence handed to the engine: one choice of one prompt.
-#[derive(Debug)]
-pub(crate) struct NewSeq {
-    pub(crate) id: u64,
-    pub(crate) index: u32,
-    pub(crate) prompt: Arc<[u32]>,
-    /// Already clamped to `max_model_len − prompt_len`.
-    pub(crate) max_tokens: usize,
-    pub(crate) min_tokens: usize,
-    pub(crate) ignore_eos: bool,
-    /// Tokens after which the simulated model emits EOS (unless `ignore_eos`).
-    pub(crate) natural_len: usize,
-    pub(crate) stop_token_ids: Arc<[u32]>,
-    pub(crate) lora: Option<LoraRef>,
-    pub(crate) cache_salt: Option<Arc<str>>,
-    /// Per-step events (streaming, stop strings) or one event at the end.
-    pub(crate) stream: bool,
-    pub(crate) seed: u64,
-    pub(crate) arrival: Instant,
-    pub(crate) sink: mpsc::UnboundedSender<SeqEvent>,
-}
-
-#[derive(Debug)]
-struct Seq {
-    new: NewSeq,
-    output: Vec<u32>,
-    num_computed: usize,
-    blocks: Vec<BlockId>,
-    hashes: Vec<BlockHash>,
-    num_registered: usize,
-    admitted: bool,
-    cached_tokens: usize,
-    first_scheduled: Option<Instant>,
-    first_token: Option<Instant>,
-    last_token: Option<Instant>,
-    num_preemptions: u32,
-}
-
-impl Seq {
-    fn total_len(&self) -> usize {
-        self.new.prompt.len() + self.output.len()
-    }
-
-    fn token(&self, i: usize) -> u32 {
-        let p = &self.new.prompt;
-        if i < p.len() {
-            p[i]
-        } else {
-            self.output[i - p.len()]
-        }
-    }
-}
-
-/// Engine limits the scheduler obeys.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct CoreLimits {
-    pub(crate) block_size: usize,
-    pub(crate) max_num_seqs: usize,
-    pub(crate) max_num_batched_tokens: usize,
-    pub(crate) max_model_len: usize,
-    pub(crate) max_loras: usize,
-}
-
-/// What one step computes, for the latency model and for `finish_step`.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct StepPlan {
-    /// (sequence, new tokens computed this step).
-    pub(crate) scheduled: Vec<(u64, usize)>,
-    /// Sequences decoding one token.
-    pub(crate) num_decode: usize,
-    /// Their total context length.
-    pub(crate) decode_ctx: usize,
-    /// Prefill tokens in the step.
-    pub(crate) prefill_tokens: usize,
-    /// Σ p·(c + p/2) over prefill chunks (new p on c cached/computed tokens).
-    pub(crate) prefill_attention: f64,
-}
-
-impl StepPlan {
-    /// Whether the step computes anything.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.scheduled.is_empty()
-    }
-
-    /// Tokens computed in the step.
-    pub(crate) fn num_tokens(&self) -> usize {
-        self.prefill_tokens + self.num_decode
-    }
-}
-
-/// One request's state for `/sim/state`.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct SeqState {
-    /// Internal sequence id.
-    pub id: u64,
-    /// `running` or `waiting`.
-    pub status: &'static str,
-    /// Prompt tokens.
-    pub prompt_tokens: usize,
-    /// Tokens whose KV is computed.
-    pub computed_tokens: usize,
-    /// Generated tokens.
-    pub output_tokens: usize,
-    /// Prefix-cache hit at first admission.
-    pub cached_tokens: usize,
-    /// Times preempted.
-    pub preemptions: u32,
-}
+use sequence::Seq;
 
 /// Scheduler, KV-cache pool and sequences of one engine.
 #[derive(Debug)]
@@ -215,6 +45,8 @@ pub(crate) struct EngineCore {
     num_waiting: usize,
     vocab: Vec<u32>,
 }
+
+// === impl EngineCore ===
 
 impl EngineCore {
     pub(crate) fn new(limits: CoreLimits, pool: BlockPool, hasher: BlockHasher) -> Self {
@@ -696,22 +528,6 @@ impl EngineCore {
         );
         seq.num_registered = full;
     }
-}
-
-/// What the metrics need of a finished sequence.
-#[derive(Debug)]
-pub(crate) struct FinishedSeq {
-    pub(crate) reason: FinishReason,
-    pub(crate) arrival: Instant,
-    pub(crate) first_scheduled: Option<Instant>,
-    pub(crate) first_token: Option<Instant>,
-    pub(crate) last_token: Option<Instant>,
-    pub(crate) now: Instant,
-    pub(crate) prompt_tokens: usize,
-    pub(crate) generation_tokens: usize,
-    pub(crate) max_tokens: usize,
-    pub(crate) cached_tokens: usize,
-    pub(crate) preemptions: u32,
 }
 
 /// SplitMix64: a tiny, good-enough mixer for deterministic pseudo-random choices.

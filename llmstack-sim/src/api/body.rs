@@ -24,7 +24,8 @@ use tokio::sync::mpsc;
 
 use crate::api::output::Assembly;
 use crate::engine::{Command, EngineShared};
-use crate::scheduler::{FinishReason, SeqEvent};
+use crate::finish::FinishReason;
+use crate::scheduler::SeqEvent;
 
 /// The body of every simulator response.
 #[derive(Debug)]

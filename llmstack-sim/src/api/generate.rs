@@ -13,8 +13,9 @@ use tokio::time::Instant;
 
 use super::{EngineApp, Res, request_id};
 use crate::api::body::{Cutter, Flight, LoadGuard, SimBody, SseStream};
-use crate::api::error::{ApiError, json_response};
+use crate::api::error::ApiError;
 use crate::api::output::{Assembly, Kind, OutputCtx, ResponsesEcho};
+use crate::api::reply::json_response;
 use crate::api::request::{
     ChatRequest, CompletionRequest, ResolvedModel, Sampling, check_sampling, parse,
     render_messages, resolve_model,

@@ -30,13 +30,15 @@ mod messages;
 mod multipart;
 mod output;
 mod pooling;
+mod reply;
 mod request;
 mod responses;
 mod tokens;
 
 use audio::AudioTask;
 use body::{LoadGuard, SimBody};
-use error::{ApiError, json_response, method_not_allowed, not_found_route};
+use error::ApiError;
+use reply::{json_response, method_not_allowed, not_found_route};
 
 /// Largest request body accepted (vLLM has no limit; a simulator must not be OOM-able).
 const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;

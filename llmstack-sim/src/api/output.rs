@@ -13,7 +13,8 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::api::request::Sampling;
-use crate::scheduler::{Emitted, FinishReason, SeqEvent};
+use crate::finish::FinishReason;
+use crate::scheduler::{Emitted, SeqEvent};
 use crate::tokenizer;
 
 mod messages;

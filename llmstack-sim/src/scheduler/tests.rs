@@ -1,5 +1,7 @@
 use std::time::Duration;
 
+use tokio::sync::mpsc;
+
 use super::*;
 use crate::hash::HashAlgo;
 use crate::kv_events::KvEvent;

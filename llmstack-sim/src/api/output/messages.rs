@@ -9,7 +9,7 @@
 use serde_json::{Value, json};
 
 use super::{Assembly, StopReason, write_json, write_named_event};
-use crate::scheduler::FinishReason;
+use crate::finish::FinishReason;
 
 /// Anthropic's `stop_reason` and `stop_sequence` for the choice.
 fn stop(a: &Assembly) -> (&'static str, Option<&str>) {

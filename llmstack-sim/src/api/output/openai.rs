@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::{Assembly, Kind, OutputCtx, StopReason, write_json};
-use crate::scheduler::FinishReason;
+use crate::finish::FinishReason;
 
 fn usage(a: &Assembly, streaming: bool) -> Usage {
     let prompt = a.ctx.prompt_tokens();

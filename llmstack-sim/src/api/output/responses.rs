@@ -9,7 +9,7 @@
 use serde_json::{Value, json};
 
 use super::{Assembly, write_json, write_named_event};
-use crate::scheduler::FinishReason;
+use crate::finish::FinishReason;
 
 /// Request fields the response object repeats.
 #[derive(Debug, Clone, Default)]

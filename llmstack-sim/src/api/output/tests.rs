@@ -1,7 +1,7 @@
 //! Byte layouts checked against the hand-written samples of vllm.md §3.
 
 use super::*;
-use crate::scheduler::Finish;
+use crate::finish::Finish;
 
 const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
 const FP: &str = "vllm-0.33.0-1a2b3c4d";
