@@ -1,5 +1,6 @@
 //! Sending one chat request and timing what comes back.
 
+use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -44,6 +45,30 @@ pub struct Outcome {
     pub text: String,
 }
 
+/// Why [`Client::get_text`] (and so [`engine_counters`](crate::engine_counters)) failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum GetError {
+    /// The request could not be built (a malformed URL).
+    Request(http::Error),
+    /// No answer came (connect failure, cut connection).
+    Transport {
+        /// The URL asked.
+        url: String,
+        /// The client's error.
+        source: hyper_util::client::legacy::Error,
+    },
+    /// The answer's body could not be read.
+    Body(hyper::Error),
+    /// The answer was not 2xx.
+    Status {
+        /// The URL asked.
+        url: String,
+        /// Its answer.
+        status: http::StatusCode,
+    },
+}
+
 // === impl Client ===
 
 impl Client {
@@ -69,24 +94,30 @@ impl Client {
 
     /// `GET url` as text (the engines' `/metrics`); fails on a transport error or a
     /// non-2xx answer.
-    pub async fn get_text(&self, url: &str) -> Result<String, String> {
+    pub async fn get_text(&self, url: &str) -> Result<String, GetError> {
         let req = http::Request::get(url)
             .body(Full::new(Bytes::new()))
-            .map_err(|e| e.to_string())?;
+            .map_err(GetError::Request)?;
         let resp = self
             .http
             .request(req)
             .await
-            .map_err(|e| format!("{url}: {e}"))?;
+            .map_err(|source| GetError::Transport {
+                url: url.to_owned(),
+                source,
+            })?;
         let status = resp.status();
         let body = resp
             .into_body()
             .collect()
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(GetError::Body)?
             .to_bytes();
         if !status.is_success() {
-            return Err(format!("{url} answered {status}"));
+            return Err(GetError::Status {
+                url: url.to_owned(),
+                status,
+            });
         }
         Ok(String::from_utf8_lossy(&body).into_owned())
     }
@@ -180,6 +211,30 @@ impl Client {
         }
         out.e2e = start.elapsed();
         out
+    }
+}
+
+// === impl GetError ===
+
+impl fmt::Display for GetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Request(e) => write!(f, "{e}"),
+            Self::Transport { url, source } => write!(f, "{url}: {source}"),
+            Self::Body(e) => write!(f, "{e}"),
+            Self::Status { url, status } => write!(f, "{url} answered {status}"),
+        }
+    }
+}
+
+impl std::error::Error for GetError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Request(e) => Some(e),
+            Self::Transport { source, .. } => Some(source),
+            Self::Body(e) => Some(e),
+            Self::Status { .. } => None,
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 use llmstack_metrics::{parse, vllm};
 use serde::Serialize;
 
-use crate::Client;
+use crate::{Client, GetError};
 
 /// Counters summed over the engines at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -34,7 +34,7 @@ pub struct EngineDelta {
 pub async fn engine_counters(
     client: &Client,
     engines: &[String],
-) -> Result<EngineCounters, String> {
+) -> Result<EngineCounters, GetError> {
     let mut total = EngineCounters::default();
     for url in engines {
         let text = client

@@ -14,8 +14,8 @@ mod report;
 mod run;
 mod workload;
 
-pub use chart::ttft_chart;
-pub use client::{Client, Outcome};
+pub use chart::{ChartError, ttft_chart};
+pub use client::{Client, GetError, Outcome};
 pub use engines::{EngineCounters, EngineDelta, engine_counters};
 pub use report::{Percentiles, Recorder, Report};
 pub use run::{Arrivals, RunConfig, arrival_times, run};

@@ -219,7 +219,7 @@ fn main() -> ExitCode {
         let mut report = run(&client, &config).await;
         let after = engine_counters(&client, &args.engine_metrics).await?;
         report.engines = Some(before.delta(&after));
-        Ok::<_, String>(report)
+        Ok::<_, llmstack_bench::GetError>(report)
     });
     let mut report = match report {
         Ok(report) => report,
@@ -276,9 +276,14 @@ fn chart(out: &std::path::Path, paths: &[std::path::PathBuf]) -> ExitCode {
             }
         }
     }
-    match llmstack_bench::ttft_chart(&reports)
-        .and_then(|svg| std::fs::write(out, svg).map_err(|e| e.to_string()))
-    {
+    let svg = match llmstack_bench::ttft_chart(&reports) {
+        Ok(svg) => svg,
+        Err(e) => {
+            eprintln!("llmstack-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match std::fs::write(out, svg) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("llmstack-bench: {e}");

@@ -30,6 +30,7 @@ mod multipart;
 mod request;
 mod routes;
 mod set;
+pub mod settings;
 mod stats;
 
 pub use discover::{BoxError, Discover, Update};
@@ -42,4 +43,5 @@ pub use multipart::{
 pub use request::{Content, Message, Part, Prompt, PromptView, RequestKind, RouteRequest};
 pub use routes::{BodyKind, OPENAI_ROUTES, openai_route};
 pub use set::EndpointSet;
+pub use settings::{SettingError, SettingErrors};
 pub use stats::{EngineStats, ModelLoad, StatsReader, StatsSnapshot};

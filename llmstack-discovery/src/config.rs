@@ -19,6 +19,23 @@ pub enum DiscoveryKind {
     K8s,
 }
 
+// === impl DiscoveryKind ===
+
+impl DiscoveryKind {
+    /// Parses a `--service-discovery` value: `static`, `dns` or `k8s`.
+    pub fn parse(s: &str) -> Result<Self, llmstack_core::SettingError> {
+        match s {
+            "static" => Ok(Self::Static),
+            "dns" => Ok(Self::Dns),
+            "k8s" => Ok(Self::K8s),
+            other => Err(llmstack_core::SettingError {
+                setting: "service-discovery",
+                message: format!("unknown discovery `{other}` (expected static, dns or k8s)"),
+            }),
+        }
+    }
+}
+
 /// Settings of the discovery crate, validated with [`DiscoveryConfig::validate`].
 #[derive(Debug, Clone, Default, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -154,7 +171,7 @@ impl DiscoveryConfig {
             ));
         }
         for url in &self.static_backends {
-            crate::static_list::parse_url(url).map_err(ConfigError)?;
+            crate::static_list::parse_url(url)?;
         }
         for (name, list) in [
             ("--static-models", &self.static_models),

@@ -99,18 +99,56 @@ async fn run<K>(
 /// The API client `config` asks for: its `kubeconfig` file when set, else from the
 /// environment (in a pod, its ServiceAccount; elsewhere `KUBECONFIG` or
 /// `~/.kube/config`, as kube's `Client::try_default`).
-pub async fn client(config: &K8sConfig) -> Result<Client, String> {
+///
+/// Fails with kube's error: the file cannot be read or used, or no configuration is
+/// found.
+pub async fn client(config: &K8sConfig) -> Result<Client, ClientError> {
     match &config.kubeconfig {
         Some(path) => {
-            let file = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+            let at = |source| ClientError::Kubeconfig {
+                path: path.clone(),
+                source,
+            };
+            let file = kube::config::Kubeconfig::read_from(path).map_err(at)?;
             let options = kube::config::KubeConfigOptions::default();
             let cfg = kube::Config::from_custom_kubeconfig(file, &options)
                 .await
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            Client::try_from(cfg).map_err(|e| e.to_string())
+                .map_err(at)?;
+            Client::try_from(cfg).map_err(ClientError::Client)
         }
-        None => Client::try_default().await.map_err(|e| e.to_string()),
+        None => Client::try_default().await.map_err(ClientError::Client),
+    }
+}
+
+/// Why [`client`] could not build an API client.
+#[derive(Debug)]
+pub enum ClientError {
+    /// The kubeconfig file given could not be read or used.
+    Kubeconfig {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: kube::config::KubeconfigError,
+    },
+    /// No usable configuration (in-cluster or kubeconfig), or the client failed.
+    Client(kube::Error),
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Kubeconfig { path, source } => write!(f, "{}: {source}", path.display()),
+            Self::Client(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Kubeconfig { source, .. } => Some(source),
+            Self::Client(e) => Some(e),
+        }
     }
 }
 

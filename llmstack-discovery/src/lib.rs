@@ -7,6 +7,7 @@
 //! the enriched updates on. The server applies them to its
 //! [`EndpointSet`](llmstack_core::EndpointSet); routing reads that set.
 
+mod args;
 mod config;
 mod dns;
 #[cfg(feature = "kube")]
@@ -16,6 +17,7 @@ mod publish;
 mod static_list;
 mod stream;
 
+pub use args::DiscoveryArgs;
 pub use config::{
     ConfigError, DiscoveryConfig, DiscoveryKind, DnsConfig, K8sConfig, K8sMode, ProbeConfig,
 };

@@ -1,6 +1,7 @@
 //! Learns each endpoint's models and readiness from `GET /v1/models`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::time::Duration;
@@ -328,7 +329,7 @@ async fn fetch_models(
     if config.is_sleeping {
         match get(client, ep, config, "/is_sleeping").await {
             Ok(body) => {
-                if parse_sleeping(&body).map_err(Failure::Other)? {
+                if parse_sleeping(&body).map_err(|e| Failure::Other(e.to_string()))? {
                     return Err(Failure::Sleeping);
                 }
             }
@@ -343,14 +344,32 @@ async fn fetch_models(
 }
 
 /// `{"is_sleeping": bool}`.
-fn parse_sleeping(body: &[u8]) -> Result<bool, String> {
+fn parse_sleeping(body: &[u8]) -> Result<bool, SleepingError> {
     #[derive(serde::Deserialize)]
     struct Sleeping {
         is_sleeping: bool,
     }
     serde_json::from_slice::<Sleeping>(body)
         .map(|s| s.is_sleeping)
-        .map_err(|e| format!("/is_sleeping: {e}"))
+        .map_err(SleepingError)
+}
+
+/// An `/is_sleeping` answer that is not `{"is_sleeping": bool}`.
+#[derive(Debug)]
+struct SleepingError(serde_json::Error);
+
+// === impl SleepingError ===
+
+impl fmt::Display for SleepingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "/is_sleeping: {}", self.0)
+    }
+}
+
+impl std::error::Error for SleepingError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
 }
 
 /// The body of a 2xx answer to `GET path`; else the status (if one came) and why.
@@ -415,7 +434,15 @@ mod tests {
         assert!(!models[0].is_adapter());
         assert_eq!(models[1].parent.as_deref(), Some("base"));
         assert!(parse_models(b"{}").is_err());
-        assert_eq!(parse_sleeping(br#"{"is_sleeping":true}"#), Ok(true));
-        assert!(parse_sleeping(b"{}").is_err());
+        assert!(matches!(
+            parse_sleeping(br#"{"is_sleeping":true}"#),
+            Ok(true)
+        ));
+        let err = parse_sleeping(b"{}").unwrap_err();
+        assert!(
+            err.to_string().starts_with("/is_sleeping: missing field"),
+            "{err}"
+        );
+        assert!(std::error::Error::source(&err).is_some(), "the JSON error");
     }
 }

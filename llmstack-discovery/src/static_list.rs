@@ -19,7 +19,7 @@ use crate::{ConfigError, DiscoveryConfig, UpdateStream};
 pub fn static_endpoints(config: &DiscoveryConfig) -> Result<Vec<Endpoint>, ConfigError> {
     let mut endpoints: Vec<Endpoint> = Vec::new();
     for (i, raw) in config.static_backends.iter().enumerate() {
-        let url = parse_url(raw).map_err(ConfigError)?;
+        let url = parse_url(raw)?;
         let index = match endpoints.iter().position(|e| e.url == url) {
             Some(index) => index,
             None => {
@@ -61,7 +61,7 @@ pub fn reloading_static_discovery<F>(
     load: F,
 ) -> UpdateStream
 where
-    F: Fn(&Path) -> Result<Vec<Endpoint>, String> + Send + 'static,
+    F: Fn(&Path) -> Result<Vec<Endpoint>, BoxError> + Send + 'static,
 {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let task = tokio::spawn(async move {
@@ -82,7 +82,7 @@ where
                 Ok(_) => (true, load(&path)),
                 Err(e) => (
                     last_bytes.is_some(),
-                    Err(format!("cannot read {}: {e}", path.display())),
+                    Err(format!("cannot read {}: {e}", path.display()).into()),
                 ),
             };
             last_bytes = bytes.ok();
@@ -121,28 +121,81 @@ impl Stream for Once {
     }
 }
 
-/// An engine base URL: absolute, `http`, with a host; a trailing `/` is dropped.
-pub(crate) fn parse_url(raw: &str) -> Result<Uri, String> {
+/// An engine base URL: absolute, `http`, with a host; a trailing `/` is dropped. The
+/// error says why in a sentence naming the URL.
+pub(crate) fn parse_url(raw: &str) -> Result<Uri, ConfigError> {
+    parse_url_inner(raw).map_err(|e| ConfigError(e.to_string()))
+}
+
+fn parse_url_inner(raw: &str) -> Result<Uri, UrlError> {
     let raw = raw.trim().trim_end_matches('/');
-    let url: Uri = raw
-        .parse()
-        .map_err(|e| format!("backend URL `{raw}` is not a URL: {e}"))?;
+    let url: Uri = raw.parse().map_err(|source| UrlError::NotAUrl {
+        raw: raw.to_owned(),
+        source,
+    })?;
+    let raw = || raw.to_owned();
     match url.scheme_str() {
         Some("http") => {}
-        Some("https") => {
-            return Err(format!(
-                "backend URL `{raw}`: https engines are not supported yet (TLS to engines is not in this build)"
-            ));
-        }
-        _ => return Err(format!("backend URL `{raw}` must start with http://")),
+        Some("https") => return Err(UrlError::Https { raw: raw() }),
+        _ => return Err(UrlError::NotHttp { raw: raw() }),
     }
     if url.host().is_none_or(str::is_empty) {
-        return Err(format!("backend URL `{raw}` has no host"));
+        return Err(UrlError::NoHost { raw: raw() });
     }
     if url.query().is_some() {
-        return Err(format!("backend URL `{raw}` must not have a query string"));
+        return Err(UrlError::Query { raw: raw() });
     }
     Ok(url)
+}
+
+/// Why a backend URL (`raw`, trimmed) was refused; the display is the [`ConfigError`]
+/// message.
+#[derive(Debug)]
+enum UrlError {
+    /// Not a URI at all.
+    NotAUrl {
+        raw: String,
+        source: http::uri::InvalidUri,
+    },
+    /// `https://`: no TLS to engines in this build.
+    Https { raw: String },
+    /// Another scheme, or none.
+    NotHttp { raw: String },
+    /// No host, or an empty one.
+    NoHost { raw: String },
+    /// A query string.
+    Query { raw: String },
+}
+
+// === impl UrlError ===
+
+impl std::fmt::Display for UrlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NotAUrl { raw, source } => {
+                write!(f, "backend URL `{raw}` is not a URL: {source}")
+            }
+            Self::Https { raw } => write!(
+                f,
+                "backend URL `{raw}`: https engines are not supported yet (TLS to engines is not in this build)"
+            ),
+            Self::NotHttp { raw } => write!(f, "backend URL `{raw}` must start with http://"),
+            Self::NoHost { raw } => write!(f, "backend URL `{raw}` has no host"),
+            Self::Query { raw } => write!(f, "backend URL `{raw}` must not have a query string"),
+        }
+    }
+}
+
+impl std::error::Error for UrlError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::NotAUrl { source, .. } => Some(source),
+            Self::Https { .. }
+            | Self::NotHttp { .. }
+            | Self::NoHost { .. }
+            | Self::Query { .. } => None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -183,7 +236,7 @@ mod tests {
         let load = |p: &Path| {
             let text = std::fs::read_to_string(p).map_err(|e| e.to_string())?;
             let backends: Vec<&str> = text.split(',').collect();
-            static_endpoints(&config(&backends, &[])).map_err(|e| e.0)
+            static_endpoints(&config(&backends, &[])).map_err(BoxError::from)
         };
         let initial = load(&path).unwrap();
         let mut stream =
@@ -227,5 +280,29 @@ mod tests {
                 .validate()
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn refused_urls_are_named() {
+        let msg = |raw: &str| parse_url(raw).unwrap_err().0;
+        assert_eq!(
+            msg(" ftp://x/ "),
+            "backend URL `ftp://x` must start with http://"
+        );
+        assert_eq!(
+            msg("https://x"),
+            "backend URL `https://x`: https engines are not supported yet (TLS to engines is not in this build)"
+        );
+        assert_eq!(
+            msg("http://a:1/v?q=1"),
+            "backend URL `http://a:1/v?q=1` must not have a query string"
+        );
+        let err = parse_url_inner("a b").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("backend URL `a b` is not a URL: "),
+            "{err}"
+        );
+        assert!(std::error::Error::source(&err).is_some(), "the URI error");
     }
 }

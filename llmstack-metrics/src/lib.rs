@@ -16,6 +16,7 @@
 //! the server installs the Prometheus recorder.
 
 mod accounting;
+mod args;
 pub mod names;
 mod parse;
 mod scraper;
@@ -23,6 +24,7 @@ mod stats;
 pub mod vllm;
 
 pub use accounting::{Account, AccountBody, AccountFuture, AccountLayer, count_decision};
+pub use args::ScrapeArgs;
 pub use parse::{Sample, parse};
 pub use scraper::{ScrapeConfig, spawn_scraper};
 pub use stats::engine_stats;

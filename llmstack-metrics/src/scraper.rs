@@ -1,6 +1,7 @@
 //! The scraper task: every engine's `/metrics`, concurrently, on an interval.
 
 use std::collections::{HashMap, HashSet};
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -73,7 +74,7 @@ async fn run(
         .build(connector);
     let mut stats: HashMap<EndpointId, EngineStats> = HashMap::new();
     let mut scraping: HashSet<EndpointId> = HashSet::new();
-    let mut jobs: JoinSet<(EndpointId, Result<Bytes, String>)> = JoinSet::new();
+    let mut jobs: JoinSet<(EndpointId, Result<Bytes, ScrapeError>)> = JoinSet::new();
     let mut tick = tokio::time::interval(config.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let publish = |stats: &HashMap<EndpointId, EngineStats>| {
@@ -120,11 +121,11 @@ async fn scrape(
     client: HttpClient,
     ep: Arc<Endpoint>,
     config: ScrapeConfig,
-) -> (EndpointId, Result<Bytes, String>) {
+) -> (EndpointId, Result<Bytes, ScrapeError>) {
     let start = Instant::now();
     let result = tokio::time::timeout(config.timeout, fetch(&client, &ep, &config))
         .await
-        .unwrap_or_else(|_| Err("timed out".into()));
+        .unwrap_or_else(|elapsed| Err(ScrapeError::Timeout(elapsed)));
     let engine = ep.id.to_string();
     match &result {
         Ok(_) => metrics::gauge!(names::SCRAPE_DURATION, "engine" => engine)
@@ -134,24 +135,99 @@ async fn scrape(
     (ep.id.clone(), result)
 }
 
-async fn fetch(client: &HttpClient, ep: &Endpoint, config: &ScrapeConfig) -> Result<Bytes, String> {
-    let uri = ep
-        .uri_for("/metrics")
-        .ok_or("the endpoint URL has no host")?;
+async fn fetch(
+    client: &HttpClient,
+    ep: &Endpoint,
+    config: &ScrapeConfig,
+) -> Result<Bytes, ScrapeError> {
+    let uri = ep.uri_for("/metrics").ok_or(ScrapeError::NoHost)?;
     let mut req = http::Request::get(uri);
     if let Some(key) = &config.api_key {
         req = req.header(http::header::AUTHORIZATION, format!("Bearer {key}"));
     }
-    let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
-    let resp = client.request(req).await.map_err(|e| format!("{e:?}"))?;
+    let req = req.body(Empty::new()).map_err(ScrapeError::Request)?;
+    let resp = client.request(req).await.map_err(ScrapeError::Connect)?;
     let status = resp.status();
     let body = Limited::new(resp.into_body(), MAX_METRICS_BODY)
         .collect()
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(ScrapeError::Body)?
         .to_bytes();
     if !status.is_success() {
-        return Err(format!("/metrics answered {status}"));
+        return Err(ScrapeError::Status(status));
     }
     Ok(body)
+}
+
+/// Why one scrape failed (logged, and counted in `SCRAPE_ERRORS`).
+#[derive(Debug)]
+enum ScrapeError {
+    /// The endpoint URL has no host to ask.
+    NoHost,
+    /// The request could not be built.
+    Request(http::Error),
+    /// No answer came: refused, reset, connect timeout.
+    Connect(hyper_util::client::legacy::Error),
+    /// The body could not be read, or was over `MAX_METRICS_BODY`.
+    Body(Box<dyn std::error::Error + Send + Sync>),
+    /// The answer was not 2xx.
+    Status(http::StatusCode),
+    /// No whole answer within `ScrapeConfig::timeout`.
+    Timeout(tokio::time::error::Elapsed),
+}
+
+// === impl ScrapeError ===
+
+impl fmt::Display for ScrapeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoHost => f.write_str("the endpoint URL has no host"),
+            Self::Request(e) => write!(f, "{e}"),
+            // The debug form names the cause (`ConnectError("tcp connect error", …)`),
+            // which the display form does not.
+            Self::Connect(e) => write!(f, "{e:?}"),
+            Self::Body(e) => write!(f, "{e}"),
+            Self::Status(status) => write!(f, "/metrics answered {status}"),
+            Self::Timeout(_) => f.write_str("timed out"),
+        }
+    }
+}
+
+impl std::error::Error for ScrapeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::NoHost | Self::Status(_) => None,
+            Self::Request(e) => Some(e),
+            Self::Connect(e) => Some(e),
+            Self::Body(e) => Some(&**e),
+            Self::Timeout(e) => Some(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn errors_read_as_logged() {
+        assert_eq!(
+            ScrapeError::NoHost.to_string(),
+            "the endpoint URL has no host"
+        );
+        let status = ScrapeError::Status(http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            status.to_string(),
+            "/metrics answered 503 Service Unavailable"
+        );
+        assert!(status.source().is_none());
+        let elapsed = tokio::time::timeout(Duration::ZERO, std::future::pending::<()>())
+            .await
+            .unwrap_err();
+        let timeout = ScrapeError::Timeout(elapsed);
+        assert_eq!(timeout.to_string(), "timed out");
+        assert!(timeout.source().is_some(), "the elapsed deadline");
+    }
 }

@@ -28,6 +28,7 @@
 //! mapping from error to HTTP, and leaves an
 //! [`UpstreamFailure`](llmstack_core::UpstreamFailure) extension for the retry layer.
 
+mod args;
 mod body;
 mod config;
 mod forward;
@@ -41,6 +42,7 @@ mod retry;
 
 use std::sync::atomic::AtomicU64;
 
+pub use args::ProxyArgs;
 pub use body::ForwardBody;
 pub use config::ProxyConfig;
 pub use forward::{Forward, ForwardFuture};

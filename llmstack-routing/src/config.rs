@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use llmstack_core::SettingError;
+
 use crate::{
     LeastLoaded, PolicyExt, PowerOfTwo, PrefixAware, PrefixConfig, Random, RoundRobin, Router,
     SessionAffinity,
@@ -57,7 +59,11 @@ const NOT_YET: &[&str] = &[
 
 impl RoutingLogic {
     /// Parses a `--routing-logic` value.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, SettingError> {
+        let invalid = |message| SettingError {
+            setting: "routing-logic",
+            message,
+        };
         match s {
             "roundrobin" => Ok(Self::Roundrobin),
             "random" => Ok(Self::Random),
@@ -65,13 +71,13 @@ impl RoutingLogic {
             "power_of_two" => Ok(Self::PowerOfTwo),
             "session" => Ok(Self::Session),
             "prefixaware" => Ok(Self::Prefixaware),
-            other if NOT_YET.contains(&other) => Err(format!(
+            other if NOT_YET.contains(&other) => Err(invalid(format!(
                 "--routing-logic {other} is not available yet in this build; use prefixaware"
-            )),
-            other => Err(format!(
+            ))),
+            other => Err(invalid(format!(
                 "unknown --routing-logic `{other}` (expected one of {})",
                 Self::ALL.map(Self::as_str).join(", ")
-            )),
+            ))),
         }
     }
 
@@ -99,9 +105,9 @@ impl RoutingLogic {
 }
 
 impl TryFrom<String> for RoutingLogic {
-    type Error = String;
+    type Error = SettingError;
 
-    fn try_from(s: String) -> Result<Self, String> {
+    fn try_from(s: String) -> Result<Self, SettingError> {
         Self::parse(&s)
     }
 }
@@ -132,15 +138,22 @@ impl RoutingConfig {
     /// Checks the settings: session keys must be valid header names, chunk sizes
     /// positive, and an alias may not point to itself or to another alias. (`session`
     /// works without `--session-key`: it then keys on the OpenAI `user` field.)
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), SettingError> {
+        let invalid = |setting, message| Err(SettingError { setting, message });
         if self.prefix_chunk_size == 0 || self.prefix_chunk_size > 65_536 {
-            return Err(format!(
-                "--prefix-chunk-size {} must be between 1 and 65536 bytes",
-                self.prefix_chunk_size
-            ));
+            return invalid(
+                "prefix-chunk-size",
+                format!(
+                    "--prefix-chunk-size {} must be between 1 and 65536 bytes",
+                    self.prefix_chunk_size
+                ),
+            );
         }
         if self.prefix_capacity_tokens == 0 {
-            return Err("--prefix-capacity-tokens must be positive".into());
+            return invalid(
+                "prefix-capacity-tokens",
+                "--prefix-capacity-tokens must be positive".into(),
+            );
         }
         if let Some(key) = &self.session_key {
             let valid = !key.is_empty()
@@ -148,19 +161,26 @@ impl RoutingConfig {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
             if !valid {
-                return Err(format!("--session-key `{key}` is not a valid header name"));
+                return invalid(
+                    "session-key",
+                    format!("--session-key `{key}` is not a valid header name"),
+                );
             }
         }
         for (alias, model) in &self.static_aliases {
             if alias.is_empty() || model.is_empty() {
-                return Err(format!(
-                    "--static-aliases entry `{alias}:{model}` is empty on one side"
-                ));
+                return invalid(
+                    "static-aliases",
+                    format!("--static-aliases entry `{alias}:{model}` is empty on one side"),
+                );
             }
             if alias == model || self.static_aliases.contains_key(model) {
-                return Err(format!(
-                    "--static-aliases `{alias}:{model}`: an alias must name a real model, not an alias"
-                ));
+                return invalid(
+                    "static-aliases",
+                    format!(
+                        "--static-aliases `{alias}:{model}`: an alias must name a real model, not an alias"
+                    ),
+                );
             }
         }
         Ok(())

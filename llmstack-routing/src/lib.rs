@@ -54,6 +54,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod args;
 mod config;
 mod extract;
 mod in_flight;
@@ -69,6 +70,7 @@ mod session;
 #[cfg(test)]
 mod testing;
 
+pub use args::RoutingArgs;
 pub use config::{RoutingConfig, RoutingLogic};
 pub use in_flight::{InFlight, InFlightGuard, LiveLoads, Load};
 pub use layer::{Route, RouteBody, RouteFuture, RouteLayer};

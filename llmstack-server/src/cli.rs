@@ -59,20 +59,20 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<(Action, Vec<Stri
         Some(Command::Demo(args)) => Ok((Action::Demo(args), warnings)),
         None => {
             let file = match &cli.config {
-                Some(path) => Settings::from_file(path).map_err(invalid)?,
+                Some(path) => Settings::from_file(path).map_err(|e| invalid(e.to_string()))?,
                 None => Settings::default(),
             };
             // The static list is re-read from the file when all of it came from there
             // (flags or the environment for any of its parts fix it).
             let from_file = cli.config.as_ref().filter(|_| {
-                let over = &cli.settings;
-                file.static_backends.is_some()
-                    && over.static_backends.is_none()
-                    && over.static_models.is_none()
-                    && over.static_model_labels.is_none()
+                file.discovery.static_backends.is_some()
+                    && !cli.settings.discovery.has_static_list()
             });
             let from_file = from_file.cloned();
-            let mut config = file.overlay(cli.settings).resolve().map_err(invalid)?;
+            let mut config = file
+                .overlay(cli.settings)
+                .resolve()
+                .map_err(|e| invalid(e.to_string()))?;
             config.discovery.static_file = from_file;
             Ok((Action::Serve(Box::new(config)), warnings))
         }

@@ -18,10 +18,21 @@ pub struct Demo {
     pub server: Server,
 }
 
+/// Why the demo could not start.
+#[derive(Debug)]
+pub enum DemoError {
+    /// `--engines 0` or no model.
+    Empty,
+    /// The simulated engines could not start.
+    Engines(llmstack_sim::StartError),
+    /// The router could not start.
+    Router(crate::StartError),
+}
+
 /// Starts the engines on free loopback ports, then the router in front of them.
-pub async fn start(args: &DemoArgs) -> Result<Demo, String> {
+pub async fn start(args: &DemoArgs) -> Result<Demo, DemoError> {
     if args.engines == 0 || args.models.is_empty() {
-        return Err("the demo needs at least one engine and one model".into());
+        return Err(DemoError::Empty);
     }
     let models: Vec<String> = (0..args.engines)
         .map(|i| args.models[i * args.models.len() / args.engines].clone())
@@ -36,7 +47,7 @@ pub async fn start(args: &DemoArgs) -> Result<Demo, String> {
         .collect();
     let cluster = SimCluster::start(configs, IpAddr::from([127, 0, 0, 1]), 0)
         .await
-        .map_err(|e| format!("cannot start the simulated engines: {e}"))?;
+        .map_err(DemoError::Engines)?;
     let config = ServerConfig {
         listen: SocketAddr::new(args.host, args.port),
         admin: None,
@@ -58,8 +69,28 @@ pub async fn start(args: &DemoArgs) -> Result<Demo, String> {
         shutdown_grace: std::time::Duration::from_secs(30),
         scrape: ScrapeConfig::default(),
     };
-    let server = Server::start(config).await.map_err(|e| e.to_string())?;
+    let server = Server::start(config).await.map_err(DemoError::Router)?;
     Ok(Demo { cluster, server })
+}
+
+impl std::fmt::Display for DemoError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Empty => f.write_str("the demo needs at least one engine and one model"),
+            Self::Engines(e) => write!(f, "cannot start the simulated engines: {e}"),
+            Self::Router(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for DemoError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Empty => None,
+            Self::Engines(e) => Some(e),
+            Self::Router(e) => Some(e),
+        }
+    }
 }
 
 /// What to paste into a terminal to try the demo.

@@ -25,6 +25,6 @@ mod state;
 mod telemetry;
 
 pub use cli::{Action, Cli, Command, DemoArgs, parse};
-pub use config::{OtelConfig, ServerConfig, Settings};
+pub use config::{OtelConfig, ServerArgs, ServerConfig, Settings, SettingsError};
 pub use llmstack_proxy::ProxyConfig;
 pub use server::{Server, StartError};

@@ -64,7 +64,7 @@ type TelemetryGuard = Option<llmstack_server::otel::OtelGuard>;
 type TelemetryGuard = ();
 
 /// Logs (text or JSON lines) filtered by the log level, plus span export when configured.
-fn init_logging(action: &Action) -> Result<TelemetryGuard, String> {
+fn init_logging(action: &Action) -> Result<TelemetryGuard, Box<dyn std::error::Error>> {
     let (filter, json) = match action {
         Action::Serve(config) => (config.log_filter.clone(), config.log_json),
         Action::Demo(_) => ("info".into(), false),
@@ -83,7 +83,8 @@ fn init_logging(action: &Action) -> Result<TelemetryGuard, String> {
     if let Action::Serve(config) = action
         && let Some(otel) = &config.otel
     {
-        let (layer, guard) = llmstack_server::otel::layer(&otel.endpoint, &otel.service_name)?;
+        let (layer, guard) = llmstack_server::otel::layer(&otel.endpoint, &otel.service_name)
+            .map_err(|e| format!("OTLP exporter: {e}"))?;
         registry.with(layer).init();
         return Ok(Some(guard));
     }
@@ -101,7 +102,7 @@ async fn run(action: Action) -> ExitCode {
             .map(|server| (server, None))
             .map_err(|e| e.to_string()),
         #[cfg(feature = "demo")]
-        Action::Demo(args) => llmstack_server::demo::start(&args).await.map(|d| {
+        Action::Demo(args) => llmstack_server::demo::start(&args).await.map_err(|e| e.to_string()).map(|d| {
             println!("{}", llmstack_server::demo::banner(&d, &args));
             let engines: Box<dyn std::any::Any> = Box::new(d.cluster);
             (d.server, Some(engines))

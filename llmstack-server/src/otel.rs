@@ -20,7 +20,10 @@ pub struct OtelGuard(Option<SdkTracerProvider>);
 /// The tracing layer exporting spans to `endpoint` (an OTLP/HTTP collector base URL such
 /// as `http://collector:4318`; spans go to `/v1/traces`), named `service`. Must be called
 /// inside a Tokio runtime (the batch exporter runs on it).
-pub fn layer<S>(endpoint: &str, service: &str) -> Result<(impl Layer<S>, OtelGuard), String>
+pub fn layer<S>(
+    endpoint: &str,
+    service: &str,
+) -> Result<(impl Layer<S>, OtelGuard), opentelemetry_otlp::ExporterBuildError>
 where
     S: tracing::Subscriber + for<'a> LookupSpan<'a>,
 {
@@ -34,8 +37,7 @@ where
             ),
         )
         .with_endpoint(url)
-        .build()
-        .map_err(|e| format!("OTLP exporter: {e}"))?;
+        .build()?;
     let processor =
         BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build();
     let provider = SdkTracerProvider::builder()

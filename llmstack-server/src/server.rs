@@ -9,7 +9,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use llmstack_core::{Discover, EndpointSet};
+use llmstack_core::{BoxError, Discover, EndpointSet};
 use llmstack_discovery::{
     DiscoveryConfig, DiscoveryKind, dns_discovery, probe, publish, reloading_static_discovery,
     static_discovery, static_endpoints,
@@ -48,7 +48,9 @@ pub struct Server {
 #[derive(Debug)]
 pub enum StartError {
     /// The configuration is invalid.
-    Config(String),
+    Config(BoxError),
+    /// Discovery could not start (e.g. a DNS name that does not resolve at all).
+    Discovery(BoxError),
     /// The listen address could not be bound.
     Bind(std::io::Error),
 }
@@ -63,8 +65,11 @@ impl Server {
         config
             .discovery
             .validate()
-            .map_err(|e| StartError::Config(e.0))?;
-        config.routing.validate().map_err(StartError::Config)?;
+            .map_err(|e| StartError::Config(e.into()))?;
+        config
+            .routing
+            .validate()
+            .map_err(|e| StartError::Config(e.into()))?;
         let source = probe(
             source(&config.discovery).await?,
             config.discovery.probe.clone(),
@@ -138,7 +143,7 @@ impl Server {
         // 503 until engines are found. The admin listener already answers.
         let deadline = tokio::time::Instant::now() + FIRST_ANSWER_WAIT;
         match tokio::time::timeout_at(deadline, answered).await {
-            Ok(Ok(Err(fatal))) => return Err(StartError::Config(fatal.to_string())),
+            Ok(Ok(Err(fatal))) => return Err(StartError::Discovery(fatal)),
             Ok(Ok(Ok(()))) => {
                 let mut set = set_rx.clone();
                 let probed = set.wait_for(|set| {
@@ -152,7 +157,7 @@ impl Server {
             Ok(Err(_)) => {
                 // The discovery task ended without a word: report how.
                 if let Err(e) = (&mut discovery).await {
-                    return Err(StartError::Config(format!("discovery failed: {e}")));
+                    return Err(StartError::Discovery(e.into()));
                 }
             }
             Err(_) => tracing::warn!(
@@ -218,6 +223,7 @@ impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Config(e) => write!(f, "invalid configuration: {e}"),
+            Self::Discovery(e) => write!(f, "discovery failed: {e}"),
             Self::Bind(e) => write!(f, "cannot listen: {e}"),
         }
     }
@@ -249,7 +255,7 @@ type Source = Box<dyn Discover>;
 async fn source(config: &DiscoveryConfig) -> Result<Source, StartError> {
     Ok(match config.service_discovery {
         DiscoveryKind::Static => {
-            let endpoints = static_endpoints(config).map_err(|e| StartError::Config(e.0))?;
+            let endpoints = static_endpoints(config).map_err(|e| StartError::Config(e.into()))?;
             match &config.static_file {
                 Some(path) => Box::new(reloading_static_discovery(
                     path.clone(),
@@ -270,9 +276,10 @@ async fn k8s_source(config: &DiscoveryConfig) -> Result<Source, StartError> {
     let client = llmstack_discovery::k8s::client(&config.k8s)
         .await
         .map_err(|e| {
-            StartError::Config(format!(
-                "no Kubernetes API access (in-cluster ServiceAccount or KUBECONFIG): {e}"
-            ))
+            StartError::Config(
+                format!("no Kubernetes API access (in-cluster ServiceAccount or KUBECONFIG): {e}")
+                    .into(),
+            )
         })?;
     Ok(Box::new(llmstack_discovery::k8s::k8s_discovery(
         client,
