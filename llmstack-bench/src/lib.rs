@@ -19,4 +19,4 @@ pub use client::{Client, GetError, Outcome};
 pub use engines::{EngineCounters, EngineDelta, engine_counters};
 pub use report::{Percentiles, Recorder, Report};
 pub use run::{Arrivals, RunConfig, arrival_times, run};
-pub use workload::{Conversation, Prompt, TraceEntry, Workload, read_trace};
+pub use workload::{Conversation, Prompt, TraceEntry, TraceError, Workload, read_trace};

@@ -153,7 +153,7 @@ fn main() -> ExitCode {
             };
             let trace = std::fs::read_to_string(path)
                 .map_err(|e| format!("{}: {e}", path.display()))
-                .and_then(|text| read_trace(&text));
+                .and_then(|text| read_trace(&text).map_err(|e| e.to_string()));
             match trace {
                 Ok(trace) => Workload::Replay(trace.into()),
                 Err(e) => {

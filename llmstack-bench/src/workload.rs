@@ -67,28 +67,68 @@ pub struct TraceEntry {
 
 /// Reads a JSONL trace; fails on the first line that is not a [`TraceEntry`] (with its
 /// line number), or on an entry with neither `prompt` nor `messages`.
-pub fn read_trace(text: &str) -> Result<Vec<TraceEntry>, String> {
+pub fn read_trace(text: &str) -> Result<Vec<TraceEntry>, TraceError> {
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, line)| {
-            let entry: TraceEntry =
-                serde_json::from_str(line).map_err(|e| format!("trace line {}: {e}", i + 1))?;
+            let line_no = i + 1;
+            let entry: TraceEntry = serde_json::from_str(line).map_err(|e| TraceError::Json {
+                line: line_no,
+                source: e,
+            })?;
             if entry.prompt.is_none() && entry.messages.is_none() {
-                return Err(format!(
-                    "trace line {}: needs `prompt` or `messages`",
-                    i + 1
-                ));
+                return Err(TraceError::NoPrompt { line: line_no });
             }
             if !(0.0..=1e7).contains(&entry.timestamp) {
-                return Err(format!(
-                    "trace line {}: `timestamp` must be 0 to 1e7 seconds",
-                    i + 1
-                ));
+                return Err(TraceError::Timestamp { line: line_no });
             }
             Ok(entry)
         })
         .collect()
+}
+
+/// Why [`read_trace`] refused a trace: the first bad line (1-based) and what is wrong.
+#[derive(Debug)]
+pub enum TraceError {
+    /// The line is not a JSON [`TraceEntry`].
+    Json {
+        /// The line.
+        line: usize,
+        /// Why.
+        source: serde_json::Error,
+    },
+    /// The entry has neither `prompt` nor `messages`.
+    NoPrompt {
+        /// The line.
+        line: usize,
+    },
+    /// `timestamp` is not between 0 and 1e7 seconds.
+    Timestamp {
+        /// The line.
+        line: usize,
+    },
+}
+
+impl std::fmt::Display for TraceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Json { line, source } => write!(f, "trace line {line}: {source}"),
+            Self::NoPrompt { line } => write!(f, "trace line {line}: needs `prompt` or `messages`"),
+            Self::Timestamp { line } => {
+                write!(f, "trace line {line}: `timestamp` must be 0 to 1e7 seconds")
+            }
+        }
+    }
+}
+
+impl std::error::Error for TraceError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Json { source, .. } => Some(source),
+            _ => None,
+        }
+    }
 }
 
 /// One request's content: chat messages, the answer length and the session (user) id.
@@ -284,6 +324,7 @@ mod tests {
         assert!(
             read_trace("{\"timestamp\": 0, \"max_tokens\": 1}")
                 .unwrap_err()
+                .to_string()
                 .contains("line 1")
         );
         assert!(read_trace("nope").is_err());

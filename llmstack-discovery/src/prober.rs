@@ -340,7 +340,7 @@ async fn fetch_models(
     let models = get(client, ep, config, "/v1/models")
         .await
         .map_err(|(_, e)| Failure::Other(e))?;
-    parse_models(&models).map_err(Failure::Other)
+    parse_models(&models).map_err(|e| Failure::Other(format!("/v1/models: {e}")))
 }
 
 /// `{"is_sleeping": bool}`.
@@ -405,12 +405,12 @@ async fn get(
 }
 
 /// The cards of an OpenAI model list (`{"object":"list","data":[…]}`).
-fn parse_models(body: &[u8]) -> Result<Vec<ModelCard>, String> {
+fn parse_models(body: &[u8]) -> Result<Vec<ModelCard>, serde_json::Error> {
     #[derive(serde::Deserialize)]
     struct List {
         data: Vec<serde_json::Map<String, serde_json::Value>>,
     }
-    let list: List = serde_json::from_slice(body).map_err(|e| format!("/v1/models: {e}"))?;
+    let list: List = serde_json::from_slice(body)?;
     Ok(list
         .data
         .into_iter()
