@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::ServerConfig;
-use crate::service::{self, Admin, Main};
+use crate::service::{self, Listener};
 use crate::stack;
 use crate::state::Shared;
 use crate::telemetry;
@@ -305,8 +305,10 @@ async fn serve_admin(listener: TcpListener, shared: Arc<Shared>) {
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         };
-        let service =
-            TowerToHyperService::new(service::with_request_ids(Admin(Arc::clone(&shared))));
+        let service = TowerToHyperService::new(service::with_request_ids(Listener {
+            shared: Arc::clone(&shared),
+            admin: true,
+        }));
         let conn = http.serve_connection(TokioIo::new(stream), service);
         conns.spawn(async move {
             if let Err(e) = conn.await {
@@ -343,7 +345,10 @@ async fn serve(
                 if let Err(e) = stream.set_nodelay(true) {
                     tracing::debug!(error = %e, "set_nodelay failed");
                 }
-                let service = TowerToHyperService::new(service::with_request_ids(Main(Arc::clone(&shared))));
+                let service = TowerToHyperService::new(service::with_request_ids(Listener {
+                    shared: Arc::clone(&shared),
+                    admin: false,
+                }));
                 let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
                 conns.spawn(async move {
                     if let Err(e) = conn.await {

@@ -19,18 +19,18 @@ use crate::local;
 use crate::stack::Body;
 use crate::state::Shared;
 
-/// The main listener's service: the OpenAI routes through [`proxied`], the rest
-/// answered by the router ([`local`]).
+/// A listener's service: on the main listener, the OpenAI routes go through the
+/// proxied stack and the rest are answered by the router ([`local`]); on the admin
+/// listener, only `/metrics`, `/health` and `/ready` exist.
 #[derive(Clone)]
-pub(crate) struct Main(pub(crate) Arc<Shared>);
-
-/// The admin listener's service: `/metrics`, `/health`, `/ready` only.
-#[derive(Clone)]
-pub(crate) struct Admin(pub(crate) Arc<Shared>);
+pub(crate) struct Listener {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) admin: bool,
+}
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
-impl Service<Request<Incoming>> for Main {
+impl Service<Request<Incoming>> for Listener {
     type Response = Response<Body>;
     type Error = Infallible;
     type Future = BoxFuture;
@@ -40,37 +40,28 @@ impl Service<Request<Incoming>> for Main {
     }
 
     fn call(&mut self, req: Request<Incoming>) -> BoxFuture {
-        let shared = Arc::clone(&self.0);
-        Box::pin(async move { Ok(main(shared, req).await) })
+        let shared = Arc::clone(&self.shared);
+        if self.admin {
+            Box::pin(async move { Ok(admin(shared, req).await) })
+        } else {
+            Box::pin(async move { Ok(main(shared, req).await) })
+        }
     }
 }
 
-impl Service<Request<Incoming>> for Admin {
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<Incoming>) -> BoxFuture {
-        let shared = Arc::clone(&self.0);
-        Box::pin(async move {
-            let path = req.uri().path();
-            let resp = match local::route(path) {
-                Some(
-                    route @ (local::Local::Metrics | local::Local::Health | local::Local::Ready),
-                ) if req.method() == Method::GET || req.method() == Method::HEAD => {
-                    local::answer_async(&shared, route).await
-                }
-                Some(_) | None => local(&Error::NotFound {
-                    path: path.to_owned(),
-                }),
-            };
-            Ok(resp.map(Either::Right))
-        })
-    }
+async fn admin(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path();
+    let resp = match local::route(path) {
+        Some(route @ (local::Local::Metrics | local::Local::Health | local::Local::Ready))
+            if req.method() == Method::GET || req.method() == Method::HEAD =>
+        {
+            local::answer_async(&shared, route).await
+        }
+        Some(_) | None => local(&Error::NotFound {
+            path: path.to_owned(),
+        }),
+    };
+    resp.map(Either::Right)
 }
 
 async fn main(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
