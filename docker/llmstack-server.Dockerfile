@@ -17,7 +17,7 @@ ENV CARGO_INCREMENTAL=0 \
     CFLAGS="-ffile-prefix-map=/src=. -ffile-prefix-map=/usr/local/cargo=cargo"
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p llmstack-server --features kube \
+RUN cargo build --release --locked -p llmstack-server --no-default-features --features kube,otel \
  && install -D -m 0755 target/release/llmstack-server /out/llmstack-server
 
 # Runtime: glibc and CA certificates, no shell, no package manager, uid 65532.

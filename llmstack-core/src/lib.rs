@@ -3,9 +3,14 @@
 //!
 //! Discovery produces [`Update`]s; [`EndpointSet::apply`] is the only code that
 //! interprets them, and the resulting immutable snapshot is what routing policies read.
-//! The server extracts a [`RouteRequest`] from the raw request body (without
-//! re-serialising it), routes on it and forwards the original bytes. Every failure
-//! along the way is an [`Error`], which knows its HTTP status and its OpenAI error body.
+//! The routing layer reads a [`RouteRequest`] from the raw request body (without
+//! re-serialising it), routes on it, and the original bytes are forwarded. The layers of
+//! the request path pass each other facts in request and response extensions
+//! ([`RoutedTo`], [`Exclude`], [`RouteFacts`], [`UpstreamFailure`], [`SeenModel`]) so
+//! that none depends on another's crate. Every failure along the way is an [`Error`],
+//! which knows its HTTP status, its OpenAI error body and its response
+//! ([`Error::to_response`], the one mapping). [`settings`] has what every library's
+//! settings share: [`SettingErrors`] collects every invalid value at once.
 //!
 //! ```
 //! use llmstack_core::{Endpoint, EndpointSet, RouteRequest, Update};

@@ -1,11 +1,16 @@
 //! Finds vLLM engines and keeps track of what each serves and whether it is up.
 //!
 //! A discovery source is a [`Discover`](llmstack_core::Discover) stream of endpoint
-//! updates: [`static_discovery`] yields the configured list once. [`probe`] wraps any
-//! source: it asks every endpoint for `GET /v1/models` on an interval, learns its models
-//! (LoRA adapters and their parents included) and marks it ready or unready, and passes
-//! the enriched updates on. The server applies them to its
-//! [`EndpointSet`](llmstack_core::EndpointSet); routing reads that set.
+//! updates: [`static_discovery`] yields the configured list once,
+//! [`reloading_static_discovery`] re-reads a file, [`dns_discovery`] follows a name's
+//! records, `k8s::k8s_discovery` (feature `kube`) watches Pods or EndpointSlices.
+//! [`probe`] wraps any source: it asks every endpoint for `GET /health` (and
+//! `/is_sleeping`) and `GET /v1/models` on an interval, learns its models (LoRA adapters
+//! and their parents included), marks it ready or unready, and passes the enriched
+//! updates on. [`publish`] applies them to an [`EndpointSet`](llmstack_core::EndpointSet)
+//! behind a `watch` channel, which routing reads. [`DiscoveryArgs`] is the settings as
+//! flags, environment or file keys (a `clap::Args` with the `clap` feature). Details:
+//! docs/discovery.md.
 
 mod args;
 mod config;

@@ -12,9 +12,13 @@
 //!   the freshest [`StatsSnapshot`](llmstack_core::StatsSnapshot), fills in cached
 //!   prefixes from the [`PrefixIndex`] when it has one, asks the policy, and returns
 //!   the endpoint with an [`InFlightGuard`] that counts the request until dropped.
-//! - [`RouteLayer`] / [`Route`]: the router as tower middleware for other gateways;
-//!   the choice goes into request extensions ([`RoutedTo`]) and the guard rides the
-//!   response body until it ends.
+//! - [`RouteLayer`] / [`Route`]: the router as tower middleware, the one place a request
+//!   is routed (`llmstack-server` stacks it too). It reads the request once (model from
+//!   JSON or a multipart form, session key, alias, `?id=` pinning), the choice goes into
+//!   request extensions ([`RoutedTo`]), the guard rides the response body until it
+//!   ends, and [`RouteFacts`] go on every response for the layers outside.
+//! - [`RoutingArgs`]: the settings as flags, environment or file keys (with the `clap`
+//!   feature, a `clap::Args`), resolved into a [`RoutingConfig`].
 //!
 //! The policies ([`RoutingLogic`] names them as production-stack's `--routing-logic`):
 //!

@@ -1,12 +1,17 @@
 //! The llmstack router: an OpenAI-compatible HTTP server that forwards each request to
 //! one of many vLLM engines and streams the answer back.
 //!
-//! It composes the library crates: discovery (`llmstack-discovery`) feeds an
-//! [`EndpointSet`](llmstack_core::EndpointSet) snapshot; each request's routing facts
-//! ([`RouteRequest`](llmstack_core::RouteRequest)) are read from the raw body, a
-//! policy (`llmstack-routing`) picks the engine, and a pooled hyper connection forwards the
-//! original bytes, passing the response through frame by frame. `main.rs` only parses
-//! the command line and calls [`Server::start`] or `demo::start` (feature `demo`).
+//! It only composes the library crates and adds what is the binary's: discovery
+//! (`llmstack-discovery`) feeds an [`EndpointSet`](llmstack_core::EndpointSet)
+//! snapshot and the scraper (`llmstack-metrics`) the engines' stats; each request goes
+//! through the layers stacked in `stack.rs` with tower's `ServiceBuilder`: accounting
+//! (`llmstack-metrics`), body read and retry (`llmstack-proxy`), routing
+//! (`llmstack-routing`'s `RouteLayer`) and forwarding (`llmstack-proxy`'s `Forward`).
+//! The server owns the settings ([`Settings`]: each library's settings flattened), the
+//! listeners and their route table (`service.rs`), the routes it answers itself
+//! (`local.rs`), the Prometheus recorder (`telemetry.rs`), signals and drain
+//! (`server.rs`), OTLP export (feature `otel`) and the demo (feature `demo`). `main.rs`
+//! only parses the command line and calls [`Server::start`] or `demo::start`.
 
 mod cli;
 mod compat;

@@ -16,7 +16,7 @@ import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 IMAGES = {
-    "llmstack-server": {"port": "8001", "features": "--features kube"},
+    "llmstack-server": {"port": "8001", "features": "--no-default-features --features kube,otel"},
     "llmstack-sim": {"port": "8000", "features": None},
 }
 
