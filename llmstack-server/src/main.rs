@@ -96,7 +96,9 @@ fn init_logging(action: &Action) -> Result<TelemetryGuard, Box<dyn std::error::E
 }
 
 async fn run(action: Action) -> ExitCode {
-    let started = match action {
+    // The demo's engines, kept alive while the router serves.
+    type Engines = Option<Box<dyn std::any::Any>>;
+    let started: Result<(llmstack_server::Server, Engines), String> = match action {
         Action::Serve(config) => llmstack_server::Server::start(*config)
             .await
             .map(|server| (server, None))
