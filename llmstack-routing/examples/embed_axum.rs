@@ -14,8 +14,8 @@ use std::io::Write;
 
 use axum::body::{Body, to_bytes};
 use axum::extract::Request;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::header;
+use axum::response::Response;
 use axum::routing::post;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -105,9 +105,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// The OpenAI error response for a forwarding failure, shaped as the router's own.
+/// The OpenAI error response for a forwarding failure: the router's own mapping.
 fn error(e: &Error) -> Response {
-    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let body = serde_json::to_string(&e.body()).unwrap_or_default();
-    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+    e.to_response().map(Body::from)
 }
