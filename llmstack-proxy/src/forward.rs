@@ -144,17 +144,13 @@ impl Shared {
         parts.headers.remove(header::CONTENT_LENGTH);
         #[cfg(feature = "otel")]
         crate::otel::inject_current(&mut parts.headers);
-        let outgoing = Outgoing {
-            method: parts.method,
-            path_and_query: parts
-                .uri
-                .path_and_query()
-                .map_or("/", |pq| pq.as_str())
-                .to_owned(),
-            headers: parts.headers,
-            body,
+        let path_and_query = parts.uri.path_and_query().cloned();
+        let path_and_query = path_and_query.as_ref().map_or("/", |pq| pq.as_str());
+        let sent = match outgoing(&endpoint, parts, path_and_query, body) {
+            Ok(req) => self.send(&endpoint, req).await,
+            Err(e) => Err(e),
         };
-        match self.send(&endpoint, &outgoing).await {
+        match sent {
             Ok((resp, link)) => {
                 let (mut head, body) = resp.into_parts();
                 strip_hop_by_hop(&mut head.headers);
@@ -185,40 +181,38 @@ impl Shared {
         }
     }
 
-    /// Sends one attempt to `endpoint` and waits for the response head (within the
+    /// Sends `req` to `endpoint` and waits for the response head (within the
     /// first-byte deadline), classifying failures. A request that a reused idle
     /// connection could not even write (the engine had closed it) is sent once more on
     /// a new connection.
     async fn send(
         &self,
         endpoint: &Endpoint,
-        outgoing: &Outgoing,
+        req: Request<Full<Bytes>>,
     ) -> Result<(Response<Incoming>, Link), Error> {
         let deadline = Instant::now() + self.config.first_byte_timeout;
         let attempt = async {
-            let mut fresh = false;
-            loop {
-                let mut link = if fresh {
-                    self.pools.connect(endpoint).await?
-                } else {
-                    self.pools.link(endpoint).await?
-                };
-                match link.exchange(outgoing.request(endpoint)?).await {
-                    Ok(resp) => return Ok((resp, link)),
-                    Err((e, unsent)) => {
-                        // Only a request hyper gives back unwritten goes to the same
-                        // engine again; one that was written may have been received, so
-                        // it takes the normal retry path, which never returns here.
-                        if link.reused && unsent.is_some() && !fresh {
-                            fresh = true;
-                            continue;
-                        }
-                        return Err(Error::Upstream {
-                            endpoint: endpoint.id.clone(),
-                            source: e.into(),
-                        });
-                    }
-                }
+            let mut link = self.pools.link(endpoint).await?;
+            let (e, unsent) = match link.exchange(req).await {
+                Ok(resp) => return Ok((resp, link)),
+                Err(failed) => failed,
+            };
+            // Only a request hyper gives back unwritten goes to the same engine again;
+            // one that was written may have been received, so it takes the retry
+            // layer's path, which never returns to this engine.
+            let (Some(req), true) = (unsent, link.reused) else {
+                return Err(Error::Upstream {
+                    endpoint: endpoint.id.clone(),
+                    source: e.into(),
+                });
+            };
+            let mut link = self.pools.connect(endpoint).await?;
+            match link.exchange(req).await {
+                Ok(resp) => Ok((resp, link)),
+                Err((e, _)) => Err(Error::Upstream {
+                    endpoint: endpoint.id.clone(),
+                    source: e.into(),
+                }),
             }
         };
         match tokio::time::timeout_at(deadline, attempt).await {
@@ -239,32 +233,28 @@ impl Shared {
     }
 }
 
-/// What goes to the engine, whichever attempt it is.
-struct Outgoing {
-    method: http::Method,
-    path_and_query: String,
-    headers: http::HeaderMap,
+/// The request for `endpoint`: origin-form target `path_and_query` under the
+/// endpoint's path prefix, `Host` of the endpoint, the client's end-to-end headers, the
+/// original bytes.
+fn outgoing(
+    endpoint: &Endpoint,
+    mut parts: http::request::Parts,
+    path_and_query: &str,
     body: Bytes,
-}
-
-impl Outgoing {
-    /// The request for `endpoint`: origin-form target under the endpoint's path prefix,
-    /// `Host` of the endpoint, the client's end-to-end headers, the original bytes.
-    fn request(&self, endpoint: &Endpoint) -> Result<Request<Full<Bytes>>, Error> {
-        let mut req = Request::new(Full::new(self.body.clone()));
-        *req.method_mut() = self.method.clone();
-        let target = endpoint.path_for(&self.path_and_query).map(Uri::from);
-        *req.uri_mut() = target.map_err(|e| Error::Upstream {
-            endpoint: endpoint.id.clone(),
-            source: e.into(),
-        })?;
-        *req.headers_mut() = self.headers.clone();
-        if let Some(host) = endpoint
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            req.headers_mut().insert(header::HOST, host);
-        }
-        Ok(req)
+) -> Result<Request<Full<Bytes>>, Error> {
+    let target = endpoint.path_for(path_and_query).map(Uri::from);
+    parts.uri = target.map_err(|e| Error::Upstream {
+        endpoint: endpoint.id.clone(),
+        source: e.into(),
+    })?;
+    if let Some(host) = endpoint
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        parts.headers.insert(header::HOST, host);
     }
+    parts.extensions = http::Extensions::new();
+    // Engines get HTTP/1.1 whatever the client spoke (the connection is ours, pooled).
+    parts.version = http::Version::HTTP_11;
+    Ok(Request::from_parts(parts, Full::new(body)))
 }

@@ -153,6 +153,9 @@ where
                     .is_some_and(|f| f.engine.is_none() && f.reason == NO_READY_ENDPOINT);
                 if none_left {
                     // Every engine was tried: the last engine failure is the answer.
+                    if let Some(facts) = next.extensions().get::<RouteFacts>() {
+                        count_decision(facts);
+                    }
                     return Ok(resp);
                 }
                 resp = next;
