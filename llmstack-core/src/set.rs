@@ -20,7 +20,7 @@ pub struct EndpointSet {
     /// Model → routable endpoints serving it, in id order.
     routable: Arc<ModelIndex>,
     /// Every model any endpoint has ever served (for 404 versus 503).
-    seen: Arc<BTreeSet<Box<str>>>,
+    seen: Arc<BTreeSet<Arc<str>>>,
 }
 
 // === impl EndpointSet ===
@@ -101,6 +101,12 @@ impl EndpointSet {
     /// remembered with [`EndpointSet::remember`].
     pub fn has_seen(&self, model: &str) -> bool {
         self.seen.contains(model)
+    }
+
+    /// The set's own copy of `model`'s name when [`EndpointSet::has_seen`] is true: a
+    /// shared string to label the request with, without allocating.
+    pub fn seen_model(&self, model: &str) -> Option<&Arc<str>> {
+        self.seen.get(model)
     }
 
     /// Every model [`EndpointSet::has_seen`] is true for, in name order.

@@ -62,6 +62,8 @@ struct RequestMeters {
 #[derive(Debug, Default)]
 struct Meters {
     requests: Mutex<MeterIndex>,
+    /// (policy, reason) → `llmstack_routing_decisions_total` handle.
+    decisions: Mutex<HashMap<(&'static str, &'static str), Counter>>,
 }
 
 const MAX_METERS: usize = 10_000;
@@ -191,7 +193,7 @@ where
         };
         let facts = resp.extensions().get::<RouteFacts>();
         if let Some(facts) = facts {
-            count_decision(facts);
+            this.meters.decision(facts);
         }
         let model = facts.and_then(|f| f.model.as_deref());
         let status = class(resp.status().as_u16());
@@ -377,6 +379,23 @@ impl Meters {
             .or_default()
             .insert(model.into(), Arc::clone(&meters));
         meters
+    }
+}
+
+impl Meters {
+    /// Counts a routing decision with a cached handle (the `counter!` macro builds and
+    /// looks up its label set each time: about a microsecond).
+    fn decision(&self, facts: &RouteFacts) {
+        let mut decisions = self
+            .decisions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        decisions
+            .entry((facts.policy, facts.reason))
+            .or_insert_with(|| {
+                counter!(names::ROUTING_DECISIONS, "policy" => facts.policy, "reason" => facts.reason)
+            })
+            .increment(1);
     }
 }
 

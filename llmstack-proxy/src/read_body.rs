@@ -3,12 +3,14 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http::{Request, Response, header};
 use http_body::Body;
+use http_body_util::combinators::Collect;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use pin_project_lite::pin_project;
 use llmstack_core::{BoxError, Error};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -32,8 +34,38 @@ pub struct ReadBody<S> {
     max: usize,
 }
 
-/// The future of [`ReadBody`].
-pub type ReadBodyFuture<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send>>;
+pin_project! {
+    /// The future of [`ReadBody`].
+    pub struct ReadBodyFuture<S, B, F, RB>
+    where
+        B: Body,
+        B::Error: Into<BoxError>,
+    {
+        #[pin]
+        state: State<S, B, F, RB>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, B, F, RB>
+    where
+        B: Body,
+        B::Error: Into<BoxError>,
+    {
+        // Reading the body; then the inner service is called with it.
+        Reading {
+            #[pin]
+            collect: Collect<Limited<B>>,
+            head: Option<(http::request::Parts, S)>,
+            max: usize,
+        },
+        // The inner service's future.
+        Called { #[pin] future: F },
+        // Answered without the inner service (413, 400).
+        Answered { response: Option<Response<RB>> },
+    }
+}
 
 // === impl ReadBodyLayer ===
 
@@ -68,48 +100,101 @@ impl<S: fmt::Debug> fmt::Debug for ReadBody<S> {
 
 impl<S, B, RB> Service<Request<B>> for ReadBody<S>
 where
-    S: Service<Request<Bytes>, Response = Response<RB>> + Clone + Send + 'static,
-    S::Future: Send,
-    B: Body + Send + 'static,
-    B::Data: Send,
+    S: Service<Request<Bytes>, Response = Response<RB>> + Clone,
+    B: Body,
     B::Error: Into<BoxError>,
-    RB: From<Bytes> + Send + 'static,
+    RB: From<Bytes>,
 {
     type Response = Response<RB>;
     type Error = S::Error;
-    type Future = ReadBodyFuture<Response<RB>, S::Error>;
+    type Future = ReadBodyFuture<S, B, S::Future, RB>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        // The readied service takes the request once its body is read.
         let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let inner = std::mem::replace(&mut self.inner, clone);
         let max = self.max;
-        Box::pin(async move {
-            let (parts, body) = req.into_parts();
-            let declared = parts
-                .headers
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-            let failed = |e: Error| Ok(e.to_response().map(RB::from));
-            if declared.is_some_and(|len| len > max as u64) {
-                return failed(Error::BodyTooLarge { limit: max });
+        let (parts, body) = req.into_parts();
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let state = if declared.is_some_and(|len| len > max as u64) {
+            State::Answered {
+                response: Some(answer(&Error::BodyTooLarge { limit: max })),
             }
-            let bytes = match Limited::new(body, max).collect().await {
-                Ok(collected) => collected.to_bytes(),
-                Err(e) if e.is::<LengthLimitError>() => {
-                    return failed(Error::BodyTooLarge { limit: max });
+        } else {
+            State::Reading {
+                collect: Limited::new(body, max).collect(),
+                head: Some((parts, inner)),
+                max,
+            }
+        };
+        ReadBodyFuture { state }
+    }
+}
+
+/// An error answer, without the inner service.
+fn answer<RB: From<Bytes>>(e: &Error) -> Response<RB> {
+    e.to_response().map(RB::from)
+}
+
+impl<S, B, RB> Future for ReadBodyFuture<S, B, S::Future, RB>
+where
+    S: Service<Request<Bytes>, Response = Response<RB>>,
+    B: Body,
+    B::Error: Into<BoxError>,
+    RB: From<Bytes>,
+{
+    type Output = Result<Response<RB>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            let next = match state.as_mut().project() {
+                StateProj::Reading { collect, head, max } => {
+                    let read = ready!(collect.poll(cx));
+                    let Some((parts, mut inner)) = head.take() else {
+                        return Poll::Pending; // polled after completion
+                    };
+                    match read {
+                        Ok(collected) => State::Called {
+                            future: inner.call(Request::from_parts(parts, collected.to_bytes())),
+                        },
+                        Err(e) if e.is::<LengthLimitError>() => State::Answered {
+                            response: Some(answer(&Error::BodyTooLarge { limit: *max })),
+                        },
+                        Err(e) => State::Answered {
+                            response: Some(answer(&Error::bad_request(
+                                format!("Could not read the request body: {e}"),
+                                None,
+                            ))),
+                        },
+                    }
                 }
-                Err(e) => {
-                    return failed(Error::bad_request(
-                        format!("Could not read the request body: {e}"),
-                        None,
-                    ));
+                StateProj::Called { future } => return future.poll(cx),
+                StateProj::Answered { response } => {
+                    return match response.take() {
+                        Some(resp) => Poll::Ready(Ok(resp)),
+                        None => Poll::Pending, // polled after completion
+                    };
                 }
             };
-            inner.call(Request::from_parts(parts, bytes)).await
-        })
+            state.set(next);
+        }
+    }
+}
+
+impl<S, B, F, RB> fmt::Debug for ReadBodyFuture<S, B, F, RB>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReadBodyFuture").finish_non_exhaustive()
     }
 }

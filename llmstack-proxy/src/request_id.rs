@@ -3,13 +3,15 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
+use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 use tracing::Instrument;
+use tracing::instrument::Instrumented;
 
 use crate::headers::{REQUEST_ID, request_id};
 
@@ -28,8 +30,15 @@ pub struct RequestId<S> {
     inner: S,
 }
 
-/// The future of [`RequestId`].
-pub type RequestIdFuture<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send>>;
+pin_project! {
+    /// The future of [`RequestId`].
+    pub struct RequestIdFuture<F> {
+        #[pin]
+        inner: Instrumented<F>,
+        id: Option<HeaderValue>,
+        start: Instant,
+    }
+}
 
 impl<S> Layer<S> for RequestIdLayer {
     type Service = RequestId<S>;
@@ -50,12 +59,10 @@ impl<S: fmt::Debug> fmt::Debug for RequestId<S> {
 impl<S, B, RB> Service<Request<B>> for RequestId<S>
 where
     S: Service<Request<B>, Response = Response<RB>>,
-    S::Future: Send + 'static,
-    RB: 'static,
 {
     type Response = Response<RB>;
     type Error = S::Error;
-    type Future = RequestIdFuture<Response<RB>, S::Error>;
+    type Future = RequestIdFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -70,21 +77,46 @@ where
         let span = tracing::debug_span!("request", id = ?id, method = %req.method(), path = %req.uri().path());
         #[cfg(feature = "otel")]
         crate::otel::adopt_parent(&span, req.headers());
-        let future = {
+        let inner = {
             let _entered = span.enter();
             self.inner.call(req)
         };
-        Box::pin(async move {
-            let mut resp = future.instrument(span.clone()).await?;
+        RequestIdFuture {
+            inner: inner.instrument(span),
+            id: Some(id),
+            start,
+        }
+    }
+}
+
+impl<F, RB, E> Future for RequestIdFuture<F>
+where
+    F: Future<Output = Result<Response<RB>, E>>,
+{
+    type Output = Result<Response<RB>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let mut resp = ready!(this.inner.as_mut().poll(cx))?;
+        let span = this.inner.span();
+        if !span.is_disabled() {
             span.in_scope(|| {
                 tracing::debug!(
                     status = resp.status().as_u16(),
-                    head_ms = start.elapsed().as_secs_f64() * 1e3,
+                    head_ms = this.start.elapsed().as_secs_f64() * 1e3,
                     "answered"
                 );
             });
+        }
+        if let Some(id) = this.id.take() {
             resp.headers_mut().insert(REQUEST_ID.clone(), id);
-            Ok(resp)
-        })
+        }
+        Poll::Ready(Ok(resp))
+    }
+}
+
+impl<F> fmt::Debug for RequestIdFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestIdFuture").finish_non_exhaustive()
     }
 }

@@ -273,7 +273,7 @@ impl Shared {
         parts: &mut Parts,
         route: &RouteRequest<'_>,
     ) -> Result<(Routed, Option<Arc<str>>), Failed> {
-        let model: Option<Arc<str>> = route.model().filter(|m| set.has_seen(m)).map(Arc::from);
+        let model: Option<Arc<str>> = route.model().and_then(|m| set.seen_model(m)).cloned();
         if let (Some(slot), Some(model)) = (parts.extensions.get::<SeenModel>(), &model) {
             slot.set(Arc::clone(model));
         }

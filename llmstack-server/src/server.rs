@@ -8,7 +8,6 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use llmstack_core::{BoxError, Discover, EndpointSet};
 use llmstack_discovery::{
     DiscoveryConfig, DiscoveryKind, dns_discovery, probe, publish, reloading_static_discovery,
@@ -305,10 +304,10 @@ async fn serve_admin(listener: TcpListener, shared: Arc<Shared>) {
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         };
-        let service = TowerToHyperService::new(service::with_request_ids(Listener {
+        let service = service::hyper(Listener {
             shared: Arc::clone(&shared),
             admin: true,
-        }));
+        });
         let conn = http.serve_connection(TokioIo::new(stream), service);
         conns.spawn(async move {
             if let Err(e) = conn.await {
@@ -345,10 +344,10 @@ async fn serve(
                 if let Err(e) = stream.set_nodelay(true) {
                     tracing::debug!(error = %e, "set_nodelay failed");
                 }
-                let service = TowerToHyperService::new(service::with_request_ids(Listener {
+                let service = service::hyper(Listener {
                     shared: Arc::clone(&shared),
                     admin: false,
-                }));
+                });
                 let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
                 conns.spawn(async move {
                     if let Err(e) = conn.await {

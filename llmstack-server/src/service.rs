@@ -111,7 +111,16 @@ fn local(err: &Error) -> Response<Full<Bytes>> {
     err.to_response().map(Full::new)
 }
 
-/// The service stack of one listener: request ids and spans around `inner`.
-pub(crate) fn with_request_ids<S>(inner: S) -> llmstack_proxy::RequestId<S> {
-    llmstack_proxy::RequestIdLayer.layer(inner)
+/// A listener's service for hyper: request ids and spans around `listener`, called
+/// directly for each request (the listener is always ready).
+pub(crate) fn hyper(
+    listener: Listener,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future = llmstack_proxy::RequestIdFuture<BoxFuture>,
+> + Clone {
+    let service = llmstack_proxy::RequestIdLayer.layer(listener);
+    hyper::service::service_fn(move |req| service.clone().call(req))
 }
