@@ -52,7 +52,9 @@ struct Idle {
 #[derive(Debug)]
 pub(crate) struct Link {
     sender: SendRequest<Full<Bytes>>,
-    conn: Conn,
+    /// Boxed: the connection state is most of a link's size, and links move in and
+    /// out of the pool and through the request's futures.
+    conn: Pin<Box<Conn>>,
     /// The connection future finished (closed by either side, or failed).
     closed: bool,
     /// Whether the link came from the pool (a request lost on it may be retried).
@@ -170,7 +172,7 @@ impl Pools {
             })?;
         Ok(Link {
             sender,
-            conn,
+            conn: Box::pin(conn),
             closed: false,
             reused: false,
             to: authority.clone(),
@@ -210,7 +212,7 @@ impl Link {
         if self.closed {
             return;
         }
-        if let Poll::Ready(result) = Pin::new(&mut self.conn).poll(cx) {
+        if let Poll::Ready(result) = self.conn.as_mut().poll(cx) {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "engine connection failed");
             }
