@@ -10,8 +10,8 @@ use http::{Request, Response, header};
 use http_body::Body;
 use http_body_util::combinators::Collect;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use pin_project_lite::pin_project;
 use llmstack_core::{BoxError, Error};
+use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
