@@ -29,7 +29,42 @@ pub const OPENAI_ROUTES: &[(&str, BodyKind)] = &[
 ];
 
 /// The forwarded route at `path` (its static name, usable as a metric label) and its
-/// body kind; `None` for any other path. Cost: a scan of 15 short strings.
+/// body kind; `None` for any other path. Cost: one string match (compiled to a switch
+/// on length, then a compare).
 pub fn openai_route(path: &str) -> Option<(&'static str, BodyKind)> {
-    OPENAI_ROUTES.iter().find(|(p, _)| *p == path).copied()
+    let json = match path {
+        "/v1/chat/completions" => "/v1/chat/completions",
+        "/v1/completions" => "/v1/completions",
+        "/v1/embeddings" => "/v1/embeddings",
+        "/v1/responses" => "/v1/responses",
+        "/v1/messages" => "/v1/messages",
+        "/v1/rerank" => "/v1/rerank",
+        "/rerank" => "/rerank",
+        "/v1/score" => "/v1/score",
+        "/score" => "/score",
+        "/tokenize" => "/tokenize",
+        "/detokenize" => "/detokenize",
+        "/v1/audio/speech" => "/v1/audio/speech",
+        "/v1/images/generations" => "/v1/images/generations",
+        "/v1/audio/transcriptions" => {
+            return Some(("/v1/audio/transcriptions", BodyKind::Multipart));
+        }
+        "/v1/audio/translations" => return Some(("/v1/audio/translations", BodyKind::Multipart)),
+        _ => return None,
+    };
+    Some((json, BodyKind::Json))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_match_and_the_table_agree() {
+        for &(path, kind) in OPENAI_ROUTES {
+            assert_eq!(openai_route(path), Some((path, kind)));
+        }
+        assert_eq!(openai_route("/v1/models"), None);
+        assert_eq!(openai_route("/v1/chat/completions/"), None);
+    }
 }

@@ -32,9 +32,9 @@ impl Extract {
     pub(crate) fn route_request<'a>(
         &self,
         parts: &Parts,
+        kind: BodyKind,
         body: &'a Bytes,
     ) -> Result<RouteRequest<'a>, Error> {
-        let kind = openai_route(parts.uri.path()).map_or(BodyKind::Json, |(_, kind)| kind);
         let mut route = match kind {
             BodyKind::Json => RouteRequest::from_json(body, self.session_field.as_deref())?,
             BodyKind::Multipart => {
@@ -69,13 +69,12 @@ impl Extract {
     /// `None` when the model is not an alias.
     pub(crate) fn alias_body(
         &self,
-        parts: &Parts,
+        kind: BodyKind,
         bytes: &Bytes,
         route: &RouteRequest<'_>,
     ) -> Option<Bytes> {
         let model = route.model()?;
         let real = self.aliases.get(model)?;
-        let kind = openai_route(parts.uri.path()).map_or(BodyKind::Json, |(_, kind)| kind);
         match kind {
             BodyKind::Json => route.body_with_model(bytes, real).map(Bytes::from),
             BodyKind::Multipart => {
@@ -91,6 +90,12 @@ impl Extract {
             }
         }
     }
+}
+
+/// How the request at this path names its model: the OpenAI route table's kind, JSON
+/// for any other path (an embedder's own routes).
+pub(crate) fn body_kind(parts: &Parts) -> BodyKind {
+    openai_route(parts.uri.path()).map_or(BodyKind::Json, |(_, kind)| kind)
 }
 
 fn invalid_form(why: MultipartError) -> Error {

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::extract::{Extract, split_pin};
+use crate::extract::{Extract, body_kind, split_pin};
 use crate::router::Learn;
 use crate::{InFlightGuard, Routed, Router, Target};
 
@@ -240,11 +240,12 @@ impl Shared {
     /// Reads the request and routes it; on failure, the error and the model (when known).
     fn decide(&self, parts: &mut Parts, body: Bytes) -> Result<Decided, Failed> {
         let set = self.endpoints.borrow().clone();
+        let kind = body_kind(parts);
         let route = self
             .extract
-            .route_request(parts, &body)
+            .route_request(parts, kind, &body)
             .map_err(|e| (e, None))?;
-        let Some(spliced) = self.extract.alias_body(parts, &body, &route) else {
+        let Some(spliced) = self.extract.alias_body(kind, &body, &route) else {
             let (routed, model) = self.pick(&set, parts, &route)?;
             drop(route);
             return Ok(Decided {
@@ -256,7 +257,7 @@ impl Shared {
         drop(route);
         let route = self
             .extract
-            .route_request(parts, &spliced)
+            .route_request(parts, kind, &spliced)
             .map_err(|e| (e, None))?;
         let (routed, model) = self.pick(&set, parts, &route)?;
         drop(route);

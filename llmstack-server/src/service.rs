@@ -2,21 +2,22 @@
 //! stack ([`crate::stack`]) or to a local answer.
 
 use std::convert::Infallible;
-use std::future::{Future, poll_fn};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http::{Method, Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use llmstack_core::{Error, RouteFacts, UpstreamFailure, openai_route};
+use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::local;
-use crate::stack::Body;
+use crate::stack::{Body, Proxied};
 use crate::state::Shared;
 
 /// A listener's service: on the main listener, the OpenAI routes go through the
@@ -30,21 +31,69 @@ pub(crate) struct Listener {
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
+pin_project! {
+    /// The future of [`Listener`]: the proxied stack's (not boxed: it is the hot path),
+    /// or a local answer's.
+    #[project = ListenerProj]
+    pub(crate) enum ListenerFuture {
+        Proxied {
+            #[pin]
+            future: <Proxied as Service<Request<Incoming>>>::Future,
+            shared: Arc<Shared>,
+        },
+        Local { future: BoxFuture },
+    }
+}
+
 impl Service<Request<Incoming>> for Listener {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = BoxFuture;
+    type Future = ListenerFuture;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> BoxFuture {
+    fn call(&mut self, req: Request<Incoming>) -> ListenerFuture {
         let shared = Arc::clone(&self.shared);
         if self.admin {
-            Box::pin(async move { Ok(admin(shared, req).await) })
-        } else {
-            Box::pin(async move { Ok(main(shared, req).await) })
+            return ListenerFuture::Local {
+                future: Box::pin(async move { Ok(admin(shared, req).await) }),
+            };
+        }
+        if openai_route(req.uri().path()).is_some() && req.method() == Method::POST {
+            shared.requests.fetch_add(1, Ordering::Relaxed);
+            // Every layer of the stack is always ready (none applies backpressure), so
+            // it is called without waiting for readiness.
+            let future = shared.proxied.clone().call(req);
+            return ListenerFuture::Proxied { future, shared };
+        }
+        ListenerFuture::Local {
+            future: Box::pin(async move { Ok(main(shared, req).await) }),
+        }
+    }
+}
+
+impl Future for ListenerFuture {
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            ListenerProj::Proxied { future, shared } => {
+                let resp = match ready!(future.poll(cx)) {
+                    Ok(resp) => resp,
+                    Err(never) => match never {},
+                };
+                let routed = resp
+                    .extensions()
+                    .get::<RouteFacts>()
+                    .is_some_and(|f| f.engine.is_some());
+                if !routed || resp.extensions().get::<UpstreamFailure>().is_some() {
+                    shared.errors.fetch_add(1, Ordering::Relaxed);
+                }
+                Poll::Ready(Ok(resp.map(Either::Left)))
+            }
+            ListenerProj::Local { future } => future.as_mut().poll(cx),
         }
     }
 }
@@ -67,28 +116,9 @@ async fn admin(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
 async fn main(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
     if openai_route(path).is_some() {
-        if req.method() != Method::POST {
-            shared.errors.fetch_add(1, Ordering::Relaxed);
-            return local(&Error::MethodNotAllowed).map(Either::Right);
-        }
-        shared.requests.fetch_add(1, Ordering::Relaxed);
-        let mut proxied = shared.proxied.clone();
-        let resp =
-            match poll_fn(|cx| Service::<Request<Incoming>>::poll_ready(&mut proxied, cx)).await {
-                Ok(()) => match proxied.call(req).await {
-                    Ok(resp) => resp,
-                    Err(never) => match never {},
-                },
-                Err(never) => match never {},
-            };
-        let routed = resp
-            .extensions()
-            .get::<RouteFacts>()
-            .is_some_and(|f| f.engine.is_some());
-        if !routed || resp.extensions().get::<UpstreamFailure>().is_some() {
-            shared.errors.fetch_add(1, Ordering::Relaxed);
-        }
-        return resp.map(Either::Left);
+        // A POST went to the proxied stack ([`Listener::call`]).
+        shared.errors.fetch_add(1, Ordering::Relaxed);
+        return local(&Error::MethodNotAllowed).map(Either::Right);
     }
     let Some(route) =
         local::route(path).filter(|l| *l != local::Local::Metrics || shared.main_port_metrics)
@@ -119,7 +149,7 @@ pub(crate) fn hyper(
     Request<Incoming>,
     Response = Response<Body>,
     Error = Infallible,
-    Future = llmstack_proxy::RequestIdFuture<BoxFuture>,
+    Future = llmstack_proxy::RequestIdFuture<ListenerFuture>,
 > + Clone {
     let service = llmstack_proxy::RequestIdLayer.layer(listener);
     hyper::service::service_fn(move |req| service.clone().call(req))
