@@ -1,16 +1,17 @@
 //! [`RetryLayer`]: a request that failed before its engine answered goes to another one.
 
 use std::fmt;
-use std::future::{Future, poll_fn};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http::{Request, Response};
-use llmstack_core::{Exclude, RouteFacts, UpstreamFailure};
+use llmstack_core::{EndpointId, Exclude, RouteFacts, UpstreamFailure};
 use llmstack_metrics::{count_decision, names};
+use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -42,9 +43,6 @@ pub struct Retry<S> {
     attempts: u32,
     counters: Option<Arc<Counters>>,
 }
-
-/// The future of [`Retry`].
-pub type RetryFuture<B, E> = Pin<Box<dyn Future<Output = Result<Response<B>, E>> + Send>>;
 
 // === impl RetryLayer ===
 
@@ -100,14 +98,11 @@ impl<S: fmt::Debug> fmt::Debug for Retry<S> {
 
 impl<S, B> Service<Request<Bytes>> for Retry<S>
 where
-    S: Service<Request<Bytes>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send,
-    S::Error: Send,
-    B: Send + 'static,
+    S: Service<Request<Bytes>, Response = Response<B>> + Clone,
 {
     type Response = Response<B>;
     type Error = S::Error;
-    type Future = RetryFuture<B, S::Error>;
+    type Future = RetryFuture<S, B>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -117,50 +112,127 @@ where
         // The readied service takes the first attempt; a clone takes the others.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let (attempts, counters) = (self.attempts, self.counters.clone());
-        Box::pin(async move {
-            if attempts == 0 {
-                return inner.call(req).await;
-            }
+        let (head, body, future) = if self.attempts == 0 {
+            (None, Bytes::new(), inner.call(req))
+        } else {
             let (parts, body) = req.into_parts();
             let head = Head::from(&parts);
-            let mut resp = inner.call(Request::from_parts(parts, body.clone())).await?;
-            let mut excluded = Vec::new();
-            loop {
-                let Some(failure) = resp.extensions().get::<UpstreamFailure>() else {
-                    return Ok(resp);
-                };
-                if !failure.retryable || excluded.len() >= attempts as usize {
-                    return Ok(resp);
-                }
-                metrics::counter!(names::RETRIES, "engine" => failure.endpoint.to_string(), "reason" => failure.kind)
-                    .increment(1);
-                if let Some(c) = &counters {
-                    c.retries.fetch_add(1, Ordering::Relaxed);
-                }
-                tracing::warn!(endpoint = %failure.endpoint, kind = failure.kind, "engine failed before answering; trying another");
-                excluded.push(failure.endpoint.clone());
-                if let Some(facts) = resp.extensions().get::<RouteFacts>() {
-                    count_decision(facts);
-                }
-                let mut retry = head.request(body.clone());
-                retry.extensions_mut().insert(Exclude(excluded.clone()));
-                poll_fn(|cx| inner.poll_ready(cx)).await?;
-                let next = inner.call(retry).await?;
-                let none_left = next
-                    .extensions()
-                    .get::<RouteFacts>()
-                    .is_some_and(|f| f.engine.is_none() && f.reason == NO_READY_ENDPOINT);
-                if none_left {
-                    // Every engine was tried: the last engine failure is the answer.
-                    if let Some(facts) = next.extensions().get::<RouteFacts>() {
+            let future = inner.call(Request::from_parts(parts, body.clone()));
+            (Some(head), body, future)
+        };
+        RetryFuture {
+            state: State::Called { future },
+            inner,
+            head,
+            body,
+            excluded: Vec::new(),
+            attempts: self.attempts,
+            counters: self.counters.clone(),
+            failed: None,
+        }
+    }
+}
+
+pin_project! {
+    /// The future of [`Retry`].
+    pub struct RetryFuture<S, B>
+    where
+        S: Service<Request<Bytes>, Response = Response<B>>,
+    {
+        #[pin]
+        state: State<S::Future>,
+        inner: S,
+        // The request head and body, for another attempt (`None`: no retries).
+        head: Option<Head>,
+        body: Bytes,
+        excluded: Vec<EndpointId>,
+        attempts: u32,
+        counters: Option<Arc<Counters>>,
+        // The last engine failure, while another engine is tried.
+        failed: Option<Response<B>>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        // An attempt is under way.
+        Called { #[pin] future: F },
+        // Another engine is to be tried once the service is ready.
+        Again,
+    }
+}
+
+impl<S, B> Future for RetryFuture<S, B>
+where
+    S: Service<Request<Bytes>, Response = Response<B>>,
+{
+    type Output = Result<Response<B>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Called { future } => {
+                    let resp = ready!(future.poll(cx))?;
+                    if let Some(failed) = this.failed.take() {
+                        let none_left = resp
+                            .extensions()
+                            .get::<RouteFacts>()
+                            .filter(|f| f.engine.is_none() && f.reason == NO_READY_ENDPOINT);
+                        if let Some(facts) = none_left {
+                            // Every engine was tried: the last engine failure is the answer.
+                            count_decision(facts);
+                            return Poll::Ready(Ok(failed));
+                        }
+                    }
+                    let Some(failure) = resp.extensions().get::<UpstreamFailure>() else {
+                        return Poll::Ready(Ok(resp));
+                    };
+                    if this.head.is_none()
+                        || !failure.retryable
+                        || this.excluded.len() >= *this.attempts as usize
+                    {
+                        return Poll::Ready(Ok(resp));
+                    }
+                    metrics::counter!(names::RETRIES, "engine" => failure.endpoint.to_string(), "reason" => failure.kind)
+                        .increment(1);
+                    if let Some(c) = this.counters.as_ref() {
+                        c.retries.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tracing::warn!(endpoint = %failure.endpoint, kind = failure.kind, "engine failed before answering; trying another");
+                    this.excluded.push(failure.endpoint.clone());
+                    if let Some(facts) = resp.extensions().get::<RouteFacts>() {
                         count_decision(facts);
                     }
-                    return Ok(resp);
+                    *this.failed = Some(resp);
+                    this.state.set(State::Again);
                 }
-                resp = next;
+                StateProj::Again => {
+                    ready!(this.inner.poll_ready(cx))?;
+                    let Some(head) = this.head.as_ref() else {
+                        return Poll::Pending; // unreachable: no retry without a head
+                    };
+                    let mut retry = head.request(this.body.clone());
+                    retry
+                        .extensions_mut()
+                        .insert(Exclude(this.excluded.clone()));
+                    let future = this.inner.call(retry);
+                    this.state.set(State::Called { future });
+                }
             }
-        })
+        }
+    }
+}
+
+impl<S, B> fmt::Debug for RetryFuture<S, B>
+where
+    S: Service<Request<Bytes>, Response = Response<B>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryFuture")
+            .field("excluded", &self.excluded)
+            .finish_non_exhaustive()
     }
 }
 
