@@ -104,6 +104,7 @@ impl Server {
             router: Arc::clone(&router),
             forward: forward.clone(),
             proxied: stack::proxied(route, forward.clone(), &config.proxy),
+            refused: stack::refused(),
             requests: Default::default(),
             errors: Default::default(),
             draining: Default::default(),

@@ -17,7 +17,7 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::local;
-use crate::stack::{Body, Proxied};
+use crate::stack::{Body, Proxied, Refused};
 use crate::state::Shared;
 
 /// A listener's service: on the main listener, the OpenAI routes go through the
@@ -41,6 +41,10 @@ pin_project! {
             future: <Proxied as Service<Request<Incoming>>>::Future,
             shared: Arc<Shared>,
         },
+        Refused {
+            #[pin]
+            future: <Refused as Service<Request<Incoming>>>::Future,
+        },
         Local { future: BoxFuture },
     }
 }
@@ -61,7 +65,12 @@ impl Service<Request<Incoming>> for Listener {
                 future: Box::pin(async move { Ok(admin(shared, req).await) }),
             };
         }
-        if openai_route(req.uri().path()).is_some() && req.method() == Method::POST {
+        if openai_route(req.uri().path()).is_some() {
+            if req.method() != Method::POST {
+                shared.errors.fetch_add(1, Ordering::Relaxed);
+                let future = shared.refused.clone().call(req);
+                return ListenerFuture::Refused { future };
+            }
             shared.requests.fetch_add(1, Ordering::Relaxed);
             // Every layer of the stack is always ready (none applies backpressure), so
             // it is called without waiting for readiness.
@@ -93,6 +102,10 @@ impl Future for ListenerFuture {
                 }
                 Poll::Ready(Ok(resp.map(Either::Left)))
             }
+            ListenerProj::Refused { future } => match ready!(future.poll(cx)) {
+                Ok(resp) => Poll::Ready(Ok(resp.map(Either::Left))),
+                Err(never) => match never {},
+            },
             ListenerProj::Local { future } => future.as_mut().poll(cx),
         }
     }
@@ -115,11 +128,6 @@ async fn admin(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
 
 async fn main(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
-    if openai_route(path).is_some() {
-        // A POST went to the proxied stack ([`Listener::call`]).
-        shared.errors.fetch_add(1, Ordering::Relaxed);
-        return local(&Error::MethodNotAllowed).map(Either::Right);
-    }
     let Some(route) =
         local::route(path).filter(|l| *l != local::Local::Metrics || shared.main_port_metrics)
     else {

@@ -9,13 +9,44 @@ use llmstack_proxy::{
     Forward, ForwardBody, ProxyConfig, ReadBody, ReadBodyLayer, Retry, RetryLayer,
 };
 use llmstack_routing::{Route, RouteBody, RouteLayer};
-use tower::ServiceBuilder;
+use tower::{Layer, ServiceBuilder};
 
 /// The request path of the OpenAI routes.
 pub(crate) type Proxied = Account<ReadBody<Retry<Route<Forward>>>>;
 
 /// Every response body the router sends: a proxied answer or a local one.
 pub(crate) type Body = Either<AccountBody<RouteBody<ForwardBody>>, Full<Bytes>>;
+
+/// A request for an OpenAI route with a method other than `POST`: answered 405, and
+/// accounted for like every request to those routes.
+pub(crate) type Refused = Account<Refuse>;
+
+/// Answers 405 (`Error::MethodNotAllowed`) to anything.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Refuse;
+
+impl tower::Service<http::Request<hyper::body::Incoming>> for Refuse {
+    type Response = http::Response<RouteBody<ForwardBody>>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Request<hyper::body::Incoming>) -> Self::Future {
+        let resp = llmstack_core::Error::MethodNotAllowed.to_response();
+        std::future::ready(Ok(resp.map(RouteBody::from)))
+    }
+}
+
+/// The refusal path: [`Refuse`] under the accounting layer.
+pub(crate) fn refused() -> Refused {
+    AccountLayer::new().layer(Refuse)
+}
 
 /// Stacks the request path: accounting outside (a request counts once, however many
 /// engines it tried), then the body read (bounded), retries on other engines, routing,
