@@ -46,7 +46,7 @@ pub use multipart::{
     FormPart, MultipartError, multipart_boundary, multipart_parts, multipart_text_field,
 };
 pub use request::{Content, Message, Part, Prompt, PromptView, RequestKind, RouteRequest};
-pub use routes::{BodyKind, OPENAI_ROUTES, openai_route};
+pub use routes::{BodyKind, openai_route};
 pub use set::EndpointSet;
 pub use settings::{SettingError, SettingErrors};
 pub use stats::{EngineStats, ModelLoad, StatsReader, StatsSnapshot};
