@@ -47,8 +47,8 @@ async fn cache(c: &HttpClient, e: &llmstack_sim::SimEngine) -> (f64, f64) {
 /// The first wave starts cold: no engine is known to hold the prefix until one
 /// answers, and the engines answering first are rightly preferred (a cached request
 /// costs them ~100 tokens of work, a cold one elsewhere ~2,000), so its counts may
-/// skew by chance (up to 2.2× fair seen in 24 runs on a 2-core VM); the bound there
-/// (3×) only catches a collapse. In the second wave every engine holds the prefix and the
+/// skew by chance (up to 2.2× fair, and down to 0.19×, seen on a 2-core VM); the bound
+/// there (3×) only catches a collapse. In the second wave every engine holds the prefix and the
 /// spread must be tight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hot_prefix_spreads_by_cost_and_in_flight_returns_to_zero() {
@@ -89,9 +89,12 @@ async fn a_hot_prefix_spreads_by_cost_and_in_flight_returns_to_zero() {
         max <= 3.0 * fair,
         "hotspot: one engine got {max} of {served_cold} (fair share {fair}): {cold:?}"
     );
+    // Cold, an engine answering late is rightly passed over for the holders (19 of a
+    // fair 100 seen), so starvation is judged only in the warm wave; here every live
+    // engine must have been used at all.
     assert!(
-        cold.values().all(|&n| n >= fair / 4.0),
-        "an engine was starved: {cold:?}"
+        cold.values().all(|&n| n >= 1.0),
+        "an engine got no request: {cold:?}"
     );
     assert!(
         s.health().await["retries"].as_u64().unwrap() > 0,
