@@ -3,10 +3,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
+use foldhash::fast::RandomState;
+
 use crate::{Endpoint, EndpointId, EndpointState, Update};
 
 /// Model name → the routable endpoints serving it.
-type ModelIndex = HashMap<Box<str>, Arc<[Arc<Endpoint>]>>;
+type ModelIndex = HashMap<Box<str>, Arc<[Arc<Endpoint>]>, RandomState>;
 
 /// All endpoints the router knows, with an index from model name to the endpoints that
 /// may receive its requests.

@@ -5,13 +5,15 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
+use foldhash::fast::RandomState;
 use http::{Request, Response, header};
 use http_body::{Body, Frame, SizeHint};
 use llmstack_core::{EndpointId, RouteFacts, SeenModel, openai_route};
+use memchr::memmem::Finder;
 use metrics::{Counter, Histogram, SharedString, counter, histogram};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
@@ -63,7 +65,7 @@ struct RequestMeters {
 struct Meters {
     requests: Mutex<MeterIndex>,
     /// (policy, reason) → `llmstack_routing_decisions_total` handle.
-    decisions: Mutex<HashMap<(&'static str, &'static str), Counter>>,
+    decisions: Mutex<HashMap<(&'static str, &'static str), Counter, RandomState>>,
 }
 
 const MAX_METERS: usize = 10_000;
@@ -71,7 +73,8 @@ const MAX_METERS: usize = 10_000;
 /// (route, status class) → engine → model → handles.
 type MeterIndex = HashMap<
     (&'static str, &'static str),
-    HashMap<EndpointId, HashMap<Box<str>, Arc<RequestMeters>>>,
+    HashMap<EndpointId, HashMap<Box<str>, Arc<RequestMeters>, RandomState>, RandomState>,
+    RandomState,
 >;
 
 /// One request, from arrival until its response is settled: by a response without an
@@ -430,13 +433,17 @@ impl BodyTally {
                 self.last_content = Some(now);
             }
         }
-        if let Some(p) = number_after(data, b"\"prompt_tokens\":")
-            .or_else(|| number_after(data, b"\"input_tokens\":"))
+        // Every key below ends so: most stream chunks have none, and one scan says so.
+        if FINDERS.any.find(data).is_none() {
+            return;
+        }
+        if let Some(p) =
+            number_after(data, &FINDERS.prompt).or_else(|| number_after(data, &FINDERS.input))
         {
             self.prompt_tokens = Some(p);
         }
-        if let Some(c) = number_after(data, b"\"completion_tokens\":")
-            .or_else(|| number_after(data, b"\"output_tokens\":"))
+        if let Some(c) =
+            number_after(data, &FINDERS.completion).or_else(|| number_after(data, &FINDERS.output))
         {
             self.completion_tokens = Some(c);
         }
@@ -462,17 +469,45 @@ impl Drop for BodyTally {
 /// (chat, completions, Anthropic deltas) or a Responses `delta` string. The role-only
 /// first chat chunk (`"content":""`) does not count.
 fn has_content(data: &[u8]) -> bool {
-    [&b"\"content\":\""[..], b"\"text\":\"", b"\"delta\":\""]
-        .iter()
-        .any(|pat| {
-            memchr::memmem::find_iter(data, pat)
-                .any(|at| data.get(at + pat.len()).is_some_and(|&b| b != b'"'))
+    FINDERS.content.iter().any(|pat| {
+        pat.find_iter(data).any(|at| {
+            data.get(at + pat.needle().len())
+                .is_some_and(|&b| b != b'"')
         })
+    })
 }
 
+/// The keys searched in every response chunk, built once (a searcher costs more to
+/// build than to run on a chunk).
+struct Finders {
+    /// Where a non-empty string value means content: `"content":"`, `"text":"`,
+    /// `"delta":"`.
+    content: [Finder<'static>; 3],
+    /// The end of every token-count key below.
+    any: Finder<'static>,
+    /// The token counts of `usage` (OpenAI's and Anthropic's).
+    prompt: Finder<'static>,
+    input: Finder<'static>,
+    completion: Finder<'static>,
+    output: Finder<'static>,
+}
+
+static FINDERS: LazyLock<Finders> = LazyLock::new(|| Finders {
+    content: [
+        Finder::new(b"\"content\":\""),
+        Finder::new(b"\"text\":\""),
+        Finder::new(b"\"delta\":\""),
+    ],
+    any: Finder::new(b"_tokens\":"),
+    prompt: Finder::new(b"\"prompt_tokens\":"),
+    input: Finder::new(b"\"input_tokens\":"),
+    completion: Finder::new(b"\"completion_tokens\":"),
+    output: Finder::new(b"\"output_tokens\":"),
+});
+
 /// The unsigned integer right after `key` (e.g. `"prompt_tokens":12`), if any.
-fn number_after(data: &[u8], key: &[u8]) -> Option<u64> {
-    let at = memchr::memmem::find(data, key)? + key.len();
+fn number_after(data: &[u8], key: &Finder<'_>) -> Option<u64> {
+    let at = key.find(data)? + key.needle().len();
     let digits = data[at..]
         .iter()
         .skip_while(|b| **b == b' ')

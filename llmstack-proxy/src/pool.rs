@@ -15,6 +15,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
+use foldhash::fast::RandomState;
 use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -36,7 +37,7 @@ const MAX_IDLE_PER_ENDPOINT: usize = 512;
 /// Idle engine connections, per endpoint.
 #[derive(Debug)]
 pub(crate) struct Pools {
-    idle: Mutex<HashMap<EndpointId, Vec<Idle>>>,
+    idle: Mutex<HashMap<EndpointId, Vec<Idle>, RandomState>>,
     connect_timeout: Duration,
     opened: AtomicU64,
 }
@@ -69,7 +70,7 @@ pub(crate) struct Link {
 impl Pools {
     pub(crate) fn new(connect_timeout: Duration) -> Self {
         Self {
-            idle: Mutex::new(HashMap::new()),
+            idle: Mutex::new(HashMap::default()),
             connect_timeout,
             opened: AtomicU64::new(0),
         }

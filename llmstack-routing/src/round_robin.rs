@@ -18,7 +18,7 @@ const MAX_MODELS: usize = 4096;
 /// the new length. State: one counter per model, bounded.
 #[derive(Debug, Default)]
 pub struct RoundRobin {
-    next: Mutex<HashMap<Box<str>, usize>>,
+    next: Mutex<HashMap<Box<str>, usize, foldhash::fast::RandomState>>,
 }
 
 impl Policy for RoundRobin {

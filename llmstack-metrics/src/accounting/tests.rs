@@ -71,16 +71,16 @@ fn a_streamed_body_is_accounted_once_when_dropped() {
 #[test]
 fn usage_numbers() {
     let chunk = br#"{"usage":{"prompt_tokens":17,"total_tokens":33,"completion_tokens":16,"prompt_tokens_details":null}}"#;
-    assert_eq!(number_after(chunk, b"\"prompt_tokens\":"), Some(17));
-    assert_eq!(number_after(chunk, b"\"completion_tokens\":"), Some(16));
+    assert_eq!(number_after(chunk, &FINDERS.prompt), Some(17));
+    assert_eq!(number_after(chunk, &FINDERS.completion), Some(16));
     assert_eq!(
-        number_after(b"\"prompt_tokens\":null", b"\"prompt_tokens\":"),
+        number_after(b"\"prompt_tokens\":null", &FINDERS.prompt),
         None
     );
     assert_eq!(
         number_after(
             b"\"prompt_tokens\": 99999999999999999999999",
-            b"\"prompt_tokens\":"
+            &FINDERS.prompt
         ),
         None
     );
