@@ -8,6 +8,12 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
+/// mimalloc instead of the C library's allocator: fewer instructions per allocation on
+/// the request path, and memory freed after a burst goes back to the system (glibc's
+/// per-thread arenas keep it).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let (action, warnings) = match parse(std::env::args()) {
         Ok(parsed) => parsed,
