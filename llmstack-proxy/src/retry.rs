@@ -270,3 +270,96 @@ impl Head {
         req
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::future::Ready;
+    use std::sync::Mutex;
+
+    use llmstack_core::{Endpoint, Error, RoutedTo};
+
+    use super::*;
+
+    /// What an outer layer put on the request.
+    #[derive(Debug, Clone, PartialEq)]
+    struct Tenant(&'static str);
+
+    /// What one attempt carried: the outer layer's extension, the engines excluded,
+    /// whether an earlier routing decision was on it.
+    type Attempt = (Option<Tenant>, Vec<EndpointId>, bool);
+
+    /// A hand-written inner service, to see exactly what each attempt carries (the
+    /// real stack's retries, through routing and forwarding to `llmstack-sim` engines,
+    /// are tested in `llmstack-server`'s `tests/it/failures.rs` and `routing.rs`): the
+    /// first attempt fails as `Forward` does when the engine refuses the connection,
+    /// the second answers 200.
+    #[derive(Clone, Default)]
+    struct Inner {
+        seen: Arc<Mutex<Vec<Attempt>>>,
+    }
+
+    impl Service<Request<Bytes>> for Inner {
+        type Response = Response<Bytes>;
+        type Error = Infallible;
+        type Future = Ready<Result<Response<Bytes>, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, mut req: Request<Bytes>) -> Self::Future {
+            let mut seen = self.seen.lock().unwrap();
+            seen.push((
+                req.extensions().get::<Tenant>().cloned(),
+                req.extensions()
+                    .get::<Exclude>()
+                    .map_or_else(Vec::new, |e| e.0.clone()),
+                req.extensions().get::<RoutedTo>().is_some(),
+            ));
+            if seen.len() > 1 {
+                return std::future::ready(Ok(Response::new(Bytes::from_static(b"ok"))));
+            }
+            let engine = Arc::new(Endpoint::new(http::Uri::from_static("http://127.0.0.1:1")));
+            let id = engine.id.clone();
+            req.extensions_mut().insert(RoutedTo {
+                endpoint: engine,
+                cached_tokens: 0,
+            });
+            let err = Error::Connect {
+                endpoint: id.clone(),
+                source: "refused".into(),
+            };
+            let mut resp = err.to_response();
+            resp.extensions_mut().insert(UpstreamFailure::of(id, &err));
+            std::future::ready(Ok(resp))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_retry_carries_the_requests_extensions_and_excludes_the_failed_engine() {
+        let inner = Inner::default();
+        let mut retry = RetryLayer::new(2).layer(inner.clone());
+        let mut req = Request::new(Bytes::from_static(b"{}"));
+        req.extensions_mut().insert(Tenant("acme"));
+        let resp = retry.call(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let seen = inner.seen.lock().unwrap();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[0], (Some(Tenant("acme")), vec![], false));
+        let failed = Endpoint::new(http::Uri::from_static("http://127.0.0.1:1")).id;
+        // The second attempt: the outer layer's extension, the failed engine
+        // excluded, and not the first attempt's routing decision.
+        assert_eq!(seen[1], (Some(Tenant("acme")), vec![failed], false));
+    }
+
+    #[tokio::test]
+    async fn without_retries_the_failure_is_the_answer() {
+        let inner = Inner::default();
+        let mut retry = RetryLayer::new(0).layer(inner.clone());
+        let resp = retry.call(Request::new(Bytes::new())).await.unwrap();
+        assert_eq!(resp.status(), 502);
+        assert!(resp.extensions().get::<UpstreamFailure>().is_some());
+        assert_eq!(inner.seen.lock().unwrap().len(), 1);
+    }
+}
