@@ -10,7 +10,8 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 /// mimalloc instead of the C library's allocator: fewer instructions per allocation on
 /// the request path, and memory freed after a burst goes back to the system (glibc's
-/// per-thread arenas keep it).
+/// per-thread arenas keep it). Built without transparent huge pages (`no_thp`): with
+/// them, its arenas are ~11 MB resident before the first request.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
