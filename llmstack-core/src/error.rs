@@ -34,6 +34,11 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
+    /// The request body did not arrive in full within the deadline (408).
+    BodyTimeout {
+        /// The deadline.
+        after: std::time::Duration,
+    },
     /// No endpoint ever served this model (404).
     ModelNotFound {
         /// The requested model.
@@ -133,6 +138,7 @@ impl Error {
             Self::BadRequest { .. } | Self::UnknownEndpoint { .. } => 400,
             Self::ModelNotFound { .. } | Self::NotFound { .. } => 404,
             Self::MethodNotAllowed => 405,
+            Self::BodyTimeout { .. } => 408,
             Self::BodyTooLarge { .. } => 413,
             Self::Connect { .. } | Self::Upstream { .. } | Self::Broken { .. } => 502,
             Self::NoReadyEndpoint { .. } | Self::ShuttingDown => 503,
@@ -146,6 +152,7 @@ impl Error {
         match self {
             Self::BadRequest { .. } => "bad_request",
             Self::BodyTooLarge { .. } => "body_too_large",
+            Self::BodyTimeout { .. } => "body_timeout",
             Self::ModelNotFound { .. } => "model_not_found",
             Self::NoReadyEndpoint { .. } => "no_ready_endpoint",
             Self::UnknownEndpoint { .. } => "unknown_endpoint",
@@ -167,6 +174,7 @@ impl Error {
             400 => "BadRequestError",
             404 => "NotFoundError",
             405 => "MethodNotAllowed",
+            408 => "RequestTimeoutError",
             413 => "RequestEntityTooLarge",
             502 => "BadGatewayError",
             503 => "ServiceUnavailableError",
@@ -230,6 +238,11 @@ impl fmt::Display for Error {
                     "The request body is larger than the limit of {limit} bytes."
                 )
             }
+            Self::BodyTimeout { after } => write!(
+                f,
+                "The request body did not arrive within {} s.",
+                after.as_secs_f64()
+            ),
             Self::ModelNotFound { model } => write!(f, "The model `{model}` does not exist."),
             Self::NoReadyEndpoint { model } => write!(
                 f,
@@ -300,6 +313,15 @@ mod tests {
         let id = EndpointId::new("e1");
         assert_eq!(Error::bad_request("x", None).status(), 400);
         assert_eq!(Error::BodyTooLarge { limit: 1 }.status(), 413);
+        let late = Error::BodyTimeout {
+            after: std::time::Duration::from_millis(1500),
+        };
+        assert_eq!(late.status(), 408);
+        assert_eq!(late.body().error.kind, "RequestTimeoutError");
+        assert_eq!(
+            late.to_string(),
+            "The request body did not arrive within 1.5 s."
+        );
         assert_eq!(Error::NoReadyEndpoint { model: "m".into() }.status(), 503);
         let connect = Error::Connect {
             endpoint: id.clone(),

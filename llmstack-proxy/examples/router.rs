@@ -53,7 +53,7 @@ async fn main() -> Result<(), BoxError> {
     let service = ServiceBuilder::new()
         .layer(RequestIdLayer)
         .layer(AccountLayer::new())
-        .layer(ReadBodyLayer::new(config.max_body))
+        .layer(ReadBodyLayer::new(config.max_body).timeout(config.body_timeout))
         .layer(RetryLayer::new(config.retries))
         .layer(RouteLayer::new(routing.router(), set).with_stats(stats))
         .service(forward);

@@ -36,6 +36,11 @@ pub struct ProxyArgs {
     #[cfg_attr(feature = "clap", arg(long, env = "LLMSTACK_MAX_REQUEST_BODY_BYTES"))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_request_body_bytes: Option<usize>,
+    /// Seconds a client has to send a request's whole body, from its head; a slower one
+    /// is answered 408 [default: 30].
+    #[cfg_attr(feature = "clap", arg(long, env = "LLMSTACK_REQUEST_BODY_TIMEOUT"))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_body_timeout: Option<f64>,
 }
 
 // === impl ProxyArgs ===
@@ -62,6 +67,11 @@ impl ProxyArgs {
                 .max_instance_failover_reroute_attempts
                 .unwrap_or(defaults.retries),
             max_body: self.max_request_body_bytes.unwrap_or(defaults.max_body),
+            body_timeout: errors.seconds(
+                "request-body-timeout",
+                self.request_body_timeout,
+                defaults.body_timeout,
+            ),
         };
         if config.max_body == 0 {
             errors.push(

@@ -16,6 +16,8 @@ pub struct ProxyConfig {
     pub retries: u32,
     /// Largest request body, in bytes [default: 32 MiB].
     pub max_body: usize,
+    /// Deadline for a request's whole body to arrive, from its head [default: 30 s].
+    pub body_timeout: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -26,6 +28,7 @@ impl Default for ProxyConfig {
             idle_timeout: Duration::from_secs(300),
             retries: 2,
             max_body: 32 << 20,
+            body_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -4,6 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, header};
@@ -12,26 +13,31 @@ use http_body_util::combinators::Collect;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use llmstack_core::{BoxError, Error};
 use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
 use tower_layer::Layer;
 use tower_service::Service;
 
-/// Reads each request's whole body (at most `max` bytes) and hands the inner service a
-/// `Request<Bytes>`: a tower [`Layer`] producing [`ReadBody`]. A router must read the
-/// model from the body before it can choose an engine, and the bytes are then
-/// forwarded as they are.
+/// Reads each request's whole body (at most `max` bytes, within an optional deadline)
+/// and hands the inner service a `Request<Bytes>`: a tower [`Layer`] producing
+/// [`ReadBody`]. A router must read the model from the body before it can choose an
+/// engine, and the bytes are then forwarded as they are.
 #[derive(Debug, Clone, Copy)]
 pub struct ReadBodyLayer {
     max: usize,
+    timeout: Option<Duration>,
 }
 
 /// See [`ReadBodyLayer`]. A body over the limit (by its `Content-Length`, before
 /// anything is read, or as it arrives) is answered with a 413, one that cannot be read
-/// (the client's connection broke) with a 400, both with the OpenAI error body and
-/// without calling the inner service.
+/// (the client's connection broke) with a 400, one not complete within the deadline
+/// (counted from the call, that is from the request head) with a 408, all with the
+/// OpenAI error body and without calling the inner service. The deadline's timer is
+/// only started when the body is not already there at the first read.
 #[derive(Clone)]
 pub struct ReadBody<S> {
     inner: S,
     max: usize,
+    timeout: Option<Duration>,
 }
 
 pin_project! {
@@ -59,6 +65,11 @@ pin_project! {
             collect: Collect<Limited<B>>,
             head: Option<(http::request::Parts, S)>,
             max: usize,
+            // The deadline and its length, and its timer once the body had to be
+            // waited for.
+            deadline: Option<(Instant, Duration)>,
+            #[pin]
+            timer: Option<Sleep>,
         },
         // The inner service's future.
         Called { #[pin] future: F },
@@ -70,9 +81,17 @@ pin_project! {
 // === impl ReadBodyLayer ===
 
 impl ReadBodyLayer {
-    /// Bodies of at most `max` bytes.
+    /// Bodies of at most `max` bytes, with no deadline.
     pub fn new(max: usize) -> Self {
-        Self { max }
+        Self { max, timeout: None }
+    }
+
+    /// Answers 408 to a request whose body is not complete `timeout` after its head
+    /// (a client trickling its body, or stopping mid-body, holds nothing longer).
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
     }
 }
 
@@ -83,6 +102,7 @@ impl<S> Layer<S> for ReadBodyLayer {
         ReadBody {
             inner,
             max: self.max,
+            timeout: self.timeout,
         }
     }
 }
@@ -94,6 +114,7 @@ impl<S: fmt::Debug> fmt::Debug for ReadBody<S> {
         f.debug_struct("ReadBody")
             .field("inner", &self.inner)
             .field("max", &self.max)
+            .field("timeout", &self.timeout)
             .finish()
     }
 }
@@ -132,6 +153,8 @@ where
                 collect: Limited::new(body, max).collect(),
                 head: Some((parts, inner)),
                 max,
+                deadline: self.timeout.map(|t| (Instant::now() + t, t)),
+                timer: None,
             }
         };
         ReadBodyFuture { state }
@@ -156,8 +179,32 @@ where
         let mut state = self.project().state;
         loop {
             let next = match state.as_mut().project() {
-                StateProj::Reading { collect, head, max } => {
-                    let read = ready!(collect.poll(cx));
+                StateProj::Reading {
+                    collect,
+                    head,
+                    max,
+                    deadline,
+                    mut timer,
+                } => {
+                    let read = match collect.poll(cx) {
+                        Poll::Ready(read) => read,
+                        Poll::Pending => {
+                            let Some((at, after)) = *deadline else {
+                                return Poll::Pending;
+                            };
+                            if timer.is_none() {
+                                timer.set(Some(tokio::time::sleep_until(at)));
+                            }
+                            if let Some(t) = timer.as_mut().as_pin_mut() {
+                                ready!(t.poll(cx));
+                            }
+                            head.take();
+                            state.set(State::Answered {
+                                response: Some(answer(&Error::BodyTimeout { after })),
+                            });
+                            continue;
+                        }
+                    };
                     let Some((parts, mut inner)) = head.take() else {
                         return Poll::Pending; // polled after completion
                     };

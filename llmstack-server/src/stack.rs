@@ -54,7 +54,7 @@ pub(crate) fn refused() -> Refused {
 pub(crate) fn proxied(route: RouteLayer, forward: Forward, config: &ProxyConfig) -> Proxied {
     ServiceBuilder::new()
         .layer(AccountLayer::new())
-        .layer(ReadBodyLayer::new(config.max_body))
+        .layer(ReadBodyLayer::new(config.max_body).timeout(config.body_timeout))
         .layer(RetryLayer::new(config.retries).counting(Arc::clone(forward.counters())))
         .layer(route)
         .service(forward)

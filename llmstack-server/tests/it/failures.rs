@@ -227,3 +227,60 @@ async fn silence_between_chunks_hits_the_idle_deadline_but_long_streams_do_not()
     assert_eq!(long.events.len(), 121);
     assert_eq!(long.events.last().unwrap().data, "[DONE]");
 }
+
+/// A client that sends its request head and then only part of its body (or trickles
+/// it) is answered 408 with an OpenAI error body at the body deadline, and the
+/// connection is closed; a client sending its body in time, even in pieces, is served.
+#[tokio::test]
+async fn a_body_not_sent_in_time_gets_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let s = stack(vec![instant(M)], |c| {
+        c.proxy.body_timeout = Duration::from_millis(400);
+    })
+    .await;
+    let body = serde_json::to_vec(&chat(M, 4)).unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let addr = s.url.trim_start_matches("http://").to_owned();
+
+    // Half the body, then nothing.
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&body[..body.len() / 2]).await.unwrap();
+    let start = Instant::now();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut answer))
+        .await
+        .expect("the router closes the connection after answering")
+        .unwrap();
+    let waited = start.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.contains(r#""type":"RequestTimeoutError""#) && answer.contains(r#""code":408"#),
+        "{answer}"
+    );
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+
+    // The same body in three pieces 100 ms apart: within the deadline, served.
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    conn.write_all(head.as_bytes()).await.unwrap();
+    for piece in body.chunks(body.len() / 3 + 1) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        conn.write_all(piece).await.unwrap();
+    }
+    let mut buf = vec![0; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(s.health().await["in_flight"], 0);
+}
