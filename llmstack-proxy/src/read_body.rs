@@ -185,44 +185,42 @@ where
                     max,
                     deadline,
                     mut timer,
-                } => {
-                    let read = match collect.poll(cx) {
-                        Poll::Ready(read) => read,
-                        Poll::Pending => {
-                            let Some((at, after)) = *deadline else {
-                                return Poll::Pending;
-                            };
-                            if timer.is_none() {
-                                timer.set(Some(tokio::time::sleep_until(at)));
-                            }
-                            if let Some(t) = timer.as_mut().as_pin_mut() {
-                                ready!(t.poll(cx));
-                            }
-                            head.take();
-                            state.set(State::Answered {
-                                response: Some(answer(&Error::BodyTimeout { after })),
-                            });
-                            continue;
+                } => match collect.poll(cx) {
+                    Poll::Pending => {
+                        let Some((at, after)) = *deadline else {
+                            return Poll::Pending;
+                        };
+                        if timer.is_none() {
+                            timer.set(Some(tokio::time::sleep_until(at)));
                         }
-                    };
-                    let Some((parts, mut inner)) = head.take() else {
-                        return Poll::Pending; // polled after completion
-                    };
-                    match read {
-                        Ok(collected) => State::Called {
-                            future: inner.call(Request::from_parts(parts, collected.to_bytes())),
-                        },
-                        Err(e) if e.is::<LengthLimitError>() => State::Answered {
-                            response: Some(answer(&Error::BodyTooLarge { limit: *max })),
-                        },
-                        Err(e) => State::Answered {
-                            response: Some(answer(&Error::bad_request(
-                                format!("Could not read the request body: {e}"),
-                                None,
-                            ))),
-                        },
+                        if let Some(t) = timer.as_pin_mut() {
+                            ready!(t.poll(cx));
+                        }
+                        State::Answered {
+                            response: Some(answer(&Error::BodyTimeout { after })),
+                        }
                     }
-                }
+                    Poll::Ready(read) => {
+                        let Some((parts, mut inner)) = head.take() else {
+                            return Poll::Pending; // polled after completion
+                        };
+                        match read {
+                            Ok(collected) => State::Called {
+                                future: inner
+                                    .call(Request::from_parts(parts, collected.to_bytes())),
+                            },
+                            Err(e) if e.is::<LengthLimitError>() => State::Answered {
+                                response: Some(answer(&Error::BodyTooLarge { limit: *max })),
+                            },
+                            Err(e) => State::Answered {
+                                response: Some(answer(&Error::bad_request(
+                                    format!("Could not read the request body: {e}"),
+                                    None,
+                                ))),
+                            },
+                        }
+                    }
+                },
                 StateProj::Called { future } => return future.poll(cx),
                 StateProj::Answered { response } => {
                     return match response.take() {
