@@ -6,45 +6,34 @@ use http::header::{self, HeaderName, HeaderValue};
 /// `x-request-id`.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1), proxy credentials, and `Expect` (the router
-/// answers it itself and sends engines a complete body).
-static HOP_BY_HOP: [HeaderName; 10] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::EXPECT,
-];
-
-/// Removes hop-by-hop headers, including any named in `Connection`.
+/// Removes hop-by-hop headers (see [`is_hop_by_hop`]), including any named in
+/// `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names present is cheaper than
-    // looking up (hashing) every hop-by-hop name.
-    if !headers.keys().any(is_hop_by_hop) {
+    // One pass over the names present finds them (most messages carry none; looking
+    // each hop-by-hop name up would hash it even when absent).
+    let mut hop: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_hop_by_hop(name))
+        .cloned()
+        .collect();
+    if hop.is_empty() {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in &HOP_BY_HOP {
+    hop.extend(
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()),
+    );
+    for name in hop {
         headers.remove(name);
     }
 }
 
-/// Whether `name` is one of [`HOP_BY_HOP`] (a string match: cheaper than comparing
-/// names one by one).
+/// Hop-by-hop headers (RFC 9110 §7.6.1), proxy credentials, and `Expect` (the router
+/// answers it itself and sends engines a complete body).
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
@@ -103,7 +92,19 @@ mod tests {
 
     #[test]
     fn each_hop_by_hop_name_alone_is_stripped() {
-        for name in &HOP_BY_HOP {
+        let hop_by_hop = [
+            header::CONNECTION,
+            HeaderName::from_static("keep-alive"),
+            HeaderName::from_static("proxy-connection"),
+            header::PROXY_AUTHENTICATE,
+            header::PROXY_AUTHORIZATION,
+            header::TE,
+            header::TRAILER,
+            header::TRANSFER_ENCODING,
+            header::UPGRADE,
+            header::EXPECT,
+        ];
+        for name in &hop_by_hop {
             assert!(is_hop_by_hop(name), "{name}");
             let mut h = HeaderMap::new();
             h.insert(name, "x".parse().unwrap());
