@@ -6,8 +6,10 @@ use http::header::{self, HeaderName, HeaderValue};
 /// `x-request-id`.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Removes hop-by-hop headers (see [`is_hop_by_hop`]), including any named in
-/// `Connection`.
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1: `Connection`, `Keep-Alive`,
+/// `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`), proxy
+/// credentials (`Proxy-Authenticate`, `Proxy-Authorization`), `Expect`, and any header
+/// named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the names present finds them (most messages carry none; looking
     // each hop-by-hop name up would hash it even when absent).
