@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use serde::Deserialize;
 
-use crate::config::{ContextOverflow, EngineConfig, FaultConfig, LoraModule};
+use crate::config::{ApiKey, ContextOverflow, EngineConfig, FaultConfig, LoraModule};
 use crate::hash::HashAlgo;
 use crate::kv_events::{KvEventsConfig, KvEventsLayout};
 use crate::metrics::MetricsCompat;
@@ -121,6 +121,16 @@ pub struct Args {
     /// VLLM_HTTP_TIMEOUT_KEEP_ALIVE).
     #[arg(long, default_value_t = 5.0)]
     pub http_keep_alive_timeout: f64,
+    /// Require `Authorization: Bearer <key>` on /v1, /v2, /inference and /cohere paths
+    /// (401 otherwise); repeatable or comma separated, empty values ignored, every engine.
+    #[arg(
+        long = "api-key",
+        env = "VLLM_API_KEY",
+        hide_env_values = true,
+        num_args = 1..,
+        value_delimiter = ','
+    )]
+    pub api_key: Vec<ApiKey>,
     /// Fault: fraction of inference requests answered with --fault-error-status.
     #[arg(long, default_value_t = 0.0)]
     pub fault_error_rate: f64,
@@ -224,6 +234,13 @@ impl Args {
                 self.http_keep_alive_timeout,
             )
             .map_err(|e| format!("--http-keep-alive-timeout: {e}"))?,
+            // As vLLM, empty keys (e.g. `VLLM_API_KEY=""`) are dropped.
+            api_keys: self
+                .api_key
+                .iter()
+                .filter(|k| !k.expose().is_empty())
+                .cloned()
+                .collect(),
             faults: FaultConfig {
                 error_rate: self.fault_error_rate,
                 error_status: self.fault_error_status,

@@ -34,6 +34,55 @@ impl std::str::FromStr for LoraModule {
     }
 }
 
+/// A key the engine accepts as `Authorization: Bearer <key>` (`--api-key`).
+///
+/// Holds the key exactly as given (no trimming). Its `Debug` form is
+/// `ApiKey(<redacted>)`, so configurations can be logged without leaking keys; there is
+/// deliberately no `Display`. Read the key with [`ApiKey::expose`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    /// Wraps `key` unchanged.
+    pub fn new(key: impl Into<String>) -> Self {
+        Self(key.into())
+    }
+
+    /// The key itself (e.g. for a client's `Authorization: Bearer` header). Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ApiKey {
+    /// Prints `ApiKey(<redacted>)`, never the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+impl From<String> for ApiKey {
+    /// Wraps the key unchanged.
+    fn from(key: String) -> Self {
+        Self(key)
+    }
+}
+
+impl From<&str> for ApiKey {
+    /// Wraps the key unchanged.
+    fn from(key: &str) -> Self {
+        Self(key.to_owned())
+    }
+}
+
+impl std::str::FromStr for ApiKey {
+    type Err = std::convert::Infallible;
+    /// Any string is a key (emptiness is checked by [`EngineConfig::validate`]).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
 /// What happens when prompt + `max_tokens` exceeds `max_model_len`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -151,6 +200,12 @@ pub struct EngineConfig {
     /// Idle keep-alive connections are closed after this long (uvicorn's
     /// `VLLM_HTTP_TIMEOUT_KEEP_ALIVE`, 5 s), as pooled clients must expect.
     pub keep_alive_timeout: std::time::Duration,
+    /// `--api-key` (or `VLLM_API_KEY`): the keys accepted as `Authorization: Bearer
+    /// <key>` on every path starting `/v1`, `/v2`, `/inference` or `/cohere` (any other
+    /// path, and any `OPTIONS` request, is never checked); a missing or wrong key gets 401
+    /// `{"error":"Unauthorized"}`. Empty (the default): no authentication. Keys are
+    /// redacted in `Debug` output.
+    pub api_keys: Vec<ApiKey>,
     /// Faults at start.
     pub faults: FaultConfig,
 }
@@ -183,6 +238,7 @@ impl Default for EngineConfig {
             enable_server_load_tracking: false,
             enable_request_id_headers: false,
             keep_alive_timeout: std::time::Duration::from_secs(5),
+            api_keys: Vec::new(),
             faults: FaultConfig::default(),
         }
     }
@@ -200,6 +256,15 @@ impl EngineConfig {
     /// The same engine with another profile.
     pub fn with_profile(mut self, profile: LatencyProfile) -> Self {
         self.profile = profile;
+        self
+    }
+
+    /// The same engine also accepting `key` as `Authorization: Bearer <key>`. Keys add
+    /// up (call it again for more, as with several `--api-key` values); the first one
+    /// turns authentication on for `/v1`, `/v2`, `/inference` and `/cohere` paths. An
+    /// empty key makes [`EngineConfig::validate`] fail.
+    pub fn with_api_key(mut self, key: impl Into<ApiKey>) -> Self {
+        self.api_keys.push(key.into());
         self
     }
 
@@ -273,6 +338,9 @@ impl EngineConfig {
         if self.mean_output_tokens == 0 {
             return Err("mean_output_tokens must be > 0".into());
         }
+        if self.api_keys.iter().any(|k| k.expose().is_empty()) {
+            return Err("api keys must not be empty".into());
+        }
         let names = self.served_names();
         if let Some(l) = self.lora_modules.iter().find(|l| names.contains(&l.name)) {
             return Err(format!(
@@ -312,5 +380,21 @@ mod tests {
         c.validate().unwrap();
         c.faults.error_rate = 2.0;
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn api_keys_add_up_and_never_print() {
+        let c = EngineConfig::new("m")
+            .with_api_key("sk-first")
+            .with_api_key(String::from("sk-second"));
+        assert_eq!(
+            c.api_keys.iter().map(ApiKey::expose).collect::<Vec<_>>(),
+            ["sk-first", "sk-second"]
+        );
+        c.validate().unwrap();
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("sk-first") && !debug.contains("sk-second"));
+        assert!(debug.contains("api_keys: [ApiKey(<redacted>), ApiKey(<redacted>)]"));
+        assert!(EngineConfig::new("m").with_api_key("").validate().is_err());
     }
 }

@@ -35,7 +35,7 @@ mod scheduler;
 mod server;
 pub mod tokenizer;
 
-pub use config::{ContextOverflow, EngineConfig, FaultConfig, LoraModule};
+pub use config::{ApiKey, ContextOverflow, EngineConfig, FaultConfig, LoraModule};
 pub use engine::{EngineState, SleepMode};
 pub use finish::FinishReason;
 pub use hash::{BlockHash, BlockHasher, ExtraKey, HashAlgo, published};

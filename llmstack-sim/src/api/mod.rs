@@ -1,7 +1,7 @@
 //! The HTTP surface of one simulated engine: vLLM's routes, bodies and errors.
 //!
-//! `handle` reads the body (JSON routes check the content type first, as vLLM does) and
-//! dispatches; each route family lives in its own module. Every inference route counts in
+//! `handle` checks the API key on guarded paths ([`auth`], with `--api-key`), reads the
+//! body (JSON routes check the content type first, as vLLM does) and dispatches; each route family lives in its own module. Every inference route counts in
 //! flight while it runs (`/load`) and honours the request faults the same way: text
 //! generation goes through [`generate`] and the scheduler, other routes answer at once
 //! after [`EngineApp::admit_immediate`].
@@ -21,6 +21,7 @@ use crate::engine::{Command, EngineShared};
 
 mod admin;
 mod audio;
+mod auth;
 mod base64;
 pub(crate) mod body;
 pub(crate) mod error;
@@ -36,6 +37,7 @@ mod responses;
 mod tokens;
 
 use audio::AudioTask;
+use auth::ApiKeys;
 use body::{LoadGuard, SimBody};
 use error::ApiError;
 use reply::{json_response, method_not_allowed, not_found_route};
@@ -135,6 +137,7 @@ pub(crate) struct EngineApp {
     pub(crate) tx: mpsc::UnboundedSender<Command>,
     pub(crate) listener: mpsc::UnboundedSender<ListenerCmd>,
     fingerprint: Arc<str>,
+    api_keys: ApiKeys,
 }
 
 type Res = Response<SimBody>;
@@ -153,11 +156,13 @@ impl EngineApp {
                 (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
             });
         let fingerprint = format!("vllm-{VLLM_VERSION}-{:08x}", h as u32).into();
+        let api_keys = ApiKeys::new(&shared.config.api_keys);
         Self {
             shared,
             tx,
             listener,
             fingerprint,
+            api_keys,
         }
     }
 
@@ -189,10 +194,15 @@ impl EngineApp {
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         let path = parts.uri.path();
+        let h = &parts.headers;
+        // vLLM's authentication middleware runs before routing: unknown paths and wrong
+        // methods under a guarded prefix are 401 too, and no body is read.
+        if !self.api_keys.admits(&parts.method, path, h) {
+            return auth::unauthorized();
+        }
         let query = parts.uri.query().unwrap_or("");
         let get = parts.method == Method::GET;
         let post = parts.method == Method::POST;
-        let h = &parts.headers;
         let body = match body_kind(&parts.method, path) {
             BodyKind::None => Bytes::new(),
             BodyKind::Json => match read_json(h, body).await {

@@ -119,3 +119,33 @@ fn vllm_kv_events_config_json() {
         ("tcp://*:6000", "kv")
     );
 }
+
+#[test]
+fn api_keys_repeat_split_on_commas_and_drop_empties() {
+    // Flags beat `VLLM_API_KEY`, so the test environment cannot leak in.
+    let a = Args::try_parse_from([
+        "llmstack-sim",
+        "--engines",
+        "2",
+        "--api-key",
+        "k1,k2",
+        "--api-key",
+        "k3",
+        "k4",
+        "--api-key",
+        "",
+    ])
+    .unwrap();
+    assert!(!format!("{a:?}").contains("k1"), "keys are redacted");
+    let (_, _, c) = a.engine_configs().unwrap();
+    for engine in &c {
+        assert_eq!(
+            engine
+                .api_keys
+                .iter()
+                .map(ApiKey::expose)
+                .collect::<Vec<_>>(),
+            ["k1", "k2", "k3", "k4"]
+        );
+    }
+}

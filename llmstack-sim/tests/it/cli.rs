@@ -17,8 +17,15 @@ impl Drop for Guard {
     }
 }
 
-fn start(args: &[&str]) -> (Guard, Value) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_llmstack-sim"))
+/// Starts the binary; `VLLM_API_KEY` comes from `api_key` only, never from the caller's
+/// environment.
+fn start(args: &[&str], api_key: Option<&str>) -> (Guard, Value) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_llmstack-sim"));
+    cmd.env_remove("VLLM_API_KEY");
+    if let Some(k) = api_key {
+        cmd.env("VLLM_API_KEY", k);
+    }
+    let mut child = cmd
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -37,18 +44,21 @@ fn start(args: &[&str]) -> (Guard, Value) {
 #[tokio::test]
 async fn four_engines_in_one_process_are_independent() {
     let (_guard, info) = tokio::task::spawn_blocking(|| {
-        start(&[
-            "--engines",
-            "4",
-            "--port",
-            "0",
-            "--profile",
-            "instant",
-            "--model",
-            "a",
-            "--model",
-            "b",
-        ])
+        start(
+            &[
+                "--engines",
+                "4",
+                "--port",
+                "0",
+                "--profile",
+                "instant",
+                "--model",
+                "a",
+                "--model",
+                "b",
+            ],
+            None,
+        )
     })
     .await
     .unwrap();
@@ -97,4 +107,38 @@ fn bad_flags_fail_with_a_message() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown profile"));
+}
+
+#[tokio::test]
+async fn vllm_api_key_env_turns_auth_on() {
+    let (_guard, info) = tokio::task::spawn_blocking(|| {
+        start(&["--port", "0", "--profile", "instant"], Some("sk-env"))
+    })
+    .await
+    .unwrap();
+    let url = info["engines"][0]["url"].as_str().unwrap().to_owned();
+    let c = client();
+    assert_eq!(get(&c, &format!("{url}/v1/models")).await.status, 401);
+    let r = send(
+        &c,
+        http::Method::GET,
+        &format!("{url}/v1/models"),
+        &[("authorization", "Bearer sk-env")],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(get(&c, &format!("{url}/health")).await.status, 200);
+}
+
+#[test]
+fn help_hides_the_api_key_env_value() {
+    let out = Command::new(env!("CARGO_BIN_EXE_llmstack-sim"))
+        .arg("--help")
+        .env("VLLM_API_KEY", "sk-do-not-print")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("--api-key") && help.contains("VLLM_API_KEY"));
+    assert!(!help.contains("sk-do-not-print"));
 }

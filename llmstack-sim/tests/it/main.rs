@@ -3,6 +3,7 @@
 
 mod api;
 mod audio;
+mod auth;
 mod cli;
 mod faults;
 mod kv_events;
