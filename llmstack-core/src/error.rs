@@ -15,6 +15,15 @@ pub enum TimeoutPhase {
     Idle,
 }
 
+/// Which per-tenant rate limit a request is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimit {
+    /// Requests per minute.
+    Requests,
+    /// Tokens per minute.
+    Tokens,
+}
+
 /// Everything that can fail between a client's request and the engine's response.
 ///
 /// [`Error::status`] is the HTTP status and [`Error::body`] the OpenAI-style body; the
@@ -94,6 +103,22 @@ pub enum Error {
     },
     /// The route exists but not with this method (405).
     MethodNotAllowed,
+    /// The request carries no API key, or one the router does not know (401, OpenAI's
+    /// `invalid_api_key` code).
+    Unauthorized {
+        /// Whether no key was sent at all (else a wrong one was).
+        missing: bool,
+    },
+    /// The client is over one of its tenant's rate limits (429, OpenAI's
+    /// `rate_limit_exceeded` code, with `Retry-After`).
+    RateLimited {
+        /// Which limit: requests or tokens per minute.
+        limit: RateLimit,
+        /// The limit's value, per minute.
+        per_minute: u64,
+        /// When the request would fit again.
+        retry_after: std::time::Duration,
+    },
     /// A request reached the forwarding service without an engine chosen for it (500:
     /// the service stack is assembled wrong, with no routing layer before forwarding).
     Unrouted,
@@ -117,8 +142,19 @@ pub struct ErrorObject {
     pub kind: &'static str,
     /// The offending request field, if any.
     pub param: Option<&'static str>,
-    /// The HTTP status code.
-    pub code: u16,
+    /// The HTTP status code (vLLM's errors), or OpenAI's error code name
+    /// (`invalid_api_key`, `rate_limit_exceeded`).
+    pub code: ErrorCode,
+}
+
+/// The `code` of an [`ErrorObject`]: a number or a name, as the body shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(untagged)]
+pub enum ErrorCode {
+    /// The HTTP status, as vLLM puts it.
+    Status(u16),
+    /// An OpenAI error code name.
+    Name(&'static str),
 }
 
 // === impl Error ===
@@ -136,6 +172,8 @@ impl Error {
     pub fn status(&self) -> u16 {
         match self {
             Self::BadRequest { .. } | Self::UnknownEndpoint { .. } => 400,
+            Self::Unauthorized { .. } => 401,
+            Self::RateLimited { .. } => 429,
             Self::ModelNotFound { .. } | Self::NotFound { .. } => 404,
             Self::MethodNotAllowed => 405,
             Self::BodyTimeout { .. } => 408,
@@ -164,21 +202,39 @@ impl Error {
             Self::NotFound { .. } => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Unrouted => "unrouted",
+            Self::Unauthorized { .. } => "unauthorized",
+            Self::RateLimited { .. } => "rate_limited",
         }
     }
 
     /// The OpenAI error body for this error.
     pub fn body(&self) -> ErrorBody {
         let code = self.status();
-        let kind = match code {
-            400 => "BadRequestError",
-            404 => "NotFoundError",
-            405 => "MethodNotAllowed",
-            408 => "RequestTimeoutError",
-            413 => "RequestEntityTooLarge",
-            502 => "BadGatewayError",
-            503 => "ServiceUnavailableError",
-            504 => "GatewayTimeoutError",
+        let kind = match (self, code) {
+            // OpenAI's own types for its own errors (its SDK reads `code`).
+            (Self::Unauthorized { .. }, _) => "invalid_request_error",
+            (
+                Self::RateLimited {
+                    limit: RateLimit::Requests,
+                    ..
+                },
+                _,
+            ) => "requests",
+            (
+                Self::RateLimited {
+                    limit: RateLimit::Tokens,
+                    ..
+                },
+                _,
+            ) => "tokens",
+            (_, 400) => "BadRequestError",
+            (_, 404) => "NotFoundError",
+            (_, 405) => "MethodNotAllowed",
+            (_, 408) => "RequestTimeoutError",
+            (_, 413) => "RequestEntityTooLarge",
+            (_, 502) => "BadGatewayError",
+            (_, 503) => "ServiceUnavailableError",
+            (_, 504) => "GatewayTimeoutError",
             _ => "InternalServerError",
         };
         let param = match self {
@@ -186,6 +242,11 @@ impl Error {
             Self::ModelNotFound { .. } | Self::NoReadyEndpoint { .. } => Some("model"),
             Self::UnknownEndpoint { .. } => Some("id"),
             _ => None,
+        };
+        let code = match self {
+            Self::Unauthorized { .. } => ErrorCode::Name("invalid_api_key"),
+            Self::RateLimited { .. } => ErrorCode::Name("rate_limit_exceeded"),
+            _ => ErrorCode::Status(code),
         };
         ErrorBody {
             error: ErrorObject {
@@ -198,8 +259,10 @@ impl Error {
     }
 
     /// The HTTP response for this error: its [`status`](Error::status), a JSON
-    /// content type and the [OpenAI body](Error::body). The one mapping from an error
-    /// to a response: every layer that answers with an error calls it.
+    /// content type and the [OpenAI body](Error::body); for
+    /// [`RateLimited`](Error::RateLimited), `Retry-After` in whole seconds (rounded
+    /// up). The one mapping from an error to a response: every layer that answers with
+    /// an error calls it.
     pub fn to_response(&self) -> http::Response<bytes::Bytes> {
         let body = serde_json::to_vec(&self.body()).unwrap_or_default();
         let mut resp = http::Response::new(bytes::Bytes::from(body));
@@ -209,6 +272,13 @@ impl Error {
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("application/json"),
         );
+        if let Self::RateLimited { retry_after, .. } = self {
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            resp.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from(secs.max(1)),
+            );
+        }
         resp
     }
 
@@ -275,6 +345,25 @@ impl fmt::Display for Error {
             Self::ShuttingDown => f.write_str("The router is shutting down."),
             Self::NotFound { path } => write!(f, "Route {path} not found."),
             Self::MethodNotAllowed => f.write_str("Method not allowed."),
+            Self::Unauthorized { missing: true } => f.write_str(
+                "No API key provided: send it as `Authorization: Bearer <key>` (or `x-api-key`).",
+            ),
+            Self::Unauthorized { missing: false } => f.write_str("Incorrect API key provided."),
+            Self::RateLimited {
+                limit,
+                per_minute,
+                retry_after,
+            } => {
+                let what = match limit {
+                    RateLimit::Requests => "requests per minute (RPM)",
+                    RateLimit::Tokens => "tokens per minute (TPM)",
+                };
+                write!(
+                    f,
+                    "Rate limit reached for {what}: limit {per_minute}. Please try again in {:.3}s.",
+                    retry_after.as_secs_f64()
+                )
+            }
             Self::Unrouted => f.write_str(
                 "No engine was chosen for this request (the router's service stack has no routing layer).",
             ),
@@ -335,5 +424,30 @@ mod tests {
         };
         assert_eq!(timeout.status(), 504);
         assert!(!timeout.is_retryable());
+    }
+
+    #[test]
+    fn gateway_errors_have_openai_codes_and_retry_after() {
+        let json = serde_json::to_value(Error::Unauthorized { missing: false }.body()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"error": {"message": "Incorrect API key provided.",
+                "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}})
+        );
+        let limited = Error::RateLimited {
+            limit: RateLimit::Tokens,
+            per_minute: 1000,
+            retry_after: std::time::Duration::from_millis(1200),
+        };
+        let resp = limited.to_response();
+        assert_eq!(resp.status(), 429);
+        assert_eq!(resp.headers()[http::header::RETRY_AFTER], "2");
+        let body: serde_json::Value = serde_json::from_slice(resp.body()).unwrap();
+        assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+        assert_eq!(body["error"]["type"], "tokens");
+        assert_eq!(
+            Error::NotFound { path: "/x".into() }.body().error.code,
+            ErrorCode::Status(404)
+        );
     }
 }

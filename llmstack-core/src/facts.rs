@@ -8,6 +8,8 @@
 //! | [`RouteFacts`] | the routing layer | the response (also error responses) | accounting, retry |
 //! | [`UpstreamFailure`] | the forwarder | the error response | retry, accounting |
 //! | [`SeenModel`] | accounting (empty), filled by the routing layer | the request | accounting, even when the client left before any response |
+//! | [`Tenant`] | authentication (an API key's tenant) | the request | rate limits, admission |
+//! | [`OnUsage`] | a layer inside accounting that wants the token usage (rate limits) | the response | accounting, which calls it once the body ends |
 
 use std::sync::{Arc, OnceLock};
 
@@ -63,6 +65,100 @@ pub struct UpstreamFailure {
 /// [`RouteFacts`] never reach it then. Clones share the slot.
 #[derive(Debug, Clone, Default)]
 pub struct SeenModel(Arc<OnceLock<Arc<str>>>);
+
+/// Who is asking: the tenant an API key belongs to, with its priority class and rate
+/// limits. Put in the request's extensions by an authentication layer; cheap to clone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    /// The tenant's name (a bounded set: the operator's keys file names them).
+    pub name: Arc<str>,
+    /// Its priority class.
+    pub priority: Priority,
+    /// Requests per minute it may send, if limited.
+    pub rpm: Option<u64>,
+    /// Tokens (prompt and completion) per minute it may use, if limited.
+    pub tpm: Option<u64>,
+}
+
+/// A request's priority class: under contention a higher class is served first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Priority {
+    /// Served before the others.
+    High,
+    /// The default.
+    #[default]
+    Normal,
+    /// Served when nothing else waits.
+    Low,
+}
+
+/// The token usage of one request, as its response showed it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// `usage.prompt_tokens` (or `input_tokens`), when the response had it.
+    pub prompt_tokens: Option<u64>,
+    /// `usage.completion_tokens` (or `output_tokens`), when the response had it.
+    pub completion_tokens: Option<u64>,
+    /// Content-bearing stream events seen (about one token each), for streams without
+    /// `usage`.
+    pub content_events: u64,
+}
+
+/// Told the token usage of a request once its response body ends, fails or is dropped:
+/// a layer inside accounting puts it in the response's extensions, and accounting
+/// (`llmstack-metrics`' `Account`) calls it exactly once, for responses from an
+/// engine. Cheap to clone (one `Arc`).
+#[derive(Clone)]
+pub struct OnUsage(Arc<dyn Fn(Usage) + Send + Sync>);
+
+// === impl OnUsage ===
+
+impl OnUsage {
+    /// A hook that calls `f`.
+    pub fn new(f: impl Fn(Usage) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    /// Reports `usage`.
+    pub fn report(&self, usage: Usage) {
+        (self.0)(usage);
+    }
+}
+
+impl std::fmt::Debug for OnUsage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnUsage")
+    }
+}
+
+// === impl Priority ===
+
+impl Priority {
+    /// Every class, highest first.
+    pub const ALL: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
+
+    /// Its name: `high`, `normal` or `low`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::High => "high",
+            Self::Normal => "normal",
+            Self::Low => "low",
+        }
+    }
+}
+
+impl std::str::FromStr for Priority {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "high" => Ok(Self::High),
+            "normal" => Ok(Self::Normal),
+            "low" => Ok(Self::Low),
+            other => Err(format!("priority `{other}` is not high, normal or low")),
+        }
+    }
+}
 
 // === impl SeenModel ===
 

@@ -6,7 +6,8 @@
 //! The routing layer reads a [`RouteRequest`] from the raw request body (without
 //! re-serialising it), routes on it, and the original bytes are forwarded. The layers of
 //! the request path pass each other facts in request and response extensions
-//! ([`RoutedTo`], [`Exclude`], [`RouteFacts`], [`UpstreamFailure`], [`SeenModel`]) so
+//! ([`RoutedTo`], [`Exclude`], [`RouteFacts`], [`UpstreamFailure`], [`SeenModel`],
+//! [`Tenant`], [`OnUsage`]) so
 //! that none depends on another's crate. Every failure along the way is an [`Error`],
 //! which knows its HTTP status, its OpenAI error body and its response
 //! ([`Error::to_response`], the one mapping). [`settings`] has what every library's
@@ -40,8 +41,10 @@ mod stats;
 
 pub use discover::{BoxError, Discover, Update};
 pub use endpoint::{Endpoint, EndpointId, EndpointState, ModelCard, Role};
-pub use error::{Error, ErrorBody, ErrorObject, TimeoutPhase};
-pub use facts::{Exclude, RouteFacts, RoutedTo, SeenModel, UpstreamFailure};
+pub use error::{Error, ErrorBody, ErrorCode, ErrorObject, RateLimit, TimeoutPhase};
+pub use facts::{
+    Exclude, OnUsage, Priority, RouteFacts, RoutedTo, SeenModel, Tenant, UpstreamFailure, Usage,
+};
 pub use multipart::{
     FormPart, MultipartError, multipart_boundary, multipart_parts, multipart_text_field,
 };

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use foldhash::fast::RandomState;
 use http::{Request, Response, header};
 use http_body::{Body, Frame, SizeHint};
-use llmstack_core::{EndpointId, RouteFacts, SeenModel, openai_route};
+use llmstack_core::{EndpointId, OnUsage, RouteFacts, SeenModel, Usage, openai_route};
 use memchr::memmem::Finder;
 use metrics::{Counter, Histogram, SharedString, counter, histogram};
 use pin_project_lite::pin_project;
@@ -35,7 +35,9 @@ use crate::names;
 /// `llmstack_routing_decisions_total{policy,reason}`. `route` is the OpenAI path
 /// ([`openai_route`]) or `other`; `model` is a model some engine serves, or `unknown`.
 /// Metric handles are resolved once per label set and cached (bounded), so the
-/// request path does not build label sets.
+/// request path does not build label sets. When an engine's response carries an
+/// [`OnUsage`] extension (a rate limit inside wants to know), it is called once with
+/// the request's [`Usage`] when the body ends, fails or is dropped.
 #[derive(Debug, Clone, Default)]
 pub struct AccountLayer {
     meters: Arc<Meters>,
@@ -99,6 +101,10 @@ struct BodyTally {
     last_content: Option<Instant>,
     prompt_tokens: Option<u64>,
     completion_tokens: Option<u64>,
+    /// Content-bearing SSE events seen.
+    content_events: u64,
+    /// Told the usage when the body ends (a rate limit inside wants it).
+    on_usage: Option<OnUsage>,
 }
 
 pin_project! {
@@ -207,7 +213,10 @@ where
                     .headers()
                     .get(header::CONTENT_TYPE)
                     .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-                Some(tally.body(this.meters, engine, model, status, sse))
+                let on_usage = resp.extensions().get::<OnUsage>().cloned();
+                let mut body = tally.body(this.meters, engine, model, status, sse);
+                body.on_usage = on_usage;
+                Some(body)
             }
             None => {
                 // Answered by the router itself: a rare path, plain macros.
@@ -324,6 +333,8 @@ impl Tally {
             last_content: None,
             prompt_tokens: None,
             completion_tokens: None,
+            content_events: 0,
+            on_usage: None,
         }
     }
 }
@@ -419,6 +430,7 @@ impl BodyTally {
                 if !has_content(event) {
                     continue;
                 }
+                self.content_events += 1;
                 let now = *now.get_or_insert_with(Instant::now);
                 match self.last_content {
                     None => self
@@ -461,6 +473,13 @@ impl Drop for BodyTally {
         }
         if let Some(c) = self.completion_tokens {
             self.meters.completion.increment(c);
+        }
+        if let Some(on_usage) = &self.on_usage {
+            on_usage.report(Usage {
+                prompt_tokens: self.prompt_tokens,
+                completion_tokens: self.completion_tokens,
+                content_events: self.content_events,
+            });
         }
     }
 }

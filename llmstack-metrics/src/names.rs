@@ -4,7 +4,8 @@
 //! can scrape engines and routers without collisions. Labels are bounded: `engine`
 //! (an endpoint id), `model` (a model some engine served, or `unknown`), `route` (a fixed
 //! path), `status` (`2xx`, `3xx`, `4xx`, `5xx`, or `cancelled` when the client left
-//! before an answer), `policy`, `reason`, `kind`, `state`.
+//! before an answer), `policy`, `reason`, `kind`, `state`, `limit`, `result`, and `tenant` (a name from
+//! the operator's keys file).
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
@@ -56,6 +57,15 @@ pub const ENGINE_KV_CACHE_USAGE: &str = "llmstack_engine_kv_cache_usage_ratio";
 /// Re-exported engine gauge: prefix-cache hit ratio over the last scrape interval, by
 /// `engine`.
 pub const ENGINE_PREFIX_CACHE_HIT: &str = "llmstack_engine_prefix_cache_hit_ratio";
+/// Requests refused for want of a valid API key, by `reason` (`missing`, `invalid`).
+pub const AUTH_FAILURES: &str = "llmstack_auth_failures_total";
+/// Requests refused for being over a tenant's rate limit, by `tenant` and `limit`
+/// (`requests`, `tokens`).
+pub const RATE_LIMITED: &str = "llmstack_rate_limited_total";
+/// API keys loaded (after the last successful load or reload of the keys file).
+pub const API_KEYS: &str = "llmstack_api_keys";
+/// Reloads of the API keys file, by `result` (`ok`, `error`: the previous keys stay).
+pub const API_KEY_RELOADS: &str = "llmstack_api_key_reloads_total";
 
 /// Registers the help text and unit of every series above with the installed recorder.
 /// Call once at start, after installing it.
@@ -119,5 +129,18 @@ pub fn describe() {
     describe_gauge!(
         ENGINE_PREFIX_CACHE_HIT,
         "Prefix-cache hit ratio of the engine over the last scrape interval (scraped)."
+    );
+    describe_counter!(
+        AUTH_FAILURES,
+        "Requests refused (401) for want of a valid API key."
+    );
+    describe_counter!(
+        RATE_LIMITED,
+        "Requests refused (429) for being over a tenant's rate limit."
+    );
+    describe_gauge!(API_KEYS, "API keys loaded.");
+    describe_counter!(
+        API_KEY_RELOADS,
+        "Reloads of the API keys file (on error the previous keys stay)."
     );
 }

@@ -31,10 +31,13 @@ fn a_streamed_body_is_accounted_once_when_dropped() {
 
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
+    let reported = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&reported);
     metrics::with_local_recorder(&recorder, || {
         let meters = Meters::default();
         let tally = Tally::new("/v1/chat/completions", Instant::now(), SeenModel::default());
         let mut body = tally.body(&meters, &EndpointId::new("e1"), Some("m"), "2xx", true);
+        body.on_usage = Some(OnUsage::new(move |u| seen.lock().unwrap().push(u)));
         body.on_data(
             b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n",
         );
@@ -66,6 +69,16 @@ fn a_streamed_body_is_accounted_once_when_dropped() {
         panic!()
     };
     assert_eq!(itl.len(), 1);
+    let usage = Usage {
+        prompt_tokens: Some(7),
+        completion_tokens: Some(2),
+        content_events: 2,
+    };
+    assert_eq!(
+        *reported.lock().unwrap(),
+        [usage],
+        "reported once, when dropped"
+    );
 }
 
 #[test]
