@@ -72,6 +72,7 @@ impl ProxyArgs {
                 self.request_body_timeout,
                 defaults.body_timeout,
             ),
+            engine_authorization: None,
         };
         if config.max_body == 0 {
             errors.push(

@@ -18,6 +18,20 @@ pub struct ProxyConfig {
     pub max_body: usize,
     /// Deadline for a request's whole body to arrive, from its head [default: 30 s].
     pub body_timeout: Duration,
+    /// `Authorization` value put on every forwarded request in place of the client's
+    /// (the engines' own key, vLLM `--api-key`) [default: none, the client's header
+    /// goes through]. Build it with [`ProxyConfig::engine_key`]; `Debug` hides it.
+    pub engine_authorization: Option<http::HeaderValue>,
+}
+
+impl ProxyConfig {
+    /// `Bearer <key>` as [`ProxyConfig::engine_authorization`], marked sensitive;
+    /// `None` for a key that cannot be a header value.
+    pub fn engine_key(key: &str) -> Option<http::HeaderValue> {
+        let mut value = http::HeaderValue::from_str(&format!("Bearer {key}")).ok()?;
+        value.set_sensitive(true);
+        Some(value)
+    }
 }
 
 impl Default for ProxyConfig {
@@ -29,6 +43,7 @@ impl Default for ProxyConfig {
             retries: 2,
             max_body: 32 << 20,
             body_timeout: Duration::from_secs(30),
+            engine_authorization: None,
         }
     }
 }

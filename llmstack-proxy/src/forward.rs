@@ -35,7 +35,8 @@ use crate::{Counters, ProxyConfig};
 ///   retried here (that is [`Retry`](crate::Retry)'s business).
 /// - **What goes out**: the request's method, path and query under the engine's base
 ///   URL, its headers without hop-by-hop ones and `Content-Length`, `Host` of the
-///   engine, the body bytes as they are.
+///   engine, `Authorization` replaced by the engines' key when
+///   [`ProxyConfig::engine_authorization`] is set, the body bytes as they are.
 /// - **Deadlines**: connect ([`ProxyConfig::connect_timeout`]), response head
 ///   ([`ProxyConfig::first_byte_timeout`]), and between two body chunks
 ///   ([`ProxyConfig::idle_timeout`], enforced by the body). No total cap.
@@ -142,6 +143,9 @@ impl Shared {
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.remove(header::CONTENT_LENGTH);
+        if let Some(key) = &self.config.engine_authorization {
+            parts.headers.insert(header::AUTHORIZATION, key.clone());
+        }
         #[cfg(feature = "otel")]
         crate::otel::inject_current(&mut parts.headers);
         let path_and_query = parts.uri.path_and_query().cloned();
