@@ -15,6 +15,7 @@ use std::time::Duration;
 use clap::Args;
 use llmstack_core::SettingErrors;
 use llmstack_discovery::{DiscoveryArgs, DiscoveryConfig};
+use llmstack_gateway::{GatewayArgs, GatewayConfig};
 use llmstack_metrics::{ScrapeArgs, ScrapeConfig};
 use llmstack_proxy::{ProxyArgs, ProxyConfig};
 use llmstack_routing::{RoutingArgs, RoutingConfig};
@@ -39,6 +40,9 @@ pub struct Settings {
     /// Forwarding and retries (`llmstack-proxy`).
     #[command(flatten)]
     pub proxy: ProxyArgs,
+    /// API keys and rate limits (`llmstack-gateway`).
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
     /// The engine stats scraper (`llmstack-metrics`).
     #[command(flatten)]
     pub scrape: ScrapeArgs,
@@ -87,7 +91,8 @@ pub struct ServerArgs {
     #[arg(long, env = "LLMSTACK_SHUTDOWN_GRACE_PERIOD")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shutdown_grace_period: Option<f64>,
-    /// Bearer token the router uses for its own calls to engines (vLLM --api-key).
+    /// The engines' key (vLLM --api-key): the router's own calls to engines carry it,
+    /// and so does every forwarded request, in place of the client's `Authorization`.
     #[arg(long, env = "VLLM_API_KEY", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub engine_api_key: Option<String>,
@@ -143,6 +148,8 @@ pub struct ServerConfig {
     pub routing: RoutingConfig,
     /// The forwarder and retries.
     pub proxy: ProxyConfig,
+    /// API keys (authentication is off without any).
+    pub gateway: GatewayConfig,
     /// Time in-flight requests get to finish at shutdown.
     pub shutdown_grace: Duration,
     /// The engine stats scraper.
@@ -202,6 +209,7 @@ impl Settings {
             discovery: serde_yaml_ng::from_value(value.clone()).map_err(section("discovery"))?,
             routing: serde_yaml_ng::from_value(value.clone()).map_err(section("routing"))?,
             proxy: serde_yaml_ng::from_value(value.clone()).map_err(section("proxy"))?,
+            gateway: serde_yaml_ng::from_value(value.clone()).map_err(section("gateway"))?,
             scrape: serde_yaml_ng::from_value(value).map_err(section("scrape"))?,
         })
     }
@@ -214,6 +222,7 @@ impl Settings {
             discovery: overlay(self.discovery, over.discovery),
             routing: overlay(self.routing, over.routing),
             proxy: overlay(self.proxy, over.proxy),
+            gateway: overlay(self.gateway, over.gateway),
             scrape: overlay(self.scrape, over.scrape),
         }
     }
@@ -226,7 +235,17 @@ impl Settings {
         let mut discovery = self.discovery.resolve(&mut errors);
         discovery.probe.api_key.clone_from(&api_key);
         let routing = self.routing.resolve(&mut errors);
-        let proxy = self.proxy.resolve(&mut errors);
+        let mut proxy = self.proxy.resolve(&mut errors);
+        if let Some(key) = &api_key {
+            proxy.engine_authorization = llmstack_proxy::ProxyConfig::engine_key(key);
+            if proxy.engine_authorization.is_none() {
+                errors.push(
+                    "engine-api-key",
+                    "VLLM_API_KEY must be printable ASCII (it goes in an HTTP header)",
+                );
+            }
+        }
+        let gateway = self.gateway.resolve(&mut errors);
         let scrape = self
             .scrape
             .resolve(discovery.probe.timeout, api_key, &mut errors);
@@ -297,6 +316,7 @@ impl Settings {
                 discovery,
                 routing,
                 proxy,
+                gateway,
                 shutdown_grace,
                 scrape,
             })

@@ -66,6 +66,7 @@ pub async fn start(args: &DemoArgs) -> Result<Demo, DemoError> {
         },
         routing: RoutingConfig::default(),
         proxy: ProxyConfig::default(),
+        gateway: Default::default(),
         shutdown_grace: std::time::Duration::from_secs(30),
         scrape: ScrapeConfig::default(),
     };

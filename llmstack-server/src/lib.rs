@@ -5,7 +5,8 @@
 //! (`llmstack-discovery`) feeds an [`EndpointSet`](llmstack_core::EndpointSet)
 //! snapshot and the scraper (`llmstack-metrics`) the engines' stats; each request goes
 //! through the layers stacked in `stack.rs` with tower's `ServiceBuilder`: accounting
-//! (`llmstack-metrics`), body read and retry (`llmstack-proxy`), routing
+//! (`llmstack-metrics`), API keys and rate limits (`llmstack-gateway`), body read and
+//! retry (`llmstack-proxy`), routing
 //! (`llmstack-routing`'s `RouteLayer`) and forwarding (`llmstack-proxy`'s `Forward`).
 //! The server owns the settings ([`Settings`]: each library's settings flattened), the
 //! listeners and their route table (`service.rs`), the routes it answers itself
@@ -31,5 +32,6 @@ mod telemetry;
 
 pub use cli::{Action, Cli, Command, DemoArgs, parse};
 pub use config::{OtelConfig, ServerArgs, ServerConfig, Settings, SettingsError};
+pub use llmstack_gateway::GatewayConfig;
 pub use llmstack_proxy::ProxyConfig;
 pub use server::{Server, StartError};

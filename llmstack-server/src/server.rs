@@ -39,6 +39,7 @@ pub struct Server {
     sweeper: JoinHandle<()>,
     scraper: JoinHandle<()>,
     upkeep: JoinHandle<()>,
+    keys_watch: JoinHandle<()>,
     admin: Option<JoinHandle<()>>,
     admin_addr: Option<SocketAddr>,
 }
@@ -96,6 +97,15 @@ impl Server {
             route = route.with_session_key(key);
         }
         let forward = Forward::new(config.proxy.clone());
+        let keys = config
+            .gateway
+            .keys()
+            .map_err(|e| StartError::Config(e.into()))?;
+        let keys_watch = match &keys {
+            Some(keys) => tokio::spawn(keys.watch(KEYS_FILE_POLL)),
+            None => tokio::spawn(std::future::ready(())),
+        };
+        spawned.0.push(keys_watch.abort_handle());
         let shared = Arc::new(Shared {
             endpoints: set_rx.clone(),
             stats,
@@ -103,7 +113,8 @@ impl Server {
             main_port_metrics: config.main_port_metrics,
             router: Arc::clone(&router),
             forward: forward.clone(),
-            proxied: stack::proxied(route, forward.clone(), &config.proxy),
+            proxied: stack::proxied(route, forward.clone(), &config.proxy, keys.clone()),
+            keys,
             refused: stack::refused(),
             requests: Default::default(),
             errors: Default::default(),
@@ -177,6 +188,7 @@ impl Server {
             sweeper,
             scraper,
             upkeep,
+            keys_watch,
             admin,
             admin_addr,
         })
@@ -213,6 +225,7 @@ impl Drop for Server {
         self.sweeper.abort();
         self.scraper.abort();
         self.upkeep.abort();
+        self.keys_watch.abort();
         if let Some(admin) = &self.admin {
             admin.abort();
         }
@@ -247,6 +260,9 @@ const FIRST_ANSWER_WAIT: Duration = Duration::from_secs(10);
 
 /// How often a static list's `--config` file is checked for changes.
 const STATIC_FILE_POLL: Duration = Duration::from_secs(1);
+
+/// How often the `--api-keys-file` is checked for changes.
+const KEYS_FILE_POLL: Duration = Duration::from_secs(1);
 
 /// A discovery source of any kind.
 type Source = Box<dyn Discover>;

@@ -22,7 +22,9 @@ use crate::state::Shared;
 
 /// A listener's service: on the main listener, the OpenAI routes go through the
 /// proxied stack and the rest are answered by the router ([`local`]); on the admin
-/// listener, only `/metrics`, `/health` and `/ready` exist.
+/// listener, only `/metrics`, `/health`, `/ready` and `/engines` exist, with no key
+/// needed. With API keys on, `/v1/models`, `/engines` and `/version` on the main
+/// listener need one too (probes and `/metrics` do not).
 #[derive(Clone)]
 pub(crate) struct Listener {
     pub(crate) shared: Arc<Shared>,
@@ -114,9 +116,12 @@ impl Future for ListenerFuture {
 async fn admin(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
     let resp = match local::route(path) {
-        Some(route @ (local::Local::Metrics | local::Local::Health | local::Local::Ready))
-            if req.method() == Method::GET || req.method() == Method::HEAD =>
-        {
+        Some(
+            route @ (local::Local::Metrics
+            | local::Local::Health
+            | local::Local::Ready
+            | local::Local::Engines),
+        ) if req.method() == Method::GET || req.method() == Method::HEAD => {
             local::answer_async(&shared, route).await
         }
         Some(_) | None => local(&Error::NotFound {
@@ -140,6 +145,16 @@ async fn main(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         shared.errors.fetch_add(1, Ordering::Relaxed);
         return local(&Error::MethodNotAllowed).map(Either::Right);
+    }
+    let open = matches!(
+        route,
+        local::Local::Health | local::Local::Ready | local::Local::Metrics
+    );
+    if let (Some(keys), false) = (&shared.keys, open)
+        && let Err(e) = keys.authenticate(req.headers())
+    {
+        shared.errors.fetch_add(1, Ordering::Relaxed);
+        return local(&e).map(Either::Right);
     }
     local::answer_async(&shared, route).await.map(Either::Right)
 }

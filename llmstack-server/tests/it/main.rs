@@ -5,6 +5,7 @@
 mod binary;
 mod discovery;
 mod failures;
+mod gateway;
 #[cfg(feature = "kube")]
 mod k8s;
 mod local;

@@ -54,6 +54,7 @@ pub fn config_for(engines: &[SimEngine]) -> ServerConfig {
             idle_timeout: Duration::from_secs(10),
             ..ProxyConfig::default()
         },
+        gateway: Default::default(),
         shutdown_grace: Duration::from_secs(30),
         scrape: ScrapeConfig {
             interval: Duration::from_millis(100),
@@ -79,10 +80,11 @@ pub async fn stack(configs: Vec<EngineConfig>, tweak: impl FnOnce(&mut ServerCon
     let url = format!("http://{}", server.local_addr());
     let client = client();
     let n = engines.len();
+    let engines_url = engines_url(&server);
     let ready = eventually(Duration::from_secs(5), || {
-        let (c, u) = (client.clone(), url.clone());
+        let (c, u) = (client.clone(), engines_url.clone());
         async move {
-            let engines = get(&c, &format!("{u}/engines")).await.json();
+            let engines = get(&c, &u).await.json();
             engines
                 .as_array()
                 .unwrap()
@@ -100,6 +102,13 @@ pub async fn stack(configs: Vec<EngineConfig>, tweak: impl FnOnce(&mut ServerCon
         url,
         client,
     }
+}
+
+/// Where `server` lists its engines with no key needed: the admin listener's
+/// `/engines`, else the main one's.
+pub fn engines_url(server: &Server) -> String {
+    let addr = server.admin_addr().unwrap_or(server.local_addr());
+    format!("http://{addr}/engines")
 }
 
 impl Stack {
@@ -121,7 +130,7 @@ impl Stack {
     /// Engine `i`'s entry in the router's `/engines`, if listed.
     pub async fn engine_entry(&self, i: usize) -> Option<Value> {
         let want = self.engines[i].base_url();
-        let engines = get(&self.client, &self.at("/engines")).await.json();
+        let engines = get(&self.client, &engines_url(&self.server)).await.json();
         engines
             .as_array()
             .unwrap()
