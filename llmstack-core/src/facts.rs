@@ -5,6 +5,7 @@
 //! |---|---|---|---|
 //! | [`RoutedTo`] | the routing layer | the request | the forwarder |
 //! | [`Exclude`] | the retry layer | the request | the routing layer (never the same engine twice) |
+//! | [`Avoid`] | outlier ejection | the request | the routing layer (other engines first) |
 //! | [`RouteFacts`] | the routing layer | the response (also error responses) | accounting, retry |
 //! | [`UpstreamFailure`] | the forwarder | the error response | retry, accounting |
 //! | [`SeenModel`] | accounting (empty), filled by the routing layer | the request | accounting, even when the client left before any response |
@@ -29,6 +30,12 @@ pub struct RoutedTo {
 /// Put in the request's extensions by a retry layer.
 #[derive(Debug, Clone, Default)]
 pub struct Exclude(pub Vec<EndpointId>);
+
+/// Engines to pass over while another candidate serves the request (ejected outliers):
+/// put in the request's extensions by an outlier-ejection layer; the routing layer
+/// still picks one of them when no other candidate is left.
+#[derive(Debug, Clone, Default)]
+pub struct Avoid(pub Vec<EndpointId>);
 
 /// What the routing layer learnt and decided, in the extensions of every response that
 /// went through it (routing errors included), for the layers outside it.

@@ -12,7 +12,7 @@ use http::request::Parts;
 use http::{HeaderName, Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use llmstack_core::{
-    EndpointSet, Error, Exclude, RouteFacts, RouteRequest, RoutedTo, SeenModel, StatsReader,
+    Avoid, EndpointSet, Error, Exclude, RouteFacts, RouteRequest, RoutedTo, SeenModel, StatsReader,
 };
 use pin_project_lite::pin_project;
 use tokio::sync::watch;
@@ -125,7 +125,8 @@ impl<S> Layer<S> for RouteLayer {
 /// reads it once (`extract.rs`): the model from the JSON body, or from the form of the
 /// multipart audio routes; the session key; an alias, whose body is rewritten; `?id=`
 /// pinning, which is taken off the query sent on. Engines in the request's
-/// [`Exclude`] extension are never chosen. The request is counted in flight on the
+/// [`Exclude`] extension are never chosen; those in its [`Avoid`] extension only when
+/// no other candidate is left. The request is counted in flight on the
 /// engine from the choice until the response body ends, fails or is dropped, or until
 /// the inner service fails: the guard travels in [`RouteBody`]. A 2xx response head
 /// teaches the prefix index the prompt. Routing errors (bad body, unknown model, no
@@ -290,9 +291,11 @@ impl Shared {
             })?;
         }
         let exclude = parts.extensions.get::<Exclude>().map_or(&[][..], |e| &e.0);
+        let avoid = parts.extensions.get::<Avoid>().map_or(&[][..], |e| &e.0);
         let target = Target {
             pinned: pinned.as_deref(),
             exclude,
+            avoid,
         };
         let stats = self.stats.as_ref().map(StatsReader::snapshot);
         let routed = self

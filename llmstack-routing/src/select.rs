@@ -15,6 +15,9 @@ pub struct Target<'a> {
     pub pinned: Option<&'a str>,
     /// Endpoints that already failed this request (retries never go back to them).
     pub exclude: &'a [EndpointId],
+    /// Endpoints to pass over while another candidate is left (ejected outliers): a
+    /// soft exclusion, so a model whose engines are all avoided is still served.
+    pub avoid: &'a [EndpointId],
 }
 
 /// A request's candidate endpoints: the endpoint set's own list for the model (shared,
@@ -39,13 +42,14 @@ impl Deref for CandidateList<'_> {
 }
 
 /// The endpoints `req` may go to: the routable endpoints serving its model, minus the
-/// excluded ones, restricted to the pinned id if any. Never empty on success.
+/// excluded ones, minus the avoided ones unless none would be left, restricted to the
+/// pinned id if any (pinning ignores `avoid`). Never empty on success.
 ///
 /// Errors: [`Error::ModelNotFound`] when no endpoint ever served the model (or the
 /// request names none: 400), [`Error::NoReadyEndpoint`] when it is known but no
 /// candidate is left (none ready, or all excluded), [`Error::UnknownEndpoint`] when the
 /// pinned id is unknown or does not serve the model. Cost: one hash lookup, plus a copy
-/// of the candidate list only when some are excluded.
+/// of the candidate list only when some are excluded or avoided.
 pub fn candidates<'s>(
     set: &'s EndpointSet,
     req: &RouteRequest<'_>,
@@ -81,13 +85,26 @@ pub fn candidates<'s>(
     }
     let candidates = match set.candidates_shared(model) {
         None => CandidateList::Owned(Vec::new()),
-        Some(all) if target.exclude.is_empty() => CandidateList::Shared(all),
+        Some(all) if target.exclude.is_empty() && target.avoid.is_empty() => {
+            CandidateList::Shared(all)
+        }
         Some(all) => CandidateList::Owned(
             all.iter()
                 .filter(|ep| !target.exclude.contains(&ep.id))
                 .cloned()
                 .collect(),
         ),
+    };
+    let candidates = match candidates {
+        CandidateList::Owned(list) if !target.avoid.is_empty() => {
+            let kept: Vec<Arc<Endpoint>> = list
+                .iter()
+                .filter(|ep| !target.avoid.contains(&ep.id))
+                .cloned()
+                .collect();
+            CandidateList::Owned(if kept.is_empty() { list } else { kept })
+        }
+        other => other,
     };
     if candidates.is_empty() {
         return Err(none_left());
@@ -175,6 +192,34 @@ mod tests {
             ..Target::default()
         };
         assert_eq!(route(&set, "a", &target).unwrap_err().status(), 503);
+    }
+
+    #[test]
+    fn avoided_endpoints_are_passed_over_while_another_is_left() {
+        let set = set();
+        let ids: Vec<EndpointId> = set.candidates("a").iter().map(|e| e.id.clone()).collect();
+        let avoid = [ids[0].clone()];
+        let target = Target {
+            avoid: &avoid,
+            ..Target::default()
+        };
+        for _ in 0..4 {
+            assert_ne!(route(&set, "a", &target).unwrap().id, ids[0]);
+        }
+        // All avoided: still served.
+        let target = Target {
+            avoid: &ids,
+            ..Target::default()
+        };
+        assert!(route(&set, "a", &target).is_ok());
+        // Excluded and avoided: the avoided one serves.
+        let exclude = [ids[1].clone()];
+        let target = Target {
+            exclude: &exclude,
+            avoid: &avoid,
+            ..Target::default()
+        };
+        assert_eq!(route(&set, "a", &target).unwrap().id, ids[0]);
     }
 
     #[test]
