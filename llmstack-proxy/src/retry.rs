@@ -30,9 +30,10 @@ pub struct RetryLayer {
 /// Sends the request to the inner service (routing, then forwarding) and, while the
 /// answer is an error response whose [`UpstreamFailure`] is retryable (the engine
 /// refused the connection, or dropped it before the response head: it cannot have
-/// started on the request) and fewer than `attempts` other engines were tried, sends it
-/// again with that engine added to [`Exclude`]. Nothing is retried after the response
-/// head: a response under way belongs to its engine.
+/// started on the request) or an engine's own 503 or 429 (it turned the request down),
+/// and fewer than `attempts` other engines were tried, sends it again with that engine
+/// added to [`Exclude`]. Nothing is retried once a response body has started: a 2xx
+/// head belongs to its engine.
 ///
 /// When no other engine is left, the client gets the last engine failure (502/504),
 /// not "no engine ready". Each retry is counted in `llmstack_retries_total{engine,reason}`
@@ -186,22 +187,19 @@ where
                             return Poll::Ready(Ok(failed));
                         }
                     }
-                    let Some(failure) = resp.extensions().get::<UpstreamFailure>() else {
+                    let Some((endpoint, kind)) = retryable(&resp) else {
                         return Poll::Ready(Ok(resp));
                     };
-                    if this.head.is_none()
-                        || !failure.retryable
-                        || this.excluded.len() >= *this.attempts as usize
-                    {
+                    if this.head.is_none() || this.excluded.len() >= *this.attempts as usize {
                         return Poll::Ready(Ok(resp));
                     }
-                    metrics::counter!(names::RETRIES, "engine" => failure.endpoint.to_string(), "reason" => failure.kind)
+                    metrics::counter!(names::RETRIES, "engine" => endpoint.to_string(), "reason" => kind)
                         .increment(1);
                     if let Some(c) = this.counters.as_ref() {
                         c.retries.fetch_add(1, Ordering::Relaxed);
                     }
-                    tracing::warn!(endpoint = %failure.endpoint, kind = failure.kind, "engine failed before answering; trying another");
-                    this.excluded.push(failure.endpoint.clone());
+                    tracing::warn!(%endpoint, kind, "engine failed or refused before answering; trying another");
+                    this.excluded.push(endpoint.clone());
                     if let Some(facts) = resp.extensions().get::<RouteFacts>() {
                         count_decision(facts);
                     }
@@ -234,6 +232,24 @@ where
             .field("excluded", &self.excluded)
             .finish_non_exhaustive()
     }
+}
+
+/// The engine and the reason, when `resp` may be tried on another engine: a retryable
+/// [`UpstreamFailure`], or an engine's own 503 or 429 (overloaded, or its queue full:
+/// it has not started on the request; only the response head has arrived).
+fn retryable<B>(resp: &Response<B>) -> Option<(&EndpointId, &'static str)> {
+    if let Some(failure) = resp.extensions().get::<UpstreamFailure>() {
+        return failure
+            .retryable
+            .then_some((&failure.endpoint, failure.kind));
+    }
+    let kind = match resp.status().as_u16() {
+        503 => "status_503",
+        429 => "status_429",
+        _ => return None,
+    };
+    let engine = resp.extensions().get::<RouteFacts>()?.engine.as_ref()?;
+    Some((engine, kind))
 }
 
 /// [`Error::label`](llmstack_core::Error::label) of `NoReadyEndpoint`: the routing
