@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use llmstack_core::SettingErrors;
 
-use crate::{ApiKeys, KeysError};
+use crate::{ApiKeys, KeysError, OutlierConfig};
 
 /// Gateway settings as given, every one optional so that flags, their environment
 /// variables and a file can be layered; turned into a [`GatewayConfig`] by
@@ -34,25 +34,68 @@ pub struct GatewayArgs {
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_keys: Option<Vec<String>>,
+    /// Failures in a row (connect errors, resets, deadlines, 5xx answers) that eject an
+    /// engine for a while; 0 never ejects [default: 5].
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, env = "LLMSTACK_OUTLIER_CONSECUTIVE_FAILURES")
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outlier_consecutive_failures: Option<u32>,
+    /// Seconds of an engine's first ejection, doubled for each ejection in a row
+    /// [default: 5].
+    #[cfg_attr(feature = "clap", arg(long, env = "LLMSTACK_OUTLIER_BASE_EJECTION"))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outlier_base_ejection: Option<f64>,
+    /// Seconds of the longest ejection [default: 120].
+    #[cfg_attr(feature = "clap", arg(long, env = "LLMSTACK_OUTLIER_MAX_EJECTION"))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outlier_max_ejection: Option<f64>,
 }
 
-/// Where the router's API keys come from; no source means no authentication. `Debug`
-/// never shows keys.
+/// Where the router's API keys come from (no source means no authentication), and
+/// when engines are ejected. `Debug` never shows keys.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct GatewayConfig {
     /// The keys file, reloaded when it changes.
     pub api_keys_file: Option<PathBuf>,
     /// Keys given directly.
     pub api_keys: Vec<String>,
+    /// Outlier ejection.
+    pub outliers: OutlierConfig,
 }
 
 // === impl GatewayArgs ===
 
 impl GatewayArgs {
     /// The config these settings give, recording in `errors` a keys file that cannot
-    /// be read or is invalid, and an invalid key (the keys are loaded once to check).
+    /// be read or is invalid, an invalid key (the keys are loaded once to check), and
+    /// ejection lengths not in (0 s, a year] or a base above the maximum.
     pub fn resolve(self, errors: &mut SettingErrors) -> GatewayConfig {
+        let defaults = OutlierConfig::default();
+        let outliers = OutlierConfig {
+            consecutive_failures: self
+                .outlier_consecutive_failures
+                .unwrap_or(defaults.consecutive_failures),
+            base_ejection: errors.seconds(
+                "outlier-base-ejection",
+                self.outlier_base_ejection,
+                defaults.base_ejection,
+            ),
+            max_ejection: errors.seconds(
+                "outlier-max-ejection",
+                self.outlier_max_ejection,
+                defaults.max_ejection,
+            ),
+        };
+        if outliers.base_ejection > outliers.max_ejection {
+            errors.push(
+                "outlier-base-ejection",
+                "--outlier-base-ejection must not be above --outlier-max-ejection",
+            );
+        }
         let config = GatewayConfig {
+            outliers,
             api_keys_file: self.api_keys_file,
             api_keys: self
                 .api_keys
@@ -79,6 +122,12 @@ impl fmt::Debug for GatewayArgs {
         f.debug_struct("GatewayArgs")
             .field("api_keys_file", &self.api_keys_file)
             .field("api_keys", &self.api_keys.as_ref().map(Vec::len))
+            .field(
+                "outlier_consecutive_failures",
+                &self.outlier_consecutive_failures,
+            )
+            .field("outlier_base_ejection", &self.outlier_base_ejection)
+            .field("outlier_max_ejection", &self.outlier_max_ejection)
             .finish()
     }
 }
@@ -105,6 +154,7 @@ impl fmt::Debug for GatewayConfig {
         f.debug_struct("GatewayConfig")
             .field("api_keys_file", &self.api_keys_file)
             .field("api_keys", &self.api_keys.len())
+            .field("outliers", &self.outliers)
             .finish()
     }
 }

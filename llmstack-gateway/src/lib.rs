@@ -8,11 +8,14 @@
 //! - [`RateLimitLayer`]: each tenant's requests and tokens per minute (token buckets,
 //!   tokens estimated before routing and corrected from `usage` after); 429 with
 //!   `Retry-After` and OpenAI's `x-ratelimit-*` headers.
+//! - [`OutlierLayer`]: engines that fail requests in a row are ejected (routing passes
+//!   over them while another engine serves the model) with a doubling backoff, then
+//!   tried again with one request at a time.
 //!
 //! Where they go in the request path (outermost first):
 //!
 //! ```text
-//!  RequestId → Accounting → Auth → ReadBody → RateLimit → Retry → Route → Forward
+//!  RequestId → Accounting → Auth → ReadBody → RateLimit → Retry → Outlier → Route → Forward
 //! ```
 //!
 //! Authentication reads only the head, so a client without a key is refused before
@@ -48,8 +51,10 @@ mod args;
 mod auth;
 mod keys;
 mod limit;
+mod outlier;
 
 pub use args::{GatewayArgs, GatewayConfig};
 pub use auth::{Auth, AuthFuture, AuthLayer};
 pub use keys::{ApiKeys, DEFAULT_TENANT, KeysError, X_API_KEY};
 pub use limit::{BYTES_PER_TOKEN, RateLimit, RateLimitFuture, RateLimitLayer};
+pub use outlier::{EngineHealth, Outlier, OutlierConfig, OutlierFuture, OutlierLayer, Outliers};

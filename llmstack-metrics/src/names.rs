@@ -66,6 +66,10 @@ pub const RATE_LIMITED: &str = "llmstack_rate_limited_total";
 pub const API_KEYS: &str = "llmstack_api_keys";
 /// Reloads of the API keys file, by `result` (`ok`, `error`: the previous keys stay).
 pub const API_KEY_RELOADS: &str = "llmstack_api_key_reloads_total";
+/// Engines ejected for failing requests in a row, by `engine`.
+pub const ENGINE_EJECTIONS: &str = "llmstack_engine_ejections_total";
+/// Whether each engine is ejected now (1) or not (0), by `engine`.
+pub const ENGINE_EJECTED: &str = "llmstack_engine_ejected";
 
 /// Registers the help text and unit of every series above with the installed recorder.
 /// Call once at start, after installing it.
@@ -139,6 +143,14 @@ pub fn describe() {
         "Requests refused (429) for being over a tenant's rate limit."
     );
     describe_gauge!(API_KEYS, "API keys loaded.");
+    describe_counter!(
+        ENGINE_EJECTIONS,
+        "Engines ejected for failing requests in a row."
+    );
+    describe_gauge!(
+        ENGINE_EJECTED,
+        "Whether the engine is ejected or half-open now (1) or serving (0)."
+    );
     describe_counter!(
         API_KEY_RELOADS,
         "Reloads of the API keys file (on error the previous keys stay)."

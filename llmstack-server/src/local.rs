@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::Full;
+use llmstack_gateway::EngineHealth;
 use serde_json::{Value, json};
 
 use crate::state::Shared;
@@ -154,6 +155,21 @@ fn models(shared: &Shared) -> Value {
     json!({"object": "list", "data": data})
 }
 
+/// An engine's ejection state for `/engines`.
+fn outlier(state: Option<EngineHealth>) -> Value {
+    match state.unwrap_or(EngineHealth::Healthy { failures: 0 }) {
+        EngineHealth::Healthy { failures } => json!({"state": "serving", "failures": failures}),
+        EngineHealth::Ejected {
+            remaining,
+            ejections,
+        } => json!({"state": "ejected", "remaining_ms": remaining.as_millis() as u64,
+            "ejections": ejections}),
+        EngineHealth::HalfOpen { ejections, trial } => {
+            json!({"state": "half_open", "ejections": ejections, "trial_in_flight": trial})
+        }
+    }
+}
+
 /// Every known engine with its state and load.
 fn engines(shared: &Shared) -> Value {
     let set = shared.endpoints();
@@ -175,6 +191,8 @@ fn engines(shared: &Shared) -> Value {
                 "role": ep.role,
                 "labels": ep.labels,
                 "in_flight": shared.router.in_flight().get(&ep.id),
+                // Outlier ejection: serving, ejected (for how long) or half-open.
+                "outlier": outlier(shared.outliers.state(&ep.id)),
                 // prefixaware: this engine's share of the prefix index, in chunks.
                 "prefix_index": shared.router.with_index(|index| {
                     index

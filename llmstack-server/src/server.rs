@@ -106,6 +106,7 @@ impl Server {
             None => tokio::spawn(std::future::ready(())),
         };
         spawned.0.push(keys_watch.abort_handle());
+        let outliers = llmstack_gateway::Outliers::new(config.gateway.outliers.clone());
         let shared = Arc::new(Shared {
             endpoints: set_rx.clone(),
             stats,
@@ -113,7 +114,14 @@ impl Server {
             main_port_metrics: config.main_port_metrics,
             router: Arc::clone(&router),
             forward: forward.clone(),
-            proxied: stack::proxied(route, forward.clone(), &config.proxy, keys.clone()),
+            proxied: stack::proxied(
+                route,
+                forward.clone(),
+                &config.proxy,
+                keys.clone(),
+                outliers.clone(),
+            ),
+            outliers: outliers.clone(),
             keys,
             refused: stack::refused(),
             requests: Default::default(),
@@ -130,6 +138,7 @@ impl Server {
             metrics::counter!(llmstack_metrics::names::DISCOVERY_UPDATES).increment(1);
             router.retain(|id| set.get(id.as_str()).is_some());
             forward.retain(|id| set.get(id.as_str()).is_some());
+            outliers.retain(|id| set.get(id.as_str()).is_some());
         };
         let mut discovery = tokio::spawn(publish(source, set_tx, on_change, Some(answered_tx)));
         spawned

@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
-use llmstack_gateway::{ApiKeys, Auth, AuthLayer, RateLimit, RateLimitLayer};
+use llmstack_gateway::{
+    ApiKeys, Auth, AuthLayer, Outlier, OutlierLayer, Outliers, RateLimit, RateLimitLayer,
+};
 use llmstack_metrics::{Account, AccountBody, AccountLayer};
 use llmstack_proxy::{
     Forward, ForwardBody, ProxyConfig, ReadBody, ReadBodyLayer, Retry, RetryLayer,
@@ -13,7 +15,7 @@ use llmstack_routing::{Route, RouteBody, RouteLayer};
 use tower::{Layer, ServiceBuilder};
 
 /// The request path of the OpenAI routes.
-pub(crate) type Proxied = Account<Auth<ReadBody<RateLimit<Retry<Route<Forward>>>>>>;
+pub(crate) type Proxied = Account<Auth<ReadBody<RateLimit<Retry<Outlier<Route<Forward>>>>>>>;
 
 /// Every response body the router sends: a proxied answer or a local one.
 pub(crate) type Body = Either<AccountBody<RouteBody<ForwardBody>>, Full<Bytes>>;
@@ -52,13 +54,14 @@ pub(crate) fn refused() -> Refused {
 /// Stacks the request path: accounting outside (a request counts once, however many
 /// engines it tried, and refusals count too), then API keys (`keys`: none is no
 /// authentication; before the body is read), the body read (bounded), the tenant's
-/// rate limits, retries on other engines, routing, and forwarding. (`RequestIdLayer`
-/// wraps everything the listeners serve.)
+/// rate limits, retries on other engines, outlier ejection (each attempt counts),
+/// routing, and forwarding. (`RequestIdLayer` wraps everything the listeners serve.)
 pub(crate) fn proxied(
     route: RouteLayer,
     forward: Forward,
     config: &ProxyConfig,
     keys: Option<ApiKeys>,
+    outliers: Outliers,
 ) -> Proxied {
     ServiceBuilder::new()
         .layer(AccountLayer::new())
@@ -66,6 +69,7 @@ pub(crate) fn proxied(
         .layer(ReadBodyLayer::new(config.max_body).timeout(config.body_timeout))
         .layer(RateLimitLayer::new())
         .layer(RetryLayer::new(config.retries).counting(Arc::clone(forward.counters())))
+        .layer(OutlierLayer::new(outliers))
         .layer(route)
         .service(forward)
 }

@@ -34,6 +34,9 @@ pub(crate) struct Shared {
     /// The API keys, when requests need one (also for `/v1/models` and `/engines` on
     /// the main port).
     pub(crate) keys: Option<llmstack_gateway::ApiKeys>,
+    /// Engines ejected for failing (for `/engines` and the `llmstack_engine_ejected`
+    /// gauge).
+    pub(crate) outliers: llmstack_gateway::Outliers,
     /// Set once shutdown starts: readiness fails (503) while in-flight work drains.
     pub(crate) draining: AtomicBool,
 }

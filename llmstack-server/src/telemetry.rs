@@ -6,6 +6,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use llmstack_core::EndpointState;
+use llmstack_gateway::EngineHealth;
 use llmstack_metrics::names;
 use metrics::{SharedString, gauge};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -101,6 +102,11 @@ pub(crate) fn render(shared: &Shared, handle: &PrometheusHandle) -> String {
         }] += 1;
         gauge!(names::IN_FLIGHT, "engine" => engine.clone())
             .set(shared.router.in_flight().get(&ep.id) as f64);
+        let ejected = matches!(
+            shared.outliers.state(&ep.id),
+            Some(EngineHealth::Ejected { .. } | EngineHealth::HalfOpen { .. })
+        );
+        gauge!(names::ENGINE_EJECTED, "engine" => engine.clone()).set(f64::from(u8::from(ejected)));
         if let Some(s) = stats.get(&ep.id) {
             gauge!(names::ENGINE_RUNNING, "engine" => engine.clone()).set(s.running);
             gauge!(names::ENGINE_WAITING, "engine" => engine.clone()).set(s.waiting);
@@ -112,6 +118,9 @@ pub(crate) fn render(shared: &Shared, handle: &PrometheusHandle) -> String {
     }
     for (state, n) in ["pending", "ready", "unready"].into_iter().zip(by_state) {
         gauge!(names::ENDPOINTS, "state" => state).set(f64::from(n));
+    }
+    if let Some(keys) = &shared.keys {
+        gauge!(names::API_KEYS).set(keys.len() as f64);
     }
     for (model, n) in ready_by_model {
         gauge!(names::MODEL_READY_ENDPOINTS, "model" => model.to_owned()).set(f64::from(n));

@@ -12,6 +12,7 @@ mod local;
 mod metrics;
 #[cfg(feature = "otel")]
 mod otel;
+mod outliers;
 mod proxy;
 mod routing;
 mod support;
