@@ -21,6 +21,7 @@ crashes with SIGSEGV in json-iterator's sorted-map encoder on any custom-resourc
 same fault as its pretty-printing.
 """
 
+import base64
 import copy
 import json
 import os
@@ -40,7 +41,7 @@ import pytest
 import yaml
 
 import helm_python as helm
-from conftest import SERVER, BINARY as SIM, KubeApiServer, free_loopback_ports, stop_process
+from conftest import SERVER, BINARY as SIM, KubeApiServer, Router, free_loopback_ports, stop_process
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "llmstack"
@@ -52,7 +53,7 @@ APP_VERSION = "0.1.0"
 # Every option at once: vLLM with a ReadWriteMany PVC (shared by the replicas KEDA scales),
 # HF token and API key as strings (the chart's Secret), LMCache with CPU and disk offload,
 # tensor parallelism (/dev/shm), scheduling fields, KEDA; the router autoscaled on CPU and
-# in-flight requests with a PDB; ServiceMonitors and dashboards.
+# in-flight requests with a PDB; ServiceMonitors and dashboards; clients' API keys (a second Secret).
 FULL = {
     "commonLabels": {"team": "ml"},
     "imagePullSecrets": ["regcred"],
@@ -115,6 +116,11 @@ FULL = {
         "env": [{"name": "RUST_BACKTRACE", "value": "1"}],
         "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 5, "targetInFlightRequests": 64},
         "nodeSelector": {"kubernetes.io/os": "linux"},
+        "apiKeys": {"keys": [
+            {"key": "sk-team-a", "tenant": "team-a", "priority": "high", "rpm": 600, "tpm": 200000},
+            {"sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", "tenant": "batch",
+             "priority": "low"},
+        ]},
     },
 }
 
@@ -289,7 +295,26 @@ BAD_VALUES = {
         {"routerSpec": {"serviceAccount": {"create": False}}},
         "/routerSpec/serviceAccount/name",
     ),
-}
+    # What llmstack-server refuses in a keys file (it would exit at start).
+    "apiKeys rpm: 0": (
+        {"routerSpec": {"apiKeys": {"keys": [{"key": "sk-1", "rpm": 0}]}}}, "/routerSpec/apiKeys/keys/0/rpm"),
+    "apiKeys priority: urgent": (
+        {"routerSpec": {"apiKeys": {"keys": [{"key": "sk-1", "priority": "urgent"}]}}},
+        "/routerSpec/apiKeys/keys/0/priority"),
+    "apiKeys entry with key and sha256": (
+        {"routerSpec": {"apiKeys": {"keys": [{"key": "sk-1", "sha256": "0" * 64}]}}}, "/routerSpec/apiKeys/keys/0"),
+    "apiKeys entry without key": (
+        {"routerSpec": {"apiKeys": {"keys": [{"tenant": "a"}]}}}, "/routerSpec/apiKeys/keys/0"),
+    "apiKeys sha256 not hex": (
+        {"routerSpec": {"apiKeys": {"keys": [{"sha256": "sk-1"}]}}}, "/routerSpec/apiKeys/keys/0/sha256"),
+    "apiKeys key with a space": (
+        {"routerSpec": {"apiKeys": {"keys": [{"key": "sk 1"}]}}}, "/routerSpec/apiKeys/keys/0/key"),
+    "apiKeys unknown entry field": (
+        {"routerSpec": {"apiKeys": {"keys": [{"key": "sk-1", "limit": 5}]}}}, "limit"),
+    # The kubelet refuses item paths starting with `..` (its own ..data link).
+    "apiKeys secretKey ..data": (
+        {"routerSpec": {"apiKeys": {"existingSecret": "k", "secretKey": "..data"}}}, "/routerSpec/apiKeys/secretKey"),
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("case", list(BAD_VALUES))
@@ -364,6 +389,32 @@ TEMPLATE_ERRORS = {
         {"servingEngineSpec": {"engine": "sim", "simExtraArgs": ["--max-model-len=4096"],
                                "modelSpec": [model(vllmConfig={"maxModelLen": 8192})]}},
         "--max-model-len is already passed by the chart", RELEASE),
+    "apiKeys with keys and existingSecret": (
+        {"routerSpec": {"apiKeys": {"keys": [{"key": "sk-1"}], "existingSecret": "mine"}}},
+        "routerSpec.apiKeys: set either keys (the chart stores them in a Secret) or existingSecret", RELEASE),
+    "router extraArgs repeating --api-keys-file": (
+        {"routerSpec": {"apiKeys": {"existingSecret": "mine"}, "extraArgs": ["--api-keys-file=/k"]}},
+        "routerSpec.extraArgs: --api-keys-file is already passed by the chart (its value comes from "
+        "routerSpec.apiKeys)", RELEASE),
+    # A key and the sha256 of the same key (`printf test | sha256sum`): the router refuses duplicates.
+    "apiKeys key listed twice": (
+        {"routerSpec": {"apiKeys": {"keys": [
+            {"key": "other"}, {"key": "test", "tenant": "a"},
+            {"sha256": "9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08", "tenant": "b"}]}}},
+        "routerSpec.apiKeys.keys[2]: the same key as keys[1]", RELEASE),
+    "apiKeys tenant with two limits": (
+        {"routerSpec": {"apiKeys": {"keys": [{"key": "sk-1", "tenant": "a", "rpm": 10},
+                                             {"key": "sk-2", "tenant": "a", "rpm": 20}]}}},
+        'routerSpec.apiKeys.keys[1]: tenant "a" has priority normal, rpm 20, tpm none, but an earlier entry gives '
+        "it priority normal, rpm 10, tpm none", RELEASE),
+    "apiKeys default tenant with two priorities": (
+        {"routerSpec": {"apiKeys": {"keys": [{"key": "sk-1"}, {"key": "sk-2", "priority": "low"}]}}},
+        'routerSpec.apiKeys.keys[1]: tenant "default" has priority low', RELEASE),
+    # <fullname>-api-keys and <fullname>-secrets, both truncated to the same 63 characters.
+    "apiKeys Secret named as the chart's Secret": (
+        {"fullnameOverride": "x" * 62, "servingEngineSpec": {"vllmApiKey": "sk-e"},
+         "routerSpec": {"apiKeys": {"keys": [{"key": "sk-1"}]}}},
+        "routerSpec.apiKeys: the Secret of the API keys and the chart's other Secret would both be named", RELEASE),
 }  # fmt: skip
 
 
@@ -390,6 +441,12 @@ def test_template_accepts_the_neighbours_of_refused_values(router_help_flags, si
     objects = render({"routerSpec": {"extraArgs": ["--session-key", "x-user", "--health-check-failure-threshold=3"]}})
     args = one(objects, "Deployment", "demo-llmstack-router")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert flag(args, "--session-key") == "x-user"
+    # --api-keys-file is the chart's only with routerSpec.apiKeys; --api-keys (more keys, of the
+    # tenant `default`) adds to the file's.
+    objects = render({"routerSpec": {"extraArgs": ["--api-keys-file", "/keys/k.yaml"]}})
+    assert flag(router_pod(objects)["containers"][0]["args"], "--api-keys-file") == "/keys/k.yaml"
+    objects = render({"routerSpec": {"apiKeys": {"keys": [{"key": "sk-1"}]}, "extraArgs": ["--api-keys=sk-2"]}})
+    assert "--api-keys=sk-2" in router_pod(objects)["containers"][0]["args"]
     sim = render({"servingEngineSpec": {"engine": "sim", "simExtraArgs": ["--max-model-len", "4096"],
                                         "modelSpec": [model()]}})
     sargs = one(sim, "Deployment", "demo-llmstack-m-engine")["spec"]["template"]["spec"]["containers"][0]["args"]
@@ -400,14 +457,15 @@ def test_template_accepts_the_neighbours_of_refused_values(router_help_flags, si
 def test_chart_flags_are_the_ones_checked(router_help_flags):
     """Every flag the router template passes is in its extraArgs refusal list (so a new flag
     cannot be added without it), and each one really is refused by llmstack-server when repeated."""
-    objects = render({"routerSpec": {"sessionKey": "x", "prefixMinMatchLength": 8, "aliases": {"a": "b"}}})
+    every = {"sessionKey": "x", "prefixMinMatchLength": 8, "aliases": {"a": "b"},
+             "apiKeys": {"existingSecret": "keys"}}
+    objects = render({"routerSpec": every})
     args = one(objects, "Deployment", "demo-llmstack-router")["spec"]["template"]["spec"]["containers"][0]["args"]
     passed = [a for a in args if a.startswith("--")]
-    assert len(passed) == 14
+    assert len(passed) == 15
     for f in passed:
         with pytest.raises(helm.HelmError, match=re.escape(f"routerSpec.extraArgs: {f} is already passed")):
-            render({"routerSpec": {"sessionKey": "x", "prefixMinMatchLength": 8, "aliases": {"a": "b"},
-                                   "extraArgs": [f, "1"]}})
+            render({"routerSpec": {**every, "extraArgs": [f, "1"]}})
     out = subprocess.run([SERVER, "--log-level", "info", "--log-level", "info"], capture_output=True, text=True,
                          timeout=30)
     assert out.returncode != 0 and "cannot be used multiple times" in out.stderr
@@ -500,6 +558,161 @@ def test_existing_service_account():
     router = one(objects, "Deployment", "demo-llmstack-router")
     assert router["spec"]["template"]["spec"]["serviceAccountName"] == "llm-router"
     assert not of_kind(objects, "ServiceAccount") and not of_kind(objects, "Role")
+
+
+def router_pod(objects):
+    return one(objects, "Deployment", "demo-llmstack-router")["spec"]["template"]["spec"]
+
+
+def secret_value(secret, key):
+    return base64.b64decode(secret["data"][key]).decode()
+
+
+def test_api_keys_off_by_default():
+    objects = render({})
+    pod = router_pod(objects)
+    assert "--api-keys-file" not in pod["containers"][0]["args"]
+    assert "volumes" not in pod and "volumeMounts" not in pod["containers"][0]
+    assert of_kind(objects, "Secret") == []
+    assert "API keys are on" not in notes({}) and "curl -s localhost:8080/v1/models\n" in notes({})
+
+
+API_KEYS = [
+    {"key": "sk-team-a", "tenant": "team-a", "priority": "high", "rpm": 600, "tpm": 1000000},
+    {"key": "sk-team-a-2", "tenant": "team-a", "priority": "high", "rpm": 600, "tpm": 1000000},
+    {"sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", "tenant": "batch",
+     "priority": "low"},
+    {"key": "12345"},  # YAML would read it as a number: it must stay a string in the file
+]
+
+
+def test_api_keys_inline():
+    """Inline keys: the chart's Secret <fullname>-api-keys holds the keys file, mounted as a directory (no
+    subPath, so the kubelet updates the file in place) and passed as --api-keys-file."""
+    values = {"servingEngineSpec": {"vllmApiKey": "sk-engine"}, "routerSpec": {"apiKeys": {"keys": API_KEYS}}}
+    objects = render(values)
+    secret = one(objects, "Secret", "demo-llmstack-api-keys")
+    assert secret["type"] == "Opaque" and list(secret["data"]) == ["api-keys.yaml"]
+    assert secret["metadata"]["labels"]["app.kubernetes.io/component"] == "router"
+    assert yaml.safe_load(secret_value(secret, "api-keys.yaml")) == {"keys": API_KEYS}
+    # The engines' key stays in the other Secret; the router gets it as before.
+    assert list(one(objects, "Secret", "demo-llmstack-secrets")["data"]) == ["vllm_api_key"]
+    pod = router_pod(objects)
+    c = pod["containers"][0]
+    assert flag(c["args"], "--api-keys-file") == "/etc/llmstack/keys/api-keys.yaml"
+    assert c["volumeMounts"] == [{"name": "api-keys", "mountPath": "/etc/llmstack/keys", "readOnly": True}]
+    assert pod["volumes"] == [{"name": "api-keys", "secret": {
+        "secretName": "demo-llmstack-api-keys", "items": [{"key": "api-keys.yaml", "path": "api-keys.yaml"}]}}]
+    assert c["env"] == [{"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {
+        "name": "demo-llmstack-secrets", "key": "vllm_api_key"}}}]
+    # A change of keys reaches the running routers through the volume: no checksum annotation
+    # that would roll them.
+    assert "annotations" not in one(objects, "Deployment", "demo-llmstack-router")["spec"]["template"]["metadata"]
+    text = notes(values)
+    assert "the keys file is api-keys.yaml in the Secret\n   demo-llmstack-api-keys" in text
+    for path in ("/v1/models", "/engines", "/v1/chat/completions"):
+        assert f'curl -s localhost:8080{path} -H "authorization: Bearer $API_KEY"' in text
+    # No router, no keys Secret.
+    assert of_kind(render({"routerSpec": {"enableRouter": False, "apiKeys": {"keys": API_KEYS}}}), "Secret") == []
+
+
+def test_api_keys_existing_secret():
+    """existingSecret: the chart creates no Secret and mounts that one's `secretKey`."""
+    values = {"routerSpec": {"apiKeys": {"existingSecret": "llm-keys", "secretKey": "keys.txt"}}}
+    objects = render(values)
+    assert of_kind(objects, "Secret") == []
+    pod = router_pod(objects)
+    c = pod["containers"][0]
+    assert flag(c["args"], "--api-keys-file") == "/etc/llmstack/keys/keys.txt"
+    assert c["volumeMounts"] == [{"name": "api-keys", "mountPath": "/etc/llmstack/keys", "readOnly": True}]
+    assert pod["volumes"] == [{"name": "api-keys", "secret": {
+        "secretName": "llm-keys", "items": [{"key": "keys.txt", "path": "keys.txt"}]}}]
+    assert "the keys file is keys.txt in the Secret\n   llm-keys)" in notes(values)
+    for obj in objects:
+        validate_offline(obj)
+
+
+def kubelet_write(directory, files):
+    """Writes `files` (name -> text) into a Secret volume the way the kubelet's AtomicWriter does: a
+    new timestamped directory, the `..data` link switched to it with one rename, a `<name> ->
+    ..data/<name>` link per file, the previous directory removed. What a directory mount shows
+    in a pod, before and after an update of the Secret (a subPath mount would never change)."""
+    directory.mkdir(exist_ok=True)
+    data = directory / "..data"
+    old = os.readlink(data) if data.is_symlink() else None
+    new = directory / f"..{time.strftime('%Y_%m_%d_%H_%M_%S')}.{time.monotonic_ns()}"
+    new.mkdir()
+    for name, text in files.items():
+        (new / name).write_text(text)
+    os.symlink(new.name, directory / "..data_tmp")
+    os.rename(directory / "..data_tmp", data)
+    for name in files:
+        if not (directory / name).is_symlink():
+            os.symlink(f"..data/{name}", directory / name)
+    if old:
+        shutil.rmtree(directory / old)
+
+
+def test_api_keys_secret_reaches_the_router_and_reloads(sim_factory, tmp_path):
+    """The rendered Secrets as the kubelet mounts them, with llmstack-sim and llmstack-server: the
+    engine requires the engines' key (vllmApiKey), the router the clients' keys (the file at
+    --api-keys-file); a `helm upgrade` with other keys is seen by the running router."""
+    def release(keys):
+        return render({"servingEngineSpec": {"engine": "sim", "vllmApiKey": "sk-engine", "modelSpec": [model()]},
+                       "routerSpec": {"apiKeys": {"keys": keys}}})
+
+    def mounted(objects, directory):
+        """The router pod's keys volume written into `directory`; the --api-keys-file path there."""
+        pod = router_pod(objects)
+        (mount,) = pod["containers"][0]["volumeMounts"]
+        (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+        secret = one(objects, "Secret", volume["secret"]["secretName"])
+        kubelet_write(directory, {i["path"]: secret_value(secret, i["key"]) for i in volume["secret"]["items"]})
+        path = flag(pod["containers"][0]["args"], "--api-keys-file")
+        assert path.startswith(mount["mountPath"] + "/")
+        return directory / os.path.relpath(path, mount["mountPath"])
+
+    objects = release([{"key": "sk-a", "tenant": "a"}])
+    engine = one(objects, "Deployment", "demo-llmstack-m-engine")["spec"]["template"]["spec"]["containers"][0]
+    ref = next(e for e in engine["env"] if e["name"] == "VLLM_API_KEY")["valueFrom"]["secretKeyRef"]
+    engine_key = secret_value(one(objects, "Secret", ref["name"]), ref["key"])
+    assert engine_key == "sk-engine"
+    # llmstack-sim with the engine's key (VLLM_API_KEY there; the flag here, so that the test
+    # environment cannot leak in), like vLLM: 401 without it.
+    sim = sim_factory("--profile", "instant", "--model", flag(engine["args"], "--model"), "--api-key", engine_key)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{sim.url}/v1", api_key="sk-a", max_retries=0, timeout=10).models.list()
+
+    keys_file = mounted(objects, tmp_path / "keys")
+    router = Router(tmp_path / "router.log", "--host", "127.0.0.1", "--port", "0", "--service-discovery", "static",
+                    "--static-backends", sim.url, "--static-models", "org/model",
+                    "--api-keys-file", str(keys_file), "--engine-api-key", engine_key)  # fmt: skip
+    try:
+        def ask(key):
+            client = openai.OpenAI(base_url=f"{router.url}/v1", api_key=key, max_retries=0, timeout=10)
+            return client.chat.completions.create(model="org/model", messages=[{"role": "user", "content": "Hi"}],
+                                                  max_tokens=2)
+
+        assert ask("sk-a").usage.completion_tokens <= 2  # the router put the engine's key in
+        for key in ("sk-b", engine_key):
+            with pytest.raises(openai.AuthenticationError) as e:
+                ask(key)
+            assert e.value.code == "invalid_api_key"
+
+        # helm upgrade with other keys: the kubelet swaps the file; the router reloads it.
+        mounted(release([{"key": "sk-b", "tenant": "b"}]), tmp_path / "keys")
+
+        def swapped():
+            try:
+                ask("sk-a")
+                return False
+            except openai.AuthenticationError:
+                return ask("sk-b")
+
+        wait_for("the router to reload the keys", swapped, 10, router.log)
+        assert "API keys reloaded" in router.log()
+    finally:
+        router.stop()
 
 
 def test_readme_documents_the_fixed_dashboard_uid():

@@ -210,6 +210,31 @@ Call with (dict "args" A "flags" F "path" P). */}}
 {{- printf "%s-secrets" (include "llmstack.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/* The Secret the chart creates for routerSpec.apiKeys.keys. */}}
+{{- define "llmstack.apiKeysSecretName" -}}
+{{- printf "%s-api-keys" (include "llmstack.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The Secret holding the router's keys file: "" when routerSpec.apiKeys is off (neither
+`keys` nor `existingSecret`); fails when both are set. */}}
+{{- define "llmstack.apiKeysSecret" -}}
+{{- $a := .Values.routerSpec.apiKeys }}
+{{- if and $a.keys $a.existingSecret }}
+{{- fail "routerSpec.apiKeys: set either keys (the chart stores them in a Secret) or existingSecret (a Secret of yours), not both" }}
+{{- end }}
+{{- if $a.existingSecret }}
+{{- $a.existingSecret }}
+{{- else if $a.keys }}
+{{- include "llmstack.apiKeysSecretName" . }}
+{{- end }}
+{{- end }}
+
+{{/* Where the router's keys file is mounted (a directory, never subPath: the kubelet then
+updates the file in place and the router's reload sees it). */}}
+{{- define "llmstack.apiKeysDir" -}}
+/etc/llmstack/keys
+{{- end }}
+
 {{/* An env var from a string (stored in the chart's Secret under `key`) or an existing
 Secret ref {secretName, secretKey}. Call with (dict "root" $ "name" ENV "value" V "key" K). */}}
 {{- define "llmstack.secretEnv" -}}
