@@ -54,6 +54,11 @@ pub struct Account<S> {
 #[derive(Debug)]
 struct RequestMeters {
     requests: Counter,
+    /// Requests of these labels whose body broke off: status `broken` (made on first
+    /// use, so no empty series appear).
+    broken: std::sync::OnceLock<Counter>,
+    /// The labels, for `broken`.
+    labels: [SharedString; 3],
     duration: Histogram,
     ttft: Histogram,
     itl: Histogram,
@@ -105,6 +110,8 @@ struct BodyTally {
     content_events: u64,
     /// Told the usage when the body ends (a rate limit inside wants it).
     on_usage: Option<OnUsage>,
+    /// The body failed, or an SSE error event came: the request counts as `broken`.
+    broken: bool,
 }
 
 pin_project! {
@@ -260,7 +267,12 @@ impl<B: Body<Data = Bytes>> Body for AccountBody<B> {
                 }
             }
             // End or failure: the request is over.
-            None | Some(Err(_)) => drop(this.tally.take()),
+            None => drop(this.tally.take()),
+            Some(Err(_)) => {
+                if let Some(mut tally) = this.tally.take() {
+                    tally.broken = true;
+                }
+            }
         }
         Poll::Ready(frame)
     }
@@ -335,6 +347,7 @@ impl Tally {
             completion_tokens: None,
             content_events: 0,
             on_usage: None,
+            broken: false,
         }
     }
 }
@@ -381,6 +394,12 @@ impl Meters {
         let meters = Arc::new(RequestMeters {
             requests: counter!(names::REQUESTS, "route" => route, "model" => model.to_owned(),
                 "engine" => engine.to_string(), "status" => status),
+            broken: std::sync::OnceLock::new(),
+            labels: [
+                SharedString::from(route),
+                SharedString::from(model.to_owned()),
+                SharedString::from(engine.to_string()),
+            ],
             duration: histogram!(names::REQUEST_DURATION, "route" => route, "model" => model.to_owned()),
             ttft: histogram!(names::TTFT, &by_model),
             itl: histogram!(names::ITL, &by_model),
@@ -427,6 +446,12 @@ impl BodyTally {
                 .split(|&b| b == b'\n')
                 .filter(|line| line.starts_with(b"data:"))
             {
+                // An error event (the engine's, or the router's for an engine that
+                // broke off): the stream failed.
+                if event.starts_with(b"data: {\"error\"") {
+                    self.broken = true;
+                    continue;
+                }
                 if !has_content(event) {
                     continue;
                 }
@@ -464,7 +489,18 @@ impl BodyTally {
 
 impl Drop for BodyTally {
     fn drop(&mut self) {
-        self.meters.requests.increment(1);
+        if self.broken {
+            let [route, model, engine] = self.meters.labels.clone();
+            self.meters
+                .broken
+                .get_or_init(|| {
+                    counter!(names::REQUESTS, "route" => route, "model" => model,
+                        "engine" => engine, "status" => "broken")
+                })
+                .increment(1);
+        } else {
+            self.meters.requests.increment(1);
+        }
         self.meters
             .duration
             .record(self.start.elapsed().as_secs_f64());

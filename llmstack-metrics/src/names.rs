@@ -3,14 +3,15 @@
 //! Every name starts with `llmstack_` and none reuses a `vllm:` name, so one Prometheus
 //! can scrape engines and routers without collisions. Labels are bounded: `engine`
 //! (an endpoint id), `model` (a model some engine served, or `unknown`), `route` (a fixed
-//! path), `status` (`2xx`, `3xx`, `4xx`, `5xx`, or `cancelled` when the client left
-//! before an answer), `policy`, `reason`, `kind`, `state`, `limit`, `result`, and `tenant` (a name from
+//! path), `status` (`2xx`, `3xx`, `4xx`, `5xx`, `broken` when a response broke off,
+//! or `cancelled` when the client left before an answer), `policy`, `reason`, `kind`, `state`, `limit`, `result`, and `tenant` (a name from
 //! the operator's keys file).
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
 /// Requests answered, by `route`, `model`, `engine` (empty when none was chosen) and
-/// `status` class.
+/// `status` class (`broken`: the response started, then broke off or carried an SSE
+/// error event).
 pub const REQUESTS: &str = "llmstack_requests_total";
 /// Time from the request's arrival to the end of its response body, by `route`, `model`.
 pub const REQUEST_DURATION: &str = "llmstack_request_duration_seconds";
@@ -28,7 +29,7 @@ pub const IN_FLIGHT: &str = "llmstack_in_flight_requests";
 /// and `reason`.
 pub const RETRIES: &str = "llmstack_retries_total";
 /// Engine failures seen by the proxy, by `engine` and `kind` (`connect`, `upstream`,
-/// `timeout`, `broken`).
+/// `timeout`, `broken` and `idle_timeout` mid-body).
 pub const UPSTREAM_ERRORS: &str = "llmstack_upstream_errors_total";
 /// Routing decisions, by `policy` and `reason` (`picked`, `pinned`, `no_endpoint`, …).
 pub const ROUTING_DECISIONS: &str = "llmstack_routing_decisions_total";
@@ -66,6 +67,8 @@ pub const RATE_LIMITED: &str = "llmstack_rate_limited_total";
 pub const API_KEYS: &str = "llmstack_api_keys";
 /// Reloads of the API keys file, by `result` (`ok`, `error`: the previous keys stay).
 pub const API_KEY_RELOADS: &str = "llmstack_api_key_reloads_total";
+/// Client connections open on the main port (at `--max-connections`, new ones wait).
+pub const CLIENT_CONNECTIONS: &str = "llmstack_client_connections";
 /// Engines ejected for failing requests in a row, by `engine`.
 pub const ENGINE_EJECTIONS: &str = "llmstack_engine_ejections_total";
 /// Whether each engine is ejected now (1) or not (0), by `engine`.
@@ -143,6 +146,10 @@ pub fn describe() {
         "Requests refused (429) for being over a tenant's rate limit."
     );
     describe_gauge!(API_KEYS, "API keys loaded.");
+    describe_gauge!(
+        CLIENT_CONNECTIONS,
+        "Client connections open on the main port."
+    );
     describe_counter!(
         ENGINE_EJECTIONS,
         "Engines ejected for failing requests in a row."

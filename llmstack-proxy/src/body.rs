@@ -13,6 +13,8 @@ use hyper::body::Incoming;
 use llmstack_core::{BoxError, EndpointId, Error, TimeoutPhase};
 use tokio::time::{Instant, Sleep};
 
+use llmstack_metrics::names;
+
 use crate::Counters;
 use crate::pool::{Link, Pools};
 
@@ -277,13 +279,25 @@ impl Upstream {
         }
     }
 
-    /// The engine failed mid-body: end this client's response and count it. An SSE stream that stopped on an event boundary gets a closing
+    /// The engine failed mid-body: end this client's response and count it (in
+    /// `llmstack_upstream_errors_total{kind}`: `broken`, or `idle_timeout` for the idle
+    /// deadline). An SSE stream that stopped on an event boundary gets a closing
     /// error event and `[DONE]`, so SSE clients end cleanly; anything else is cut (the
     /// connection is closed without the final chunk), so the client knows it is short.
     fn fail(&mut self, error: BoxError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.done = true;
         self.link = None;
         self.counters.broken_streams.fetch_add(1, Ordering::Relaxed);
+        let kind = match error.downcast_ref::<Error>() {
+            Some(Error::Timeout {
+                phase: TimeoutPhase::Idle,
+                ..
+            }) => "idle_timeout",
+            Some(ours) => ours.label(),
+            None => "broken",
+        };
+        metrics::counter!(names::UPSTREAM_ERRORS, "engine" => self.endpoint.to_string(), "kind" => kind)
+            .increment(1);
         tracing::warn!(endpoint = %self.endpoint, %error, "engine response broke off");
         if self.sse && self.at_boundary {
             let error = match error.downcast::<Error>() {

@@ -111,6 +111,25 @@ async fn an_engine_dying_mid_stream_ends_only_that_stream() {
     let health = s.health().await;
     assert_eq!(health["broken_streams"], 1);
     assert_eq!(health["in_flight"], 0);
+    // Counted as an engine failure, and as a broken request (not a 2xx).
+    let metrics = get(&s.client, &s.at("/metrics")).await;
+    let text = metrics.text();
+    let engine = [("engine", broken_id.as_str())];
+    let upstream = [engine[0], ("kind", "broken")];
+    assert_eq!(
+        sample(text, "llmstack_upstream_errors_total", &upstream),
+        Some(1.0),
+        "{text}"
+    );
+    let requests = |status| {
+        sample(
+            text,
+            "llmstack_requests_total",
+            &[engine[0], ("status", status)],
+        )
+    };
+    assert_eq!(requests("broken"), Some(1.0), "{text}");
+    assert_eq!(requests("2xx").unwrap_or(0.0), 0.0, "{text}");
     assert_eq!(
         post(&s.client, &s.at("/v1/completions"), &streamed(M, 2))
             .await
@@ -215,6 +234,20 @@ async fn silence_between_chunks_hits_the_idle_deadline_but_long_streams_do_not()
     );
     assert_eq!(quiet.events.last().unwrap().data, "[DONE]");
     assert_eq!(s.health().await["timeouts"], 1);
+    let metrics = get(&s.client, &s.at("/metrics")).await;
+    let text = metrics.text();
+    let idle = [("kind", "idle_timeout")];
+    assert_eq!(
+        sample(text, "llmstack_upstream_errors_total", &idle),
+        Some(1.0),
+        "{text}"
+    );
+    let broken = [("route", "/v1/completions"), ("status", "broken")];
+    assert_eq!(
+        sample(text, "llmstack_requests_total", &broken),
+        Some(1.0),
+        "{text}"
+    );
     // A stream longer than the idle deadline in total, but never quiet that long: whole.
     let start = Instant::now();
     let long = stream(&s.client, &s.at("/v1/completions"), &streamed("long", 120)).await;
@@ -283,4 +316,39 @@ async fn a_body_not_sent_in_time_gets_408() {
     let answer = String::from_utf8_lossy(&buf[..n]);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert_eq!(s.health().await["in_flight"], 0);
+}
+
+/// At `--max-connections`, a new client connection waits (in the kernel's accept
+/// queue) until an open one closes, then is served: backpressure, not an error.
+#[tokio::test]
+async fn at_the_connection_cap_new_connections_wait_for_a_free_one() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let s = stack(vec![instant(M)], |c| c.max_connections = Some(2)).await;
+    let addr = s.url.trim_start_matches("http://").to_owned();
+    // Two idle connections take the two places (the readiness polls' connections
+    // are closed first: a fresh client per check).
+    let held = [
+        tokio::net::TcpStream::connect(&addr).await.unwrap(),
+        tokio::net::TcpStream::connect(&addr).await.unwrap(),
+    ];
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut third = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    third
+        .write_all(b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let early = tokio::time::timeout(Duration::from_millis(400), third.read_to_end(&mut answer));
+    assert!(early.await.is_err(), "served beyond the cap: {answer:?}");
+    let [first, _second] = held;
+    drop(first);
+    tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut answer))
+        .await
+        .expect("served once a place is free")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#""max_client_connections":2"#), "{answer}");
+    assert!(answer.contains(r#""client_connections":2"#), "{answer}");
 }
