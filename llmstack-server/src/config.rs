@@ -87,6 +87,12 @@ pub struct ServerArgs {
     #[arg(long, env = "LLMSTACK_LOG_FORMAT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<String>,
+    /// Client connections open at once on the main port; beyond it, new connections wait
+    /// in the kernel's accept queue [default: half the file-descriptor limit, at most
+    /// 65536].
+    #[arg(long, env = "LLMSTACK_MAX_CONNECTIONS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
     /// Seconds in-flight requests get to finish after SIGTERM/SIGINT [default: 30].
     #[arg(long, env = "LLMSTACK_SHUTDOWN_GRACE_PERIOD")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -152,6 +158,9 @@ pub struct ServerConfig {
     pub gateway: GatewayConfig,
     /// Time in-flight requests get to finish at shutdown.
     pub shutdown_grace: Duration,
+    /// Client connections open at once on the main port (`None`: from the
+    /// file-descriptor limit, see [`ServerConfig::connection_cap`]).
+    pub max_connections: Option<usize>,
     /// The engine stats scraper.
     pub scrape: ScrapeConfig,
 }
@@ -163,6 +172,20 @@ pub struct OtelConfig {
     pub endpoint: String,
     /// `service.name` of the spans.
     pub service_name: String,
+}
+
+// === impl ServerConfig ===
+
+impl ServerConfig {
+    /// The cap on open client connections: `max_connections` when set, else half of
+    /// `nofile` (each proxied request also holds an engine connection), less a reserve
+    /// for engines, listeners and files, at most 65536 and at least 64.
+    pub fn connection_cap(&self, nofile: u64) -> usize {
+        self.max_connections.unwrap_or_else(|| {
+            let half = nofile.saturating_sub(256) / 2;
+            usize::try_from(half.clamp(64, 65_536)).unwrap_or(65_536)
+        })
+    }
 }
 
 // === impl Settings ===
@@ -303,6 +326,12 @@ impl Settings {
             }
         };
         let host = server.host.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        if server.max_connections == Some(0) {
+            errors.push(
+                "max-connections",
+                "--max-connections must be greater than zero",
+            );
+        }
         errors
             .into_result(ServerConfig {
                 listen: std::net::SocketAddr::new(host, server.port.unwrap_or(8001)),
@@ -318,6 +347,7 @@ impl Settings {
                 proxy,
                 gateway,
                 shutdown_grace,
+                max_connections: server.max_connections,
                 scrape,
             })
             .map_err(SettingsError::Invalid)

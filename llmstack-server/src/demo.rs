@@ -67,6 +67,7 @@ pub async fn start(args: &DemoArgs) -> Result<Demo, DemoError> {
         routing: RoutingConfig::default(),
         proxy: ProxyConfig::default(),
         gateway: Default::default(),
+        max_connections: None,
         shutdown_grace: std::time::Duration::from_secs(30),
         scrape: ScrapeConfig::default(),
     };

@@ -60,6 +60,8 @@ pub(crate) fn answer(shared: &Shared, route: Local) -> Response<Body> {
                     "broken_streams": c.broken_streams.load(Ordering::Relaxed),
                     "timeouts": c.timeouts.load(Ordering::Relaxed),
                     "engine_connections_opened": shared.forward.connections_opened(),
+                    "client_connections": shared.open_connections(),
+                    "max_client_connections": shared.max_connections,
                 }),
             )
         }

@@ -56,6 +56,12 @@ fn main() -> ExitCode {
         for warning in warnings {
             tracing::warn!("{warning}");
         }
+        // Every client connection and engine connection is a file descriptor: take the
+        // hard limit (the soft one is often 1024).
+        match rlimit::increase_nofile_limit(u64::MAX) {
+            Ok(n) => tracing::debug!(nofile = n, "file-descriptor limit raised to the hard limit"),
+            Err(e) => tracing::warn!(error = %e, "cannot raise the file-descriptor limit"),
+        }
         let code = run(action).await;
         #[cfg(feature = "otel")]
         if let Some(guard) = guard {

@@ -107,6 +107,7 @@ impl Server {
         };
         spawned.0.push(keys_watch.abort_handle());
         let outliers = llmstack_gateway::Outliers::new(config.gateway.outliers.clone());
+        let cap = config.connection_cap(nofile());
         let shared = Arc::new(Shared {
             endpoints: set_rx.clone(),
             stats,
@@ -122,6 +123,8 @@ impl Server {
                 outliers.clone(),
             ),
             outliers: outliers.clone(),
+            connections: Arc::new(tokio::sync::Semaphore::new(cap)),
+            max_connections: cap,
             keys,
             refused: stack::refused(),
             requests: Default::default(),
@@ -186,6 +189,10 @@ impl Server {
             ),
         }
         let serve = tokio::spawn(serve(listener, shared, stop_rx, config.shutdown_grace));
+        tracing::info!(
+            max_connections = config.connection_cap(nofile()),
+            "client connections beyond the cap wait in the accept queue"
+        );
         tracing::info!(%addr, policy = config.routing.routing_logic.as_str(), "router listening");
         // Started: the tasks are the server's now (stopped by its `Drop`).
         spawned.0.clear();
@@ -262,6 +269,11 @@ impl Drop for Spawned {
             task.abort();
         }
     }
+}
+
+/// The process's soft limit on open files (1024 when it cannot be read).
+fn nofile() -> u64 {
+    rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
 }
 
 /// How long [`Server::start`] waits for discovery's first answer before serving.
@@ -355,7 +367,32 @@ async fn serve(
     let mut conns = JoinSet::new();
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new()).keep_alive(true);
+    let mut at_cap = false;
     loop {
+        // At the cap, stop accepting until a connection closes: new ones wait in the
+        // kernel's accept queue (backpressure, not an error).
+        let permit = match Arc::clone(&shared.connections).try_acquire_owned() {
+            Ok(permit) => {
+                at_cap = false;
+                permit
+            }
+            Err(_) => {
+                if !at_cap {
+                    tracing::warn!(
+                        max = shared.max_connections,
+                        "connection cap reached; new connections wait"
+                    );
+                    at_cap = true;
+                }
+                tokio::select! {
+                    permit = Arc::clone(&shared.connections).acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break, // closed: never happens
+                    },
+                    _stopped = async { stop.wait_for(|stop| *stop).await.is_ok() } => break,
+                }
+            }
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, _) = match accepted {
@@ -376,6 +413,7 @@ async fn serve(
                 });
                 let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
                 conns.spawn(async move {
+                    let _permit = permit;
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }

@@ -37,11 +37,21 @@ pub(crate) struct Shared {
     /// Engines ejected for failing (for `/engines` and the `llmstack_engine_ejected`
     /// gauge).
     pub(crate) outliers: llmstack_gateway::Outliers,
+    /// Open client connections on the main port: one permit each.
+    pub(crate) connections: Arc<tokio::sync::Semaphore>,
+    /// The cap on them (the semaphore's size).
+    pub(crate) max_connections: usize,
     /// Set once shutdown starts: readiness fails (503) while in-flight work drains.
     pub(crate) draining: AtomicBool,
 }
 
 impl Shared {
+    /// Client connections open on the main port now.
+    pub(crate) fn open_connections(&self) -> usize {
+        self.max_connections
+            .saturating_sub(self.connections.available_permits())
+    }
+
     /// The current endpoint snapshot (the watch borrow is released at once).
     pub(crate) fn endpoints(&self) -> EndpointSet {
         self.endpoints.borrow().clone()

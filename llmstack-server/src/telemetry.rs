@@ -119,6 +119,7 @@ pub(crate) fn render(shared: &Shared, handle: &PrometheusHandle) -> String {
     for (state, n) in ["pending", "ready", "unready"].into_iter().zip(by_state) {
         gauge!(names::ENDPOINTS, "state" => state).set(f64::from(n));
     }
+    gauge!(names::CLIENT_CONNECTIONS).set(shared.open_connections() as f64);
     if let Some(keys) = &shared.keys {
         gauge!(names::API_KEYS).set(keys.len() as f64);
     }

@@ -56,6 +56,7 @@ pub fn config_for(engines: &[SimEngine]) -> ServerConfig {
         },
         gateway: Default::default(),
         shutdown_grace: Duration::from_secs(30),
+        max_connections: None,
         scrape: ScrapeConfig {
             interval: Duration::from_millis(100),
             ..ScrapeConfig::default()
