@@ -94,6 +94,17 @@ pub enum Error {
         /// Which deadline.
         phase: TimeoutPhase,
     },
+    /// Every engine serving the model is at capacity (or none is ready yet) and the
+    /// request could not wait: the admission queue is full, or it waited its whole
+    /// deadline (503, with `Retry-After`).
+    NoCapacity {
+        /// The requested model.
+        model: String,
+        /// How long the request waited (zero when the queue was full).
+        waited: std::time::Duration,
+        /// When to try again.
+        retry_after: std::time::Duration,
+    },
     /// The router is shutting down and takes no new requests (503).
     ShuttingDown,
     /// The route does not exist (404).
@@ -179,7 +190,7 @@ impl Error {
             Self::BodyTimeout { .. } => 408,
             Self::BodyTooLarge { .. } => 413,
             Self::Connect { .. } | Self::Upstream { .. } | Self::Broken { .. } => 502,
-            Self::NoReadyEndpoint { .. } | Self::ShuttingDown => 503,
+            Self::NoReadyEndpoint { .. } | Self::ShuttingDown | Self::NoCapacity { .. } => 503,
             Self::Timeout { .. } => 504,
             Self::Unrouted => 500,
         }
@@ -199,6 +210,7 @@ impl Error {
             Self::Broken { .. } => "broken",
             Self::Timeout { .. } => "timeout",
             Self::ShuttingDown => "shutting_down",
+            Self::NoCapacity { .. } => "no_capacity",
             Self::NotFound { .. } => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Unrouted => "unrouted",
@@ -239,7 +251,9 @@ impl Error {
         };
         let param = match self {
             Self::BadRequest { param, .. } => *param,
-            Self::ModelNotFound { .. } | Self::NoReadyEndpoint { .. } => Some("model"),
+            Self::ModelNotFound { .. } | Self::NoReadyEndpoint { .. } | Self::NoCapacity { .. } => {
+                Some("model")
+            }
             Self::UnknownEndpoint { .. } => Some("id"),
             _ => None,
         };
@@ -260,8 +274,8 @@ impl Error {
 
     /// The HTTP response for this error: its [`status`](Error::status), a JSON
     /// content type and the [OpenAI body](Error::body); for
-    /// [`RateLimited`](Error::RateLimited), `Retry-After` in whole seconds (rounded
-    /// up). The one mapping from an error to a response: every layer that answers with
+    /// [`RateLimited`](Error::RateLimited) and [`NoCapacity`](Error::NoCapacity),
+    /// `Retry-After` in whole seconds (rounded up, at least 1). The one mapping from an error to a response: every layer that answers with
     /// an error calls it.
     pub fn to_response(&self) -> http::Response<bytes::Bytes> {
         let body = serde_json::to_vec(&self.body()).unwrap_or_default();
@@ -272,7 +286,7 @@ impl Error {
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("application/json"),
         );
-        if let Self::RateLimited { retry_after, .. } = self {
+        if let Self::RateLimited { retry_after, .. } | Self::NoCapacity { retry_after, .. } = self {
             let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
             resp.headers_mut().insert(
                 http::header::RETRY_AFTER,
@@ -343,6 +357,15 @@ impl fmt::Display for Error {
                 write!(f, "Engine {endpoint} timed out {what}.")
             }
             Self::ShuttingDown => f.write_str("The router is shutting down."),
+            Self::NoCapacity { model, waited, .. } if waited.is_zero() => write!(
+                f,
+                "The model `{model}` is at capacity and its queue is full. Please try again later."
+            ),
+            Self::NoCapacity { model, waited, .. } => write!(
+                f,
+                "The model `{model}` had no capacity free within {:.1} s. Please try again later.",
+                waited.as_secs_f64()
+            ),
             Self::NotFound { path } => write!(f, "Route {path} not found."),
             Self::MethodNotAllowed => f.write_str("Method not allowed."),
             Self::Unauthorized { missing: true } => f.write_str(

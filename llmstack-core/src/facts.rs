@@ -10,6 +10,7 @@
 //! | [`UpstreamFailure`] | the forwarder | the error response | retry, accounting |
 //! | [`SeenModel`] | accounting (empty), filled by the routing layer | the request | accounting, even when the client left before any response |
 //! | [`Tenant`] | authentication (an API key's tenant) | the request | rate limits, admission |
+//! | [`HeldUntilDone`] | admission (its permit) | the request | the routing layer, which keeps it in the response body |
 //! | [`OnUsage`] | a layer inside accounting that wants the token usage (rate limits) | the response | accounting, which calls it once the body ends |
 
 use std::sync::{Arc, OnceLock};
@@ -72,6 +73,19 @@ pub struct UpstreamFailure {
 /// [`RouteFacts`] never reach it then. Clones share the slot.
 #[derive(Debug, Clone, Default)]
 pub struct SeenModel(Arc<OnceLock<Arc<str>>>);
+
+/// Something kept until the request's response body ends (an admission permit): put
+/// in the request's extensions by an outer layer; the routing layer moves it into the
+/// response body, which drops it when it ends, fails or is dropped (an error answered
+/// without an engine drops it at once). Clones share it.
+#[derive(Clone)]
+pub struct HeldUntilDone(pub Arc<dyn Send + Sync>);
+
+impl std::fmt::Debug for HeldUntilDone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HeldUntilDone")
+    }
+}
 
 /// Who is asking: the tenant an API key belongs to, with its priority class and rate
 /// limits. Put in the request's extensions by an authentication layer; cheap to clone.

@@ -43,8 +43,8 @@ pub use discover::{BoxError, Discover, Update};
 pub use endpoint::{Endpoint, EndpointId, EndpointState, ModelCard, Role};
 pub use error::{Error, ErrorBody, ErrorCode, ErrorObject, RateLimit, TimeoutPhase};
 pub use facts::{
-    Avoid, Exclude, OnUsage, Priority, RouteFacts, RoutedTo, SeenModel, Tenant, UpstreamFailure,
-    Usage,
+    Avoid, Exclude, HeldUntilDone, OnUsage, Priority, RouteFacts, RoutedTo, SeenModel, Tenant,
+    UpstreamFailure, Usage,
 };
 pub use multipart::{
     FormPart, MultipartError, multipart_boundary, multipart_parts, multipart_text_field,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use llmstack_core::SettingErrors;
 
-use crate::{ApiKeys, KeysError, OutlierConfig};
+use crate::{AdmissionConfig, ApiKeys, KeysError, OutlierConfig};
 
 /// Gateway settings as given, every one optional so that flags, their environment
 /// variables and a file can be layered; turned into a [`GatewayConfig`] by
@@ -51,6 +51,25 @@ pub struct GatewayArgs {
     #[cfg_attr(feature = "clap", arg(long, env = "LLMSTACK_OUTLIER_MAX_EJECTION"))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outlier_max_ejection: Option<f64>,
+    /// Requests one engine may have at once; when every ready engine of a model has
+    /// that many, more requests wait in the model's queue (0: no limit) [default: 0].
+    #[cfg_attr(feature = "clap", arg(long, env = "LLMSTACK_MAX_IN_FLIGHT_PER_ENGINE"))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_in_flight_per_engine: Option<usize>,
+    /// Seconds a request may wait for capacity, or for a model's first ready engine
+    /// (the waiting room); 0: no waiting, an instant 503 [default: 0].
+    #[cfg_attr(feature = "clap", arg(long, env = "LLMSTACK_QUEUE_TIMEOUT"))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_timeout: Option<f64>,
+    /// Requests waiting per model at most; more get an instant 503 [default: 1000].
+    #[cfg_attr(feature = "clap", arg(long, env = "LLMSTACK_MAX_QUEUE_LENGTH"))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_queue_length: Option<usize>,
+    /// Request header that may set a request's priority class (high, normal, low),
+    /// never above its API key's tenant's [default: none].
+    #[cfg_attr(feature = "clap", arg(long, env = "LLMSTACK_PRIORITY_HEADER"))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority_header: Option<String>,
 }
 
 /// Where the router's API keys come from (no source means no authentication), and
@@ -63,6 +82,8 @@ pub struct GatewayConfig {
     pub api_keys: Vec<String>,
     /// Outlier ejection.
     pub outliers: OutlierConfig,
+    /// The admission queue.
+    pub admission: AdmissionConfig,
 }
 
 // === impl GatewayArgs ===
@@ -94,7 +115,35 @@ impl GatewayArgs {
                 "--outlier-base-ejection must not be above --outlier-max-ejection",
             );
         }
+        let admission_defaults = AdmissionConfig::default();
+        let queue_timeout = match self.queue_timeout {
+            Some(0.0) => std::time::Duration::ZERO,
+            other => errors.seconds("queue-timeout", other, admission_defaults.queue_timeout),
+        };
+        let priority_header = self.priority_header.and_then(|name| {
+            match http::HeaderName::from_bytes(name.trim().to_ascii_lowercase().as_bytes()) {
+                Ok(h) => Some(h),
+                Err(_) => {
+                    errors.push(
+                        "priority-header",
+                        format!("--priority-header `{name}` is not a header name"),
+                    );
+                    None
+                }
+            }
+        });
+        let admission = AdmissionConfig {
+            max_in_flight_per_engine: self
+                .max_in_flight_per_engine
+                .unwrap_or(admission_defaults.max_in_flight_per_engine),
+            queue_timeout,
+            max_queue_length: self
+                .max_queue_length
+                .unwrap_or(admission_defaults.max_queue_length),
+            priority_header,
+        };
         let config = GatewayConfig {
+            admission,
             outliers,
             api_keys_file: self.api_keys_file,
             api_keys: self
@@ -128,6 +177,10 @@ impl fmt::Debug for GatewayArgs {
             )
             .field("outlier_base_ejection", &self.outlier_base_ejection)
             .field("outlier_max_ejection", &self.outlier_max_ejection)
+            .field("max_in_flight_per_engine", &self.max_in_flight_per_engine)
+            .field("queue_timeout", &self.queue_timeout)
+            .field("max_queue_length", &self.max_queue_length)
+            .field("priority_header", &self.priority_header)
             .finish()
     }
 }
@@ -155,6 +208,7 @@ impl fmt::Debug for GatewayConfig {
             .field("api_keys_file", &self.api_keys_file)
             .field("api_keys", &self.api_keys.len())
             .field("outliers", &self.outliers)
+            .field("admission", &self.admission)
             .finish()
     }
 }

@@ -47,12 +47,14 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod admission;
 mod args;
 mod auth;
 mod keys;
 mod limit;
 mod outlier;
 
+pub use admission::{Admission, AdmissionConfig, AdmissionFuture, AdmissionLayer};
 pub use args::{GatewayArgs, GatewayConfig};
 pub use auth::{Auth, AuthFuture, AuthLayer};
 pub use keys::{ApiKeys, DEFAULT_TENANT, KeysError, X_API_KEY};

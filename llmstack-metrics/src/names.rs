@@ -69,6 +69,13 @@ pub const API_KEYS: &str = "llmstack_api_keys";
 pub const API_KEY_RELOADS: &str = "llmstack_api_key_reloads_total";
 /// Client connections open on the main port (at `--max-connections`, new ones wait).
 pub const CLIENT_CONNECTIONS: &str = "llmstack_client_connections";
+/// Requests waiting for capacity, by `model` and `priority` (admission).
+pub const QUEUE_DEPTH: &str = "llmstack_queue_depth";
+/// Time requests waited in the admission queue, admitted or refused, by `priority`.
+pub const QUEUE_WAIT: &str = "llmstack_queue_wait_seconds";
+/// Requests refused by admission, by `reason` (`full`, `timeout`, `saturated` when
+/// there is no queue).
+pub const QUEUE_REJECTED: &str = "llmstack_queue_rejected_total";
 /// Engines ejected for failing requests in a row, by `engine`.
 pub const ENGINE_EJECTIONS: &str = "llmstack_engine_ejections_total";
 /// Whether each engine is ejected now (1) or not (0), by `engine`.
@@ -146,6 +153,16 @@ pub fn describe() {
         "Requests refused (429) for being over a tenant's rate limit."
     );
     describe_gauge!(API_KEYS, "API keys loaded.");
+    describe_gauge!(
+        QUEUE_DEPTH,
+        "Requests waiting for capacity, by model and priority."
+    );
+    describe_histogram!(
+        QUEUE_WAIT,
+        Unit::Seconds,
+        "Time requests waited in the admission queue."
+    );
+    describe_counter!(QUEUE_REJECTED, "Requests refused by admission (503).");
     describe_gauge!(
         CLIENT_CONNECTIONS,
         "Client connections open on the main port."

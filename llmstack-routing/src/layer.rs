@@ -12,7 +12,8 @@ use http::request::Parts;
 use http::{HeaderName, Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use llmstack_core::{
-    Avoid, EndpointSet, Error, Exclude, RouteFacts, RouteRequest, RoutedTo, SeenModel, StatsReader,
+    Avoid, EndpointSet, Error, Exclude, HeldUntilDone, RouteFacts, RouteRequest, RoutedTo,
+    SeenModel, StatsReader,
 };
 use pin_project_lite::pin_project;
 use tokio::sync::watch;
@@ -133,7 +134,8 @@ impl<S> Layer<S> for RouteLayer {
 /// ready engine) become responses with vLLM's OpenAI error body and status
 /// ([`Error::to_response`]), without calling the inner service. Every response carries
 /// [`RouteFacts`] (model, policy, reason, engine) for the layers outside. It picks
-/// once: retrying elsewhere is an outer layer's business.
+/// once: retrying elsewhere is an outer layer's business. A [`HeldUntilDone`] in the
+/// request's extensions is kept in the response body like the guard.
 pub struct Route<S> {
     inner: S,
     shared: Arc<Shared>,
@@ -173,6 +175,7 @@ where
     fn call(&mut self, req: Request<Bytes>) -> Self::Future {
         let (mut parts, body) = req.into_parts();
         let policy = self.shared.router.policy_name();
+        let held = parts.extensions.remove::<HeldUntilDone>();
         match self.shared.decide(&mut parts, body) {
             Ok(Decided {
                 mut routed,
@@ -201,6 +204,7 @@ where
                     state: FutureState::Called {
                         future: self.inner.call(Request::from_parts(parts, body)),
                         guard: Some(routed.guard),
+                        held,
                         learn: learn.map(|l| (Arc::clone(&self.shared.router), l)),
                         facts: Some(facts),
                     },
@@ -324,6 +328,7 @@ pin_project! {
         Called {
             #[pin] future: F,
             guard: Option<InFlightGuard>,
+            held: Option<HeldUntilDone>,
             learn: Option<(Arc<Router>, Learn)>,
             facts: Option<RouteFacts>,
         },
@@ -345,6 +350,7 @@ where
             FutureStateProj::Called {
                 future,
                 guard,
+                held,
                 learn,
                 facts,
             } => {
@@ -352,6 +358,7 @@ where
                     Ok(resp) => resp,
                     Err(e) => {
                         drop(guard.take()); // the request is over
+                        drop(held.take());
                         return Poll::Ready(Err(e));
                     }
                 };
@@ -367,6 +374,7 @@ where
                     state: BodyState::Upstream {
                         body,
                         guard: guard.take(),
+                        held: held.take(),
                     },
                 })))
             }
@@ -394,8 +402,9 @@ pin_project! {
     enum BodyState<B> {
         // A routing error's body, taken by the first poll.
         Full { data: Option<Bytes> },
-        // The inner service's body and the guard released when it ends.
-        Upstream { #[pin] body: B, guard: Option<InFlightGuard> },
+        // The inner service's body, and the guard and what an outer layer holds
+        // (HeldUntilDone), released when it ends.
+        Upstream { #[pin] body: B, guard: Option<InFlightGuard>, held: Option<HeldUntilDone> },
     }
 }
 
@@ -418,7 +427,7 @@ impl<B: Body<Data = Bytes>> Body for RouteBody<B> {
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         match self.project().state.project() {
             BodyStateProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            BodyStateProj::Upstream { body, guard } => {
+            BodyStateProj::Upstream { body, guard, held } => {
                 let frame = ready!(body.poll_frame(cx));
                 match &frame {
                     Some(Ok(f)) if f.is_data() => {
@@ -428,7 +437,10 @@ impl<B: Body<Data = Bytes>> Body for RouteBody<B> {
                     }
                     Some(Ok(_)) => {}
                     // End or failure: the request is over.
-                    None | Some(Err(_)) => drop(guard.take()),
+                    None | Some(Err(_)) => {
+                        drop(guard.take());
+                        drop(held.take());
+                    }
                 }
                 Poll::Ready(frame)
             }

@@ -40,6 +40,7 @@ pub struct Server {
     scraper: JoinHandle<()>,
     upkeep: JoinHandle<()>,
     keys_watch: JoinHandle<()>,
+    admission_watch: JoinHandle<()>,
     admin: Option<JoinHandle<()>>,
     admin_addr: Option<SocketAddr>,
 }
@@ -108,6 +109,11 @@ impl Server {
         spawned.0.push(keys_watch.abort_handle());
         let outliers = llmstack_gateway::Outliers::new(config.gateway.outliers.clone());
         let cap = config.connection_cap(nofile());
+        let admission =
+            llmstack_gateway::AdmissionLayer::new(config.gateway.admission.clone(), set_rx.clone())
+                .with_aliases(config.routing.static_aliases.clone());
+        let admission_watch = tokio::spawn(admission.watch_endpoints());
+        spawned.0.push(admission_watch.abort_handle());
         let shared = Arc::new(Shared {
             endpoints: set_rx.clone(),
             stats,
@@ -119,9 +125,13 @@ impl Server {
                 route,
                 forward.clone(),
                 &config.proxy,
-                keys.clone(),
-                outliers.clone(),
+                stack::Gateway {
+                    keys: keys.clone(),
+                    admission: admission.clone(),
+                    outliers: outliers.clone(),
+                },
             ),
+            admission: admission.clone(),
             outliers: outliers.clone(),
             connections: Arc::new(tokio::sync::Semaphore::new(cap)),
             max_connections: cap,
@@ -205,6 +215,7 @@ impl Server {
             scraper,
             upkeep,
             keys_watch,
+            admission_watch,
             admin,
             admin_addr,
         })
@@ -242,6 +253,7 @@ impl Drop for Server {
         self.scraper.abort();
         self.upkeep.abort();
         self.keys_watch.abort();
+        self.admission_watch.abort();
         if let Some(admin) = &self.admin {
             admin.abort();
         }

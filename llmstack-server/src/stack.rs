@@ -5,7 +5,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::{Either, Full};
 use llmstack_gateway::{
-    ApiKeys, Auth, AuthLayer, Outlier, OutlierLayer, Outliers, RateLimit, RateLimitLayer,
+    Admission, AdmissionLayer, ApiKeys, Auth, AuthLayer, Outlier, OutlierLayer, Outliers,
+    RateLimit, RateLimitLayer,
 };
 use llmstack_metrics::{Account, AccountBody, AccountLayer};
 use llmstack_proxy::{
@@ -15,7 +16,8 @@ use llmstack_routing::{Route, RouteBody, RouteLayer};
 use tower::{Layer, ServiceBuilder};
 
 /// The request path of the OpenAI routes.
-pub(crate) type Proxied = Account<Auth<ReadBody<RateLimit<Retry<Outlier<Route<Forward>>>>>>>;
+pub(crate) type Proxied =
+    Account<Auth<ReadBody<RateLimit<Admission<Retry<Outlier<Route<Forward>>>>>>>>;
 
 /// Every response body the router sends: a proxied answer or a local one.
 pub(crate) type Body = Either<AccountBody<RouteBody<ForwardBody>>, Full<Bytes>>;
@@ -51,25 +53,36 @@ pub(crate) fn refused() -> Refused {
     AccountLayer::new().layer(Refuse)
 }
 
+/// The gateway layers' shared state, built by the server.
+pub(crate) struct Gateway {
+    /// API keys; none: no authentication.
+    pub(crate) keys: Option<ApiKeys>,
+    /// The admission queue.
+    pub(crate) admission: AdmissionLayer,
+    /// Outlier ejection.
+    pub(crate) outliers: Outliers,
+}
+
 /// Stacks the request path: accounting outside (a request counts once, however many
 /// engines it tried, and refusals count too), then API keys (`keys`: none is no
 /// authentication; before the body is read), the body read (bounded), the tenant's
-/// rate limits, retries on other engines, outlier ejection (each attempt counts),
-/// routing, and forwarding. (`RequestIdLayer` wraps everything the listeners serve.)
+/// rate limits, admission (a request waits once, however many engines it tries),
+/// retries on other engines, outlier ejection (each attempt counts), routing, and
+/// forwarding. (`RequestIdLayer` wraps everything the listeners serve.)
 pub(crate) fn proxied(
     route: RouteLayer,
     forward: Forward,
     config: &ProxyConfig,
-    keys: Option<ApiKeys>,
-    outliers: Outliers,
+    gateway: Gateway,
 ) -> Proxied {
     ServiceBuilder::new()
         .layer(AccountLayer::new())
-        .layer(keys.map_or_else(AuthLayer::off, AuthLayer::new))
+        .layer(gateway.keys.map_or_else(AuthLayer::off, AuthLayer::new))
         .layer(ReadBodyLayer::new(config.max_body).timeout(config.body_timeout))
         .layer(RateLimitLayer::new())
+        .layer(gateway.admission)
         .layer(RetryLayer::new(config.retries).counting(Arc::clone(forward.counters())))
-        .layer(OutlierLayer::new(outliers))
+        .layer(OutlierLayer::new(gateway.outliers))
         .layer(route)
         .service(forward)
 }

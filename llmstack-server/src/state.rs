@@ -37,6 +37,8 @@ pub(crate) struct Shared {
     /// Engines ejected for failing (for `/engines` and the `llmstack_engine_ejected`
     /// gauge).
     pub(crate) outliers: llmstack_gateway::Outliers,
+    /// The admission queue (for the `llmstack_queue_depth` gauge).
+    pub(crate) admission: llmstack_gateway::AdmissionLayer,
     /// Open client connections on the main port: one permit each.
     pub(crate) connections: Arc<tokio::sync::Semaphore>,
     /// The cap on them (the semaphore's size).

@@ -120,6 +120,10 @@ pub(crate) fn render(shared: &Shared, handle: &PrometheusHandle) -> String {
         gauge!(names::ENDPOINTS, "state" => state).set(f64::from(n));
     }
     gauge!(names::CLIENT_CONNECTIONS).set(shared.open_connections() as f64);
+    for (model, class, depth) in shared.admission.depths() {
+        gauge!(names::QUEUE_DEPTH, "model" => model.to_string(), "priority" => class.as_str())
+            .set(depth as f64);
+    }
     if let Some(keys) = &shared.keys {
         gauge!(names::API_KEYS).set(keys.len() as f64);
     }

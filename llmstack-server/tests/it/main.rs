@@ -2,6 +2,7 @@
 //! over real HTTP.
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
 
+mod admission;
 mod binary;
 mod discovery;
 mod failures;
