@@ -343,4 +343,6 @@ fn from_hex(hex: &str) -> Option<[u8; 32]> {
 }
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;

@@ -74,7 +74,23 @@ struct Buckets {
 struct Grant {
     tenant: Arc<str>,
     estimate: u64,
-    headers: HeaderMap,
+    headers: Headers,
+}
+
+/// The numbers of OpenAI's `x-ratelimit-*` headers, for the limits a tenant has:
+/// written straight into the response (no map in between).
+#[derive(Debug, Clone, Copy, Default)]
+struct Headers {
+    requests: Option<Numbers>,
+    tokens: Option<Numbers>,
+}
+
+/// One limit's header values.
+#[derive(Debug, Clone, Copy)]
+struct Numbers {
+    limit: u64,
+    remaining: u64,
+    reset: Duration,
 }
 
 /// At most this many tenants' buckets are kept; beyond it, full ones are dropped.
@@ -151,7 +167,7 @@ where
                 metrics::counter!(names::RATE_LIMITED, "tenant" => tenant.name.to_string(), "limit" => limit)
                     .increment(1);
                 let mut resp = e.to_response().map(RB::from);
-                resp.headers_mut().extend(headers);
+                headers.write(resp.headers_mut());
                 RateLimitFuture {
                     state: State::Refused {
                         response: Some(resp),
@@ -218,7 +234,7 @@ where
                 } else {
                     limiter.refund(&grant.tenant, grant.estimate);
                 }
-                resp.headers_mut().extend(grant.headers);
+                grant.headers.write(resp.headers_mut());
                 Poll::Ready(Ok(resp))
             }
         }
@@ -241,7 +257,7 @@ impl Limiter {
         tenant: &Tenant,
         estimate: u64,
         now: Instant,
-    ) -> Result<Grant, Box<(Error, HeaderMap)>> {
+    ) -> Result<Grant, Box<(Error, Headers)>> {
         let mut tenants = self.tenants.lock().unwrap_or_else(PoisonError::into_inner);
         if tenants.len() >= MAX_TENANTS && !tenants.contains_key(&tenant.name) {
             tenants.retain(|_, b| !b.full(now));
@@ -321,21 +337,36 @@ impl Buckets {
             .all(|b| b.full_at(now))
     }
 
-    /// OpenAI's `x-ratelimit-*` headers for the limits this tenant has.
-    fn headers(&self, now: Instant) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        for (bucket, [limit, remaining, reset]) in [
+    /// The numbers of OpenAI's `x-ratelimit-*` headers for the limits this tenant has.
+    fn headers(&self, now: Instant) -> Headers {
+        let numbers = |b: &Bucket| Numbers {
+            limit: b.per_minute(),
+            remaining: b.remaining(now),
+            reset: b.until_full(now),
+        };
+        Headers {
+            requests: self.requests.as_ref().map(numbers),
+            tokens: self.tokens.as_ref().map(numbers),
+        }
+    }
+}
+
+// === impl Headers ===
+
+impl Headers {
+    /// Adds the headers to `map`.
+    fn write(&self, map: &mut HeaderMap) {
+        for (numbers, [limit, remaining, reset]) in [
             (&self.requests, &REQUEST_HEADERS),
             (&self.tokens, &TOKEN_HEADERS),
         ] {
-            let Some(b) = bucket else { continue };
-            headers.insert(limit, HeaderValue::from(b.per_minute()));
-            headers.insert(remaining, HeaderValue::from(b.remaining(now)));
-            if let Ok(v) = HeaderValue::from_str(&go_duration(b.until_full(now))) {
-                headers.insert(reset, v);
+            let Some(n) = numbers else { continue };
+            map.insert(limit.clone(), HeaderValue::from(n.limit));
+            map.insert(remaining.clone(), HeaderValue::from(n.remaining));
+            if let Ok(v) = HeaderValue::from_str(&go_duration(n.reset)) {
+                map.insert(reset.clone(), v);
             }
         }
-        headers
     }
 }
 
@@ -369,5 +400,7 @@ fn go_duration(d: Duration) -> String {
     format!("{}m{}s", whole / 60, whole % 60)
 }
 
+#[cfg(test)]
+mod fuzz;
 #[cfg(test)]
 mod tests;
