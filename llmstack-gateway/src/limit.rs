@@ -354,17 +354,40 @@ impl Buckets {
 // === impl Headers ===
 
 impl Headers {
-    /// Adds the headers to `map`.
+    /// Adds the headers to `map`: every value written into one buffer, each header a
+    /// slice of it (one allocation for all six).
     fn write(&self, map: &mut HeaderMap) {
-        for (numbers, [limit, remaining, reset]) in [
-            (&self.requests, &REQUEST_HEADERS),
-            (&self.tokens, &TOKEN_HEADERS),
-        ] {
-            let Some(n) = numbers else { continue };
-            map.insert(limit.clone(), HeaderValue::from(n.limit));
-            map.insert(remaining.clone(), HeaderValue::from(n.remaining));
-            if let Ok(v) = HeaderValue::from_str(&go_duration(n.reset)) {
-                map.insert(reset.clone(), v);
+        use std::fmt::Write as _;
+
+        let mut text = String::with_capacity(96);
+        let mut ends = [0usize; 6];
+        let all = [self.requests, self.tokens];
+        for (i, n) in all.iter().enumerate() {
+            let Some(n) = n else { continue };
+            // Writing to a String cannot fail.
+            let _ = write!(text, "{}", n.limit);
+            ends[3 * i] = text.len();
+            let _ = write!(text, "{}", n.remaining);
+            ends[3 * i + 1] = text.len();
+            write_go_duration(&mut text, n.reset);
+            ends[3 * i + 2] = text.len();
+        }
+        let text = Bytes::from(text);
+        let mut start = 0;
+        for (i, n) in all.iter().enumerate() {
+            if n.is_none() {
+                continue;
+            }
+            let names = if i == 0 {
+                &REQUEST_HEADERS
+            } else {
+                &TOKEN_HEADERS
+            };
+            for (name, end) in names.iter().zip(&ends[3 * i..3 * i + 3]) {
+                if let Ok(v) = HeaderValue::from_maybe_shared(text.slice(start..*end)) {
+                    map.insert(name.clone(), v);
+                }
+                start = *end;
             }
         }
     }
@@ -383,21 +406,36 @@ static TOKEN_HEADERS: [HeaderName; 3] = [
 ];
 
 /// A duration as OpenAI's reset headers write it: `0s`, `250ms`, `1.5s`, `6m0s`.
+#[cfg(test)]
 fn go_duration(d: Duration) -> String {
+    let mut s = String::new();
+    write_go_duration(&mut s, d);
+    s
+}
+
+/// Appends `d` as OpenAI's reset headers write it (see `go_duration`).
+fn write_go_duration(out: &mut String, d: Duration) {
+    use std::fmt::Write as _;
+
     let ms = d.as_millis();
-    if ms == 0 {
-        return "0s".into();
-    }
-    if ms < 1000 {
-        return format!("{ms}ms");
-    }
-    let secs = d.as_secs_f64();
-    if secs < 60.0 {
-        let s = format!("{secs:.3}");
-        return format!("{}s", s.trim_end_matches('0').trim_end_matches('.'));
-    }
-    let whole = d.as_secs();
-    format!("{}m{}s", whole / 60, whole % 60)
+    // Writing to a String cannot fail.
+    let _ = if ms == 0 {
+        out.write_str("0s")
+    } else if ms < 1000 {
+        write!(out, "{ms}ms")
+    } else if ms < 60_000 {
+        let (whole, frac) = (ms / 1000, ms % 1000);
+        let frac = format!("{frac:03}");
+        let frac = frac.trim_end_matches('0');
+        if frac.is_empty() {
+            write!(out, "{whole}s")
+        } else {
+            write!(out, "{whole}.{frac}s")
+        }
+    } else {
+        let whole = d.as_secs();
+        write!(out, "{}m{}s", whole / 60, whole % 60)
+    };
 }
 
 #[cfg(test)]

@@ -91,6 +91,9 @@ struct Shared {
     engines: Mutex<HashMap<EndpointId, Health, foldhash::fast::RandomState>>,
     /// Engines ejected or half-open: when 0, requests skip the lock on the way in.
     out: AtomicUsize,
+    /// Engines with a failure on record (entries of `engines`): when 0, successes skip
+    /// the lock on the way out.
+    tracked: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -242,6 +245,7 @@ impl Outliers {
                 config,
                 engines: Mutex::default(),
                 out: AtomicUsize::new(0),
+                tracked: AtomicUsize::new(0),
             }),
         }
     }
@@ -251,7 +255,7 @@ impl Outliers {
         &self.shared.config
     }
 
-    /// `engine`'s state now; `None` before any answer from it.
+    /// `engine`'s state now; `None` while it has no failure on record (serving).
     pub fn state(&self, engine: &EndpointId) -> Option<EngineHealth> {
         let now = Instant::now();
         let engines = self.lock();
@@ -278,6 +282,7 @@ impl Outliers {
         engines.retain(|id, _| exists(id));
         let out = engines.values().filter(|h| h.until.is_some()).count();
         self.shared.out.store(out, Ordering::Relaxed);
+        self.shared.tracked.store(engines.len(), Ordering::Relaxed);
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<EndpointId, Health, foldhash::fast::RandomState>> {
@@ -311,6 +316,10 @@ impl Outliers {
 
     /// Counts an answer of `engine`: a failure, or a success.
     fn record(&self, engine: &EndpointId, failed: bool, now: Instant) {
+        // The common case: a success while no engine has a failure on record.
+        if !failed && self.shared.tracked.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         let config = &self.shared.config;
         let mut engines = self.lock();
         if let Some(h) = engines.get(engine)
@@ -319,17 +328,23 @@ impl Outliers {
             return; // ejected: an answer to a request sent before the ejection
         }
         if !failed {
-            // The common case: a healthy engine stays so, without allocating.
-            if let Some(h) = engines.get_mut(engine) {
+            // Healthy again: nothing on record.
+            if let Some(h) = engines.remove(engine) {
                 if h.until.is_some() {
                     tracing::info!(%engine, "engine back after its trial request");
                     self.shared.out.fetch_sub(1, Ordering::Relaxed);
                 }
-                *h = Health::default();
+                self.shared.tracked.store(engines.len(), Ordering::Relaxed);
             }
             return;
         }
-        let h = engines.entry(engine.clone()).or_default();
+        if !engines.contains_key(engine) {
+            engines.insert(engine.clone(), Health::default());
+            self.shared.tracked.store(engines.len(), Ordering::Relaxed);
+        }
+        let Some(h) = engines.get_mut(engine) else {
+            return;
+        };
         h.failures = h.failures.saturating_add(1);
         if h.until.is_none() && h.failures < config.consecutive_failures {
             return;

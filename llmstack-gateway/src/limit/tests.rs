@@ -145,6 +145,8 @@ fn reset_durations_read_like_openais() {
     assert_eq!(go_duration(Duration::from_millis(1500)), "1.5s");
     assert_eq!(go_duration(Duration::from_secs(12)), "12s");
     assert_eq!(go_duration(Duration::from_secs(360)), "6m0s");
+    assert_eq!(go_duration(Duration::from_millis(59_999)), "59.999s");
+    assert_eq!(go_duration(Duration::from_millis(1050)), "1.05s");
 }
 
 /// The layer over a service that answers as an engine would (a response with

@@ -74,8 +74,9 @@ async fn failures_in_a_row_eject_with_doubling_backoff_and_one_trial() {
     o.record(&e, false, t + Duration::from_secs(12));
     drop(trial);
     assert!(o.avoid(t + Duration::from_secs(12)).0.is_empty());
-    assert_eq!(o.state(&e), Some(EngineHealth::Healthy { failures: 0 }));
+    assert_eq!(o.state(&e), None, "nothing on record");
     assert_eq!(o.shared.out.load(Ordering::Relaxed), 0);
+    assert_eq!(o.shared.tracked.load(Ordering::Relaxed), 0);
 }
 
 #[tokio::test(start_paused = true)]
