@@ -357,21 +357,19 @@ impl Headers {
     /// Adds the headers to `map`: every value written into one buffer, each header a
     /// slice of it (one allocation for all six).
     fn write(&self, map: &mut HeaderMap) {
-        use std::fmt::Write as _;
-
         let mut text = String::with_capacity(96);
         let mut ends = [0usize; 6];
         let all = [self.requests, self.tokens];
         for (i, n) in all.iter().enumerate() {
             let Some(n) = n else { continue };
-            // Writing to a String cannot fail.
-            let _ = write!(text, "{}", n.limit);
+            push_digits(&mut text, n.limit);
             ends[3 * i] = text.len();
-            let _ = write!(text, "{}", n.remaining);
+            push_digits(&mut text, n.remaining);
             ends[3 * i + 1] = text.len();
             write_go_duration(&mut text, n.reset);
             ends[3 * i + 2] = text.len();
         }
+        map.reserve(6);
         let text = Bytes::from(text);
         let mut start = 0;
         for (i, n) in all.iter().enumerate() {
@@ -415,27 +413,53 @@ fn go_duration(d: Duration) -> String {
 
 /// Appends `d` as OpenAI's reset headers write it (see `go_duration`).
 fn write_go_duration(out: &mut String, d: Duration) {
-    use std::fmt::Write as _;
-
-    let ms = d.as_millis();
-    // Writing to a String cannot fail.
-    let _ = if ms == 0 {
-        out.write_str("0s")
-    } else if ms < 1000 {
-        write!(out, "{ms}ms")
-    } else if ms < 60_000 {
-        let (whole, frac) = (ms / 1000, ms % 1000);
-        let frac = format!("{frac:03}");
-        let frac = frac.trim_end_matches('0');
-        if frac.is_empty() {
-            write!(out, "{whole}s")
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    if ms < 1000 {
+        if ms > 0 {
+            push_digits(out, ms);
+            out.push('m');
         } else {
-            write!(out, "{whole}.{frac}s")
+            out.push('0');
+        }
+    } else if ms < 60_000 {
+        push_digits(out, ms / 1000);
+        let mut frac = ms % 1000;
+        if frac > 0 {
+            out.push('.');
+            let mut width = 3;
+            while frac % 10 == 0 {
+                frac /= 10;
+                width -= 1;
+            }
+            let digits = out.len();
+            push_digits(out, frac);
+            for _ in out.len() - digits..width {
+                out.insert(digits, '0');
+            }
         }
     } else {
-        let whole = d.as_secs();
-        write!(out, "{}m{}s", whole / 60, whole % 60)
-    };
+        let whole = ms / 1000;
+        push_digits(out, whole / 60);
+        out.push('m');
+        push_digits(out, whole % 60);
+    }
+    out.push('s');
+}
+
+/// Appends `n` in decimal (the formatting machinery costs several times more).
+fn push_digits(out: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // ASCII digits.
+    out.push_str(std::str::from_utf8(&buf[at..]).unwrap_or_default());
 }
 
 #[cfg(test)]

@@ -147,6 +147,10 @@ fn reset_durations_read_like_openais() {
     assert_eq!(go_duration(Duration::from_secs(360)), "6m0s");
     assert_eq!(go_duration(Duration::from_millis(59_999)), "59.999s");
     assert_eq!(go_duration(Duration::from_millis(1050)), "1.05s");
+    assert_eq!(go_duration(Duration::from_millis(1005)), "1.005s");
+    assert_eq!(go_duration(Duration::from_millis(2100)), "2.1s");
+    assert_eq!(go_duration(Duration::from_millis(1)), "1ms");
+    assert_eq!(go_duration(Duration::from_secs(3725)), "62m5s");
 }
 
 /// The layer over a service that answers as an engine would (a response with
