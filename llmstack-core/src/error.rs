@@ -297,8 +297,10 @@ impl Error {
     }
 
     /// Whether a request that failed this way may be sent to another endpoint: the
-    /// engine cannot have started on it (connect failure, connect timeout) or dropped it
-    /// before answering (reset or close before the response head).
+    /// engine never got it (connect failure, connect timeout), or dropped the
+    /// connection before any answer reached the router (reset or close before the
+    /// response head). In the second case the engine may have done the work, so a
+    /// retried request can be generated twice; the client still gets one answer.
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,

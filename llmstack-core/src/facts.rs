@@ -62,7 +62,8 @@ pub struct UpstreamFailure {
     pub endpoint: EndpointId,
     /// [`Error::label`] of the failure (`connect`, `upstream`, `timeout`).
     pub kind: &'static str,
-    /// [`Error::is_retryable`]: the engine cannot have started on the request.
+    /// [`Error::is_retryable`]: no answer of the engine reached the router, so the
+    /// request may go to another one.
     pub retryable: bool,
 }
 

@@ -29,8 +29,9 @@ pub struct RetryLayer {
 
 /// Sends the request to the inner service (routing, then forwarding) and, while the
 /// answer is an error response whose [`UpstreamFailure`] is retryable (the engine
-/// refused the connection, or dropped it before the response head: it cannot have
-/// started on the request) or an engine's own 503 or 429 (it turned the request down),
+/// refused the connection, or dropped it before the response head: no answer reached
+/// the router, though a dropped request may have been generated) or an engine's own
+/// 503 or 429 (it turned the request down),
 /// and fewer than `attempts` other engines were tried, sends it again with that engine
 /// added to [`Exclude`]. Nothing is retried once a response body has started: a 2xx
 /// head belongs to its engine.
