@@ -280,7 +280,7 @@ fn parse(text: &str) -> Result<Vec<Entry>, KeysError> {
                 .unwrap_or_default();
             KeysError(format!(
                 "not a valid keys file{at}: {}",
-                redact(&e.to_string())
+                what_is_wrong(&e.to_string())
             ))
         })?;
         return Ok(file.keys);
@@ -305,27 +305,20 @@ fn plain(key: String) -> Entry {
     }
 }
 
-/// `message` with every quoted or backquoted part replaced by `…`.
-fn redact(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    let mut quote = None;
-    for c in message.chars() {
-        match quote {
-            Some(q) if c == q => {
-                out.push('…');
-                out.push(c);
-                quote = None;
-            }
-            Some(_) => {}
-            None => {
-                out.push(c);
-                if c == '"' || c == '`' {
-                    quote = Some(c);
-                }
-            }
-        }
+/// What serde's `message` says is wrong, in words of ours: serde quotes the value or
+/// the field name at fault, and either may be a key, so none of its text is shown.
+fn what_is_wrong(message: &str) -> &'static str {
+    if message.contains("unknown field") {
+        "an unknown field (an entry has key or sha256, tenant, priority, rpm, tpm)"
+    } else if message.contains("missing field") {
+        "a missing field (the file needs `keys:`, a list of entries)"
+    } else if message.contains("duplicate field") {
+        "a field given twice in one entry"
+    } else if message.contains("invalid type") || message.contains("invalid value") {
+        "a value of the wrong type (rpm and tpm are whole numbers, the others strings)"
+    } else {
+        "not YAML of the expected shape (`keys:`, a list of entries)"
     }
-    out
 }
 
 /// 32 bytes from 64 hexadecimal digits.

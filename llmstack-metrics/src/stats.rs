@@ -55,7 +55,9 @@ pub fn engine_stats(text: &str, previous: Option<&EngineStats>, now: Instant) ->
     let hits = sum(vllm::PREFIX_CACHE_HITS);
     let prefix_cache_hit_rate = previous.and_then(|p| {
         let (dq, dh) = (queries - p.prefix_cache_queries, hits - p.prefix_cache_hits);
-        (dq > 0.0 && dh >= 0.0).then(|| (dh / dq).clamp(0.0, 1.0))
+        let rate = dh / dq;
+        // Counters that sum to infinity give inf/inf: no rate rather than NaN.
+        (dq > 0.0 && dh >= 0.0 && rate.is_finite()).then(|| rate.clamp(0.0, 1.0))
     });
     let config: Vec<&Sample<'_>> = samples
         .iter()
@@ -64,7 +66,7 @@ pub fn engine_stats(text: &str, previous: Option<&EngineStats>, now: Instant) ->
     let num_gpu_blocks = config
         .iter()
         .filter_map(|s| s.label("num_gpu_blocks")?.parse::<u64>().ok())
-        .reduce(|a, b| a + b);
+        .reduce(u64::saturating_add);
     let block_size = config
         .iter()
         .find_map(|s| s.label("block_size")?.parse::<u32>().ok());

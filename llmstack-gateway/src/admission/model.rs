@@ -142,7 +142,7 @@ mod tests {
 
         /// On every JSON object, the scan finds what a full parse finds.
         #[test]
-        fn the_scan_agrees_with_serde(
+        fn fuzz_model_scan_agrees_with_serde(
             fields in prop::collection::vec((prop_oneof![Just("model".to_owned()), "[a-z\"\\\\]{1,6}"], value()), 0..6),
             pretty in any::<bool>(),
         ) {
@@ -159,7 +159,7 @@ mod tests {
 
         /// Arbitrary bytes never panic.
         #[test]
-        fn arbitrary_bytes_do_not_panic(body in prop::collection::vec(any::<u8>(), 0..256)) {
+        fn fuzz_model_scan_bytes(body in prop::collection::vec(any::<u8>(), 0..256)) {
             let _ = top_level_model(&body);
         }
     }

@@ -14,6 +14,12 @@ pub(super) struct Bucket {
     at: Instant,
 }
 
+/// `secs` as a duration; a minute for what is not a finite, non-negative number (a
+/// limit of zero).
+fn seconds(secs: f64) -> Duration {
+    Duration::try_from_secs_f64(secs.max(0.0)).unwrap_or(Duration::from_secs(60))
+}
+
 impl Bucket {
     /// A full bucket.
     fn new(per_minute: u64, now: Instant) -> Self {
@@ -33,7 +39,8 @@ impl Bucket {
             (Some(b), Some(n)) => {
                 b.refill(now);
                 b.per_minute = n;
-                b.level = b.level.min(n as f64);
+                // Within the new limit both ways: at most a minute of debt.
+                b.level = b.level.clamp(-(n as f64), n as f64);
             }
             (None, Some(n)) => *slot = Some(Self::new(n, now)),
         }
@@ -70,7 +77,7 @@ impl Bucket {
     pub(super) fn wait_for(&mut self, n: u64, now: Instant) -> Option<Duration> {
         self.refill(now);
         let need = (n as f64).min(self.capacity());
-        (self.level < need).then(|| Duration::from_secs_f64((need - self.level) / self.rate()))
+        (self.level < need).then(|| seconds((need - self.level) / self.rate()))
     }
 
     /// Takes `n` tokens (a negative `n` gives them back), within one minute's debt and
@@ -86,7 +93,7 @@ impl Bucket {
 
     /// Time until the bucket is full again.
     pub(super) fn until_full(&self, now: Instant) -> Duration {
-        Duration::from_secs_f64((self.capacity() - self.level_at(now)) / self.rate())
+        seconds((self.capacity() - self.level_at(now)) / self.rate())
     }
 
     /// Whether the bucket is full at `now`.
