@@ -73,6 +73,7 @@ impl ProxyArgs {
                 defaults.body_timeout,
             ),
             engine_authorization: None,
+            max_idle_connections: defaults.max_idle_connections,
         };
         if config.max_body == 0 {
             errors.push(

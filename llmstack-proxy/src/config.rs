@@ -22,6 +22,9 @@ pub struct ProxyConfig {
     /// (the engines' own key, vLLM `--api-key`) [default: none, the client's header
     /// goes through]. Build it with [`ProxyConfig::engine_key`]; `Debug` hides it.
     pub engine_authorization: Option<http::HeaderValue>,
+    /// Idle engine connections kept for reuse, over all engines (each holds a file
+    /// descriptor) [default: 1024].
+    pub max_idle_connections: usize,
 }
 
 impl ProxyConfig {
@@ -44,6 +47,7 @@ impl Default for ProxyConfig {
             max_body: 32 << 20,
             body_timeout: Duration::from_secs(30),
             engine_authorization: None,
+            max_idle_connections: 1024,
         }
     }
 }

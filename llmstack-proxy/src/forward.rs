@@ -69,7 +69,10 @@ impl Forward {
     pub fn new(config: ProxyConfig) -> Self {
         Self {
             shared: Arc::new(Shared {
-                pools: Arc::new(Pools::new(config.connect_timeout)),
+                pools: Arc::new(Pools::new(
+                    config.connect_timeout,
+                    config.max_idle_connections,
+                )),
                 config,
                 counters: Arc::default(),
             }),

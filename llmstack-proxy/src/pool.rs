@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -38,6 +38,10 @@ const MAX_IDLE_PER_ENDPOINT: usize = 512;
 #[derive(Debug)]
 pub(crate) struct Pools {
     idle: Mutex<HashMap<EndpointId, Vec<Idle>, RandomState>>,
+    /// Idle connections over all endpoints (changed under the `idle` lock).
+    idle_total: AtomicUsize,
+    /// The most idle connections kept over all endpoints.
+    max_idle: usize,
     connect_timeout: Duration,
     opened: AtomicU64,
 }
@@ -68,9 +72,11 @@ pub(crate) struct Link {
 // === impl Pools ===
 
 impl Pools {
-    pub(crate) fn new(connect_timeout: Duration) -> Self {
+    pub(crate) fn new(connect_timeout: Duration, max_idle: usize) -> Self {
         Self {
             idle: Mutex::new(HashMap::default()),
+            idle_total: AtomicUsize::new(0),
+            max_idle,
             connect_timeout,
             opened: AtomicU64::new(0),
         }
@@ -93,8 +99,10 @@ impl Pools {
                 let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
                 let list = idle.get_mut(id)?;
                 let top = list.pop()?;
+                self.idle_total.fetch_sub(1, Ordering::Relaxed);
                 if now.duration_since(top.since) > MAX_IDLE_AGE {
                     // Older ones are further down the stack: all stale.
+                    self.idle_total.fetch_sub(list.len(), Ordering::Relaxed);
                     list.clear();
                     return None;
                 }
@@ -122,6 +130,7 @@ impl Pools {
                 .take_while(|i| now.duration_since(i.since) > MAX_IDLE_AGE)
                 .count();
             list.drain(..stale);
+            self.idle_total.fetch_sub(stale, Ordering::Relaxed);
         }
         idle.retain(|_, list| !list.is_empty());
     }
@@ -189,12 +198,17 @@ impl Pools {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        // Every idle connection holds a file descriptor: beyond the bound it closes.
+        if self.idle_total.load(Ordering::Relaxed) >= self.max_idle {
+            return;
+        }
         let list = idle.entry(id.clone()).or_default();
         if list.len() < MAX_IDLE_PER_ENDPOINT {
             list.push(Idle {
                 link,
                 since: Instant::now(),
             });
+            self.idle_total.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -202,6 +216,8 @@ impl Pools {
     pub(crate) fn retain(&self, mut exists: impl FnMut(&EndpointId) -> bool) {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         idle.retain(|id, _| exists(id));
+        let total = idle.values().map(Vec::len).sum();
+        self.idle_total.store(total, Ordering::Relaxed);
     }
 }
 

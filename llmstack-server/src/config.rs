@@ -88,7 +88,8 @@ pub struct ServerArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<String>,
     /// Client connections open at once on the main port; beyond it, new connections wait
-    /// in the kernel's accept queue [default: half the file-descriptor limit, at most
+    /// in the kernel's accept queue [default: what the file-descriptor limit holds,
+    /// two per request plus 1,024 idle engine connections and a reserve; at most
     /// 65536].
     #[arg(long, env = "LLMSTACK_MAX_CONNECTIONS")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -177,12 +178,15 @@ pub struct OtelConfig {
 // === impl ServerConfig ===
 
 impl ServerConfig {
-    /// The cap on open client connections: `max_connections` when set, else half of
-    /// `nofile` (each proxied request also holds an engine connection), less a reserve
-    /// for engines, listeners and files, at most 65536 and at least 64.
+    /// The cap on open client connections: `max_connections` when set, else what
+    /// `nofile` descriptors hold: each proxied request has a client and an engine
+    /// connection, and the pool keeps up to `proxy.max_idle_connections` idle engine
+    /// connections, with 256 more for listeners, probes and files; at most 65536 and at
+    /// least 64.
     pub fn connection_cap(&self, nofile: u64) -> usize {
         self.max_connections.unwrap_or_else(|| {
-            let half = nofile.saturating_sub(256) / 2;
+            let idle = u64::try_from(self.proxy.max_idle_connections).unwrap_or(u64::MAX);
+            let half = nofile.saturating_sub(256).saturating_sub(idle) / 2;
             usize::try_from(half.clamp(64, 65_536)).unwrap_or(65_536)
         })
     }
