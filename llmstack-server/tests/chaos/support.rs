@@ -7,12 +7,13 @@ use std::time::Duration;
 
 pub use llmstack_test_support::*;
 
+#[path = "../common/config.rs"]
+mod config;
+pub use config::config_for;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use llmstack_discovery::{DiscoveryConfig, ProbeConfig};
-use llmstack_metrics::ScrapeConfig;
-use llmstack_routing::RoutingConfig;
-use llmstack_server::{ProxyConfig, Server, ServerConfig};
+use llmstack_server::{Server, ServerConfig};
 use llmstack_sim::{EngineConfig, LatencyProfile, SimEngine};
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -41,41 +42,6 @@ pub fn paced(step_ms: f64) -> EngineConfig {
         base_ms: step_ms,
         ..LatencyProfile::instant()
     })
-}
-
-/// The router config for these engines: fast probes, short deadlines.
-pub fn config_for(engines: &[SimEngine]) -> ServerConfig {
-    ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        admin: Some("127.0.0.1:0".parse().unwrap()),
-        main_port_metrics: true,
-        log_filter: "info".into(),
-        log_json: false,
-        otel: None,
-        discovery: DiscoveryConfig {
-            static_backends: engines.iter().map(SimEngine::base_url).collect(),
-            static_models: engines.iter().map(|e| e.config().model.clone()).collect(),
-            probe: ProbeConfig {
-                interval: Duration::from_millis(200),
-                timeout: Duration::from_secs(1),
-                ..ProbeConfig::default()
-            },
-            ..DiscoveryConfig::default()
-        },
-        routing: RoutingConfig::default(),
-        proxy: ProxyConfig {
-            first_byte_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(10),
-            ..ProxyConfig::default()
-        },
-        gateway: Default::default(),
-        shutdown_grace: Duration::from_secs(30),
-        max_connections: None,
-        scrape: ScrapeConfig {
-            interval: Duration::from_millis(100),
-            ..ScrapeConfig::default()
-        },
-    }
 }
 
 /// Starts the engines, then a router in front of them (adjusted by `tweak`), and waits

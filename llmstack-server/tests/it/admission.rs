@@ -12,28 +12,6 @@ use crate::support::*;
 
 const M: &str = "m";
 
-/// A file in a fresh temporary directory, removed when dropped.
-struct TempFile(std::path::PathBuf);
-
-impl TempFile {
-    fn new(text: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("llmstack-it-admission-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("keys.yaml");
-        std::fs::write(&path, text).unwrap();
-        Self(path)
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if let Some(dir) = self.0.parent() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
-
 #[tokio::test]
 async fn under_saturation_the_high_class_waits_less_than_the_low_class() {
     let keys = TempFile::new(

@@ -1,7 +1,6 @@
 //! The gateway layers through the whole router: API keys (401), the engines' own key,
 //! the keys file reloaded, and tenants' rate limits (429 with OpenAI's headers).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use http::Method;
@@ -12,29 +11,6 @@ use tokio::time::Instant;
 use crate::support::*;
 
 const M: &str = "m";
-
-/// A file in a fresh temporary directory, removed when dropped.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(text: &str) -> Self {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("llmstack-it-keys-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("keys.yaml");
-        std::fs::write(&path, text).unwrap();
-        Self(path)
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if let Some(dir) = self.0.parent() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
 
 /// The engines' key, set where the router uses it (probes, scrapes, forwarding).
 fn engine_key(c: &mut ServerConfig, key: &str) {

@@ -4,10 +4,11 @@ use std::time::Duration;
 
 pub use llmstack_test_support::*;
 
-use llmstack_discovery::{DiscoveryConfig, ProbeConfig};
-use llmstack_metrics::ScrapeConfig;
-use llmstack_routing::RoutingConfig;
-use llmstack_server::{ProxyConfig, Server, ServerConfig};
+#[path = "../common/config.rs"]
+mod config;
+pub use config::config_for;
+
+use llmstack_server::{Server, ServerConfig};
 use llmstack_sim::{EngineConfig, LatencyProfile, SimEngine};
 use serde_json::{Value, json};
 
@@ -27,41 +28,6 @@ pub fn instant(model: &str) -> EngineConfig {
 /// An engine with the calibrated H100 timing (7 ms+ per token).
 pub fn h100(model: &str) -> EngineConfig {
     EngineConfig::new(model).with_profile(LatencyProfile::llama3_8b_h100())
-}
-
-/// The router config for these engines: fast probes, short deadlines.
-pub fn config_for(engines: &[SimEngine]) -> ServerConfig {
-    ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        admin: Some("127.0.0.1:0".parse().unwrap()),
-        main_port_metrics: true,
-        log_filter: "info".into(),
-        log_json: false,
-        otel: None,
-        discovery: DiscoveryConfig {
-            static_backends: engines.iter().map(SimEngine::base_url).collect(),
-            static_models: engines.iter().map(|e| e.config().model.clone()).collect(),
-            probe: ProbeConfig {
-                interval: Duration::from_millis(200),
-                timeout: Duration::from_secs(1),
-                ..ProbeConfig::default()
-            },
-            ..DiscoveryConfig::default()
-        },
-        routing: RoutingConfig::default(),
-        proxy: ProxyConfig {
-            first_byte_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(10),
-            ..ProxyConfig::default()
-        },
-        gateway: Default::default(),
-        shutdown_grace: Duration::from_secs(30),
-        max_connections: None,
-        scrape: ScrapeConfig {
-            interval: Duration::from_millis(100),
-            ..ScrapeConfig::default()
-        },
-    }
 }
 
 /// Starts the engines, then a router in front of them (adjusted by `tweak`), and waits
@@ -211,5 +177,28 @@ pub async fn read_frames(res: &mut http::Response<hyper::body::Incoming>, n: usi
     use http_body_util::BodyExt;
     for _ in 0..n {
         res.body_mut().frame().await.unwrap().unwrap();
+    }
+}
+
+/// A file in a fresh temporary directory, removed with it when dropped.
+pub struct TempFile(pub std::path::PathBuf);
+
+impl TempFile {
+    pub fn new(text: &str) -> Self {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("llmstack-it-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("file.yaml");
+        std::fs::write(&path, text).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
