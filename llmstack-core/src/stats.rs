@@ -114,6 +114,11 @@ impl StatsReader {
     pub fn snapshot(&self) -> Arc<StatsSnapshot> {
         Arc::clone(&self.0.borrow())
     }
+
+    /// Waits for the next snapshot; false once the scraper is gone.
+    pub async fn changed(&mut self) -> bool {
+        self.0.changed().await.is_ok()
+    }
 }
 
 #[cfg(test)]

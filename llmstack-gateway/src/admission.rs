@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderName, Request, Response};
-use llmstack_core::{EndpointSet, Error, HeldUntilDone, Priority, Tenant};
+use llmstack_core::{EndpointSet, Error, HeldUntilDone, Priority, StatsReader, Tenant};
 use llmstack_metrics::names;
 use pin_project_lite::pin_project;
 use tokio::sync::{oneshot, watch};
@@ -28,6 +28,10 @@ pub struct AdmissionConfig {
     /// Requests one engine may have at once before the model counts as saturated
     /// (0: no limit) [default: 0].
     pub max_in_flight_per_engine: usize,
+    /// Requests waiting in one engine's own queue (its scraped `num_requests_waiting`)
+    /// at which it counts as saturated (0: not read) [default: 0]. Needs
+    /// [`AdmissionLayer::with_stats`].
+    pub max_waiting_per_engine: usize,
     /// How long a request may wait for capacity, or for a first ready engine (the
     /// waiting room); zero: no waiting, an instant 503 [default: 0].
     pub queue_timeout: Duration,
@@ -53,7 +57,9 @@ pub struct AdmissionLayer {
 /// until capacity frees (a request of that model ends, an engine becomes ready) or its
 /// deadline ([`AdmissionConfig::queue_timeout`]) passes.
 ///
-/// - **Capacity**: ready engines serving the model × the per-engine limit; a request
+/// - **Capacity**: ready engines serving the model × the per-engine limit, and (with
+///   [`AdmissionConfig::max_waiting_per_engine`] and stats) room in the engines' own
+///   queues as last scraped, less what was admitted since; a request
 ///   admitted holds a permit until its response body ends (the routing layer keeps it,
 ///   [`HeldUntilDone`]). The model is read from the body (JSON `model`, or the
 ///   multipart form's field), through `aliases`; a model no engine ever served is not
@@ -78,6 +84,7 @@ pub struct Admission<S> {
 struct Shared {
     config: AdmissionConfig,
     endpoints: watch::Receiver<EndpointSet>,
+    stats: Option<StatsReader>,
     aliases: BTreeMap<String, String>,
     /// Per model some engine serves or served (a bounded set); kept when empty, so
     /// depths read 0 rather than vanish.
@@ -88,6 +95,10 @@ struct Shared {
 #[derive(Default)]
 struct Queue {
     in_flight: usize,
+    /// The stats snapshot the waiting headroom was last read from (its address), and
+    /// requests admitted since: the engines' queues do not show them yet.
+    snapshot: usize,
+    admitted_since_scrape: usize,
     /// Waiters per class, highest first.
     waiting: [VecDeque<Waiter>; 3],
     next: u64,
@@ -120,6 +131,7 @@ impl Default for AdmissionConfig {
     fn default() -> Self {
         Self {
             max_in_flight_per_engine: 0,
+            max_waiting_per_engine: 0,
             queue_timeout: Duration::ZERO,
             max_queue_length: 1000,
             priority_header: None,
@@ -130,7 +142,9 @@ impl Default for AdmissionConfig {
 impl AdmissionConfig {
     /// Whether any request can be held (a limit or a waiting time is set).
     pub fn enabled(&self) -> bool {
-        self.max_in_flight_per_engine > 0 || !self.queue_timeout.is_zero()
+        self.max_in_flight_per_engine > 0
+            || self.max_waiting_per_engine > 0
+            || !self.queue_timeout.is_zero()
     }
 }
 
@@ -143,6 +157,7 @@ impl AdmissionLayer {
             shared: Arc::new(Shared {
                 config,
                 endpoints,
+                stats: None,
                 aliases: BTreeMap::new(),
                 models: Mutex::default(),
             }),
@@ -154,6 +169,16 @@ impl AdmissionLayer {
     pub fn with_aliases(mut self, aliases: BTreeMap<String, String>) -> Self {
         if let Some(shared) = Arc::get_mut(&mut self.shared) {
             shared.aliases = aliases;
+        }
+        self
+    }
+
+    /// Reads engine saturation from these scraped stats
+    /// ([`AdmissionConfig::max_waiting_per_engine`]).
+    #[must_use]
+    pub fn with_stats(mut self, stats: StatsReader) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.stats = Some(stats);
         }
         self
     }
@@ -171,12 +196,24 @@ impl AdmissionLayer {
     }
 
     /// Admits waiting requests whenever the endpoint set changes (an engine became
-    /// ready, or more serve a model), forever: spawn it next to the layer.
+    /// ready, or more serve a model) or new engine stats arrive, forever: spawn it next
+    /// to the layer.
     pub fn watch_endpoints(&self) -> impl Future<Output = ()> + Send + 'static {
         let shared = Arc::clone(&self.shared);
         let mut endpoints = shared.endpoints.clone();
+        let mut stats = shared.stats.clone();
         async move {
-            while endpoints.changed().await.is_ok() {
+            loop {
+                let changed = match stats.as_mut() {
+                    Some(stats) => tokio::select! {
+                        e = endpoints.changed() => e.is_ok(),
+                        s = stats.changed() => s,
+                    },
+                    None => endpoints.changed().await.is_ok(),
+                };
+                if !changed {
+                    return;
+                }
                 let mut models = shared.lock();
                 let names: Vec<Arc<str>> = models.keys().cloned().collect();
                 for model in names {
@@ -251,11 +288,11 @@ where
         };
         let class = shared.class(&req);
         let mut models = shared.lock();
-        let capacity = shared.capacity(&model);
         let queue = models.entry(Arc::clone(&model)).or_default();
         let nobody_waits = queue.waiting.iter().all(VecDeque::is_empty);
-        if nobody_waits && queue.in_flight < capacity {
+        if nobody_waits && shared.admits(&model, queue) {
             queue.in_flight += 1;
+            queue.admitted_since_scrape += 1;
             drop(models);
             let permit = Permit {
                 shared: Arc::clone(shared),
@@ -483,13 +520,43 @@ impl Shared {
         }
     }
 
-    /// Requests `model` may have in flight now.
-    fn capacity(&self, model: &str) -> usize {
-        let ready = self.endpoints.borrow().candidates(model).len();
-        match self.config.max_in_flight_per_engine {
-            0 if ready > 0 => usize::MAX,
-            per => ready.saturating_mul(per),
+    /// Whether `model` may have one more request in flight now: a ready engine, fewer
+    /// than the per-engine limit times the ready engines, and room in the engines' own
+    /// queues (scraped) beyond what was admitted since the last scrape.
+    fn admits(&self, model: &str, queue: &mut Queue) -> bool {
+        let set = self.endpoints.borrow();
+        let ready = set.candidates(model);
+        if ready.is_empty() {
+            return false;
         }
+        let per = self.config.max_in_flight_per_engine;
+        if per > 0 && queue.in_flight >= ready.len().saturating_mul(per) {
+            return false;
+        }
+        let (max_waiting, Some(stats)) = (self.config.max_waiting_per_engine, &self.stats) else {
+            return true;
+        };
+        if max_waiting == 0 {
+            return true;
+        }
+        let snapshot = stats.snapshot();
+        let at = Arc::as_ptr(&snapshot) as usize;
+        if queue.snapshot != at {
+            queue.snapshot = at;
+            queue.admitted_since_scrape = 0;
+        }
+        let now = Instant::now();
+        // Room in each engine's queue; an engine without fresh stats counts as empty.
+        let room: usize = ready
+            .iter()
+            .map(|ep| {
+                let waiting = snapshot
+                    .get_at(&ep.id, now)
+                    .map_or(0.0, |s| s.waiting.max(0.0));
+                (max_waiting as f64 - waiting).max(0.0) as usize
+            })
+            .sum();
+        queue.admitted_since_scrape < room
     }
 
     /// Hands free places of `model` to its waiters, highest class first.
@@ -498,15 +565,15 @@ impl Shared {
         models: &mut HashMap<Arc<str>, Queue, foldhash::fast::RandomState>,
         model: &Arc<str>,
     ) {
-        let capacity = self.capacity(model);
         let Some(queue) = models.get_mut(model) else {
             return;
         };
-        while queue.in_flight < capacity {
+        while queue.waiting.iter().any(|w| !w.is_empty()) && self.admits(model, queue) {
             let Some(waiter) = queue.waiting.iter_mut().find_map(VecDeque::pop_front) else {
                 break;
             };
             queue.in_flight += 1;
+            queue.admitted_since_scrape += 1;
             let permit = Permit {
                 shared: Arc::clone(self),
                 model: Arc::clone(model),
@@ -517,6 +584,7 @@ impl Shared {
                 // not by the permit's drop, which would take the lock held now).
                 unwanted.armed = false;
                 queue.in_flight -= 1;
+                queue.admitted_since_scrape = queue.admitted_since_scrape.saturating_sub(1);
             }
         }
     }

@@ -56,6 +56,12 @@ pub struct GatewayArgs {
     #[cfg_attr(feature = "clap", arg(long, env = "LLMSTACK_MAX_IN_FLIGHT_PER_ENGINE"))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_in_flight_per_engine: Option<usize>,
+    /// Requests waiting in an engine's own queue (scraped `num_requests_waiting`) at
+    /// which it counts as saturated; when every ready engine of a model is, requests
+    /// wait in the model's queue (0: not read) [default: 0].
+    #[cfg_attr(feature = "clap", arg(long, env = "LLMSTACK_MAX_WAITING_PER_ENGINE"))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_waiting_per_engine: Option<usize>,
     /// Seconds a request may wait for capacity, or for a model's first ready engine
     /// (the waiting room); 0: no waiting, an instant 503 [default: 0].
     #[cfg_attr(feature = "clap", arg(long, env = "LLMSTACK_QUEUE_TIMEOUT"))]
@@ -136,6 +142,9 @@ impl GatewayArgs {
             max_in_flight_per_engine: self
                 .max_in_flight_per_engine
                 .unwrap_or(admission_defaults.max_in_flight_per_engine),
+            max_waiting_per_engine: self
+                .max_waiting_per_engine
+                .unwrap_or(admission_defaults.max_waiting_per_engine),
             queue_timeout,
             max_queue_length: self
                 .max_queue_length
@@ -178,6 +187,7 @@ impl fmt::Debug for GatewayArgs {
             .field("outlier_base_ejection", &self.outlier_base_ejection)
             .field("outlier_max_ejection", &self.outlier_max_ejection)
             .field("max_in_flight_per_engine", &self.max_in_flight_per_engine)
+            .field("max_waiting_per_engine", &self.max_waiting_per_engine)
             .field("queue_timeout", &self.queue_timeout)
             .field("max_queue_length", &self.max_queue_length)
             .field("priority_header", &self.priority_header)

@@ -93,7 +93,8 @@ impl Server {
         let router = Arc::new(config.routing.router());
         let mut route = RouteLayer::new(Arc::clone(&router), set_rx.clone())
             .with_stats(stats.clone())
-            .with_aliases(config.routing.static_aliases.clone());
+            .with_aliases(config.routing.static_aliases.clone())
+            .with_stats(stats.clone());
         if let Some(key) = &config.routing.session_key {
             route = route.with_session_key(key);
         }

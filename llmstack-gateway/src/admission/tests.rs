@@ -62,6 +62,7 @@ fn request(name: &str, priority: Option<Priority>) -> Request<Bytes> {
 fn config(per_engine: usize, timeout_ms: u64, max_len: usize) -> AdmissionConfig {
     AdmissionConfig {
         max_in_flight_per_engine: per_engine,
+        max_waiting_per_engine: 0,
         queue_timeout: Duration::from_millis(timeout_ms),
         max_queue_length: max_len,
         priority_header: Some(HeaderName::from_static("x-priority")),
@@ -228,4 +229,55 @@ async fn the_header_lowers_but_never_raises_the_tenants_class() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     assert!(names(&serving).is_empty(), "no permit without admission");
+}
+
+#[tokio::test(start_paused = true)]
+async fn scraped_queues_saturate_engines_and_new_stats_admit() {
+    use std::collections::HashMap;
+
+    use llmstack_core::{EngineStats, StatsSnapshot};
+
+    let endpoints = set(1);
+    let id = endpoints.candidates("m")[0].id.clone();
+    let snapshot = |waiting: f64| {
+        let stats = EngineStats {
+            running: 0.0,
+            waiting,
+            kv_cache_usage: 0.0,
+            prefix_cache_queries: 0.0,
+            prefix_cache_hits: 0.0,
+            prefix_cache_hit_rate: None,
+            num_gpu_blocks: None,
+            block_size: None,
+            lora_running: Vec::new(),
+            lora_waiting: Vec::new(),
+            models: HashMap::new(),
+            scraped_at: Instant::now(),
+        };
+        let engines = HashMap::from([(id.clone(), stats)]);
+        Arc::new(StatsSnapshot::with_engines(Duration::from_secs(1), engines))
+    };
+    let (stats_tx, stats_rx) = watch::channel(snapshot(3.0));
+    let (_tx, rx) = watch::channel(endpoints);
+    let serving = Serving::default();
+    let mut cfg = config(0, 10_000, 10);
+    cfg.max_waiting_per_engine = 4;
+    let layer = AdmissionLayer::new(cfg, rx).with_stats(StatsReader::new(stats_rx));
+    tokio::spawn(layer.watch_endpoints());
+    let svc = layer.layer(inner(&serving));
+    // Three waiting of four: room for one more until the next scrape.
+    assert_eq!(
+        svc.clone()
+            .oneshot(request("a", None))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let b = tokio::spawn(svc.clone().oneshot(request("b", None)));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(!b.is_finished(), "the engine's queue is full");
+    // The next scrape shows room: the waiter goes.
+    stats_tx.send_replace(snapshot(0.0));
+    assert_eq!(b.await.unwrap().unwrap().status(), 200);
 }
