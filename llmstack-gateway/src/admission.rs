@@ -21,6 +21,9 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 mod model;
+mod permit;
+
+use permit::{Index, Permit, Place};
 
 /// When requests wait, and for how long.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,22 +110,6 @@ struct Queue {
 struct Waiter {
     id: u64,
     grant: oneshot::Sender<Permit>,
-}
-
-/// One admitted request of a model: gives its place back when dropped.
-struct Permit {
-    shared: Arc<Shared>,
-    model: Arc<str>,
-    /// False once given back by hand (a waiter that left before taking it).
-    armed: bool,
-}
-
-/// A waiter's place in its model's queue, removed when dropped.
-struct Place {
-    shared: Arc<Shared>,
-    model: Arc<str>,
-    class: usize,
-    id: u64,
 }
 
 // === impl AdmissionConfig ===
@@ -586,48 +573,6 @@ impl Shared {
                 queue.in_flight -= 1;
                 queue.admitted_since_scrape = queue.admitted_since_scrape.saturating_sub(1);
             }
-        }
-    }
-}
-
-// === impl Permit ===
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let mut models = self.shared.lock();
-        if let Some(queue) = models.get_mut(&self.model) {
-            queue.in_flight = queue.in_flight.saturating_sub(1);
-        }
-        self.shared.grant(&mut models, &self.model);
-    }
-}
-
-// === impl Place ===
-
-impl Drop for Place {
-    fn drop(&mut self) {
-        let mut models = self.shared.lock();
-        if let Some(queue) = models.get_mut(&self.model) {
-            queue.waiting[self.class].retain(|w| w.id != self.id);
-        }
-    }
-}
-
-// === impl Priority (index) ===
-
-trait Index {
-    fn index(self) -> usize;
-}
-
-impl Index for Priority {
-    fn index(self) -> usize {
-        match self {
-            Priority::High => 0,
-            Priority::Normal => 1,
-            Priority::Low => 2,
         }
     }
 }
