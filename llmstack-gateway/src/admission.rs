@@ -48,7 +48,7 @@ pub struct AdmissionConfig {
 /// Admits requests while their model has capacity, queues them while it has none: a
 /// tower [`Layer`] producing [`Admission`]. Off (every request passes) unless
 /// [`AdmissionConfig::max_in_flight_per_engine`] or
-/// [`AdmissionConfig::queue_timeout`] is set. Spawn [`Admission::watch_endpoints`]
+/// [`AdmissionConfig::queue_timeout`] is set. Spawn [`AdmissionLayer::watch_endpoints`]
 /// next to it so that engines becoming ready admit waiting requests.
 #[derive(Clone)]
 pub struct AdmissionLayer {
@@ -75,7 +75,7 @@ pub struct AdmissionLayer {
 ///   from the queue at once.
 /// - **Metrics**: `llmstack_queue_wait_seconds{priority}` per admitted or refused
 ///   waiter, `llmstack_queue_rejected_total{reason}` (`full`, `timeout`), and
-///   [`Admission::depths`] for a `llmstack_queue_depth{model,priority}` gauge.
+///   [`AdmissionLayer::depths`] for a `llmstack_queue_depth{model,priority}` gauge.
 ///
 /// Per router replica: each replica queues its own requests against its own view of
 /// in-flight work.
