@@ -93,8 +93,7 @@ impl Server {
         let router = Arc::new(config.routing.router());
         let mut route = RouteLayer::new(Arc::clone(&router), set_rx.clone())
             .with_stats(stats.clone())
-            .with_aliases(config.routing.static_aliases.clone())
-            .with_stats(stats.clone());
+            .with_aliases(config.routing.static_aliases.clone());
         if let Some(key) = &config.routing.session_key {
             route = route.with_session_key(key);
         }
@@ -112,7 +111,8 @@ impl Server {
         let cap = config.connection_cap(nofile());
         let admission =
             llmstack_gateway::AdmissionLayer::new(config.gateway.admission.clone(), set_rx.clone())
-                .with_aliases(config.routing.static_aliases.clone());
+                .with_aliases(config.routing.static_aliases.clone())
+                .with_stats(stats.clone());
         let admission_watch = tokio::spawn(admission.watch_endpoints());
         spawned.0.push(admission_watch.abort_handle());
         let shared = Arc::new(Shared {
@@ -201,7 +201,7 @@ impl Server {
         }
         let serve = tokio::spawn(serve(listener, shared, stop_rx, config.shutdown_grace));
         tracing::info!(
-            max_connections = config.connection_cap(nofile()),
+            max_connections = cap,
             "client connections beyond the cap wait in the accept queue"
         );
         tracing::info!(%addr, policy = config.routing.routing_logic.as_str(), "router listening");

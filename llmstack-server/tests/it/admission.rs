@@ -137,3 +137,41 @@ async fn a_request_sent_before_any_engine_is_ready_waits_for_one() {
         a.text()
     );
 }
+
+/// With `max_waiting_per_engine`, the router reads saturation from the engine's own
+/// queue as scraped: an engine running one request at a time, with room for one more
+/// in its queue, never sees the whole burst; the rest wait in the router's queue and
+/// are all served.
+#[tokio::test]
+async fn the_engines_scraped_queue_saturates_it() {
+    let mut engine = h100(M);
+    engine.max_num_seqs = Some(1);
+    let s = stack(vec![engine], |c| {
+        c.gateway.admission = AdmissionConfig {
+            max_waiting_per_engine: 1,
+            queue_timeout: Duration::from_secs(30),
+            ..AdmissionConfig::default()
+        };
+    })
+    .await;
+    let burst: Vec<_> = (0..6)
+        .map(|_| spawn_post(&s.client, s.at("/v1/chat/completions"), chat(M, 8)))
+        .collect();
+    for task in burst {
+        let a = task.await.unwrap();
+        assert_eq!(a.status, 200, "{}", a.text());
+    }
+    let metrics = get(&s.client, &s.at("/metrics")).await;
+    let text = metrics.text();
+    let waited = sample(
+        text,
+        "llmstack_queue_wait_seconds_count",
+        &[("priority", "normal")],
+    );
+    assert!(waited.unwrap_or(0.0) >= 3.0, "{text}");
+    assert_eq!(
+        sample(text, "llmstack_queue_rejected_total", &[]),
+        None,
+        "{text}"
+    );
+}
