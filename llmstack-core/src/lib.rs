@@ -32,6 +32,7 @@ mod discover;
 mod endpoint;
 mod error;
 mod facts;
+pub mod kv;
 mod multipart;
 mod request;
 mod routes;
@@ -46,6 +47,7 @@ pub use facts::{
     Avoid, Exclude, HeldUntilDone, OnUsage, Priority, RouteFacts, RoutedTo, SeenModel, Tenant,
     UpstreamFailure, Usage,
 };
+pub use kv::{KvSink, KvSource, PromptTokens, Tokenize};
 pub use multipart::{
     FormPart, MultipartError, multipart_boundary, multipart_parts, multipart_text_field,
 };

@@ -27,6 +27,8 @@ pub struct RouteRequest<'a> {
     prompt: Option<&'a RawValue>,
     messages: Option<&'a RawValue>,
     input: Option<&'a RawValue>,
+    /// vLLM's `cache_salt`: separates this request's prefix-cache key space.
+    cache_salt: Option<Cow<'a, str>>,
 }
 
 /// Which API a request belongs to, as far as its prompt goes.
@@ -206,6 +208,23 @@ impl<'a> RouteRequest<'a> {
         }
     }
 
+    /// The raw JSON of the chat `messages` field, when the body has one (a tokenizer
+    /// renders it with the model's chat template).
+    pub fn messages_raw(&self) -> Option<&'a str> {
+        self.messages.map(RawValue::get)
+    }
+
+    /// The raw JSON of the completions `prompt` field, when the body has one.
+    pub fn prompt_raw(&self) -> Option<&'a str> {
+        self.prompt.map(RawValue::get)
+    }
+
+    /// vLLM's `cache_salt` (a string; other scalars read as their JSON text): requests
+    /// with different salts never share cached blocks.
+    pub fn cache_salt(&self) -> Option<&str> {
+        self.cache_salt.as_deref()
+    }
+
     /// The body with the `model` value replaced by `model` (alias rewriting): the bytes
     /// before and after the value are copied unchanged. `None` when the body had no
     /// `model` (or `body` is not the body this request was read from).
@@ -278,6 +297,7 @@ impl<'de> Visitor<'de> for Fields<'_> {
                     req.session = scalar_key(map.next_value()?);
                 }
                 "user" => req.user = scalar_key(map.next_value()?),
+                "cache_salt" => req.cache_salt = scalar_key(map.next_value()?),
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
