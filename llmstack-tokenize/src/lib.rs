@@ -1,0 +1,1 @@
+//! Router-side tokenization (work in progress, issue 15).
