@@ -62,6 +62,7 @@ mod args;
 mod config;
 mod extract;
 mod in_flight;
+mod kv;
 mod layer;
 mod load_aware;
 mod policy;
@@ -77,6 +78,7 @@ mod testing;
 pub use args::RoutingArgs;
 pub use config::{RoutingConfig, RoutingLogic};
 pub use in_flight::{InFlight, InFlightGuard, LiveLoads, Load};
+pub use kv::{KeySpace, KvIndex, KvMatch, SourceBlocks, block_keys};
 pub use layer::{Route, RouteBody, RouteFuture, RouteLayer};
 pub use llmstack_core::{
     Endpoint, EndpointSet, EndpointState, Error, Exclude, RouteFacts, RouteRequest, RoutedTo,
