@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use llmstack_core::SettingError;
 
 use crate::{
-    LeastLoaded, PolicyExt, PowerOfTwo, PrefixAware, PrefixConfig, Random, RoundRobin, Router,
-    SessionAffinity,
+    KvAware, LeastLoaded, PolicyExt, PowerOfTwo, PrefixAware, PrefixConfig, Random, RoundRobin,
+    Router, SessionAffinity,
 };
 
 /// The routing policy, spelled as production-stack's `--routing-logic`.
@@ -26,6 +26,9 @@ pub enum RoutingLogic {
     Session,
     /// [`PrefixAware`] over the router's prefix index.
     Prefixaware,
+    /// [`KvAware`]: the same cost over the engines' KV events (the server attaches the
+    /// KV index and the tokenizers; without them it routes as `prefixaware`).
+    Kvaware,
 }
 
 /// Settings of the routing crate, validated with [`RoutingConfig::validate`].
@@ -52,7 +55,6 @@ pub struct RoutingConfig {
 
 /// production-stack policies this build does not have yet.
 const NOT_YET: &[&str] = &[
-    "kvaware",
     "disaggregated_prefill",
     "disaggregated_prefill_orchestrated",
 ];
@@ -71,6 +73,7 @@ impl RoutingLogic {
             "power_of_two" => Ok(Self::PowerOfTwo),
             "session" => Ok(Self::Session),
             "prefixaware" => Ok(Self::Prefixaware),
+            "kvaware" => Ok(Self::Kvaware),
             other if NOT_YET.contains(&other) => Err(invalid(format!(
                 "--routing-logic {other} is not available yet in this build; use prefixaware"
             ))),
@@ -82,13 +85,14 @@ impl RoutingLogic {
     }
 
     /// Every policy.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Roundrobin,
         Self::Random,
         Self::Leastloaded,
         Self::PowerOfTwo,
         Self::Session,
         Self::Prefixaware,
+        Self::Kvaware,
     ];
 
     /// The name, as `--routing-logic` spells it.
@@ -100,6 +104,7 @@ impl RoutingLogic {
             Self::PowerOfTwo => "power_of_two",
             Self::Session => "session",
             Self::Prefixaware => "prefixaware",
+            Self::Kvaware => "kvaware",
         }
     }
 }
@@ -203,14 +208,19 @@ impl RoutingConfig {
             RoutingLogic::Leastloaded => Router::new(LeastLoaded),
             RoutingLogic::PowerOfTwo => Router::new(PowerOfTwo),
             RoutingLogic::Session => Router::new(SessionAffinity::default().or(LeastLoaded)),
-            RoutingLogic::Prefixaware => {
+            RoutingLogic::Prefixaware | RoutingLogic::Kvaware => {
                 let config = self.prefix_config();
                 let min = (self.prefix_min_match_length as f64 / config.bytes_per_token).ceil();
-                Router::new(PrefixAware {
+                let policy = PrefixAware {
                     min_match_tokens: min as u32,
                     ..PrefixAware::default()
-                })
-                .with_prefix_index(config)
+                };
+                let router = if self.routing_logic == RoutingLogic::Kvaware {
+                    Router::new(KvAware(policy))
+                } else {
+                    Router::new(policy)
+                };
+                router.with_prefix_index(config)
             }
         }
     }

@@ -182,13 +182,7 @@ where
                 body,
                 model,
             }) => {
-                let reason = if routed.pinned {
-                    "pinned"
-                } else if routed.cached_tokens > 0 {
-                    "cached"
-                } else {
-                    "picked"
-                };
+                let reason = routed.reason;
                 let facts = RouteFacts {
                     model,
                     policy,

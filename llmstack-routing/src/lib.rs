@@ -30,6 +30,7 @@
 //! | [`PowerOfTwo`] | lower [`load_score`] of two random candidates | none |
 //! | [`SessionAffinity`] | rendezvous hash of the session key, bounded load; declines without a key | none |
 //! | [`PrefixAware`] | lowest expected prefill + queue cost over cached prefixes | the router's [`PrefixIndex`] |
+//! | [`KvAware`] | the same cost over the blocks engines announced in KV events | a [`KvIndex`] (exact; the same on every replica) and a tokenizer |
 //!
 //! A request for a LoRA adapter only ever has candidates that list the adapter; the
 //! load-aware policies prefer engines whose scrape shows it running
@@ -87,7 +88,7 @@ pub use llmstack_core::{
 pub use load_aware::{LeastLoaded, PowerOfTwo, Random, load_score};
 pub use policy::{Candidates, Fallback, Policy, PolicyExt};
 pub use prefix::{MAX_CAPACITY_TOKENS, PrefixConfig, PrefixIndex, PromptHashes};
-pub use prefix_aware::PrefixAware;
+pub use prefix_aware::{KvAware, PrefixAware};
 pub use round_robin::RoundRobin;
 pub use router::{Routed, Router};
 pub use select::{CandidateList, Target, candidates, select};

@@ -127,6 +127,24 @@ impl Policy for PrefixAware {
     }
 }
 
+/// [`PrefixAware`]'s cost over what the engines announced in their KV events: the
+/// policy of `--routing-logic kvaware`. The router fills each candidate's cached tokens
+/// from its KV index ([`Router::with_kv_index`](crate::Router::with_kv_index)), exact
+/// for every engine whatever router replica sent the requests, and from its own prefix
+/// index for a model it cannot tokenize or whose engines publish no events.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KvAware(pub PrefixAware);
+
+impl Policy for KvAware {
+    fn pick(&self, req: &RouteRequest<'_>, candidates: &Candidates<'_>) -> Option<usize> {
+        self.0.pick(req, candidates)
+    }
+
+    fn name(&self) -> &'static str {
+        "kvaware"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

@@ -5,8 +5,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use llmstack_core::{Endpoint, EndpointId, EndpointSet, Error, RouteRequest, StatsSnapshot};
 
+use llmstack_core::Tokenize;
+
 use crate::prefix::{PrefixConfig, PrefixIndex, PromptHashes};
-use crate::{Candidates, InFlight, InFlightGuard, Policy, Target, candidates};
+use crate::{Candidates, InFlight, InFlightGuard, KvIndex, Policy, Target, candidates};
+
+mod kv;
+
+use kv::{KvRouting, Lookup};
 
 /// Prefix holders passed to the policy, deepest first ([`Candidates::cached`]).
 const MAX_HOLDERS: usize = 16;
@@ -24,6 +30,7 @@ pub struct Router {
     policy: Box<dyn Policy>,
     in_flight: InFlight,
     prefix: Option<Mutex<PrefixIndex>>,
+    kv: Option<KvRouting>,
     bytes_per_token: f64,
     chunk_bytes: usize,
 }
@@ -41,6 +48,11 @@ pub struct Routed {
     pub cached_tokens: u32,
     /// Whether the endpoint was pinned (`?id=`) rather than chosen by the policy.
     pub pinned: bool,
+    /// Why this engine, as `llmstack_routing_decisions_total`'s `reason`: `pinned`;
+    /// `kv_cached` (the KV index says it holds part of the prompt), `cached` (the
+    /// router's prefix index does) or `picked`; with a KV index, a request it could not
+    /// decide says why: `no_tokenizer`, `no_events`, `no_tokens`.
+    pub reason: &'static str,
     /// What the prefix index learns once the engine accepts the request.
     learn: Option<Learn>,
 }
@@ -72,6 +84,7 @@ impl Router {
             policy,
             in_flight: InFlight::default(),
             prefix: None,
+            kv: None,
             bytes_per_token: 4.0,
             chunk_bytes: PrefixConfig::default().chunk_bytes,
         }
@@ -86,6 +99,24 @@ impl Router {
         self.chunk_bytes = config.chunk_bytes.max(1);
         self.prefix = Some(Mutex::new(PrefixIndex::new(config)));
         self
+    }
+
+    /// Routes by the engines' KV events: each request's prompt is tokenized by
+    /// `tokenizer` and matched against `index` (fed by a KV-event subscriber), and each
+    /// candidate's [`Load::cached_tokens`](crate::Load::cached_tokens) is what its
+    /// engine announced it holds. A request whose model has no tokenizer, whose
+    /// candidates have published no events, or whose prompt cannot be tokenized falls
+    /// back to the prefix index (keep one: [`Router::with_prefix_index`]), logged once
+    /// per model and counted by its [`Routed::reason`].
+    #[must_use]
+    pub fn with_kv_index(mut self, index: Arc<KvIndex>, tokenizer: Arc<dyn Tokenize>) -> Self {
+        self.kv = Some(KvRouting::new(index, tokenizer));
+        self
+    }
+
+    /// The KV index, when routing by KV events.
+    pub fn kv_index(&self) -> Option<&Arc<KvIndex>> {
+        self.kv.as_ref().map(|kv| &kv.index)
     }
 
     /// Uses these (shared) in-flight counters instead of its own.
@@ -139,36 +170,35 @@ impl Router {
         if let Some(stats) = stats {
             self.in_flight.observe(stats);
         }
+        let model = req.model().unwrap_or_default();
+        let parent = list
+            .first()
+            .and_then(|ep| ep.models.iter().find(|m| m.id == model))
+            .and_then(|card| card.parent.as_deref());
+        let adapter = parent.map(|_| model);
+        let kv = self
+            .kv
+            .as_ref()
+            .filter(|_| target.pinned.is_none())
+            .map(|kv| kv.lookup(req, model, parent, &list));
         let prompt = self
             .prefix
             .as_ref()
             .map(|_| PromptHashes::of(req, self.chunk_bytes));
-        let prompt_bytes = prompt.as_ref().map_or(req.prompt_len(), |p| p.bytes);
-        let tokens = (prompt_bytes as f64 / self.bytes_per_token).ceil() as u32;
-        let model = req.model().unwrap_or_default();
-        let adapter = list
-            .first()
-            .and_then(|ep| ep.models.iter().find(|m| m.id == model))
-            .is_some_and(|card| card.parent.is_some())
-            .then_some(model);
-
         let live = self.in_flight.live(&list, adapter);
-        let mut cached = Vec::new();
-        if let (Some(index), Some(prompt)) = (&self.prefix, &prompt) {
-            let index = index.lock().unwrap_or_else(PoisonError::into_inner);
-            let chunk_tokens = index.config().chunk_tokens();
-            // The deepest holders only: a prefix held by hundreds of engines (a shared
-            // system prompt) must not make every pick walk them all.
-            for (id, depth) in index.matches(&prompt.hashes, MAX_HOLDERS) {
-                let at = live
-                    .position(id)
-                    .unwrap_or_else(|| list.binary_search_by(|ep| ep.id.cmp(id)).ok());
-                if let Some(i) = at {
-                    let tokens_cached = (depth as f64 * chunk_tokens) as u32;
-                    cached.push((i, tokens_cached.min(tokens)));
-                }
+        let (tokens, cached, fallback) = match kv {
+            Some(Lookup::Matched { tokens, cached }) => (tokens, cached, None),
+            other => {
+                let fallback = match other {
+                    Some(Lookup::Fallback(reason)) => Some(reason),
+                    _ => None,
+                };
+                let prompt_bytes = prompt.as_ref().map_or(req.prompt_len(), |p| p.bytes);
+                let tokens = (prompt_bytes as f64 / self.bytes_per_token).ceil() as u32;
+                let cached = self.prefix_matches(prompt.as_ref(), &list, &live, tokens);
+                (tokens, cached, fallback)
             }
-        }
+        };
         let candidates = Candidates::live(&list, &live, &cached, tokens);
         let pick = if target.pinned.is_some() {
             Some(0)
@@ -187,6 +217,17 @@ impl Router {
             capacity: load.kv_capacity_tokens,
         });
         let uncached = tokens.saturating_sub(load.cached_tokens);
+        let reason = if target.pinned.is_some() {
+            "pinned"
+        } else if let Some(reason) = fallback {
+            reason
+        } else if load.cached_tokens == 0 {
+            "picked"
+        } else if self.kv.is_some() {
+            "kv_cached"
+        } else {
+            "cached"
+        };
         Ok(Routed {
             endpoint: Arc::clone(endpoint),
             guard: self
@@ -194,8 +235,37 @@ impl Router {
                 .start_with(&endpoint.id, u64::from(tokens), u64::from(uncached)),
             cached_tokens: load.cached_tokens,
             pinned: target.pinned.is_some(),
+            reason,
             learn,
         })
+    }
+
+    /// The candidates holding a prefix of the prompt by the router's own prefix index.
+    fn prefix_matches(
+        &self,
+        prompt: Option<&PromptHashes>,
+        list: &[Arc<Endpoint>],
+        live: &crate::LiveLoads,
+        tokens: u32,
+    ) -> Vec<(usize, u32)> {
+        let mut cached = Vec::new();
+        let (Some(index), Some(prompt)) = (&self.prefix, prompt) else {
+            return cached;
+        };
+        let index = index.lock().unwrap_or_else(PoisonError::into_inner);
+        let chunk_tokens = index.config().chunk_tokens();
+        // The deepest holders only: a prefix held by hundreds of engines (a shared
+        // system prompt) must not make every pick walk them all.
+        for (id, depth) in index.matches(&prompt.hashes, MAX_HOLDERS) {
+            let at = live
+                .position(id)
+                .unwrap_or_else(|| list.binary_search_by(|ep| ep.id.cmp(id)).ok());
+            if let Some(i) = at {
+                let tokens_cached = (depth as f64 * chunk_tokens) as u32;
+                cached.push((i, tokens_cached.min(tokens)));
+            }
+        }
+        cached
     }
 
     /// The engine accepted `routed`'s request (a 2xx response head): records its
@@ -214,7 +284,13 @@ impl Router {
         };
         let mut index = index.lock().unwrap_or_else(PoisonError::into_inner);
         index.insert(&learn.id, &learn.hashes, learn.capacity);
-        if let Some((used, budget)) = index.usage(&learn.id) {
+        let by_events = self.kv.as_ref().filter(|kv| kv.index.has_events(&learn.id));
+        if let (Some(kv), Some(capacity)) = (by_events, learn.capacity) {
+            drop(index);
+            let held = kv.index.gpu_tokens(&learn.id);
+            self.in_flight
+                .set_cache_free(&learn.id, capacity.saturating_sub(held));
+        } else if let Some((used, budget)) = index.usage(&learn.id) {
             let free = budget.saturating_sub(used) as f64 * index.config().chunk_tokens();
             drop(index);
             self.in_flight.set_cache_free(&learn.id, free as u64);

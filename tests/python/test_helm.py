@@ -221,7 +221,7 @@ def test_lint_is_clean(case):
 
 
 def test_lint_reports_bad_values():
-    report = helm.lint(str(CHART), {"routerSpec": {"routingLogic": "kvaware"}})
+    report = helm.lint(str(CHART), {"routerSpec": {"routingLogic": "fastest"}})
     assert report["errors"], report
     assert any("routingLogic" in e for e in report["errors"]), report
 

@@ -16,9 +16,8 @@ pub struct KeySpace<'a> {
 impl KeySpace<'_> {
     /// The seed of the chain's first block.
     pub(crate) fn seed(&self) -> u64 {
-        let mut bytes = Vec::with_capacity(
-            self.lora.map_or(0, str::len) + self.salt.map_or(0, str::len) + 2,
-        );
+        let mut bytes =
+            Vec::with_capacity(self.lora.map_or(0, str::len) + self.salt.map_or(0, str::len) + 2);
         if let Some(lora) = self.lora {
             bytes.extend_from_slice(lora.as_bytes());
         }

@@ -66,6 +66,10 @@ struct Entry {
 #[derive(Debug)]
 enum Holders {
     One(u32, u8),
+    #[expect(
+        clippy::box_collection,
+        reason = "a thin pointer keeps a holder at 16 bytes: most blocks have one holder"
+    )]
     Many(Box<Vec<(u32, u8)>>),
 }
 
@@ -132,6 +136,30 @@ impl KvIndex {
             .iter()
             .flatten()
             .any(|s| s.source.endpoint == *endpoint && s.batches > 0)
+    }
+
+    /// Whether some source of any engine in `endpoints` (sorted by id) has delivered at
+    /// least one batch. One pass over the sources.
+    pub fn any_events(&self, endpoints: &[Arc<Endpoint>]) -> bool {
+        let inner = self.read();
+        inner.slots.iter().flatten().any(|s| {
+            s.batches > 0
+                && endpoints
+                    .binary_search_by(|ep| ep.id.cmp(&s.source.endpoint))
+                    .is_ok()
+        })
+    }
+
+    /// Tokens `endpoint` holds in GPU memory over all its sources (blocks × block size).
+    pub fn gpu_tokens(&self, endpoint: &EndpointId) -> u64 {
+        let inner = self.read();
+        inner
+            .slots
+            .iter()
+            .flatten()
+            .filter(|s| s.source.endpoint == *endpoint)
+            .map(|s| s.gpu_blocks as u64 * u64::from(s.block_size))
+            .sum()
     }
 
     /// The tokens per block the engines use (the first known; `None` before any
@@ -510,8 +538,7 @@ impl Inner {
             let Some(s) = self.slots[slot as usize].as_ref() else {
                 continue;
             };
-            let Ok(i) = endpoints.binary_search_by(|ep| ep.id.cmp(&s.source.endpoint))
-            else {
+            let Ok(i) = endpoints.binary_search_by(|ep| ep.id.cmp(&s.source.endpoint)) else {
                 continue;
             };
             let m = KvMatch {

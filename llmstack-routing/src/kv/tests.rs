@@ -63,30 +63,57 @@ fn stored_blocks_match_their_prefix_and_later_blocks_chain_on() {
     let index = KvIndex::new();
     let prompt = tokens(16, 100);
     // Engine 1 stores the first two blocks, then (a later step) two more.
-    index.apply(&source(&eps, 1), &batch(vec![stored(7, &prompt[..8], 0, Medium::Gpu)]));
-    index.apply(&source(&eps, 1), &batch(vec![stored(7, &prompt[8..], 2, Medium::Gpu)]));
+    index.apply(
+        &source(&eps, 1),
+        &batch(vec![stored(7, &prompt[..8], 0, Medium::Gpu)]),
+    );
+    index.apply(
+        &source(&eps, 1),
+        &batch(vec![stored(7, &prompt[8..], 2, Medium::Gpu)]),
+    );
     // Engine 2 stores only the first block.
-    index.apply(&source(&eps, 2), &batch(vec![stored(9, &prompt[..4], 0, Medium::Gpu)]));
+    index.apply(
+        &source(&eps, 2),
+        &batch(vec![stored(9, &prompt[..4], 0, Medium::Gpu)]),
+    );
     let space = KeySpace::default();
     let mut m = index.matches(&space, &prompt, &eps);
     m.sort_by_key(|(i, _)| *i);
     assert_eq!(
         m,
         vec![
-            (1, KvMatch { gpu_tokens: 16, tokens: 16 }),
-            (2, KvMatch { gpu_tokens: 4, tokens: 4 }),
+            (
+                1,
+                KvMatch {
+                    gpu_tokens: 16,
+                    tokens: 16
+                }
+            ),
+            (
+                2,
+                KvMatch {
+                    gpu_tokens: 4,
+                    tokens: 4
+                }
+            ),
         ]
     );
     // A prompt sharing two blocks, then diverging.
     let mut other = prompt.clone();
     other[9] = 0;
     let m = index.matches(&space, &other, &eps);
-    assert!(m.contains(&(1, KvMatch { gpu_tokens: 8, tokens: 8 })));
+    assert!(m.contains(&(
+        1,
+        KvMatch {
+            gpu_tokens: 8,
+            tokens: 8
+        }
+    )));
     // A partial last block is never matched; an unrelated prompt matches nothing.
     assert!(index.matches(&space, &tokens(3, 100), &eps).is_empty());
     assert!(index.matches(&space, &tokens(16, 5), &eps).is_empty());
-    assert_eq!(index.has_events(&eps[1].id), true);
-    assert_eq!(index.has_events(&eps[0].id), false);
+    assert!(index.has_events(&eps[1].id));
+    assert!(!index.has_events(&eps[0].id));
     assert_eq!(index.block_size(), Some(BS));
 }
 
@@ -112,19 +139,37 @@ fn removals_counted_per_copy_and_per_tier() {
     index.apply(&src, &batch(vec![removed(Medium::Gpu)]));
     assert_eq!(
         index.matches(&space, &prompt, &eps),
-        vec![(0, KvMatch { gpu_tokens: 8, tokens: 8 })],
+        vec![(
+            0,
+            KvMatch {
+                gpu_tokens: 8,
+                tokens: 8
+            }
+        )],
         "one copy is left on the GPU"
     );
     index.apply(&src, &batch(vec![removed(Medium::Gpu)]));
     assert_eq!(
         index.matches(&space, &prompt, &eps),
-        vec![(0, KvMatch { gpu_tokens: 4, tokens: 8 })],
+        vec![(
+            0,
+            KvMatch {
+                gpu_tokens: 4,
+                tokens: 8
+            }
+        )],
         "the second block is on the CPU only"
     );
     index.apply(&src, &batch(vec![removed(Medium::Cpu)]));
     assert_eq!(
         index.matches(&space, &prompt, &eps),
-        vec![(0, KvMatch { gpu_tokens: 4, tokens: 4 })]
+        vec![(
+            0,
+            KvMatch {
+                gpu_tokens: 4,
+                tokens: 4
+            }
+        )]
     );
     let s = &index.sources()[0];
     assert_eq!((s.gpu_blocks, s.lower_blocks), (1, 1));
@@ -179,18 +224,33 @@ fn orphans_resets_removal_and_overflow() {
     let index = KvIndex::new();
     let prompt = tokens(8, 1);
     // Blocks whose parent was announced before the router subscribed: not keyable.
-    index.apply(&source(&eps, 0), &batch(vec![stored(3, &prompt[4..], 1, Medium::Gpu)]));
+    index.apply(
+        &source(&eps, 0),
+        &batch(vec![stored(3, &prompt[4..], 1, Medium::Gpu)]),
+    );
     assert!(index.is_empty());
     assert_eq!(index.sources()[0].orphans, 1);
-    index.apply(&source(&eps, 0), &batch(vec![stored(3, &prompt, 0, Medium::Gpu)]));
-    index.apply(&source(&eps, 1), &batch(vec![stored(3, &prompt, 0, Medium::Gpu)]));
+    index.apply(
+        &source(&eps, 0),
+        &batch(vec![stored(3, &prompt, 0, Medium::Gpu)]),
+    );
+    index.apply(
+        &source(&eps, 1),
+        &batch(vec![stored(3, &prompt, 0, Medium::Gpu)]),
+    );
     assert_eq!(index.matches(&KeySpace::default(), &prompt, &eps).len(), 2);
     // A gap that could not be replayed: that source is forgotten until its next batch.
     index.reset(&source(&eps, 0));
     assert!(!index.has_events(&eps[0].id));
     assert_eq!(
         index.matches(&KeySpace::default(), &prompt, &eps),
-        vec![(1, KvMatch { gpu_tokens: 8, tokens: 8 })]
+        vec![(
+            1,
+            KvMatch {
+                gpu_tokens: 8,
+                tokens: 8
+            }
+        )]
     );
     // Discovery removed engine 1.
     index.remove(&eps[1].id);
@@ -199,7 +259,10 @@ fn orphans_resets_removal_and_overflow() {
     // More blocks than twice the capacity (floored at 1024): reset.
     index.set_capacity(&eps[0].id, 1);
     let long = tokens(BS * 1100, 0);
-    index.apply(&source(&eps, 0), &batch(vec![stored(4, &long, 0, Medium::Gpu)]));
+    index.apply(
+        &source(&eps, 0),
+        &batch(vec![stored(4, &long, 0, Medium::Gpu)]),
+    );
     assert!(index.is_empty());
     assert_eq!(index.sources()[0].resets, 2);
 }
@@ -227,7 +290,10 @@ fn replicas_fed_the_same_events_agree() {
             group_idx: 0,
         });
         for index in [&a, &b] {
-            index.apply(&source(&eps, engine), &batch(vec![event.clone(), removal.clone()]));
+            index.apply(
+                &source(&eps, engine),
+                &batch(vec![event.clone(), removal.clone()]),
+            );
         }
         sequences.push(toks);
     }

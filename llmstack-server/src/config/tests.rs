@@ -95,7 +95,7 @@ fn invalid_settings_are_all_reported() {
         "--static-backends",
         "http://a:1",
         "--routing-logic",
-        "kvaware",
+        "disaggregated_prefill",
     ])
     .unwrap_err();
     assert!(err.contains("not available yet"), "{err}");

@@ -159,9 +159,9 @@ fn invalid_flags_exit_with_a_clear_message() {
                 "--static-backends",
                 "http://a:1",
                 "--routing-logic",
-                "kvaware",
+                "disaggregated_prefill",
             ],
-            "kvaware is not available yet",
+            "disaggregated_prefill is not available yet",
         ),
         (&["--port", "x"], "invalid value 'x'"),
     ] {
