@@ -10,6 +10,7 @@
 //! the same order holds the same index.
 
 mod chain;
+mod holders;
 mod index;
 
 pub use chain::{KeySpace, block_keys};

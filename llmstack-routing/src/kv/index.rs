@@ -8,14 +8,11 @@ use llmstack_core::kv::{BlockRemoved, BlockStored, KvBatch, KvEvent, Medium};
 use llmstack_core::{Endpoint, EndpointId, KvSink, KvSource};
 
 use super::chain::{self, KeySpace, next_key};
+use super::holders::{Holder, HolderTable};
 
 /// Blocks one source may hold before the index stops trusting it (the engine must
 /// have missed removals): without a capacity from [`KvIndex::set_capacity`].
 const DEFAULT_MAX_BLOCKS: usize = 1 << 20;
-
-/// Tier bits of a holder.
-const GPU: u8 = 1;
-const LOWER: u8 = 2;
 
 /// Which engines hold which blocks, from their KV events: see the [module](super).
 ///
@@ -34,8 +31,8 @@ struct Inner {
     slot_of: HashMap<KvSource, u32, RandomState>,
     slots: Vec<Option<Slot>>,
     free: Vec<u32>,
-    /// Block key → which slots hold it, on which tiers.
-    blocks: HashMap<u64, Holders, RandomState>,
+    /// Block key → which slots hold it, how many copies on which tier.
+    blocks: HolderTable,
     /// Engine → its GPU capacity in blocks (from the scrape).
     capacity: HashMap<EndpointId, usize, RandomState>,
 }
@@ -45,32 +42,14 @@ struct Slot {
     source: KvSource,
     /// Tokens per block (0 before the first `BlockStored`).
     block_size: u32,
-    /// The engine's block hash → the router's key and the copies per tier.
-    entries: HashMap<u64, Entry, RandomState>,
+    /// The engine's block hash → the router's key.
+    keys: HashMap<u64, u64, RandomState>,
     gpu_blocks: usize,
     lower_blocks: usize,
     batches: u64,
     /// Stored blocks whose parent the index did not know (they cannot be keyed).
     orphans: u64,
     resets: u64,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Entry {
-    key: u64,
-    gpu: u16,
-    lower: u16,
-}
-
-/// One or more holders of a block: (slot, tier bits).
-#[derive(Debug)]
-enum Holders {
-    One(u32, u8),
-    #[expect(
-        clippy::box_collection,
-        reason = "a thin pointer keeps a holder at 16 bytes: most blocks have one holder"
-    )]
-    Many(Box<Vec<(u32, u8)>>),
 }
 
 /// How much of one request's prompt one engine holds.
@@ -218,6 +197,19 @@ impl KvIndex {
         out
     }
 
+    /// Bytes the index has allocated for its tables (their capacity, not their length),
+    /// holder lists included.
+    pub fn memory_bytes(&self) -> usize {
+        let inner = self.read();
+        let keys: usize = inner
+            .slots
+            .iter()
+            .flatten()
+            .map(|s| table_bytes::<u64, u64>(s.keys.capacity()))
+            .sum();
+        inner.blocks.memory_bytes() + keys
+    }
+
     /// Distinct blocks in the index (over all sources).
     pub fn len(&self) -> usize {
         self.read().blocks.len()
@@ -289,6 +281,20 @@ impl KvSink for KvIndex {
     }
 }
 
+/// The allocation of a swiss table of `capacity` usable slots: buckets (a power of two
+/// at 7/8 load) of one entry and one control byte each.
+pub(super) fn table_bytes<K, V>(capacity: usize) -> usize {
+    if capacity == 0 {
+        return 0;
+    }
+    let buckets = if capacity < 8 {
+        (capacity + 1).next_power_of_two()
+    } else {
+        (capacity * 8 / 7).next_power_of_two()
+    };
+    buckets * (std::mem::size_of::<(K, V)>() + 1)
+}
+
 // === impl Inner ===
 
 impl Inner {
@@ -299,7 +305,7 @@ impl Inner {
         let new = Slot {
             source: source.clone(),
             block_size: 0,
-            entries: HashMap::default(),
+            keys: HashMap::default(),
             gpu_blocks: 0,
             lower_blocks: 0,
             batches: 0,
@@ -355,8 +361,8 @@ impl Inner {
             Some(parent) => {
                 let known = self.slots[slot as usize]
                     .as_ref()
-                    .and_then(|s| s.entries.get(&parent))
-                    .map(|e| e.key);
+                    .and_then(|s| s.keys.get(&parent))
+                    .copied();
                 match known {
                     Some(key) => (key, false),
                     None => {
@@ -369,11 +375,7 @@ impl Inner {
             }
         };
         let size = stored.block_size as usize;
-        let tier = if stored.medium == Medium::Gpu {
-            GPU
-        } else {
-            LOWER
-        };
+        let gpu = stored.medium == Medium::Gpu;
         for (i, (&hash, tokens)) in stored
             .block_hashes
             .iter()
@@ -385,87 +387,49 @@ impl Inner {
                 key = chain::with_extra(key, extra, lora, root && i == 0);
             }
             prev = key;
-            self.add(slot, hash, key, tier);
+            self.add(slot, hash, key, gpu);
         }
     }
 
-    fn add(&mut self, slot: u32, hash: u64, key: u64, tier: u8) {
+    /// One more copy of block `hash` (keyed `key`) on `slot`.
+    fn add(&mut self, slot: u32, hash: u64, key: u64, gpu: bool) {
         let Some(s) = self.slots[slot as usize].as_mut() else {
             return;
         };
-        let entry = s.entries.entry(hash).or_insert(Entry {
-            key,
-            gpu: 0,
-            lower: 0,
+        // The engine's hash names the same content for as long as it is cached.
+        let key = *s.keys.entry(hash).or_insert(key);
+        let (old, new) = self.blocks.update(key, slot, |h| {
+            if gpu {
+                h.gpu = h.gpu.saturating_add(1);
+            } else {
+                h.lower = h.lower.saturating_add(1);
+            }
         });
-        let first_on_tier = match tier {
-            GPU => {
-                entry.gpu = entry.gpu.saturating_add(1);
-                entry.gpu == 1
-            }
-            _ => {
-                entry.lower = entry.lower.saturating_add(1);
-                entry.lower == 1
-            }
-        };
-        if !first_on_tier {
-            return;
-        }
-        let key = entry.key;
-        if tier == GPU {
-            s.gpu_blocks += 1;
-        } else {
-            s.lower_blocks += 1;
-        }
-        match self.blocks.get_mut(&key) {
-            None => {
-                self.blocks.insert(key, Holders::One(slot, tier));
-            }
-            Some(holders) => holders.set(slot, tier),
-        }
+        s.count(old, new);
     }
 
     fn remove_blocks(&mut self, slot: u32, removed: &BlockRemoved) {
         if removed.group_idx != 0 {
             return;
         }
-        let tier = if removed.medium == Medium::Gpu {
-            GPU
-        } else {
-            LOWER
-        };
+        let gpu = removed.medium == Medium::Gpu;
         for &hash in &removed.block_hashes {
             let Some(s) = self.slots[slot as usize].as_mut() else {
                 return;
             };
-            let Some(entry) = s.entries.get_mut(&hash) else {
+            let Some(&key) = s.keys.get(&hash) else {
                 continue;
             };
-            let count = if tier == GPU {
-                &mut entry.gpu
-            } else {
-                &mut entry.lower
-            };
-            if *count == 0 {
-                continue;
-            }
-            *count -= 1;
-            if *count > 0 {
-                continue;
-            }
-            let key = entry.key;
-            if entry.gpu == 0 && entry.lower == 0 {
-                s.entries.remove(&hash);
-            }
-            if tier == GPU {
-                s.gpu_blocks -= 1;
-            } else {
-                s.lower_blocks -= 1;
-            }
-            if let Some(holders) = self.blocks.get_mut(&key)
-                && holders.unset(slot, tier)
-            {
-                self.blocks.remove(&key);
+            let (old, new) = self.blocks.update(key, slot, |h| {
+                if gpu {
+                    h.gpu = h.gpu.saturating_sub(1);
+                } else {
+                    h.lower = h.lower.saturating_sub(1);
+                }
+            });
+            s.count(old, new);
+            if new.gpu == 0 && new.lower == 0 {
+                s.keys.remove(&hash);
             }
         }
     }
@@ -474,15 +438,14 @@ impl Inner {
         let Some(s) = self.slots[slot as usize].as_mut() else {
             return;
         };
-        let entries = std::mem::take(&mut s.entries);
+        let keys = std::mem::take(&mut s.keys);
         s.gpu_blocks = 0;
         s.lower_blocks = 0;
-        for entry in entries.values() {
-            if let Some(holders) = self.blocks.get_mut(&entry.key)
-                && holders.unset(slot, GPU | LOWER)
-            {
-                self.blocks.remove(&entry.key);
-            }
+        for key in keys.values() {
+            self.blocks.update(*key, slot, |h| {
+                h.gpu = 0;
+                h.lower = 0;
+            });
         }
     }
 
@@ -494,33 +457,28 @@ impl Inner {
         endpoints: &[Arc<Endpoint>],
         out: &mut Vec<(usize, KvMatch)>,
     ) {
-        let size_us = size as usize;
-        // Slots still matching: (slot, gpu prefix still unbroken, blocks on GPU, blocks).
+        // Slots still matching: (slot, GPU prefix unbroken, blocks on GPU, blocks).
         let mut alive: Vec<(u32, bool, u32, u32)> = Vec::new();
         let mut prev = space.seed();
-        for (depth, block) in tokens.chunks_exact(size_us).enumerate() {
+        for (depth, block) in tokens.chunks_exact(size as usize).enumerate() {
             prev = next_key(prev, block);
-            let Some(holders) = self.blocks.get(&prev) else {
-                break;
-            };
             if depth == 0 {
-                holders.for_each(|slot, tiers| {
-                    let of_size = self.slots[slot as usize]
+                self.blocks.for_each(prev, |h| {
+                    let of_size = self.slots[h.slot as usize]
                         .as_ref()
                         .is_some_and(|s| s.block_size == size);
                     if of_size {
-                        let gpu = tiers & GPU != 0;
-                        alive.push((slot, gpu, u32::from(gpu), 1));
+                        alive.push((h.slot, h.gpu > 0, u32::from(h.gpu > 0), 1));
                     }
                 });
             } else {
+                if !self.blocks.contains(prev) {
+                    break;
+                }
                 let mut any = false;
-                for a in &mut alive {
-                    if a.3 as usize != depth {
-                        continue;
-                    }
-                    if let Some(tiers) = holders.get(a.0) {
-                        a.1 &= tiers & GPU != 0;
+                for a in alive.iter_mut().filter(|a| a.3 as usize == depth) {
+                    if let Some(h) = self.blocks.get(prev, a.0) {
+                        a.1 &= h.gpu > 0;
                         a.2 += u32::from(a.1);
                         a.3 += 1;
                         any = true;
@@ -556,56 +514,20 @@ impl Inner {
     }
 }
 
-// === impl Holders ===
+// === impl Slot ===
 
-impl Holders {
-    fn get(&self, slot: u32) -> Option<u8> {
-        match self {
-            Self::One(s, t) => (*s == slot).then_some(*t),
-            Self::Many(v) => v.iter().find(|(s, _)| *s == slot).map(|&(_, t)| t),
+impl Slot {
+    /// Counts a holder's tier changes in the slot's block counts.
+    fn count(&mut self, old: Holder, new: Holder) {
+        match (old.gpu > 0, new.gpu > 0) {
+            (false, true) => self.gpu_blocks += 1,
+            (true, false) => self.gpu_blocks -= 1,
+            _ => {}
         }
-    }
-
-    fn for_each(&self, mut f: impl FnMut(u32, u8)) {
-        match self {
-            Self::One(s, t) => f(*s, *t),
-            Self::Many(v) => v.iter().for_each(|&(s, t)| f(s, t)),
-        }
-    }
-
-    fn set(&mut self, slot: u32, tier: u8) {
-        match self {
-            Self::One(s, t) if *s == slot => *t |= tier,
-            Self::One(s, t) => *self = Self::Many(Box::new(vec![(*s, *t), (slot, tier)])),
-            Self::Many(v) => match v.iter_mut().find(|(s, _)| *s == slot) {
-                Some((_, t)) => *t |= tier,
-                None => v.push((slot, tier)),
-            },
-        }
-    }
-
-    /// Clears `tiers` of `slot`; true when no holder is left.
-    fn unset(&mut self, slot: u32, tiers: u8) -> bool {
-        match self {
-            Self::One(s, t) => {
-                if *s == slot {
-                    *t &= !tiers;
-                }
-                *t == 0
-            }
-            Self::Many(v) => {
-                if let Some(at) = v.iter().position(|(s, _)| *s == slot) {
-                    v[at].1 &= !tiers;
-                    if v[at].1 == 0 {
-                        v.swap_remove(at);
-                    }
-                }
-                if let [(s, t)] = v.as_slice() {
-                    *self = Self::One(*s, *t);
-                    return false;
-                }
-                v.is_empty()
-            }
+        match (old.lower > 0, new.lower > 0) {
+            (false, true) => self.lower_blocks += 1,
+            (true, false) => self.lower_blocks -= 1,
+            _ => {}
         }
     }
 }
