@@ -6,7 +6,8 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use llmstack_benches::endpoints;
 use llmstack_core::kv::{BlockRemoved, BlockStored, KvBatch, KvEvent, Medium};

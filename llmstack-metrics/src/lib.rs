@@ -11,12 +11,18 @@
 //! request once (status, duration, time to first token, inter-token latency, tokens,
 //! routing decisions) from what passes through it.
 //!
+//! With the `kv-events` feature, [`kv_events`] subscribes to the engines' KV-cache
+//! events ([`KvSubscriber`]) and feeds them to a router's KV index.
+//!
 //! [`names`] holds the router's own metric names (all `llmstack_…`, never a vLLM name)
 //! and [`names::describe`], their help texts. Libraries only call the `metrics` macros;
 //! the server installs the Prometheus recorder.
 
 mod accounting;
 mod args;
+#[cfg(feature = "kv-events")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kv-events")))]
+pub mod kv_events;
 pub mod names;
 mod parse;
 mod scraper;
@@ -25,6 +31,9 @@ pub mod vllm;
 
 pub use accounting::{Account, AccountBody, AccountFuture, AccountLayer, count_decision};
 pub use args::ScrapeArgs;
+#[cfg(feature = "kv-events")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kv-events")))]
+pub use kv_events::{KvEventsConfig, KvSourceState, KvSourceStatus, KvSubscriber};
 pub use parse::{Sample, parse};
 pub use scraper::{ScrapeConfig, spawn_scraper};
 pub use stats::engine_stats;

@@ -4,8 +4,8 @@
 //! can scrape engines and routers without collisions. Labels are bounded: `engine`
 //! (an endpoint id), `model` (a model some engine served, or `unknown`), `route` (a fixed
 //! path), `status` (`2xx`, `3xx`, `4xx`, `5xx`, `broken` when a response broke off,
-//! or `cancelled` when the client left before an answer), `policy`, `reason`, `kind`, `state`, `limit`, `result`, and `tenant` (a name from
-//! the operator's keys file).
+//! or `cancelled` when the client left before an answer), `policy`, `reason`, `kind`, `state`, `limit`, `result`, `type` (a KV-event type),
+//! `outcome` (of a KV-event replay), and `tenant` (a name from the operator's keys file).
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
@@ -80,6 +80,26 @@ pub const QUEUE_REJECTED: &str = "llmstack_queue_rejected_total";
 pub const ENGINE_EJECTIONS: &str = "llmstack_engine_ejections_total";
 /// Whether each engine is ejected now (1) or not (0), by `engine`.
 pub const ENGINE_EJECTED: &str = "llmstack_engine_ejected";
+
+/// KV-event batches applied (live and replayed), by `engine`.
+pub const KV_EVENT_BATCHES: &str = "llmstack_kv_event_batches_total";
+/// KV events applied, by `engine` and `type` (`block_stored`, `block_removed`,
+/// `all_blocks_cleared`, `unknown`: a type this build skips).
+pub const KV_EVENTS: &str = "llmstack_kv_events_total";
+/// KV-event sequence gaps (batches lost between two received ones), by `engine`.
+pub const KV_EVENT_GAPS: &str = "llmstack_kv_event_gaps_total";
+/// KV-event replays asked for, by `engine` and `outcome` (`ok`, `partial`: the
+/// publisher no longer held the first batches asked for, `failed`).
+pub const KV_EVENT_REPLAYS: &str = "llmstack_kv_event_replays_total";
+/// Times an engine's KV-event state was thrown away, by `engine` and `reason` (`gap`,
+/// `restart`, `decode_error`, `moved`: its publisher changed or went away).
+pub const KV_EVENT_RESETS: &str = "llmstack_kv_event_resets_total";
+/// KV-event messages that could not be decoded, by `engine`.
+pub const KV_EVENT_DECODE_ERRORS: &str = "llmstack_kv_event_decode_errors_total";
+/// Time from a KV-event batch's publication to its application, by `engine`.
+pub const KV_EVENT_LAG: &str = "llmstack_kv_event_lag_seconds";
+/// KV-event publishers subscribed to (one per data-parallel rank), by `engine`.
+pub const KV_EVENT_CONNECTED: &str = "llmstack_kv_event_connected";
 
 /// Registers the help text and unit of every series above with the installed recorder.
 /// Call once at start, after installing it.
@@ -178,5 +198,32 @@ pub fn describe() {
     describe_counter!(
         API_KEY_RELOADS,
         "Reloads of the API keys file (on error the previous keys stay)."
+    );
+    describe_counter!(
+        KV_EVENT_BATCHES,
+        "KV-event batches applied (live and replayed)."
+    );
+    describe_counter!(KV_EVENTS, "KV events applied, by type.");
+    describe_counter!(
+        KV_EVENT_GAPS,
+        "KV-event sequence gaps (batches lost between two received ones)."
+    );
+    describe_counter!(KV_EVENT_REPLAYS, "KV-event replays asked for, by outcome.");
+    describe_counter!(
+        KV_EVENT_RESETS,
+        "Times an engine's KV-event state was thrown away, by reason."
+    );
+    describe_counter!(
+        KV_EVENT_DECODE_ERRORS,
+        "KV-event messages that could not be decoded."
+    );
+    describe_histogram!(
+        KV_EVENT_LAG,
+        Unit::Seconds,
+        "Time from a KV-event batch's publication to its application."
+    );
+    describe_gauge!(
+        KV_EVENT_CONNECTED,
+        "KV-event publishers subscribed to (one per data-parallel rank)."
     );
 }

@@ -2,7 +2,9 @@
 //! Prometheus text of `/metrics` ([`parse`](llmstack_metrics::parse),
 //! [`engine_stats`](llmstack_metrics::engine_stats); in `exposition`, checked by
 //! `oracle`) and the response bodies the accounting layer scans for token usage and
-//! content events ([`AccountLayer`](llmstack_metrics::AccountLayer); in `usage`).
+//! content events ([`AccountLayer`](llmstack_metrics::AccountLayer); in `usage`), and
+//! with the `kv-events` feature vLLM's KV-event batches
+//! ([`decode`](llmstack_metrics::kv_events::decode); in `kv_events`).
 //!
 //! Each target feeds structured inputs (exposition lines with vLLM's names, labels and
 //! every float spelling; SSE streams with content, usage and error events, cut into
@@ -18,6 +20,8 @@
 use proptest::prelude::*;
 
 mod exposition;
+#[cfg(feature = "kv-events")]
+mod kv_events;
 mod oracle;
 mod regressions;
 mod usage;

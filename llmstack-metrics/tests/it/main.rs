@@ -9,6 +9,9 @@ use llmstack_sim::{EngineConfig, FaultConfig, LatencyProfile, MetricsCompat, Sim
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+#[cfg(feature = "kv-events")]
+mod kv_events;
+
 async fn engine(compat: MetricsCompat) -> SimEngine {
     let mut cfg = EngineConfig::new("m").with_profile(LatencyProfile::llama3_8b_h100());
     cfg.metrics_compat = compat;
