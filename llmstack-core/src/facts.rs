@@ -52,6 +52,11 @@ pub struct RouteFacts {
     pub reason: &'static str,
     /// The engine the request went to, if routing succeeded.
     pub engine: Option<EndpointId>,
+    /// Prompt tokens the router expected the engine to find in its prefix cache, for
+    /// a cache-aware policy (`prefixaware`, `kvaware`); `None` for policies that do
+    /// not predict. Compared with what engines report (`cached_tokens`) to tell
+    /// whether cache-aware routing sees what the engines hold.
+    pub predicted_cached_tokens: Option<u32>,
 }
 
 /// The forwarder's failure, in the extensions of the error response it answered with:

@@ -32,7 +32,10 @@ use crate::names;
 /// or is dropped (status `cancelled` when the client left before the response head);
 /// `llmstack_time_to_first_token_seconds` and `…_inter_token_latency_seconds` per
 /// content-bearing SSE event; prompt and completion tokens from `usage`;
-/// `llmstack_routing_decisions_total{policy,reason}`. `route` is the OpenAI path
+/// `llmstack_routing_decisions_total{policy,reason}`; for cache-aware policies,
+/// `llmstack_kv_predicted_cached_tokens_total{engine}` (the router's prediction, 2xx
+/// answers) and `llmstack_kv_reported_cached_tokens_total{engine}` (the engine's
+/// `usage.prompt_tokens_details.cached_tokens`, when it reports them). `route` is the OpenAI path
 /// ([`openai_route`]) or `other`; `model` is a model some engine serves, or `unknown`.
 /// Metric handles are resolved once per label set and cached (bounded), so the
 /// request path does not build label sets. When an engine's response carries an
@@ -64,6 +67,10 @@ struct RequestMeters {
     itl: Histogram,
     prompt: Counter,
     completion: Counter,
+    /// Cached prompt tokens the router predicted, by engine.
+    predicted: Counter,
+    /// Cached prompt tokens the engine reported, by engine.
+    reported: Counter,
 }
 
 /// Resolved metric handles. Bounded: keys are routes × status classes × engines ×
@@ -112,6 +119,10 @@ struct BodyTally {
     on_usage: Option<OnUsage>,
     /// The body failed, or an SSE error event came: the request counts as `broken`.
     broken: bool,
+    /// `usage.prompt_tokens_details.cached_tokens`, when the engine reported it.
+    cached_tokens: Option<u64>,
+    /// The router's prediction of the cached tokens (cache-aware policies; 2xx only).
+    predicted: Option<u32>,
 }
 
 pin_project! {
@@ -223,6 +234,9 @@ where
                 let on_usage = resp.extensions().get::<OnUsage>().cloned();
                 let mut body = tally.body(this.meters, engine, model, status, sse);
                 body.on_usage = on_usage;
+                if status == "2xx" {
+                    body.predicted = facts.and_then(|f| f.predicted_cached_tokens);
+                }
                 Some(body)
             }
             None => {
@@ -348,6 +362,8 @@ impl Tally {
             content_events: 0,
             on_usage: None,
             broken: false,
+            cached_tokens: None,
+            predicted: None,
         }
     }
 }
@@ -405,6 +421,8 @@ impl Meters {
             itl: histogram!(names::ITL, &by_model),
             prompt: counter!(names::PROMPT_TOKENS, &labels),
             completion: counter!(names::COMPLETION_TOKENS, &labels),
+            predicted: counter!(names::KV_PREDICTED_CACHED_TOKENS, "engine" => engine.to_string()),
+            reported: counter!(names::KV_REPORTED_CACHED_TOKENS, "engine" => engine.to_string()),
         });
         all.entry((route, status))
             .or_default()
@@ -484,6 +502,9 @@ impl BodyTally {
         {
             self.completion_tokens = Some(c);
         }
+        if let Some(c) = number_after(data, &FINDERS.cached) {
+            self.cached_tokens = Some(c);
+        }
     }
 }
 
@@ -509,6 +530,12 @@ impl Drop for BodyTally {
         }
         if let Some(c) = self.completion_tokens {
             self.meters.completion.increment(c);
+        }
+        if let Some(p) = self.predicted {
+            self.meters.predicted.increment(u64::from(p));
+        }
+        if let Some(c) = self.cached_tokens {
+            self.meters.reported.increment(c);
         }
         if let Some(on_usage) = &self.on_usage {
             on_usage.report(Usage {
@@ -545,6 +572,8 @@ struct Finders {
     input: Finder<'static>,
     completion: Finder<'static>,
     output: Finder<'static>,
+    /// `usage.prompt_tokens_details.cached_tokens`.
+    cached: Finder<'static>,
 }
 
 static FINDERS: LazyLock<Finders> = LazyLock::new(|| Finders {
@@ -558,6 +587,7 @@ static FINDERS: LazyLock<Finders> = LazyLock::new(|| Finders {
     input: Finder::new(b"\"input_tokens\":"),
     completion: Finder::new(b"\"completion_tokens\":"),
     output: Finder::new(b"\"output_tokens\":"),
+    cached: Finder::new(b"\"cached_tokens\":"),
 });
 
 /// The unsigned integer right after `key` (e.g. `"prompt_tokens":12`), if any.

@@ -30,6 +30,9 @@ mod stats;
 pub mod vllm;
 
 pub use accounting::{Account, AccountBody, AccountFuture, AccountLayer, count_decision};
+#[cfg(feature = "kv-events")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kv-events")))]
+pub use args::KvEventsArgs;
 pub use args::ScrapeArgs;
 #[cfg(feature = "kv-events")]
 #[cfg_attr(docsrs, doc(cfg(feature = "kv-events")))]

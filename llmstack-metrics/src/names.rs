@@ -100,6 +100,21 @@ pub const KV_EVENT_DECODE_ERRORS: &str = "llmstack_kv_event_decode_errors_total"
 pub const KV_EVENT_LAG: &str = "llmstack_kv_event_lag_seconds";
 /// KV-event publishers subscribed to (one per data-parallel rank), by `engine`.
 pub const KV_EVENT_CONNECTED: &str = "llmstack_kv_event_connected";
+/// Prompt tokens the router predicted engines would find in their prefix cache
+/// (cache-aware policies: `prefixaware`, `kvaware`), for requests answered 2xx, by
+/// `engine`.
+pub const KV_PREDICTED_CACHED_TOKENS: &str = "llmstack_kv_predicted_cached_tokens_total";
+/// Prompt tokens engines reported served from their prefix cache
+/// (`usage.prompt_tokens_details.cached_tokens`; vLLM reports it with
+/// `--enable-prompt-tokens-details`), by `engine`.
+pub const KV_REPORTED_CACHED_TOKENS: &str = "llmstack_kv_reported_cached_tokens_total";
+/// Blocks the router's KV index holds for each engine, by `engine` and `medium`
+/// (`gpu`, or `cpu` for any lower tier such as CPU offload).
+pub const KV_INDEX_BLOCKS: &str = "llmstack_kv_index_blocks";
+/// Re-exported engine counter: prompt tokens found in the engine's prefix cache
+/// (`vllm:prefix_cache_hits`), by `engine`; what predictions are checked against when
+/// engines do not report `cached_tokens`.
+pub const ENGINE_PREFIX_CACHE_HITS: &str = "llmstack_engine_prefix_cache_hits_total";
 
 /// Registers the help text and unit of every series above with the installed recorder.
 /// Call once at start, after installing it.
@@ -225,5 +240,21 @@ pub fn describe() {
     describe_gauge!(
         KV_EVENT_CONNECTED,
         "KV-event publishers subscribed to (one per data-parallel rank)."
+    );
+    describe_counter!(
+        KV_PREDICTED_CACHED_TOKENS,
+        "Prompt tokens the router predicted engines would find in their prefix cache."
+    );
+    describe_counter!(
+        KV_REPORTED_CACHED_TOKENS,
+        "Prompt tokens engines reported served from their prefix cache (usage cached_tokens)."
+    );
+    describe_gauge!(
+        KV_INDEX_BLOCKS,
+        "Blocks the router's KV index holds for each engine, by medium."
+    );
+    describe_counter!(
+        ENGINE_PREFIX_CACHE_HITS,
+        "Prompt tokens found in the engine's prefix cache (vllm:prefix_cache_hits)."
     );
 }

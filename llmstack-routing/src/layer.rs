@@ -188,6 +188,11 @@ where
                     policy,
                     reason,
                     engine: Some(routed.endpoint.id.clone()),
+                    predicted_cached_tokens: self
+                        .shared
+                        .router
+                        .predicts_cache()
+                        .then_some(routed.cached_tokens),
                 };
                 let learn = routed.take_learn();
                 parts.extensions.insert(RoutedTo {
@@ -211,6 +216,7 @@ where
                     policy,
                     reason: e.label(),
                     engine: None,
+                    predicted_cached_tokens: None,
                 });
                 RouteFuture {
                     state: FutureState::Failed {

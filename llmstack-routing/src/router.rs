@@ -131,6 +131,12 @@ impl Router {
         &self.in_flight
     }
 
+    /// Whether routing predicts cached prompt tokens (a prefix index or a KV index):
+    /// then [`Routed::cached_tokens`] is the prediction, else it is always 0.
+    pub fn predicts_cache(&self) -> bool {
+        self.prefix.is_some() || self.kv.is_some()
+    }
+
     /// The policy's name.
     pub fn policy_name(&self) -> &'static str {
         self.policy.name()

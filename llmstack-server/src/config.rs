@@ -16,9 +16,10 @@ use clap::Args;
 use llmstack_core::SettingErrors;
 use llmstack_discovery::{DiscoveryArgs, DiscoveryConfig};
 use llmstack_gateway::{GatewayArgs, GatewayConfig};
-use llmstack_metrics::{ScrapeArgs, ScrapeConfig};
+use llmstack_metrics::{KvEventsArgs, KvEventsConfig, ScrapeArgs, ScrapeConfig};
 use llmstack_proxy::{ProxyArgs, ProxyConfig};
-use llmstack_routing::{RoutingArgs, RoutingConfig};
+use llmstack_routing::{RoutingArgs, RoutingConfig, RoutingLogic};
+use llmstack_tokenize::{TokenizerArgs, TokenizerSources};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -46,6 +47,12 @@ pub struct Settings {
     /// The engine stats scraper (`llmstack-metrics`).
     #[command(flatten)]
     pub scrape: ScrapeArgs,
+    /// The KV-event subscriber (`llmstack-metrics`, for `--routing-logic kvaware`).
+    #[command(flatten)]
+    pub kv_events: KvEventsArgs,
+    /// The router's tokenizers (`llmstack-tokenize`, for `--routing-logic kvaware`).
+    #[command(flatten)]
+    pub tokenizer: TokenizerArgs,
 }
 
 /// The server's own settings as given.
@@ -164,6 +171,19 @@ pub struct ServerConfig {
     pub max_connections: Option<usize>,
     /// The engine stats scraper.
     pub scrape: ScrapeConfig,
+    /// KV-event routing, with `--routing-logic kvaware` (else `None`).
+    pub kv: Option<KvConfig>,
+}
+
+/// KV-event routing (`--routing-logic kvaware`): where events and tokenizers come from.
+/// The default: engines that serve `/kv_event_sources`, tokenizers from the Hugging
+/// Face cache.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KvConfig {
+    /// The subscriber's settings.
+    pub events: KvEventsConfig,
+    /// The tokenizers named at start (others are looked up in the Hugging Face cache).
+    pub tokenizers: TokenizerSources,
 }
 
 /// Where request spans are exported (feature `otel`).
@@ -237,7 +257,9 @@ impl Settings {
             routing: serde_yaml_ng::from_value(value.clone()).map_err(section("routing"))?,
             proxy: serde_yaml_ng::from_value(value.clone()).map_err(section("proxy"))?,
             gateway: serde_yaml_ng::from_value(value.clone()).map_err(section("gateway"))?,
-            scrape: serde_yaml_ng::from_value(value).map_err(section("scrape"))?,
+            scrape: serde_yaml_ng::from_value(value.clone()).map_err(section("scrape"))?,
+            kv_events: serde_yaml_ng::from_value(value.clone()).map_err(section("kv events"))?,
+            tokenizer: serde_yaml_ng::from_value(value).map_err(section("tokenizer"))?,
         })
     }
 
@@ -251,6 +273,8 @@ impl Settings {
             proxy: overlay(self.proxy, over.proxy),
             gateway: overlay(self.gateway, over.gateway),
             scrape: overlay(self.scrape, over.scrape),
+            kv_events: overlay(self.kv_events, over.kv_events),
+            tokenizer: overlay(self.tokenizer, over.tokenizer),
         }
     }
 
@@ -276,6 +300,26 @@ impl Settings {
         let scrape = self
             .scrape
             .resolve(discovery.probe.timeout, api_key, &mut errors);
+        let kvaware = routing.routing_logic == RoutingLogic::Kvaware;
+        for (set, flag) in [
+            (self.kv_events.is_set(), "kv-events-port"),
+            (self.tokenizer.is_set(), "tokenizer"),
+        ] {
+            if set && !kvaware {
+                errors.push(
+                    flag,
+                    format!(
+                        "--{flag} is for KV-event routing: add --routing-logic kvaware (now {})",
+                        routing.routing_logic.as_str()
+                    ),
+                );
+            }
+        }
+        let kv = KvConfig {
+            events: self.kv_events.resolve(&mut errors),
+            tokenizers: self.tokenizer.resolve(&mut errors),
+        };
+        let kv = kvaware.then_some(kv);
         let shutdown_grace = errors.seconds(
             "shutdown-grace-period",
             server.shutdown_grace_period,
@@ -353,6 +397,7 @@ impl Settings {
                 shutdown_grace,
                 max_connections: server.max_connections,
                 scrape,
+                kv,
             })
             .map_err(SettingsError::Invalid)
     }

@@ -70,6 +70,7 @@ pub async fn start(args: &DemoArgs) -> Result<Demo, DemoError> {
         max_connections: None,
         shutdown_grace: std::time::Duration::from_secs(30),
         scrape: ScrapeConfig::default(),
+        kv: None,
     };
     let server = Server::start(config).await.map_err(DemoError::Router)?;
     Ok(Demo { cluster, server })

@@ -10,7 +10,8 @@
 //! (`llmstack-routing`'s `RouteLayer`) and forwarding (`llmstack-proxy`'s `Forward`).
 //! The server owns the settings ([`Settings`]: each library's settings flattened), the
 //! listeners and their route table (`service.rs`), the routes it answers itself
-//! (`local.rs`), the Prometheus recorder (`telemetry.rs`), signals and drain
+//! (`local.rs`), the KV-event path for `kvaware` (`kv.rs`: index, subscriber,
+//! tokenizers), the Prometheus recorder (`telemetry.rs`), signals and drain
 //! (`server.rs`), OTLP export (feature `otel`) and the demo (feature `demo`). `main.rs`
 //! only parses the command line and calls [`Server::start`] or `demo::start`.
 
@@ -20,6 +21,7 @@ mod config;
 #[cfg(feature = "demo")]
 #[cfg_attr(docsrs, doc(cfg(feature = "demo")))]
 pub mod demo;
+mod kv;
 mod local;
 #[cfg(feature = "otel")]
 #[cfg_attr(docsrs, doc(cfg(feature = "otel")))]
@@ -31,7 +33,7 @@ mod state;
 mod telemetry;
 
 pub use cli::{Action, Cli, Command, DemoArgs, parse};
-pub use config::{OtelConfig, ServerArgs, ServerConfig, Settings, SettingsError};
+pub use config::{KvConfig, OtelConfig, ServerArgs, ServerConfig, Settings, SettingsError};
 pub use llmstack_gateway::GatewayConfig;
 pub use llmstack_proxy::ProxyConfig;
 pub use server::{Server, StartError};

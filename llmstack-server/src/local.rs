@@ -177,6 +177,7 @@ fn engines(shared: &Shared) -> Value {
     let set = shared.endpoints();
     let stats = shared.stats.snapshot();
     let now = tokio::time::Instant::now();
+    let kv_statuses = shared.kv.as_ref().map(crate::kv::KvParts::statuses);
     let list: Vec<Value> = set
         .iter()
         .map(|ep| {
@@ -213,6 +214,9 @@ fn engines(shared: &Shared) -> Value {
                     "lora_waiting": s.lora_waiting,
                     "age_ms": now.saturating_duration_since(s.scraped_at).as_millis() as u64,
                 })),
+                // kvaware: its KV-event publishers and what the KV index holds for it.
+                "kv_events": shared.kv.as_ref().zip(kv_statuses.as_deref())
+                    .map(|(kv, statuses)| kv.engine_json(&ep.id, statuses)),
             })
         })
         .collect();

@@ -15,12 +15,13 @@ use llmstack_discovery::{
 };
 use llmstack_metrics::spawn_scraper;
 use llmstack_proxy::Forward;
-use llmstack_routing::RouteLayer;
+use llmstack_routing::{RouteLayer, RoutingLogic};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::ServerConfig;
+use crate::kv::KvParts;
 use crate::service::{self, Listener};
 use crate::stack;
 use crate::state::Shared;
@@ -90,7 +91,20 @@ impl Server {
         let upkeep = tokio::spawn(telemetry::upkeep(metrics.clone()));
         // Whatever start-up returns early with, nothing it spawned keeps running.
         let mut spawned = Spawned(vec![scraper.abort_handle(), upkeep.abort_handle()]);
-        let router = Arc::new(config.routing.router());
+        let router = config.routing.router();
+        let (router, kv) = match config.routing.routing_logic {
+            RoutingLogic::Kvaware => {
+                let kv_config = config.kv.clone().unwrap_or_default();
+                let (router, kv) =
+                    KvParts::start(&kv_config, router, set_rx.clone(), stats.clone())
+                        .await
+                        .map_err(|e| StartError::Config(format!("--tokenizer: {e}").into()))?;
+                spawned.0.extend(kv.abort_handles());
+                (router, Some(kv))
+            }
+            _ => (router, None),
+        };
+        let router = Arc::new(router);
         let mut route = RouteLayer::new(Arc::clone(&router), set_rx.clone())
             .with_stats(stats.clone())
             .with_aliases(config.routing.static_aliases.clone());
@@ -121,6 +135,7 @@ impl Server {
             metrics,
             main_port_metrics: config.main_port_metrics,
             router: Arc::clone(&router),
+            kv,
             forward: forward.clone(),
             proxied: stack::proxied(
                 route,

@@ -21,6 +21,8 @@ pub(crate) struct Shared {
     pub(crate) main_port_metrics: bool,
     /// Chooses engines (for `/engines`: in-flight counts and the prefix index).
     pub(crate) router: Arc<Router>,
+    /// `kvaware`: the KV-event subscriber and index (for `/engines`).
+    pub(crate) kv: Option<crate::kv::KvParts>,
     /// The forwarder (for `/health`: its counters and connections).
     pub(crate) forward: Forward,
     /// The request path for the OpenAI routes: the library layers, stacked.

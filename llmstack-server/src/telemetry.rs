@@ -8,7 +8,7 @@ use std::time::Duration;
 use llmstack_core::EndpointState;
 use llmstack_gateway::EngineHealth;
 use llmstack_metrics::names;
-use metrics::{SharedString, gauge};
+use metrics::{SharedString, counter, gauge};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
 
@@ -111,6 +111,8 @@ pub(crate) fn render(shared: &Shared, handle: &PrometheusHandle) -> String {
             gauge!(names::ENGINE_RUNNING, "engine" => engine.clone()).set(s.running);
             gauge!(names::ENGINE_WAITING, "engine" => engine.clone()).set(s.waiting);
             gauge!(names::ENGINE_KV_CACHE_USAGE, "engine" => engine.clone()).set(s.kv_cache_usage);
+            counter!(names::ENGINE_PREFIX_CACHE_HITS, "engine" => engine.clone())
+                .absolute(s.prefix_cache_hits as u64);
             if let Some(rate) = s.prefix_cache_hit_rate {
                 gauge!(names::ENGINE_PREFIX_CACHE_HIT, "engine" => engine).set(rate);
             }
@@ -118,6 +120,21 @@ pub(crate) fn render(shared: &Shared, handle: &PrometheusHandle) -> String {
     }
     for (state, n) in ["pending", "ready", "unready"].into_iter().zip(by_state) {
         gauge!(names::ENDPOINTS, "state" => state).set(f64::from(n));
+    }
+    if let Some(index) = shared.router.kv_index() {
+        // Summed over an engine's data-parallel ranks.
+        let mut blocks: std::collections::HashMap<_, (usize, usize)> = Default::default();
+        for source in index.sources() {
+            let entry = blocks.entry(source.source.endpoint).or_default();
+            entry.0 += source.gpu_blocks;
+            entry.1 += source.lower_blocks;
+        }
+        for (engine, (gpu, cpu)) in blocks {
+            let engine = SharedString::from(engine.to_string());
+            gauge!(names::KV_INDEX_BLOCKS, "engine" => engine.clone(), "medium" => "gpu")
+                .set(gpu as f64);
+            gauge!(names::KV_INDEX_BLOCKS, "engine" => engine, "medium" => "cpu").set(cpu as f64);
+        }
     }
     gauge!(names::CLIENT_CONNECTIONS).set(shared.open_connections() as f64);
     for (model, class, depth) in shared.admission.depths() {

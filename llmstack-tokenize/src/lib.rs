@@ -57,21 +57,25 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod args;
 mod config;
 mod content_format;
 mod conversation;
 mod error;
 mod hub;
+mod live;
 mod model;
 mod pycompat;
 mod registry;
 mod segments;
 mod template;
 
+pub use args::{TokenizerArgs, TokenizerSources};
 pub use config::{CONFIG_FILE, TEMPLATE_FILE, TokenizerConfig};
 pub use content_format::ContentFormat;
 pub use error::TokenizerError;
 pub use hub::{find_in_hf_cache, hf_cache_root};
+pub use live::{Found, LiveTokenizers};
 pub use model::{DEFAULT_CACHE_BUDGET, ModelTokenizer, TOKENIZER_FILE, TokenizerStats};
 pub use registry::Tokenizers;
 

@@ -168,6 +168,7 @@ async fn the_layer_refuses_429_and_leaves_a_usage_hook() {
             policy: "roundrobin",
             reason: "picked",
             engine,
+            predicted_cached_tokens: None,
         });
         async move { Ok::<_, Infallible>(resp) }
     });

@@ -109,6 +109,7 @@ async fn the_layer_reads_failures_from_answers_and_sets_avoid() {
                 policy: "roundrobin",
                 reason: "picked",
                 engine: Some(engine),
+                predicted_cached_tokens: None,
             });
         }
         async move { Ok::<_, Infallible>(resp) }
@@ -148,6 +149,7 @@ async fn the_layer_reads_failures_from_answers_and_sets_avoid() {
             policy: "roundrobin",
             reason: "picked",
             engine: Some(EndpointId::new("bad")),
+            predicted_cached_tokens: None,
         });
         Ok::<_, Infallible>(resp)
     });

@@ -49,6 +49,7 @@ fn a_streamed_body_is_accounted_once_when_dropped() {
             policy: "roundrobin",
             reason: "picked",
             engine: None,
+            predicted_cached_tokens: None,
         });
     });
     let values: HashMap<String, DebugValue> = snapshotter

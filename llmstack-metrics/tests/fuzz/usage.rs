@@ -74,6 +74,7 @@ impl Service<Request<()>> for Engine {
             policy: "roundrobin",
             reason: "picked",
             engine: Some(EndpointId::new("e1")),
+            predicted_cached_tokens: None,
         });
         let reported = Arc::clone(&self.reported);
         resp.extensions_mut()

@@ -236,3 +236,66 @@ fn a_static_list_from_the_config_file_is_reloaded_unless_flags_fix_it() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn kv_event_and_tokenizer_flags_need_kvaware() {
+    let (config, _) = serve(&[
+        "--static-backends",
+        "http://a:1",
+        "--routing-logic",
+        "kvaware",
+        "--kv-events-port",
+        "5557",
+        "--kv-events-replay-port",
+        "5558",
+        "--kv-events-topic",
+        "kv",
+        "--tokenizer",
+        "llama=/models/llama",
+        "--tokenizer",
+        "/models/any",
+    ])
+    .unwrap();
+    let kv = config.kv.unwrap();
+    assert_eq!(kv.events.port, Some(5557));
+    assert_eq!(kv.events.replay_port, Some(5558));
+    assert_eq!(kv.events.topic, "kv");
+    assert_eq!(kv.tokenizers.default, Some("/models/any".into()));
+    assert_eq!(
+        kv.tokenizers.models,
+        [("llama".into(), "/models/llama".into())]
+    );
+    // kvaware alone: engines' own /kv_event_sources, the Hugging Face cache.
+    let (config, _) = serve(&[
+        "--static-backends",
+        "http://a:1",
+        "--routing-logic",
+        "kvaware",
+    ])
+    .unwrap();
+    assert_eq!(config.kv, Some(KvConfig::default()));
+    for flags in [
+        &["--kv-events-port", "5557"][..],
+        &["--tokenizer", "/models/any"],
+    ] {
+        let mut list = vec![
+            "--static-backends",
+            "http://a:1",
+            "--routing-logic",
+            "prefixaware",
+        ];
+        list.extend_from_slice(flags);
+        let err = serve(&list).unwrap_err();
+        assert!(err.contains("add --routing-logic kvaware"), "{err}");
+    }
+    let err = serve(&[
+        "--static-backends",
+        "http://a:1",
+        "--routing-logic",
+        "kvaware",
+        "--kv-events-replay-port",
+        "5558",
+    ])
+    .unwrap_err();
+    assert!(err.contains("goes with --kv-events-port"), "{err}");
+}

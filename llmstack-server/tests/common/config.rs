@@ -41,5 +41,6 @@ pub fn config_for(engines: &[SimEngine]) -> ServerConfig {
             interval: Duration::from_millis(100),
             ..ScrapeConfig::default()
         },
+        kv: None,
     }
 }
