@@ -15,6 +15,7 @@ use crate::kv_events::{KvEventsConfig, KvEventsLayout};
 use crate::metrics::MetricsCompat;
 use crate::profile::LatencyProfile;
 use crate::server::SimCluster;
+use crate::tokenizer::Tokenizer;
 
 /// Simulated vLLM engines (OpenAI API, /metrics, KV events) for tests and benchmarks.
 #[derive(Debug, Parser)]
@@ -36,6 +37,12 @@ pub struct Args {
     /// Model served; repeat to give engines different models (assigned round-robin).
     #[arg(long = "model", default_value = "meta-llama/Llama-3.1-8B-Instruct")]
     pub models: Vec<String>,
+    /// Directory with the model's Hugging Face `tokenizer.json` and `tokenizer_config.json`
+    /// (chat template): prompts are tokenized and chats rendered with them, as vLLM and
+    /// the router do, so KV-event token ids and block hashes match the router's. Default:
+    /// the built-in pseudo-tokenizer.
+    #[arg(long, value_name = "DIR")]
+    pub tokenizer: Option<PathBuf>,
     /// Names accepted for the model (the first is reported), as vLLM's flag.
     #[arg(long = "served-model-name", num_args = 1..)]
     pub served_model_name: Vec<String>,
@@ -156,6 +163,7 @@ pub struct Args {
 #[serde(deny_unknown_fields)]
 struct EngineTable {
     model: Option<String>,
+    tokenizer: Option<PathBuf>,
     served_model_name: Option<Vec<String>>,
     lora_modules: Option<Vec<LoraModule>>,
     enable_lora: Option<bool>,
@@ -205,8 +213,23 @@ impl Args {
                 })
         };
         let kv_events = self.kv_events()?;
+        // Each directory is loaded once and shared by the engines using it.
+        let mut loaded: Vec<(PathBuf, Tokenizer)> = Vec::new();
+        let mut tokenizer = |dir: &PathBuf, what: &str| -> Result<Tokenizer, String> {
+            if let Some((_, t)) = loaded.iter().find(|(d, _)| d == dir) {
+                return Ok(t.clone());
+            }
+            let t =
+                Tokenizer::from_dir(dir).map_err(|e| format!("{what} {}: {e}", dir.display()))?;
+            loaded.push((dir.clone(), t.clone()));
+            Ok(t)
+        };
         let base = EngineConfig {
             model: self.models.first().cloned().unwrap_or_default(),
+            tokenizer: match &self.tokenizer {
+                Some(dir) => tokenizer(dir, "--tokenizer")?,
+                None => Tokenizer::pseudo(),
+            },
             served_model_names: self.served_model_name.clone(),
             lora_modules: self.lora_modules.clone(),
             enable_lora: self.enable_lora || !self.lora_modules.is_empty(),
@@ -277,6 +300,9 @@ impl Args {
                 let mut c = base.clone();
                 if let Some(v) = t.model {
                     c.model = v
+                }
+                if let Some(v) = t.tokenizer {
+                    c.tokenizer = tokenizer(&v, "tokenizer")?
                 }
                 if let Some(v) = t.served_model_name {
                     c.served_model_names = v

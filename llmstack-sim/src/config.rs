@@ -7,6 +7,7 @@ use crate::hash::HashAlgo;
 use crate::kv_events::KvEventsConfig;
 use crate::metrics::MetricsCompat;
 use crate::profile::LatencyProfile;
+use crate::tokenizer::Tokenizer;
 
 /// A LoRA adapter served by an engine (`--lora-modules name=path`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,6 +149,9 @@ impl FaultConfig {
 pub struct EngineConfig {
     /// `--model`: the model path or HF id (the cards' `root`).
     pub model: String,
+    /// `--tokenizer DIR`: the model's Hugging Face tokenizer files, or (the default) the
+    /// built-in pseudo-tokenizer.
+    pub tokenizer: Tokenizer,
     /// `--served-model-name`: names accepted in requests; the first is reported.
     /// Empty means `[model]`.
     pub served_model_names: Vec<String>,
@@ -214,6 +218,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             model: "meta-llama/Llama-3.1-8B-Instruct".into(),
+            tokenizer: Tokenizer::pseudo(),
             served_model_names: Vec::new(),
             lora_modules: Vec::new(),
             enable_lora: false,
@@ -256,6 +261,12 @@ impl EngineConfig {
     /// The same engine with another profile.
     pub fn with_profile(mut self, profile: LatencyProfile) -> Self {
         self.profile = profile;
+        self
+    }
+
+    /// The same engine tokenizing with `tokenizer` (e.g. [`Tokenizer::from_dir`]).
+    pub fn with_tokenizer(mut self, tokenizer: Tokenizer) -> Self {
+        self.tokenizer = tokenizer;
         self
     }
 

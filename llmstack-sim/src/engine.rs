@@ -228,7 +228,10 @@ pub(crate) fn build(
     });
     let (tx, rx) = mpsc::unbounded_channel();
     let task = EngineTask {
-        core: EngineCore::new(limits, pool, hasher),
+        core: EngineCore::new(limits, pool, hasher).with_output(
+            shared.config.tokenizer.output_token_ids(),
+            shared.config.tokenizer.eos_token_id(),
+        ),
         profile: shared.config.profile.clone(),
         speedup: shared.config.speedup,
         shared: shared.clone(),

@@ -44,3 +44,4 @@ pub use metrics::{MetricsCompat, format_float};
 pub use profile::LatencyProfile;
 pub use scheduler::SeqState;
 pub use server::{SimCluster, SimEngine, StartError};
+pub use tokenizer::Tokenizer;

@@ -43,7 +43,10 @@ pub(crate) struct EngineCore {
     /// FCFS queue; ids of aborted sequences stay as tombstones and are skipped.
     waiting: VecDeque<u64>,
     num_waiting: usize,
+    /// Tokens the simulated model draws its answers from.
     vocab: Vec<u32>,
+    /// The token it ends an answer with.
+    eos: u32,
 }
 
 // === impl EngineCore ===
@@ -59,7 +62,18 @@ impl EngineCore {
             waiting: VecDeque::new(),
             num_waiting: 0,
             vocab: tokenizer::output_vocab(),
+            eos: tokenizer::EOT,
         }
+    }
+
+    /// The same core generating from `vocab` (not empty) and ending answers with `eos`
+    /// (default: the pseudo-tokenizer's words and [`tokenizer::EOT`]).
+    pub(crate) fn with_output(mut self, vocab: Vec<u32>, eos: u32) -> Self {
+        if !vocab.is_empty() {
+            self.vocab = vocab;
+        }
+        self.eos = eos;
+        self
     }
 
     pub(crate) fn pool(&self) -> &BlockPool {
@@ -294,7 +308,7 @@ impl EngineCore {
             let k = seq.output.len();
             let eos_allowed = !seq.new.ignore_eos && k + 1 >= seq.new.min_tokens;
             let token = if eos_allowed && k + 1 >= seq.new.natural_len {
-                tokenizer::EOT
+                self.eos
             } else {
                 let r = splitmix(seq.new.seed ^ (k as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
                 self.vocab[(r % self.vocab.len() as u64) as usize]
@@ -318,7 +332,7 @@ impl EngineCore {
             let stop_allowed = k + 1 >= seq.new.min_tokens;
             let stop_token =
                 (stop_allowed && seq.new.stop_token_ids.contains(&token)).then_some(token);
-            let reason = if token == tokenizer::EOT && eos_allowed || stop_token.is_some() {
+            let reason = if token == self.eos && eos_allowed || stop_token.is_some() {
                 Some(FinishReason::Stop)
             } else if seq.output.len() >= seq.new.max_tokens
                 || seq.total_len() >= self.limits.max_model_len

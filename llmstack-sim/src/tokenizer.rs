@@ -1,7 +1,8 @@
-//! A deterministic pseudo-tokenizer and a Llama-3-style chat template.
+//! The engine's tokenizer: a deterministic pseudo-tokenizer with a Llama-3-style chat
+//! template, or a model's own Hugging Face tokenizer.
 //!
-//! No model weights or vocabulary files exist on our machines, yet everything a router
-//! observes about tokens must behave like a real model: prompt lengths of about four
+//! Without a model's files (our machines have none by default), everything a router
+//! observes about tokens must still behave like a real model: prompt lengths of about four
 //! characters per token, stable ids, and conversations whose turns extend the same token
 //! prefix. The scheme, fixed and documented so that tests and other tools can rely on it:
 //!
@@ -19,8 +20,21 @@
 //! Encoding is greedy left to right and decoding is exact: `decode(encode(s)) == s` for any
 //! UTF-8 string, so `/detokenize` round-trips `/tokenize`. English prose averages close to
 //! four characters per token, as with Llama 3's tokenizer.
+//!
+//! An engine started with `--tokenizer DIR` uses a model's Hugging Face files instead:
+//! [`Tokenizer`] is that choice, held in the engine's configuration and handed to every
+//! place that tokenizes, renders a chat or detokenizes. The free functions here are the
+//! pseudo-tokenizer and stay the default.
 
 use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+
+use llmstack_tokenize::{ModelTokenizer, TokenizerError};
+
+mod hf;
+
+use hf::HfTokenizer;
 
 const LETTERS: u32 = 26;
 const LETTER_OFFSET: [u32; 5] = [0, 0, 26, 26 + 676, 26 + 676 + 17_576];
@@ -254,94 +268,166 @@ pub(crate) fn output_vocab() -> Vec<u32> {
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The tokenizer of an engine: the built-in pseudo-tokenizer (the default: this module's
+/// functions), or a model's Hugging Face `tokenizer.json` and `tokenizer_config.json`
+/// (`--tokenizer DIR`), which tokenize prompts and render chats exactly as vLLM and the
+/// router's `llmstack-tokenize` do, so prompt token ids, KV-event `token_ids` and block
+/// hashes are the ones the router computes.
+///
+/// With a real tokenizer the simulated model says ordinary words of its vocabulary (common
+/// English words that are one token each) and ends with the
+/// configuration's `eos_token` (else `<|eot_id|>`, `<|end_of_text|>`, `<|im_end|>`,
+/// `<|endoftext|>` or `</s>`, whichever the vocabulary has).
+///
+/// Cheap to clone (one `Arc`); two values are equal when both are the pseudo-tokenizer or
+/// both share one load.
+#[derive(Clone, Default)]
+pub struct Tokenizer(Choice);
 
-    #[test]
-    fn round_trips_any_text() {
-        for s in [
-            "",
-            "Hello, world!",
-            " the quick brown fox jumps over 13 lazy dogs",
-            "ünïcödé ✓ 日本語\n\ttabs",
-            "UPPER lower 0123456789 a b c  double  spaces",
-        ] {
-            assert_eq!(decode(&encode(s, false), false), s, "{s:?}");
+#[derive(Clone, Default)]
+enum Choice {
+    #[default]
+    Pseudo,
+    Hf(Arc<HfTokenizer>),
+}
+
+/// Incremental detokenization of one choice's generated tokens: each token's text as it
+/// becomes complete, so the pieces concatenate to the decoded text (special tokens
+/// skipped, as vLLM does by default). With a real tokenizer this is Hugging Face's
+/// `DecodeStream`, vLLM's own incremental detokenizer: a token that ends inside a UTF-8
+/// sequence (or that a decoder would render differently once followed) yields nothing
+/// until its text is settled.
+#[derive(Debug, Default)]
+pub(crate) struct Detokenizer {
+    /// Tokens not yet settled into `prefix` (Hugging Face only).
+    ids: Vec<u32>,
+    /// The text of `ids[..prefix_index]`.
+    prefix: String,
+    prefix_index: usize,
+}
+
+// === impl Tokenizer ===
+
+impl Tokenizer {
+    /// The built-in pseudo-tokenizer (the default).
+    pub fn pseudo() -> Self {
+        Self(Choice::Pseudo)
+    }
+
+    /// Loads a model's tokenizer from `dir`: `tokenizer.json` (required),
+    /// `tokenizer_config.json` (the chat template and special tokens; without it chat
+    /// requests are rejected, as vLLM rejects them for a model without a template) and
+    /// `chat_template.jinja` when present.
+    ///
+    /// Fails when `dir/tokenizer.json` cannot be read (the error names that file), when
+    /// a file is not what it should be, when the chat template does not compile, or when
+    /// no EOS token can be found. Costs a parse of `tokenizer.json` (the slow part with a
+    /// large vocabulary) and a few probing encodes.
+    pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self, TokenizerError> {
+        HfTokenizer::from_dir(dir.as_ref()).map(|t| Self(Choice::Hf(Arc::new(t))))
+    }
+
+    /// A loaded model tokenizer; fails only when it has no EOS token (see
+    /// [`Tokenizer::from_dir`]).
+    pub fn from_model(model: ModelTokenizer) -> Result<Self, TokenizerError> {
+        HfTokenizer::new(model, None).map(|t| Self(Choice::Hf(Arc::new(t))))
+    }
+
+    /// The model's tokenizer; `None` for the pseudo-tokenizer.
+    pub fn model(&self) -> Option<&ModelTokenizer> {
+        match &self.0 {
+            Choice::Pseudo => None,
+            Choice::Hf(hf) => Some(hf.model()),
         }
     }
 
-    #[test]
-    fn about_four_characters_per_token_on_prose() {
-        let text = "the model reads the prompt and then it writes an answer one word at a time \
-                    so that each user sees the first token soon and the rest at a steady pace";
-        let n = encode(text, false).len();
-        let ratio = text.len() as f64 / n as f64;
-        assert!((3.6..=4.6).contains(&ratio), "{ratio} chars/token");
-    }
-
-    #[test]
-    fn ids_are_stable_and_in_vocab() {
-        assert_eq!(
-            encode(" the", false),
-            vec![256 + 475_254 + 702 + (19 * 26 + 7) * 26 + 4]
-        );
-        assert_eq!(
-            encode("2026", false),
-            vec![NUMBER_BASE + 110 + 202, NUMBER_BASE + 6]
-        );
-        assert_eq!(encode("H", false), vec![u32::from(b'H')]);
-        for id in encode("any text at all, ÄÖÜ 123 zzz", true) {
-            assert!(is_valid(id));
-        }
-        assert_eq!(encode("x", true)[0], BOS);
-    }
-
-    #[test]
-    fn chat_turns_extend_the_token_prefix() {
-        let one = [ChatTurn {
-            role: "user",
-            content: "What is the capital of France?",
-        }];
-        let two = [
-            one[0],
-            ChatTurn {
-                role: "assistant",
-                content: "Paris.",
-            },
-            ChatTurn {
-                role: "user",
-                content: "And of Spain?",
-            },
-        ];
-        let a = render_chat(one, false);
-        let b = render_chat(two, true);
-        assert!(b.starts_with(&a));
-        assert_eq!(a[0], BOS);
-        assert_eq!(*a.last().unwrap(), EOT);
-        assert_eq!(b[b.len() - 3], END_HEADER);
-        let text = decode(&b, false);
-        assert!(
-            text.contains("<|start_header_id|>assistant<|end_header_id|>\n\n"),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn output_words_are_single_tokens() {
-        assert_eq!(output_vocab().len(), OUTPUT_WORDS.len());
-        for id in output_vocab() {
-            assert!(token_text(id).starts_with(' '));
+    /// The token the simulated model ends its answers with ([`EOT`] for the
+    /// pseudo-tokenizer).
+    pub fn eos_token_id(&self) -> u32 {
+        match &self.0 {
+            Choice::Pseudo => EOT,
+            Choice::Hf(hf) => hf.eos(),
         }
     }
 
-    #[test]
-    fn special_tokens_skip_or_render() {
-        assert_eq!(decode(&[BOS, 104, EOT], true), "h");
-        assert_eq!(decode(&[EOT], false), "<|eot_id|>");
-        assert_eq!(
-            decode(&[BOS + 100], false),
-            "<|reserved_special_token_100|>"
-        );
+    /// The tokens the simulated model draws its answers from, each one ordinary word.
+    pub fn output_token_ids(&self) -> Vec<u32> {
+        match &self.0 {
+            Choice::Pseudo => output_vocab(),
+            Choice::Hf(hf) => hf.output().to_vec(),
+        }
+    }
+
+    /// `text` as token ids, with the tokenizer's special tokens (BOS) when
+    /// `add_special_tokens`. The pseudo-tokenizer never fails.
+    pub(crate) fn encode(
+        &self,
+        text: &str,
+        add_special_tokens: bool,
+    ) -> Result<Vec<u32>, TokenizerError> {
+        match &self.0 {
+            Choice::Pseudo => Ok(encode(text, add_special_tokens)),
+            Choice::Hf(hf) => hf.model().encode(text, add_special_tokens),
+        }
+    }
+
+    /// The text of `ids` (special tokens dropped when `skip_special_tokens`).
+    pub(crate) fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> String {
+        match &self.0 {
+            Choice::Pseudo => decode(ids, skip_special_tokens),
+            Choice::Hf(hf) => hf.decode(ids, skip_special_tokens),
+        }
+    }
+
+    /// The token's string as `/tokenize` reports it: its text for the pseudo-tokenizer,
+    /// the vocabulary entry (`convert_ids_to_tokens`, e.g. `Ġthe`) for a real one.
+    pub(crate) fn token_str(&self, id: u32) -> String {
+        match &self.0 {
+            Choice::Pseudo => decode(&[id], false),
+            Choice::Hf(hf) => hf.token_str(id),
+        }
+    }
+
+    /// Whether `id` is a token of the vocabulary (vLLM rejects prompts with larger ids).
+    pub(crate) fn is_valid(&self, id: u32) -> bool {
+        match &self.0 {
+            Choice::Pseudo => is_valid(id),
+            Choice::Hf(hf) => id <= hf.max_token_id(),
+        }
     }
 }
+
+impl PartialEq for Tokenizer {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (Choice::Pseudo, Choice::Pseudo) => true,
+            (Choice::Hf(a), Choice::Hf(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Choice::Pseudo => f.write_str("Tokenizer::Pseudo"),
+            Choice::Hf(hf) => f.debug_tuple("Tokenizer::Hf").field(hf).finish(),
+        }
+    }
+}
+
+// === impl Detokenizer ===
+
+impl Detokenizer {
+    /// Appends to `out` the text token `id` settles (often its whole text, sometimes
+    /// nothing yet, sometimes held-back text of earlier tokens too).
+    pub(crate) fn push(&mut self, tokenizer: &Tokenizer, id: u32, out: &mut String) {
+        match &tokenizer.0 {
+            Choice::Pseudo => out.push_str(&token_text(id)),
+            Choice::Hf(hf) => hf.step(self, id, out),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -17,8 +17,8 @@ use crate::api::error::ApiError;
 use crate::api::output::{Assembly, Kind, OutputCtx, ResponsesEcho};
 use crate::api::reply::json_response;
 use crate::api::request::{
-    ChatRequest, CompletionRequest, ResolvedModel, Sampling, check_sampling, parse,
-    render_messages, resolve_model,
+    ChatRequest, CompletionRequest, ResolvedModel, Sampling, check_sampling, encode_messages,
+    parse, raw_messages, resolve_model,
 };
 use crate::engine::{Command, unix_now};
 use crate::scheduler::{NewSeq, splitmix};
@@ -68,7 +68,7 @@ impl EngineApp {
         let fields = r.take_fields();
         let cfg = &self.shared.config;
         let model = resolve_model(fields.model.as_deref(), cfg, &self.shared.loras())?;
-        let prompts = r.prompt.tokenize(true, "prompt")?;
+        let prompts = r.prompt.tokenize(&cfg.tokenizer, true, "prompt")?;
         let max = ("max_tokens", fields.max_tokens);
         let sampling = check_sampling(&fields, max, Some(16), &prompts, cfg)?;
         self.run(GenSpec {
@@ -93,10 +93,14 @@ impl EngineApp {
         let fields = r.take_fields();
         let cfg = &self.shared.config;
         let model = resolve_model(fields.model.as_deref(), cfg, &self.shared.loras())?;
-        let prompts = vec![render_messages(
+        let raw = cfg.tokenizer.model().and_then(|_| raw_messages(body));
+        let prompts = vec![encode_messages(
+            &cfg.tokenizer,
             &r.messages,
+            raw,
             r.add_generation_prompt.unwrap_or(true),
-        )];
+            false,
+        )?];
         let max = match r.max_completion_tokens {
             Some(m) => ("max_completion_tokens", Some(m)),
             None => ("max_tokens", fields.max_tokens),
@@ -191,6 +195,7 @@ impl EngineApp {
             fingerprint: self.fingerprint.clone(),
             sampling,
             prompts,
+            tokenizer: cfg.tokenizer.clone(),
             details: cfg.enable_prompt_tokens_details,
             echo,
             chunk_prefix: Vec::new(),

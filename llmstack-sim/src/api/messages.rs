@@ -14,9 +14,10 @@ use crate::api::error::ApiError;
 use crate::api::generate::GenSpec;
 use crate::api::output::Kind;
 use crate::api::request::{
-    ChatContent, ChatMessage, SamplingFields, StopInput, check_sampling, parse, render_messages,
+    ChatContent, ChatMessage, SamplingFields, StopInput, check_sampling, encode_messages, parse,
     resolve_model,
 };
+use crate::tokenizer::Tokenizer;
 
 /// `POST /v1/messages` (and, without `max_tokens`, `/v1/messages/count_tokens`).
 #[derive(Debug, Deserialize)]
@@ -43,7 +44,7 @@ struct MessagesRequest {
 
 impl MessagesRequest {
     /// The prompt: `system` as a system turn, then the messages.
-    fn prompt(&mut self) -> Vec<u32> {
+    fn prompt(&mut self, tok: &Tokenizer) -> Result<Vec<u32>, ApiError> {
         let mut turns = Vec::with_capacity(self.messages.len() + 1);
         if let Some(system) = self.system.take() {
             turns.push(ChatMessage {
@@ -52,7 +53,7 @@ impl MessagesRequest {
             });
         }
         turns.append(&mut self.messages);
-        render_messages(&turns, true)
+        encode_messages(tok, &turns, None, true, false)
     }
 }
 
@@ -88,7 +89,7 @@ impl EngineApp {
     ) -> Result<GenSpec, ApiError> {
         let cfg = &self.shared.config;
         let model = resolve_model(Some(&r.model), cfg, &self.shared.loras())?;
-        let prompts = vec![r.prompt()];
+        let prompts = vec![r.prompt(&cfg.tokenizer)?];
         let fields = SamplingFields {
             stream: r.stream,
             stop: r.stop_sequences.take().map(StopInput::Many),
@@ -116,6 +117,9 @@ impl EngineApp {
         if let Err(e) = resolve_model(Some(&r.model), &self.shared.config, &self.shared.loras()) {
             return Ok(e.into_anthropic_response());
         }
-        Ok(ok_json(&json!({"input_tokens": r.prompt().len()})))
+        match r.prompt(&self.shared.config.tokenizer) {
+            Ok(prompt) => Ok(ok_json(&json!({"input_tokens": prompt.len()}))),
+            Err(e) => Ok(e.into_anthropic_response()),
+        }
     }
 }

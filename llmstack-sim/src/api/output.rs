@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::api::request::Sampling;
 use crate::finish::FinishReason;
 use crate::scheduler::{Emitted, SeqEvent};
-use crate::tokenizer;
+use crate::tokenizer::{Detokenizer, Tokenizer};
 
 mod messages;
 mod openai;
@@ -67,6 +67,8 @@ pub(crate) struct OutputCtx {
     pub(crate) sampling: Sampling,
     /// Prompt token ids per prompt.
     pub(crate) prompts: Vec<Arc<[u32]>>,
+    /// The engine's tokenizer (generated text, echoed prompts).
+    pub(crate) tokenizer: Tokenizer,
     /// `--enable-prompt-tokens-details`.
     pub(crate) details: bool,
     /// Completions `echo`: each choice's text starts with its prompt.
@@ -90,6 +92,8 @@ pub(crate) struct Choice {
     text: String,
     sent: usize,
     tokens: Vec<u32>,
+    /// Turns generated tokens into text as they come.
+    detok: Detokenizer,
     pub(crate) finish: Option<(FinishReason, Option<StopReason>)>,
     cached: u32,
     /// Whether the choice's first chunk went out (chat: the role chunk).
@@ -120,7 +124,7 @@ impl Assembly {
         let choices = (0..count)
             .map(|i| {
                 let text = if ctx.echo {
-                    tokenizer::decode(&ctx.prompts[i / n], true)
+                    ctx.tokenizer.decode(&ctx.prompts[i / n], true)
                 } else {
                     String::new()
                 };
@@ -151,6 +155,7 @@ impl Assembly {
         let i = ev.index as usize;
         let max_stop_len = self.max_stop_len;
         let sampling = &self.ctx.sampling;
+        let tokenizer = &self.ctx.tokenizer;
         let c = self.choices.get_mut(i)?;
         if c.finish.is_some() {
             return None;
@@ -165,7 +170,7 @@ impl Assembly {
         for &t in new {
             c.tokens.push(t);
             let before = c.text.len();
-            c.text.push_str(&tokenizer::token_text(t));
+            c.detok.push(tokenizer, t, &mut c.text);
             // As vLLM: stop strings apply to generated text only, once min_tokens are out.
             if max_stop_len > 0
                 && c.tokens.len() >= sampling.min_tokens

@@ -14,10 +14,9 @@ use serde_json::json;
 use super::{EngineApp, Res, ok_json, random_hex, request_id};
 use crate::api::base64;
 use crate::api::error::ApiError;
-use crate::api::request::{EmbeddingRequest, parse, resolve_model};
+use crate::api::request::{EmbeddingRequest, parse, resolve_model, tokenizer_error};
 use crate::engine::unix_now;
 use crate::scheduler::splitmix;
-use crate::tokenizer;
 
 /// Embedding width (Llama-3-8B's hidden size is 4096; 1024 keeps test bodies small).
 const EMBEDDING_DIM: usize = 1024;
@@ -114,7 +113,9 @@ impl EngineApp {
             &self.shared.config,
             &self.shared.loras(),
         )?;
-        let inputs = r.input.tokenize(true, "input")?;
+        let inputs = r
+            .input
+            .tokenize(&self.shared.config.tokenizer, true, "input")?;
         for p in &inputs {
             self.check_input_len(p.len())?;
         }
@@ -236,10 +237,13 @@ impl EngineApp {
 
     /// Token counts of each (query, document) pair as a cross-encoder reads it.
     fn pair_lens(&self, pairs: &[(&str, &str)]) -> Result<Vec<usize>, ApiError> {
+        let tok = &self.shared.config.tokenizer;
         pairs
             .iter()
             .map(|(q, d)| {
-                let len = tokenizer::encode(q, true).len() + tokenizer::encode(d, false).len();
+                let q = tok.encode(q, true).map_err(tokenizer_error)?;
+                let d = tok.encode(d, false).map_err(tokenizer_error)?;
+                let len = q.len() + d.len();
                 self.check_input_len(len).map(|()| len)
             })
             .collect()

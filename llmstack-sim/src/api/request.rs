@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 use crate::api::error::ApiError;
 use crate::config::{EngineConfig, LoraModule};
 use crate::scheduler::LoraRef;
-use crate::tokenizer::{self, ChatTurn};
+use crate::tokenizer::{self, ChatTurn, Tokenizer};
 
 mod sampling;
 
@@ -62,17 +62,23 @@ pub(crate) enum PromptInput {
 
 impl PromptInput {
     /// Tokenized prompts (`add_special_tokens` applies to text prompts only).
+    ///
+    /// The pseudo-tokenizer adds no BOS to an empty text, so an empty prompt is vLLM's
+    /// "cannot be empty" 400; a real tokenizer encodes exactly as `tokenizer.encode`
+    /// (Llama: `""` is `[BOS]`), as vLLM and the router do.
     pub(crate) fn tokenize(
         &self,
+        tok: &Tokenizer,
         add_special_tokens: bool,
         param: &str,
     ) -> Result<Vec<Vec<u32>>, ApiError> {
+        let text = |s: &str| {
+            let special = add_special_tokens && (tok.model().is_some() || !s.is_empty());
+            tok.encode(s, special).map_err(tokenizer_error)
+        };
         let out: Vec<Vec<u32>> = match self {
-            Self::Text(s) => vec![tokenizer::encode(s, add_special_tokens && !s.is_empty())],
-            Self::Texts(v) => v
-                .iter()
-                .map(|s| tokenizer::encode(s, add_special_tokens && !s.is_empty()))
-                .collect(),
+            Self::Text(s) => vec![text(s)?],
+            Self::Texts(v) => v.iter().map(|s| text(s)).collect::<Result<_, _>>()?,
             Self::Tokens(t) => vec![t.clone()],
             Self::TokenLists(v) => v.clone(),
         };
@@ -83,7 +89,7 @@ impl PromptInput {
             ));
         }
         for p in &out {
-            if let Some(bad) = p.iter().find(|&&t| !tokenizer::is_valid(t)) {
+            if let Some(bad) = p.iter().find(|&&t| !tok.is_valid(t)) {
                 return Err(ApiError::bad_request(
                     format!("Token id {bad} is out of vocabulary"),
                     Some(param),
@@ -315,7 +321,75 @@ impl ChatContent {
     }
 }
 
-/// Renders chat messages with the template.
+/// The prompt of a chat: with a real tokenizer, the raw JSON of the request's
+/// `messages` (`raw`, as the client sent it; else `messages` as role + text) rendered with
+/// the model's chat template and encoded without special tokens (unless
+/// `add_special_tokens`, which only `/tokenize` may ask for), exactly as vLLM and the
+/// router's `llmstack-tokenize` do; with the pseudo-tokenizer, [`render_messages`].
+///
+/// A template that fails on the messages (or a model without one) is a 400.
+pub(crate) fn encode_messages(
+    tok: &Tokenizer,
+    messages: &[ChatMessage],
+    raw: Option<&str>,
+    add_generation_prompt: bool,
+    add_special_tokens: bool,
+) -> Result<Vec<u32>, ApiError> {
+    let Some(model) = tok.model() else {
+        return Ok(render_messages(messages, add_generation_prompt));
+    };
+    let built;
+    let json = match raw {
+        Some(raw) => raw,
+        None => {
+            built = messages_json(messages);
+            &built
+        }
+    };
+    if add_generation_prompt && !add_special_tokens {
+        model.encode_chat(json)
+    } else {
+        model
+            .render_chat(json, add_generation_prompt)
+            .and_then(|prompt| model.encode(&prompt, add_special_tokens))
+    }
+    .map_err(tokenizer_error)
+}
+
+/// `messages` as chat-completions JSON, each content as its text (for the APIs whose
+/// conversation is built from other fields: Responses, Anthropic Messages).
+fn messages_json(messages: &[ChatMessage]) -> String {
+    let list: Vec<serde_json::Value> = messages
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "role": m.role,
+                "content": m.content.as_ref().map(ChatContent::text).unwrap_or_default(),
+            })
+        })
+        .collect();
+    serde_json::Value::Array(list).to_string()
+}
+
+/// The raw JSON of a body's `messages` field (the body already parsed as a request).
+pub(crate) fn raw_messages(body: &[u8]) -> Option<&str> {
+    #[derive(Deserialize)]
+    struct Raw<'a> {
+        #[serde(borrow)]
+        messages: Option<&'a serde_json::value::RawValue>,
+    }
+    serde_json::from_slice::<Raw<'_>>(body)
+        .ok()?
+        .messages
+        .map(serde_json::value::RawValue::get)
+}
+
+/// A tokenizer's failure on a request's text or messages: vLLM's 400.
+pub(crate) fn tokenizer_error(e: llmstack_tokenize::TokenizerError) -> ApiError {
+    ApiError::bad_request(e.to_string(), None)
+}
+
+/// Renders chat messages with the pseudo-tokenizer's Llama 3 template.
 pub(crate) fn render_messages(messages: &[ChatMessage], add_generation_prompt: bool) -> Vec<u32> {
     let texts: Vec<(String, String)> = messages
         .iter()

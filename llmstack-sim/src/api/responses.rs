@@ -10,7 +10,7 @@ use crate::api::error::ApiError;
 use crate::api::generate::GenSpec;
 use crate::api::output::{Kind, ResponsesEcho};
 use crate::api::request::{
-    ChatContent, ChatMessage, SamplingFields, check_sampling, parse, render_messages, resolve_model,
+    ChatContent, ChatMessage, SamplingFields, check_sampling, encode_messages, parse, resolve_model,
 };
 
 /// `POST /v1/responses`.
@@ -111,7 +111,13 @@ impl EngineApp {
         let mut r: ResponsesRequest = parse(body)?;
         let cfg = &self.shared.config;
         let model = resolve_model(r.model.as_deref(), cfg, &self.shared.loras())?;
-        let prompts = vec![render_messages(&r.messages(), true)];
+        let prompts = vec![encode_messages(
+            &cfg.tokenizer,
+            &r.messages(),
+            None,
+            true,
+            false,
+        )?];
         let fields = SamplingFields {
             stream: r.stream,
             temperature: r.temperature,
@@ -142,6 +148,7 @@ impl EngineApp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::request::render_messages;
     use crate::tokenizer;
 
     fn rendered(body: &str) -> Vec<u32> {

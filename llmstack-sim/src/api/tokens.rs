@@ -5,9 +5,9 @@ use serde_json::json;
 use super::{EngineApp, Res, ok_json};
 use crate::api::error::ApiError;
 use crate::api::request::{
-    DetokenizeRequest, TokenizeRequest, parse, render_messages, resolve_model,
+    DetokenizeRequest, TokenizeRequest, encode_messages, parse, raw_messages, resolve_model,
+    tokenizer_error,
 };
-use crate::tokenizer;
 
 impl EngineApp {
     /// `POST /tokenize`.
@@ -18,9 +18,20 @@ impl EngineApp {
             &self.shared.config,
             &self.shared.loras(),
         )?;
+        let tok = &self.shared.config.tokenizer;
         let tokens = match (&r.prompt, &r.messages) {
-            (Some(p), None) => tokenizer::encode(p, r.add_special_tokens.unwrap_or(true)),
-            (None, Some(m)) => render_messages(m, r.add_generation_prompt.unwrap_or(true)),
+            (Some(p), None) => tok
+                .encode(p, r.add_special_tokens.unwrap_or(true))
+                .map_err(tokenizer_error)?,
+            // vLLM's chat /tokenize adds no special tokens unless asked (the template wrote
+            // them); the pseudo-tokenizer's template has no such switch.
+            (None, Some(m)) => encode_messages(
+                tok,
+                m,
+                tok.model().and_then(|_| raw_messages(body)),
+                r.add_generation_prompt.unwrap_or(true),
+                r.add_special_tokens.unwrap_or(false),
+            )?,
             _ => {
                 return Err(ApiError::validation(
                     "value_error",
@@ -29,12 +40,10 @@ impl EngineApp {
                 ));
             }
         };
-        let strs = r.return_token_strs.unwrap_or(false).then(|| {
-            tokens
-                .iter()
-                .map(|&t| tokenizer::decode(&[t], false))
-                .collect::<Vec<_>>()
-        });
+        let strs = r
+            .return_token_strs
+            .unwrap_or(false)
+            .then(|| tokens.iter().map(|&t| tok.token_str(t)).collect::<Vec<_>>());
         Ok(ok_json(&json!({
             "count": tokens.len(), "max_model_len": self.shared.config.max_model_len(),
             "tokens": tokens, "token_strs": strs
@@ -49,14 +58,13 @@ impl EngineApp {
             &self.shared.config,
             &self.shared.loras(),
         )?;
-        if let Some(bad) = r.tokens.iter().find(|&&t| !tokenizer::is_valid(t)) {
+        let tok = &self.shared.config.tokenizer;
+        if let Some(bad) = r.tokens.iter().find(|&&t| !tok.is_valid(t)) {
             return Err(ApiError::bad_request(
                 format!("Token id {bad} is out of vocabulary"),
                 Some("tokens"),
             ));
         }
-        Ok(ok_json(
-            &json!({"prompt": tokenizer::decode(&r.tokens, false)}),
-        ))
+        Ok(ok_json(&json!({"prompt": tok.decode(&r.tokens, false)})))
     }
 }

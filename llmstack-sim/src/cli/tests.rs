@@ -149,3 +149,44 @@ fn api_keys_repeat_split_on_commas_and_drop_empties() {
         );
     }
 }
+
+#[test]
+fn tokenizer_directories_load_once_and_name_the_path_on_error() {
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/tokenizer");
+    let a = Args::try_parse_from(["llmstack-sim", "--engines", "3", "--tokenizer", fixture]);
+    let (_, _, c) = a.unwrap().engine_configs().unwrap();
+    assert!(c[0].tokenizer.model().is_some());
+    assert!(
+        c.iter().all(|e| e.tokenizer == c[0].tokenizer),
+        "one load, shared"
+    );
+    let (_, _, c) = Args::try_parse_from(["llmstack-sim"])
+        .unwrap()
+        .engine_configs()
+        .unwrap();
+    assert_eq!(c[0].tokenizer, Tokenizer::pseudo(), "the default");
+
+    // A config-file engine can name its own directory.
+    let file = std::env::temp_dir().join(format!("llmstack-sim-tok-{}.toml", std::process::id()));
+    std::fs::write(
+        &file,
+        format!("[[engine]]\ntokenizer = {fixture:?}\n[[engine]]\nmodel = \"other\"\n"),
+    )
+    .unwrap();
+    let a = Args::try_parse_from(["llmstack-sim", "--config", file.to_str().unwrap()]);
+    let configs = a.unwrap().engine_configs();
+    std::fs::remove_file(&file).unwrap();
+    let (_, _, c) = configs.unwrap();
+    assert!(c[0].tokenizer.model().is_some());
+    assert_eq!(c[1].tokenizer, Tokenizer::pseudo());
+
+    let err = Args::try_parse_from(["llmstack-sim", "--tokenizer", "/nonexistent/tok"])
+        .unwrap()
+        .engine_configs()
+        .unwrap_err();
+    assert!(
+        err.starts_with("--tokenizer /nonexistent/tok: ")
+            && err.contains("/nonexistent/tok/tokenizer.json"),
+        "{err}"
+    );
+}

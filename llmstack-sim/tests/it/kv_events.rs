@@ -9,7 +9,8 @@ use zeromq::{Socket, SocketRecv, SubSocket};
 
 use crate::support::*;
 
-async fn recv_batch(sub: &mut SubSocket) -> Option<(Vec<u8>, u64, Value)> {
+/// The next batch (topic, sequence number, payload) within 300 ms.
+pub(crate) async fn recv_batch(sub: &mut SubSocket) -> Option<(Vec<u8>, u64, Value)> {
     let msg = tokio::time::timeout(Duration::from_millis(300), sub.recv())
         .await
         .ok()?

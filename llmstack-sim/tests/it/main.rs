@@ -6,6 +6,7 @@ mod audio;
 mod auth;
 mod cli;
 mod faults;
+mod hf_tokenizer;
 mod kv_events;
 mod lifecycle;
 mod metrics;

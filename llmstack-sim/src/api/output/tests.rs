@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::finish::Finish;
+use crate::tokenizer;
 
 const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
 const FP: &str = "vllm-0.33.0-1a2b3c4d";
@@ -37,6 +38,7 @@ fn assembly(kind: Kind, id: &str, prompt_len: usize, s: Sampling) -> Assembly {
         fingerprint: FP.into(),
         sampling: s,
         prompts: vec![vec![1u32; prompt_len].into()],
+        tokenizer: Tokenizer::pseudo(),
         details: false,
         echo: false,
         chunk_prefix: Vec::new(),
@@ -313,6 +315,7 @@ fn n_choices_and_multi_prompt_usage() {
         fingerprint: FP.into(),
         sampling: s,
         prompts: vec![vec![1u32; 4].into(), vec![1u32; 6].into()],
+        tokenizer: Tokenizer::pseudo(),
         details: false,
         echo: false,
         chunk_prefix: Vec::new(),
