@@ -12,7 +12,7 @@ use crate::{Candidates, InFlight, InFlightGuard, KvIndex, Policy, Target, candid
 
 mod kv;
 
-use kv::{KvRouting, Lookup};
+use kv::{Expected, KvRouting, Lookup};
 
 /// Prefix holders passed to the policy, deepest first ([`Candidates::cached`]).
 const MAX_HOLDERS: usize = 16;
@@ -57,12 +57,14 @@ pub struct Routed {
     learn: Option<Learn>,
 }
 
-/// A prompt to record in the prefix index for an engine: see [`Router::accepted`].
+/// A prompt to record in the prefix index for an engine, and with KV events, its blocks
+/// to expect from the engine: see [`Router::accepted`].
 #[derive(Debug)]
 pub(crate) struct Learn {
     id: llmstack_core::EndpointId,
     hashes: Vec<u64>,
     capacity: Option<u64>,
+    expected: Option<Expected>,
 }
 
 impl Routed {
@@ -192,8 +194,16 @@ impl Router {
             .as_ref()
             .map(|_| PromptHashes::of(req, self.chunk_bytes));
         let live = self.in_flight.live(&list, adapter);
+        let mut expected = None;
         let (tokens, cached, fallback) = match kv {
-            Some(Lookup::Matched { tokens, cached }) => (tokens, cached, None),
+            Some(Lookup::Matched {
+                tokens,
+                cached,
+                expected: prompt,
+            }) => {
+                expected = Some(prompt);
+                (tokens, cached, None)
+            }
             other => {
                 let fallback = match other {
                     Some(Lookup::Fallback(reason)) => Some(reason),
@@ -217,10 +227,12 @@ impl Router {
                 model: model.to_owned(),
             });
         };
-        let learn = prompt.filter(|p| !p.hashes.is_empty()).map(|p| Learn {
+        let hashes = prompt.map(|p| p.hashes).filter(|h| !h.is_empty());
+        let learn = (hashes.is_some() || expected.is_some()).then(|| Learn {
             id: endpoint.id.clone(),
-            hashes: p.hashes,
+            hashes: hashes.unwrap_or_default(),
             capacity: load.kv_capacity_tokens,
+            expected,
         });
         let uncached = tokens.saturating_sub(load.cached_tokens);
         let reason = if target.pinned.is_some() {
@@ -275,9 +287,11 @@ impl Router {
     }
 
     /// The engine accepted `routed`'s request (a 2xx response head): records its
-    /// prompt in the prefix index for that engine, which now caches it. Nothing is
-    /// recorded for a request that failed or was refused, so an engine refusing
-    /// connections never looks like a holder. Idempotent; a no-op without an index.
+    /// prompt in the prefix index for that engine, which now caches it, and when the
+    /// KV index decided, its blocks as pending there until the engine announces them
+    /// ([`KvIndex::expect`]). Nothing is recorded for a request that failed or was
+    /// refused, so an engine refusing connections never looks like a holder.
+    /// Idempotent; a no-op without an index.
     pub fn accepted(&self, routed: &mut Routed) {
         if let Some(learn) = routed.take_learn() {
             self.learn(learn);
@@ -285,9 +299,15 @@ impl Router {
     }
 
     pub(crate) fn learn(&self, learn: Learn) {
+        if let (Some(kv), Some(expected)) = (&self.kv, &learn.expected) {
+            kv.expect(&learn.id, expected);
+        }
         let Some(index) = &self.prefix else {
             return;
         };
+        if learn.hashes.is_empty() {
+            return;
+        }
         let mut index = index.lock().unwrap_or_else(PoisonError::into_inner);
         index.insert(&learn.id, &learn.hashes, learn.capacity);
         let by_events = self.kv.as_ref().filter(|kv| kv.index.has_events(&learn.id));

@@ -72,8 +72,13 @@ pub(crate) fn root_salt<'a>(extra: &'a [ExtraKey], lora: Option<&str>) -> Option
 /// The keys of the full blocks of `tokens`, `block_size` tokens each, in `space`: the
 /// same keys the index gives the blocks an engine announces for that sequence.
 pub fn block_keys(space: &KeySpace<'_>, tokens: &[u32], block_size: usize) -> Vec<u64> {
+    chain_keys(space.seed(), tokens, block_size)
+}
+
+/// [`block_keys`] in the key space seeded `seed` ([`KeySpace::seed`]).
+pub(crate) fn chain_keys(seed: u64, tokens: &[u32], block_size: usize) -> Vec<u64> {
     let block_size = block_size.max(1);
-    let mut prev = space.seed();
+    let mut prev = seed;
     tokens
         .chunks_exact(block_size)
         .map(|block| {

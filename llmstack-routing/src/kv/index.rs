@@ -6,21 +6,35 @@ use std::sync::{Arc, PoisonError, RwLock};
 use foldhash::fast::RandomState;
 use llmstack_core::kv::{BlockRemoved, BlockStored, KvBatch, KvEvent, Medium};
 use llmstack_core::{Endpoint, EndpointId, KvSink, KvSource};
+use tokio::time::Instant;
 
 use super::chain::{self, KeySpace, next_key};
 use super::holders::{Holder, HolderTable};
+use super::pending::Pending;
+
+mod matching;
 
 /// Blocks one source may hold before the index stops trusting it (the engine must
 /// have missed removals): without a capacity from [`KvIndex::set_capacity`].
 const DEFAULT_MAX_BLOCKS: usize = 1 << 20;
 
-/// Which engines hold which blocks, from their KV events: see the [module](super).
+/// Which engines hold which blocks, from their KV events: blocks keyed by the router's
+/// own hash chain over their token ids ([`block_keys`](super::block_keys)), so that every
+/// replica applying the same events holds the same index.
 ///
 /// Writes come from the KV-event subscriber ([`KvSink`]: one batch under one write
 /// lock); reads from the router ([`KvIndex::matches`], under a read lock). Memory is
 /// bounded per source: a source announcing more blocks than its capacity (twice its
 /// GPU blocks, from [`KvIndex::set_capacity`], or 2²⁰ blocks until then) must have
 /// lost removals, and is reset.
+///
+/// Over the events lies this replica's own overlay of *pending* blocks
+/// ([`KvIndex::expect`]): prompts its engines accepted and have not announced yet.
+/// They are kept under the same lock as the index, for two reasons: a match sees the
+/// index and the overlay as one state, and a batch that clears an engine's cache
+/// (`AllBlocksCleared`) drops its pending blocks in the same write, so no decision can
+/// credit an engine with blocks it has just said it dropped. Recording a prompt is one
+/// write of O(its blocks), as the engine's own announcement of those blocks will be.
 #[derive(Debug, Default)]
 pub struct KvIndex {
     inner: RwLock<Inner>,
@@ -35,6 +49,8 @@ struct Inner {
     blocks: HolderTable,
     /// Engine → its GPU capacity in blocks (from the scrape).
     capacity: HashMap<EndpointId, usize, RandomState>,
+    /// Blocks this replica expects engines to announce: see [`super::pending`].
+    pending: Pending,
 }
 
 #[derive(Debug)]
@@ -156,6 +172,11 @@ impl KvIndex {
     /// For each engine in `endpoints` (sorted by id, as the router's candidates are) that
     /// holds a leading part of `tokens` in `space`, its index in `endpoints` and how much
     /// it holds. An engine with several sources (data-parallel ranks) counts its best.
+    ///
+    /// A block pending on an engine ([`KvIndex::expect`]) counts as held on its GPU:
+    /// the prefix may be announced up to some block and pending after it. Cost: one key
+    /// hash a block of the match, and a table look-up per holding source per block (two
+    /// while blocks are pending); the pending blocks themselves are never scanned.
     pub fn matches(
         &self,
         space: &KeySpace<'_>,
@@ -170,10 +191,38 @@ impl KvIndex {
                 sizes.push(slot.block_size);
             }
         }
+        let pending = (!inner.pending.is_empty()).then(|| (&inner.pending, Instant::now()));
         for size in sizes {
-            inner.match_size(space, tokens, size, endpoints, &mut out);
+            inner.match_size(space, tokens, size, endpoints, pending, &mut out);
         }
         out
+    }
+
+    /// Records the blocks keyed `keys` (a prompt's [`block_keys`](super::block_keys) at
+    /// the engines' [`KvIndex::block_size`]) as *pending* on `endpoint`: it accepted the
+    /// request and will announce them shortly. Until it does, or for at most 2 s (by
+    /// then the events have come, or the engine did not keep the blocks),
+    /// [`KvIndex::matches`] counts them as held on its GPU. Clearing the engine's cache, resetting or removing its
+    /// source drops them.
+    ///
+    /// Pending blocks are this replica's own recent decisions, like its in-flight
+    /// counts: they never leave it, and everything else the index reports (blocks,
+    /// sources) is still only what the engines announced, the same on every replica.
+    /// Memory: at most 65,536 pending keys over all engines (about 6 MiB), the oldest
+    /// dropped first. Cost: one write lock, O(`keys`).
+    pub fn expect(&self, endpoint: &EndpointId, keys: &[u64]) {
+        let mut inner = self.write();
+        // Blocks the index already has on this engine's GPU will not be announced again.
+        let known = inner.gpu_depth(endpoint, keys);
+        inner
+            .pending
+            .insert(endpoint, &keys[known..], Instant::now());
+    }
+
+    /// Keys pending over all engines (stale recordings included until they expire).
+    #[cfg(test)]
+    pub(crate) fn pending_len(&self) -> usize {
+        self.read().pending.len()
     }
 
     /// What each source has announced.
@@ -198,7 +247,7 @@ impl KvIndex {
     }
 
     /// Bytes the index has allocated for its tables (their capacity, not their length),
-    /// holder lists included.
+    /// holder lists and the pending overlay included.
     pub fn memory_bytes(&self) -> usize {
         let inner = self.read();
         let keys: usize = inner
@@ -207,7 +256,7 @@ impl KvIndex {
             .flatten()
             .map(|s| table_bytes::<u64, u64>(s.keys.capacity()))
             .sum();
-        inner.blocks.memory_bytes() + keys
+        inner.blocks.memory_bytes() + keys + inner.pending.memory_bytes()
     }
 
     /// Distinct blocks in the index (over all sources).
@@ -224,6 +273,7 @@ impl KvIndex {
 impl KvSink for KvIndex {
     fn apply(&self, source: &KvSource, batch: &KvBatch) {
         let mut inner = self.write();
+        inner.pending.expire(Instant::now());
         let slot = inner.slot(source);
         for event in &batch.events {
             match event {
@@ -252,6 +302,7 @@ impl KvSink for KvIndex {
 
     fn reset(&self, source: &KvSource) {
         let mut inner = self.write();
+        inner.pending.forget(&source.endpoint);
         if let Some(&slot) = inner.slot_of.get(source) {
             inner.clear(slot);
             if let Some(s) = inner.slots[slot as usize].as_mut() {
@@ -278,6 +329,7 @@ impl KvSink for KvIndex {
             inner.free.push(slot);
         }
         inner.capacity.remove(endpoint);
+        inner.pending.forget(endpoint);
     }
 }
 
@@ -376,6 +428,11 @@ impl Inner {
         };
         let size = stored.block_size as usize;
         let gpu = stored.medium == Medium::Gpu;
+        // Announced on the GPU: no longer pending, and removable from here on.
+        let tag = self.slots[slot as usize]
+            .as_ref()
+            .and_then(|s| self.pending.tag(&s.source.endpoint))
+            .filter(|_| gpu);
         for (i, (&hash, tokens)) in stored
             .block_hashes
             .iter()
@@ -388,6 +445,9 @@ impl Inner {
             }
             prev = key;
             self.add(slot, hash, key, gpu);
+            if let Some(tag) = tag {
+                self.pending.confirm(key, tag);
+            }
         }
     }
 
@@ -434,10 +494,12 @@ impl Inner {
         }
     }
 
+    /// Forgets what `slot` holds, and what its engine was expected to announce.
     fn clear(&mut self, slot: u32) {
         let Some(s) = self.slots[slot as usize].as_mut() else {
             return;
         };
+        self.pending.forget(&s.source.endpoint);
         let keys = std::mem::take(&mut s.keys);
         s.gpu_blocks = 0;
         s.lower_blocks = 0;
@@ -446,70 +508,6 @@ impl Inner {
                 h.gpu = 0;
                 h.lower = 0;
             });
-        }
-    }
-
-    fn match_size(
-        &self,
-        space: &KeySpace<'_>,
-        tokens: &[u32],
-        size: u32,
-        endpoints: &[Arc<Endpoint>],
-        out: &mut Vec<(usize, KvMatch)>,
-    ) {
-        // Slots still matching: (slot, GPU prefix unbroken, blocks on GPU, blocks).
-        let mut alive: Vec<(u32, bool, u32, u32)> = Vec::new();
-        let mut prev = space.seed();
-        for (depth, block) in tokens.chunks_exact(size as usize).enumerate() {
-            prev = next_key(prev, block);
-            if depth == 0 {
-                self.blocks.for_each(prev, |h| {
-                    let of_size = self.slots[h.slot as usize]
-                        .as_ref()
-                        .is_some_and(|s| s.block_size == size);
-                    if of_size {
-                        alive.push((h.slot, h.gpu > 0, u32::from(h.gpu > 0), 1));
-                    }
-                });
-            } else {
-                if !self.blocks.contains(prev) {
-                    break;
-                }
-                let mut any = false;
-                for a in alive.iter_mut().filter(|a| a.3 as usize == depth) {
-                    if let Some(h) = self.blocks.get(prev, a.0) {
-                        a.1 &= h.gpu > 0;
-                        a.2 += u32::from(a.1);
-                        a.3 += 1;
-                        any = true;
-                    }
-                }
-                if !any {
-                    break;
-                }
-            }
-            if alive.is_empty() {
-                break;
-            }
-        }
-        for (slot, _, gpu_blocks, blocks) in alive {
-            let Some(s) = self.slots[slot as usize].as_ref() else {
-                continue;
-            };
-            let Ok(i) = endpoints.binary_search_by(|ep| ep.id.cmp(&s.source.endpoint)) else {
-                continue;
-            };
-            let m = KvMatch {
-                gpu_tokens: gpu_blocks.saturating_mul(size),
-                tokens: blocks.saturating_mul(size),
-            };
-            match out.iter_mut().find(|(j, _)| *j == i) {
-                Some((_, best)) if (m.gpu_tokens, m.tokens) > (best.gpu_tokens, best.tokens) => {
-                    *best = m;
-                }
-                Some(_) => {}
-                None => out.push((i, m)),
-            }
         }
     }
 }

@@ -2,6 +2,7 @@
 //! forget them, key spaces stay apart, replicas fed the same events agree.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use llmstack_core::kv::{BlockRemoved, BlockStored, ExtraKey, KvBatch, KvEvent, Medium};
 use llmstack_core::{Endpoint, KvSink, KvSource};
@@ -318,4 +319,193 @@ fn request_keys_equal_the_keys_of_announced_blocks() {
     assert_eq!(keys.len(), 2, "full blocks only");
     assert_ne!(keys, block_keys(&KeySpace::default(), &toks, 4));
     assert_eq!(keys[..1], block_keys(&space, &toks[..4], 4)[..]);
+}
+
+// === pending blocks ===
+
+use super::pending::{MAX_PENDING, PENDING_TTL};
+
+/// Engine `i` announces an unrelated block, so the index knows the block size.
+fn publishing(index: &KvIndex, eps: &[Arc<Endpoint>], i: usize) {
+    let seq = 1_000 + i as u64;
+    index.apply(
+        &source(eps, i),
+        &batch(vec![stored(seq, &tokens(BS, 90_000), 0, Medium::Gpu)]),
+    );
+}
+
+fn gpu(tokens: u32) -> KvMatch {
+    KvMatch {
+        gpu_tokens: tokens,
+        tokens,
+    }
+}
+
+fn sorted(mut m: Vec<(usize, KvMatch)>) -> Vec<(usize, KvMatch)> {
+    m.sort_by_key(|(i, _)| *i);
+    m
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_pending_prompt_matches_on_its_engine_before_any_event() {
+    let eps = eps(3);
+    let index = KvIndex::new();
+    publishing(&index, &eps, 0);
+    let space = KeySpace::default();
+    let prompt = tokens(18, 100);
+    // Engine 1 accepted the prompt and has announced nothing (no source at all yet).
+    index.expect(&eps[1].id, &block_keys(&space, &prompt, BS as usize));
+    assert_eq!(index.matches(&space, &prompt, &eps), vec![(1, gpu(16))]);
+    // A longer prompt (the next turn) matches its pending prefix; another key space
+    // or another prompt nothing.
+    let mut next = prompt.clone();
+    next.extend(tokens(20, 7));
+    assert_eq!(index.matches(&space, &next, &eps), vec![(1, gpu(16))]);
+    let salted = KeySpace {
+        lora: None,
+        salt: Some("s"),
+    };
+    assert!(index.matches(&salted, &prompt, &eps).is_empty());
+    assert!(index.matches(&space, &tokens(18, 5), &eps).is_empty());
+    // Only candidates match.
+    assert!(index.matches(&space, &prompt, &eps[2..]).is_empty());
+    // Pending is no event: the converged index is untouched.
+    assert_eq!(index.len(), 1);
+    assert!(!index.has_events(&eps[1].id));
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn pending_and_indexed_blocks_combine_into_one_depth() {
+    let eps = eps(3);
+    let index = KvIndex::new();
+    let space = KeySpace::default();
+    let prompt = tokens(24, 100);
+    let keys = block_keys(&space, &prompt, BS as usize);
+    // Engine 1 announced the first two blocks (the previous turn) and accepted the
+    // whole prompt: six blocks; the two it holds are not recorded again.
+    index.apply(
+        &source(&eps, 1),
+        &batch(vec![stored(1, &prompt[..8], 0, Medium::Gpu)]),
+    );
+    index.expect(&eps[1].id, &keys);
+    assert_eq!(index.pending_len(), 4);
+    // Engine 2 holds the first block on the CPU only: pending credits its GPU.
+    index.apply(
+        &source(&eps, 2),
+        &batch(vec![stored(2, &prompt[..4], 0, Medium::Cpu)]),
+    );
+    index.expect(&eps[2].id, &keys[..3]);
+    // Engine 0 has only later blocks pending: no leading prefix, no match.
+    index.expect(&eps[0].id, &keys[2..]);
+    assert_eq!(
+        sorted(index.matches(&space, &prompt, &eps)),
+        vec![(1, gpu(24)), (2, gpu(12))]
+    );
+
+    // Engine 1 announces blocks 3 and 4, then drops block 4: announced blocks are
+    // confirmed, so their removal counts at once; block 5 is pending but no longer
+    // continues the prefix.
+    index.apply(
+        &source(&eps, 1),
+        &batch(vec![
+            stored(1, &prompt[8..16], 2, Medium::Gpu),
+            KvEvent::BlockRemoved(BlockRemoved {
+                block_hashes: vec![engine_hash(1, 3)],
+                medium: Medium::Gpu,
+                group_idx: 0,
+            }),
+        ]),
+    );
+    assert_eq!(
+        sorted(index.matches(&space, &prompt, &eps)),
+        vec![(1, gpu(12)), (2, gpu(12))]
+    );
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn pending_blocks_expire_after_the_ttl() {
+    let eps = eps(2);
+    let index = KvIndex::new();
+    publishing(&index, &eps, 0);
+    let space = KeySpace::default();
+    let prompt = tokens(8, 100);
+    index.expect(&eps[1].id, &block_keys(&space, &prompt, BS as usize));
+    tokio::time::advance(PENDING_TTL - Duration::from_millis(1)).await;
+    assert_eq!(index.matches(&space, &prompt, &eps), vec![(1, gpu(8))]);
+    // Recorded again (another request with the same prefix): counts from then.
+    let half = block_keys(&space, &prompt[..4], BS as usize);
+    index.expect(&eps[1].id, &half);
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert_eq!(index.matches(&space, &prompt, &eps), vec![(1, gpu(4))]);
+    tokio::time::advance(PENDING_TTL).await;
+    assert!(index.matches(&space, &prompt, &eps).is_empty());
+    // The next batch drops the expired recordings.
+    assert_eq!(index.pending_len(), 3);
+    publishing(&index, &eps, 0);
+    assert_eq!(index.pending_len(), 0);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn resets_removals_and_cleared_caches_drop_pending_blocks() {
+    let eps = eps(4);
+    let index = KvIndex::new();
+    publishing(&index, &eps, 0);
+    let space = KeySpace::default();
+    let prompt = tokens(8, 100);
+    let keys = block_keys(&space, &prompt, BS as usize);
+    let expect_all = || {
+        for ep in &eps {
+            index.expect(&ep.id, &keys);
+        }
+    };
+    expect_all();
+    assert_eq!(index.matches(&space, &prompt, &eps).len(), 4);
+    // `POST /reset_prefix_cache` on engine 0: its next batch says so.
+    index.apply(&source(&eps, 0), &batch(vec![KvEvent::AllBlocksCleared]));
+    // A gap on engine 1's stream; discovery removed engine 2.
+    index.reset(&source(&eps, 1));
+    index.remove(&eps[2].id);
+    assert_eq!(index.matches(&space, &prompt, &eps), vec![(3, gpu(8))]);
+    // Expected again, they match again: forgetting is not a ban.
+    expect_all();
+    assert_eq!(index.matches(&space, &prompt, &eps).len(), 4);
+    // Overflow resets (removals were lost) forget pending blocks as well.
+    index.set_capacity(&eps[0].id, 1);
+    index.apply(
+        &source(&eps, 0),
+        &batch(vec![stored(4, &tokens(BS * 1100, 0), 0, Medium::Gpu)]),
+    );
+    let holders: Vec<usize> = sorted(index.matches(&space, &prompt, &eps))
+        .into_iter()
+        .map(|m| m.0)
+        .collect();
+    assert_eq!(holders, vec![1, 2, 3]);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn the_pending_cap_holds_and_drops_the_oldest_first() {
+    let eps = eps(2);
+    let index = KvIndex::new();
+    publishing(&index, &eps, 0);
+    let space = KeySpace::default();
+    let prompts: Vec<Vec<u32>> = (0..5).map(|p| tokens(BS * 20_000, p * 1_000_000)).collect();
+    for (i, p) in prompts.iter().enumerate() {
+        index.expect(&eps[i % 2].id, &block_keys(&space, p, BS as usize));
+        tokio::time::advance(Duration::from_millis(1)).await;
+    }
+    assert_eq!(index.pending_len(), MAX_PENDING);
+    // The newest prompts are whole; the oldest gone, and the one cut lost its first
+    // blocks, so its prefix.
+    let depth = |p: &[u32]| index.matches(&space, p, &eps).first().map(|m| m.1.tokens);
+    assert_eq!(depth(&prompts[4]), Some(BS * 20_000));
+    assert_eq!(depth(&prompts[3]), Some(BS * 20_000));
+    assert_eq!(depth(&prompts[2]), Some(BS * 20_000));
+    assert_eq!(depth(&prompts[1]), None);
+    assert_eq!(depth(&prompts[0]), None);
+    // One prompt longer than the cap keeps its first blocks.
+    let long = tokens(BS * (MAX_PENDING as u32 + 10), 7);
+    index.expect(&eps[0].id, &block_keys(&space, &long, BS as usize));
+    assert_eq!(index.pending_len(), MAX_PENDING);
+    assert_eq!(depth(&long), Some(BS * MAX_PENDING as u32));
+    assert!(index.memory_bytes() < 8 << 20, "{}", index.memory_bytes());
 }

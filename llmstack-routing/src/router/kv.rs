@@ -3,8 +3,9 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use llmstack_core::{Endpoint, RouteRequest, Tokenize};
+use llmstack_core::{Endpoint, EndpointId, RouteRequest, Tokenize};
 
+use crate::kv::chain_keys;
 use crate::{KeySpace, KvIndex};
 
 /// A token held only in a lower tier (CPU offload) is worth this much of a GPU-held
@@ -21,14 +22,28 @@ pub(crate) struct KvRouting {
 
 /// What the KV path found for one request.
 pub(crate) enum Lookup {
-    /// The prompt's exact tokens, and each holding candidate's cached tokens.
+    /// The prompt's exact tokens, each holding candidate's cached tokens, and the
+    /// prompt to expect from the engine that accepts it.
     Matched {
         tokens: u32,
         cached: Vec<(usize, u32)>,
+        expected: Expected,
     },
     /// The KV path cannot decide this request: why (a routing reason label).
     Fallback(&'static str),
 }
+
+/// A prompt whose blocks the engine that accepts it will announce: see
+/// [`KvRouting::expect`].
+#[derive(Debug)]
+pub(crate) struct Expected {
+    /// Its key space's seed.
+    seed: u64,
+    /// Its token ids (shared with the tokenizer's answer, not copied).
+    ids: Arc<[u32]>,
+}
+
+// === impl KvRouting ===
 
 impl KvRouting {
     pub(crate) fn new(index: Arc<KvIndex>, tokenizer: Arc<dyn Tokenize>) -> Self {
@@ -64,6 +79,10 @@ impl KvRouting {
             salt: req.cache_salt(),
         };
         let tokens = u32::try_from(prompt.ids.len()).unwrap_or(u32::MAX);
+        let expected = Expected {
+            seed: space.seed(),
+            ids: Arc::clone(&prompt.ids),
+        };
         let cached = self
             .index
             .matches(&space, &prompt.ids, list)
@@ -76,7 +95,24 @@ impl KvRouting {
             })
             .filter(|&(_, t)| t > 0)
             .collect();
-        Lookup::Matched { tokens, cached }
+        Lookup::Matched {
+            tokens,
+            cached,
+            expected,
+        }
+    }
+
+    /// `endpoint` accepted the `expected` prompt: its full blocks (at the engines'
+    /// block size) are pending there until the engine announces them, so the next
+    /// request sharing them (a conversation's next turn, often sooner than the events)
+    /// is matched there too. Hashes the prompt's blocks outside the index's lock, then
+    /// one write. This replica's own bookkeeping: see [`KvIndex::expect`].
+    pub(crate) fn expect(&self, endpoint: &EndpointId, expected: &Expected) {
+        let Some(size) = self.index.block_size() else {
+            return;
+        };
+        let keys = chain_keys(expected.seed, &expected.ids, size as usize);
+        self.index.expect(endpoint, &keys);
     }
 
     fn fallback(&self, model: &str, reason: &'static str) -> Lookup {

@@ -7,6 +7,7 @@ mod binary;
 mod discovery;
 mod failures;
 mod gateway;
+mod kv;
 #[cfg(feature = "kube")]
 mod k8s;
 mod local;

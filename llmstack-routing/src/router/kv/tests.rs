@@ -179,3 +179,64 @@ fn a_hot_prefix_spreads_once_its_holder_is_busy() {
         assert!(held.iter().any(|r| r.endpoint.id == ep.id));
     }
 }
+
+#[test]
+fn an_accepted_prompt_is_expected_on_its_engine_before_its_events() {
+    let index = Arc::new(KvIndex::new());
+    let router = RoutingConfig {
+        routing_logic: RoutingLogic::Kvaware,
+        ..RoutingConfig::default()
+    }
+    .router()
+    .with_kv_index(Arc::clone(&index), Arc::new(Words));
+    let set = set();
+    let eps = set.candidates("m");
+    // Some engine has published (unrelated blocks): the index decides.
+    announce(&index, &eps[0], &prompt(8).replace('w', "z"));
+    let route = |text: &str| {
+        let b = body(text, "m");
+        let req = RouteRequest::from_json(b.as_bytes(), None).unwrap();
+        router.route(&set, None, &req, &Target::default()).unwrap()
+    };
+    let turn = prompt(40);
+    let next = format!("{turn}y0 y1 y2 y3 y4 y5 y6 y7 y8 y9");
+
+    // The first turn is accepted by the engine picked; its events have not arrived
+    // when the next turn does, which still finds that engine.
+    let mut routed = route(&turn);
+    assert_eq!(routed.reason, "picked");
+    let engine = routed.endpoint.id.clone();
+    router.accepted(&mut routed);
+    drop(routed);
+    for _ in 0..3 {
+        let routed = route(&next);
+        assert_eq!(routed.endpoint.id, engine);
+        assert_eq!(routed.reason, "kv_cached");
+        // The first turn's 10 full blocks.
+        assert_eq!(routed.cached_tokens, 40);
+    }
+
+    // A request the engine did not accept is not expected anywhere.
+    let other = prompt(40).replace('w', "v");
+    drop(route(&other));
+    let routed = route(&format!("{other}y0"));
+    assert_eq!((routed.reason, routed.cached_tokens), ("picked", 0));
+    drop(routed);
+
+    // The engine's cache was reset (`POST /reset_prefix_cache`): its next batch drops
+    // its pending blocks too.
+    let source = KvSource {
+        endpoint: engine.clone(),
+        dp_rank: 0,
+    };
+    index.apply(
+        &source,
+        &KvBatch {
+            ts: 0.0,
+            events: vec![KvEvent::AllBlocksCleared],
+            dp_rank: 0,
+        },
+    );
+    let routed = route(&next);
+    assert_eq!((routed.reason, routed.cached_tokens), ("picked", 0));
+}
