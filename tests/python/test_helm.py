@@ -125,11 +125,34 @@ FULL = {
 }
 
 
+# --routing-logic kvaware on the simulator: the engines' KV events on other ports and topic than
+# the defaults; one model's tokenizer from a volume (a PVC of tokenizer directories), the other
+# model's from a Hugging Face cache (another PVC).
+LLAMA, QWEN = "meta-llama/Llama-3.1-8B-Instruct", "Qwen/Qwen2.5-7B-Instruct"
+KVAWARE = {
+    "servingEngineSpec": {
+        "engine": "sim",
+        "simProfile": "instant",
+        "kvEvents": {"port": 5600, "replayPort": 5601, "topic": "kv"},
+        "modelSpec": [
+            {"name": "llama3", "modelURL": LLAMA, "replicaCount": 2},
+            {"name": "qwen", "modelURL": QWEN},
+        ],
+    },
+    "routerSpec": {
+        "routingLogic": "kvaware",
+        "tokenizers": [{"model": LLAMA, "path": "/tokenizers/llama3"}],
+        "tokenizerVolume": {"persistentVolumeClaim": {"claimName": "tokenizers", "readOnly": True}},
+        "hfCache": {"persistentVolumeClaim": {"claimName": "hf-cache", "readOnly": True}},
+    },
+}
+
+
 def example_values(name):
     return helm.values_from_yaml((ROOT / "examples" / f"values-{name}.yaml").read_text())
 
 
-CASES = {"default": {}, **{name: example_values(name) for name in EXAMPLES}, "full": FULL}
+CASES = {"default": {}, **{name: example_values(name) for name in EXAMPLES}, "full": FULL, "kvaware": KVAWARE}
 
 
 def parse_manifests(texts):
@@ -314,6 +337,23 @@ BAD_VALUES = {
     # The kubelet refuses item paths starting with `..` (its own ..data link).
     "apiKeys secretKey ..data": (
         {"routerSpec": {"apiKeys": {"existingSecret": "k", "secretKey": "..data"}}}, "/routerSpec/apiKeys/secretKey"),
+    "kvEvents replayPort: -1": (
+        {"servingEngineSpec": {"kvEvents": {"replayPort": -1}}}, "/servingEngineSpec/kvEvents/replayPort"),
+    "kvEvents unknown key": ({"servingEngineSpec": {"kvEvents": {"replay": 5558}}}, "replay"),
+    "tokenizers entry without path": (
+        {"routerSpec": {"tokenizers": [{"model": "m"}]}}, "missing property 'path'"),
+    "tokenizers unknown entry field": (
+        {"routerSpec": {"tokenizers": [{"model": "m", "path": "/t", "revision": "main"}]}}, "revision"),
+    # `--tokenizer MODEL=PATH`: the router splits at the first `=`.
+    "tokenizers model with =": (
+        {"routerSpec": {"tokenizers": [{"model": "a=b", "path": "/t"}]}}, "/routerSpec/tokenizers/0/model"),
+    "tokenizers default path with =": (
+        {"routerSpec": {"tokenizers": [{"path": "/t/a=b"}]}}, "/routerSpec/tokenizers/0/path"),
+    # A volume source: the chart names the volume.
+    "tokenizerVolume with a name": (
+        {"routerSpec": {"tokenizerVolume": {"name": "t", "emptyDir": {}}}}, "/routerSpec/tokenizerVolume"),
+    "hfCache with two sources": (
+        {"routerSpec": {"hfCache": {"emptyDir": {}, "hostPath": {"path": "/hf"}}}}, "/routerSpec/hfCache"),
 }  # fmt: skip
 
 
@@ -415,6 +455,47 @@ TEMPLATE_ERRORS = {
         {"fullnameOverride": "x" * 62, "servingEngineSpec": {"vllmApiKey": "sk-e"},
          "routerSpec": {"apiKeys": {"keys": [{"key": "sk-1"}]}}},
         "routerSpec.apiKeys: the Secret of the API keys and the chart's other Secret would both be named", RELEASE),
+    # kvaware routes on the engines' KV events: without them it would never see a cached block.
+    "kvaware with kvEvents off": (
+        {"servingEngineSpec": {"kvEvents": {"enabled": False}, "modelSpec": [model()]},
+         "routerSpec": {"routingLogic": "kvaware"}},
+        "routerSpec.routingLogic kvaware routes on the engines' KV-cache events, but "
+        "servingEngineSpec.kvEvents.enabled is false: set servingEngineSpec.kvEvents.enabled: true", RELEASE),
+    "kvaware with kvEvents off and no engines": (
+        {"servingEngineSpec": {"enableEngine": False, "kvEvents": {"enabled": False}},
+         "routerSpec": {"routingLogic": "kvaware"}},
+        "servingEngineSpec.kvEvents.enabled is false: set servingEngineSpec.kvEvents.enabled: true", RELEASE),
+    "kvaware with a model's prefix caching off": (
+        {"servingEngineSpec": {"modelSpec": [model(name="a"), model(name="b", vllmConfig={
+            "enablePrefixCaching": False})]}, "routerSpec": {"routingLogic": "kvaware"}},
+        "routerSpec.routingLogic kvaware routes on the engines' KV-cache events, but "
+        "servingEngineSpec.modelSpec[b] has vllmConfig.enablePrefixCaching: false, so its engines publish none: "
+        "remove it (prefix caching is on by default), or pick another routingLogic", RELEASE),
+    "kvEvents replayPort = port": (
+        {"servingEngineSpec": {"kvEvents": {"port": 5557, "replayPort": 5557}, "modelSpec": [model()]}},
+        "servingEngineSpec.kvEvents.replayPort 5557 is also the KV-event PUB port (servingEngineSpec.kvEvents.port)",
+        RELEASE),
+    "kvEvents port = containerPort": (
+        {"servingEngineSpec": {"kvEvents": {"port": 8000}, "modelSpec": [model()]}},
+        "servingEngineSpec.kvEvents.port 8000 is also servingEngineSpec.containerPort", RELEASE),
+    "kvEvents replayPort = containerPort (router only)": (
+        {"servingEngineSpec": {"enableEngine": False, "kvEvents": {"replayPort": 8000}},
+         "routerSpec": {"routingLogic": "kvaware"}},
+        "servingEngineSpec.kvEvents.replayPort 8000 is also the engines' HTTP port", RELEASE),
+    "tokenizers model listed twice": (
+        {"routerSpec": {"routingLogic": "kvaware", "tokenizers": [
+            {"model": "org/m", "path": "/a"}, {"path": "/d"}, {"model": "org/m", "path": "/b"}]}},
+        'routerSpec.tokenizers[2]: model "org/m" already has a tokenizer (tokenizers[0])', RELEASE),
+    "tokenizers two defaults": (
+        {"routerSpec": {"routingLogic": "kvaware", "tokenizers": [{"path": "/a"}, {"path": "/b"}]}},
+        "routerSpec.tokenizers[1]: a second entry without model", RELEASE),
+    "router extraArgs repeating --kv-events-port": (
+        {"routerSpec": {"routingLogic": "kvaware", "extraArgs": ["--kv-events-port=6000"]}},
+        "routerSpec.extraArgs: --kv-events-port is already passed by the chart (its value comes from "
+        "servingEngineSpec.kvEvents.port)", RELEASE),
+    "router extraArgs repeating --kv-events-topic": (
+        {"routerSpec": {"routingLogic": "kvaware", "extraArgs": ["--kv-events-topic", "x"]}},
+        "routerSpec.extraArgs: --kv-events-topic is already passed", RELEASE),
 }  # fmt: skip
 
 
@@ -458,14 +539,19 @@ def test_chart_flags_are_the_ones_checked(router_help_flags):
     """Every flag the router template passes is in its extraArgs refusal list (so a new flag
     cannot be added without it), and each one really is refused by llmstack-server when repeated."""
     every = {"sessionKey": "x", "prefixMinMatchLength": 8, "aliases": {"a": "b"},
-             "apiKeys": {"existingSecret": "keys"}}
+             "apiKeys": {"existingSecret": "keys"}, "routingLogic": "kvaware",
+             "tokenizers": [{"model": "a", "path": "/t/a"}, {"path": "/t/any"}]}
     objects = render({"routerSpec": every})
     args = one(objects, "Deployment", "demo-llmstack-router")["spec"]["template"]["spec"]["containers"][0]["args"]
     passed = [a for a in args if a.startswith("--")]
-    assert len(passed) == 15
-    for f in passed:
+    assert len(passed) == 20 and passed.count("--tokenizer") == 2
+    # --tokenizer is repeatable: more in extraArgs are the router's to take.
+    for f in sorted(set(passed) - {"--tokenizer"}):
         with pytest.raises(helm.HelmError, match=re.escape(f"routerSpec.extraArgs: {f} is already passed")):
             render({"routerSpec": {**every, "extraArgs": [f, "1"]}})
+    extra = render({"routerSpec": {**every, "extraArgs": ["--tokenizer", "b=/t/b"]}})
+    assert one(extra, "Deployment", "demo-llmstack-router")["spec"]["template"]["spec"]["containers"][0][
+        "args"][-2:] == ["--tokenizer", "b=/t/b"]
     out = subprocess.run([SERVER, "--log-level", "info", "--log-level", "info"], capture_output=True, text=True,
                          timeout=30)
     assert out.returncode != 0 and "cannot be used multiple times" in out.stderr
@@ -765,6 +851,12 @@ def test_render_common_invariants(case, router_help_flags, sim_help_flags):
     assert flag(args, "--port") == "8000" and flag(args, "--host") == "0.0.0.0"
     assert flag(args, "--routing-logic") == merged["routerSpec"]["routingLogic"]
     assert {a for a in args if a.startswith("--")} <= router_help_flags, "router flags unknown to llmstack-server"
+    kvaware = merged["routerSpec"]["routingLogic"] == "kvaware"
+    kvs = merged["servingEngineSpec"]["kvEvents"]
+    assert flag(args, "--kv-events-port") == (str(kvs["port"]) if kvaware else None)
+    assert flag(args, "--kv-events-replay-port") == (str(kvs["replayPort"]) if kvaware else None)
+    assert flag(args, "--kv-events-topic") == (kvs["topic"] if kvaware else None)
+    assert ("--tokenizer" in args) == bool(kvaware and merged["routerSpec"]["tokenizers"])
     assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
@@ -803,13 +895,17 @@ def test_render_common_invariants(case, router_help_flags, sim_help_flags):
             if gpus:
                 assert engine["resources"]["requests"]["nvidia.com/gpu"] == str(gpus)
                 assert engine["resources"]["limits"]["nvidia.com/gpu"] == str(gpus)
-        if spec.get("vllmConfig", {}).get("enablePrefixCaching") is False:
+        kvs = merged["servingEngineSpec"]["kvEvents"]
+        if spec.get("vllmConfig", {}).get("enablePrefixCaching") is False or not kvs["enabled"]:
             assert "--kv-events-config" not in eargs
+            assert [p["name"] for p in engine["ports"]] == ["http"]
         else:
             kv = json.loads(flag(eargs, "--kv-events-config"))
-            assert kv == {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": "tcp://*:5557",
-                          "topic": "kv-events"}
-            assert {"name": "kv-events", "containerPort": 5557, "protocol": "TCP"} in engine["ports"]
+            assert kv == {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": f"tcp://*:{kvs['port']}",
+                          "replay_endpoint": f"tcp://*:{kvs['replayPort']}", "topic": kvs["topic"]}
+            assert engine["ports"][1:] == [
+                {"name": "kv-events", "containerPort": kvs["port"], "protocol": "TCP"},
+                {"name": "kv-replay", "containerPort": kvs["replayPort"], "protocol": "TCP"}]
         service = one(objects, "Service", dep["metadata"]["name"])
         assert service["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
 
@@ -902,11 +998,15 @@ def test_render_simulator():
         "--model", "meta-llama/Llama-3.1-8B-Instruct", "--host", "0.0.0.0", "--port", "8000",
         "--max-model-len", "8192", "--max-num-seqs", "128",
         "--kv-events-config",
-        '{"enable_kv_cache_events":true,"endpoint":"tcp://*:5557","publisher":"zmq","topic":"kv-events"}',
+        '{"enable_kv_cache_events":true,"endpoint":"tcp://*:5557","publisher":"zmq",'
+        '"replay_endpoint":"tcp://*:5558","topic":"kv-events"}',
         "--profile", "llama3-8b-h100", "--speedup", "1",
     ]  # fmt: skip
     assert c["resources"] == {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}
     assert "startupProbe" not in c and "runtimeClassName" not in pod
+    assert c["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"},
+                          {"name": "kv-events", "containerPort": 5557, "protocol": "TCP"},
+                          {"name": "kv-replay", "containerPort": 5558, "protocol": "TCP"}]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert "Engines (llmstack-sim" in notes(CASES["simulator"])
@@ -934,6 +1034,91 @@ def test_render_prefix_routing():
     engine = one(objects, "Deployment", "demo-llmstack-llama3-engine")["spec"]["template"]["spec"]["containers"][0]
     assert "--enable-prefix-caching" in engine["args"]
     assert flag(engine["args"], "--max-num-seqs") == "256"
+
+
+def router_container(objects):
+    return one(objects, "Deployment", "demo-llmstack-router")["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_render_kvaware():
+    """kvaware: the engines' KV-event ports and topic as router flags, a --tokenizer per entry, the
+    tokenizer volume and the Hugging Face cache mounted read-only (HF_HOME), and the notes."""
+    objects = render(KVAWARE)
+    c = router_container(objects)
+    args = c["args"]
+    assert flag(args, "--routing-logic") == "kvaware"
+    assert (flag(args, "--kv-events-port"), flag(args, "--kv-events-replay-port"),
+            flag(args, "--kv-events-topic")) == ("5600", "5601", "kv")  # fmt: skip
+    assert [args[i + 1] for i, a in enumerate(args) if a == "--tokenizer"] == [f"{LLAMA}=/tokenizers/llama3"]
+    assert c["env"] == [{"name": "HF_HOME", "value": "/hf-cache"}]
+    assert c["volumeMounts"] == [{"name": "tokenizers", "mountPath": "/tokenizers", "readOnly": True},
+                                 {"name": "hf-cache", "mountPath": "/hf-cache", "readOnly": True}]
+    assert router_pod(objects)["volumes"] == [
+        {"name": "tokenizers", "persistentVolumeClaim": {"claimName": "tokenizers", "readOnly": True}},
+        {"name": "hf-cache", "persistentVolumeClaim": {"claimName": "hf-cache", "readOnly": True}}]
+    for name in ("llama3", "qwen"):
+        engine = one(objects, "Deployment", f"demo-llmstack-{name}-engine")["spec"]["template"]["spec"]["containers"][0]
+        assert json.loads(flag(engine["args"], "--kv-events-config")) == {
+            "enable_kv_cache_events": True, "publisher": "zmq", "endpoint": "tcp://*:5600",
+            "replay_endpoint": "tcp://*:5601", "topic": "kv"}
+        assert [(p["name"], p["containerPort"]) for p in engine["ports"]] == [
+            ("http", 8000), ("kv-events", 5600), ("kv-replay", 5601)]
+    text = notes(KVAWARE)
+    assert "Routing: kvaware" in text and 'tcp://<pod IP>:5600 (replay port 5601, topic "kv")' in text
+    assert f"No tokenizer in routerSpec.tokenizers for: {QWEN}.\n" in text
+    assert "in the Hugging Face cache\n   at /hf-cache (routerSpec.hfCache)" in text
+    # With one tokenizer for every model, nothing to say.
+    every = copy.deepcopy(KVAWARE)
+    every["routerSpec"]["tokenizers"].append({"path": "/tokenizers/default"})
+    assert "No tokenizer" not in notes(every) and "Routing: kvaware" in notes(every)
+
+
+def test_render_kvaware_defaults_and_without_tokenizers():
+    """kvaware with the chart's kvEvents defaults and nothing else: ports 5557/5558, topic
+    kv-events, no tokenizer, no volume; the notes say the router will fall back. No replay port
+    and an empty topic leave their flags out; other policies get none of the kvaware flags."""
+    values = {"servingEngineSpec": {"modelSpec": [model()]}, "routerSpec": {"routingLogic": "kvaware"}}
+    c = router_container(render(values))
+    assert c["args"][-6:] == ["--kv-events-port", "5557", "--kv-events-replay-port", "5558",
+                              "--kv-events-topic", "kv-events"]
+    assert "--tokenizer" not in c["args"] and "env" not in c and "volumeMounts" not in c
+    text = notes(values)
+    assert "tcp://<pod IP>:5557 (replay port 5558, topic \"kv-events\")" in text
+    assert ("No tokenizer is configured (routerSpec.tokenizers, routerSpec.hfCache): the router\n"
+            "   looks for each model's tokenizer in the Hugging Face cache of its container") in text
+    assert "routes a model without one as prefixaware" in text
+    # The Hugging Face cache only.
+    text = notes({**values, "routerSpec": {"routingLogic": "kvaware", "hfCache": {"emptyDir": {}}}})
+    assert "No routerSpec.tokenizers: the router looks for each model's tokenizer by model id\n" in text
+
+    bare = {"servingEngineSpec": {"kvEvents": {"replayPort": 0, "topic": ""}, "modelSpec": [model()]},
+            "routerSpec": {"routingLogic": "kvaware"}}
+    objects = render(bare)
+    assert router_container(objects)["args"][-2:] == ["--kv-events-port", "5557"]
+    engine = one(objects, "Deployment", "demo-llmstack-m-engine")["spec"]["template"]["spec"]["containers"][0]
+    assert json.loads(flag(engine["args"], "--kv-events-config")) == {
+        "enable_kv_cache_events": True, "publisher": "zmq", "endpoint": "tcp://*:5557", "topic": ""}
+    assert [p["name"] for p in engine["ports"]] == ["http", "kv-events"]
+    assert "tcp://<pod IP>:5557 (no replay port, every topic)" in notes(bare)
+
+    # Tokenizers and volumes are kvaware's: another policy gets none of them.
+    other = copy.deepcopy(KVAWARE)
+    other["routerSpec"]["routingLogic"] = "prefixaware"
+    c = router_container(render(other))
+    assert not [a for a in c["args"] if a.startswith(("--kv-events", "--tokenizer"))]
+    assert "env" not in c and "volumeMounts" not in c
+    assert "kvaware" not in notes(other)
+    # kvEvents off or a model without prefix caching is fine for other policies (TEMPLATE_ERRORS: not kvaware).
+    render({"servingEngineSpec": {"kvEvents": {"enabled": False}, "modelSpec": [model()]}})
+    # A router of its own in front of another release's engines: the values describe those engines.
+    objects = render({"servingEngineSpec": {"enableEngine": False, "kvEvents": {"port": 7000}},
+                      "routerSpec": {"routingLogic": "kvaware"}})
+    assert flag(router_container(objects)["args"], "--kv-events-port") == "7000"
+    # Together with API keys: both volumes.
+    keys = render({**values, "routerSpec": {"routingLogic": "kvaware", "apiKeys": {"existingSecret": "k"},
+                                            "tokenizerVolume": {"emptyDir": {}}}})
+    assert [m["name"] for m in router_container(keys)["volumeMounts"]] == ["api-keys", "tokenizers"]
+    assert [v["name"] for v in router_pod(keys)["volumes"]] == ["api-keys", "tokenizers"]
 
 
 def test_render_full():
@@ -1361,8 +1546,9 @@ class Processes:
         self.log_dir = pathlib.Path(log_dir)
         self.procs = []
 
-    def start(self, name, argv, stdout=None):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LLMSTACK_") and k != "VLLM_API_KEY"}
+    def start(self, name, argv, stdout=None, env=None):
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("LLMSTACK_") and k != "VLLM_API_KEY"},
+               **(env or {})}
         env["NO_COLOR"] = "1"
         log = open(self.log_dir / f"{name}.log", "wb")
         proc = subprocess.Popen(argv, stdout=stdout or log, stderr=log, stdin=subprocess.DEVNULL, env=env,
@@ -1461,30 +1647,16 @@ def test_install_simulator_example_and_route(kube_apiserver, processes, tmp_path
     print(f"install, run and uninstall: {time.monotonic() - started:.1f} s")
 
 
-def run_installed_release(kapi, namespace, release, processes, tmp_path):
-    selector = f"app.kubernetes.io/instance%3D{release}"
-    status, body = kapi.request("GET", f"/apis/apps/v1/namespaces/{namespace}/deployments?labelSelector={selector}")
-    assert status == 200, body
-    deployments = {d["metadata"]["name"]: d for d in body["items"]}
-    router_name = f"{release}-router"
-    assert sorted(deployments) == sorted([router_name, f"{release}-llama3-engine", f"{release}-qwen-engine"])
-
-    # The chart's RBAC: pods get/list/watch in the release namespace, nothing else.
-    sa = deployments[router_name]["spec"]["template"]["spec"]["serviceAccountName"]
-    for verb in ("get", "list", "watch"):
-        assert allowed(kapi, namespace, sa, verb, "pods")
-    assert not allowed(kapi, namespace, sa, "patch", "pods")
-    assert not allowed(kapi, namespace, sa, "delete", "pods")
-    assert not allowed(kapi, namespace, sa, "get", "secrets")
-    assert not allowed(kapi, namespace, sa, "list", "pods", ns="default")
-    assert not allowed(kapi, namespace, sa, "list", "endpointslices", group="discovery.k8s.io")
-
+def start_engine_pods(kapi, namespace, deployments, router_name, processes):
+    """The engine pods of `deployments` (all but the router's), each a llmstack-sim process and a
+    Pod object marked Running and Ready at its loopback IP: {pod name: (uid, URL, model)}, and
+    the --kv-events-config each pod was rendered with."""
     # Play the ReplicaSet controller, the scheduler and the kubelet for every engine replica:
     # start llmstack-sim with the container's rendered args, adjusted only where the pod's
     # network differs from this machine's: --host (the pod IP, a loopback address), --port
     # (0: a free port, which the pod announces with the llmstack.io/port annotation, as the
-    # router reads it before the container port) and the KV-events port (0 for the same reason).
-    pods = {}
+    # router reads it before the container port) and the KV-events ports (0 for the same reason).
+    pods, kv_configs = {}, {}
     ip = 2
     for name, dep in sorted(deployments.items()):
         if name == router_name:
@@ -1498,9 +1670,10 @@ def run_installed_release(kapi, namespace, release, processes, tmp_path):
             pod_name = f"{name}-{replica}"
             args = replace_flag(container["args"], "--host", pod_ip)
             args = replace_flag(args, "--port", "0")
-            kv = json.loads(args[args.index("--kv-events-config") + 1])
-            assert kv["endpoint"] == "tcp://*:5557"
-            args = replace_flag(args, "--kv-events-config", json.dumps({**kv, "endpoint": "tcp://*:0"}))
+            kv = json.loads(flag(args, "--kv-events-config"))
+            kv_configs[pod_name] = kv
+            args = replace_flag(args, "--kv-events-config", json.dumps({**kv, "endpoint": "tcp://*:0", **(
+                {"replay_endpoint": "tcp://*:0"} if kv.get("replay_endpoint") else {})}))
             sim = processes.start(pod_name, [SIM, *args], stdout=subprocess.PIPE)
             ready, _, _ = select.select([sim.stdout], [], [], 15)
             line = sim.stdout.readline() if ready else ""
@@ -1525,6 +1698,30 @@ def run_installed_release(kapi, namespace, release, processes, tmp_path):
                 content_type="application/merge-patch+json")  # fmt: skip
             assert status == 200, patched
             pods[pod_name] = (created["metadata"]["uid"], f"http://{pod_ip}:{port}", engine["model"])
+    return pods, kv_configs
+
+
+def run_installed_release(kapi, namespace, release, processes, tmp_path):
+    selector = f"app.kubernetes.io/instance%3D{release}"
+    status, body = kapi.request("GET", f"/apis/apps/v1/namespaces/{namespace}/deployments?labelSelector={selector}")
+    assert status == 200, body
+    deployments = {d["metadata"]["name"]: d for d in body["items"]}
+    router_name = f"{release}-router"
+    assert sorted(deployments) == sorted([router_name, f"{release}-llama3-engine", f"{release}-qwen-engine"])
+
+    # The chart's RBAC: pods get/list/watch in the release namespace, nothing else.
+    sa = deployments[router_name]["spec"]["template"]["spec"]["serviceAccountName"]
+    for verb in ("get", "list", "watch"):
+        assert allowed(kapi, namespace, sa, verb, "pods")
+    assert not allowed(kapi, namespace, sa, "patch", "pods")
+    assert not allowed(kapi, namespace, sa, "delete", "pods")
+    assert not allowed(kapi, namespace, sa, "get", "secrets")
+    assert not allowed(kapi, namespace, sa, "list", "pods", ns="default")
+    assert not allowed(kapi, namespace, sa, "list", "endpointslices", group="discovery.k8s.io")
+
+    pods, kv_configs = start_engine_pods(kapi, namespace, deployments, router_name, processes)
+    assert all((kv["endpoint"], kv["replay_endpoint"]) == ("tcp://*:5557", "tcp://*:5558")
+               for kv in kv_configs.values())
     assert len(pods) == 3
 
     # The router with its rendered args; overridden: --host/--port (loopback, a free port instead
@@ -1574,4 +1771,152 @@ def run_installed_release(kapi, namespace, release, processes, tmp_path):
         status, body = kapi.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/{name}?gracePeriodSeconds=0")
         assert status == 200, body
     wait_for("the router to drop the deleted pods", lambda: http_json(f"{url}/engines") == [], 10, router_log)
+    assert router.poll() is None, router_log()
+
+
+def metric_samples(text, name):
+    """(labels, value) of every sample of `name` in a Prometheus text exposition."""
+    samples = []
+    for line in text.splitlines():
+        m = re.fullmatch(rf"{re.escape(name)}(?:\{{(.*)\}})? (\S+)(?: \d+)?", line)
+        if m:
+            samples.append((dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m[1] or "")), float(m[2])))
+    return samples
+
+
+def by_engine(text, name, **match):
+    """The samples of `name` matching `match`, summed per `engine` label."""
+    out = {}
+    for labels, value in metric_samples(text, name):
+        if all(labels.get(k) == v for k, v in match.items()):
+            out[labels.get("engine", "")] = out.get(labels.get("engine", ""), 0) + value
+    return out
+
+
+def test_install_kvaware_and_route(kube_apiserver, processes, tmp_path):
+    """KVAWARE installed and run like the simulator example above (this test plays the
+    controllers and the kubelet): the engines with their rendered --kv-events-config (topic `kv`;
+    both sockets on free ports), the router with its rendered kvaware flags, environment and
+    volumes: the tokenizer volume and the Hugging Face cache are directories holding
+    llmstack-tokenize's fixture tokenizer (for LLAMA by path, for QWEN by model id). The router
+    subscribes to every engine's KV events (found through GET /kv_event_sources), applies the
+    batches the requests make, and routes as kvaware with a tokenizer for both models."""
+    kapi, namespace, release = kube_apiserver, "kv-e2e", "kv"
+    with helm.Config(namespace=namespace, kubeconfig_path=str(kapi.kubeconfig_path)) as cfg:
+        installed = cfg.install(str(CHART), release, KVAWARE, namespace=namespace, create_namespace=True, timeout=60)
+        assert installed["status"] == "deployed", installed
+        try:
+            run_kvaware_release(kapi, namespace, processes, tmp_path)
+        finally:
+            cfg.uninstall(release, timeout=60)
+
+
+def run_kvaware_release(kapi, namespace, processes, tmp_path):
+    status, body = kapi.request("GET", f"/apis/apps/v1/namespaces/{namespace}/deployments")
+    assert status == 200, body
+    deployments = {d["metadata"]["name"]: d for d in body["items"]}
+    router_name = "kv-llmstack-router"
+    assert sorted(deployments) == sorted([router_name, "kv-llmstack-llama3-engine", "kv-llmstack-qwen-engine"])
+    pods, kv_configs = start_engine_pods(kapi, namespace, deployments, router_name, processes)
+    assert len(pods) == 3
+    assert all(kv["topic"] == "kv" for kv in kv_configs.values())
+
+    # The kubelet's part for the router's volumes: each mountPath becomes a local directory
+    # (the tokenizer PVC: llama3/; the Hugging Face cache: hub/models--Qwen--…), and the
+    # rendered paths under it (--tokenizer, HF_HOME) are rewritten to it.
+    template = deployments[router_name]["spec"]["template"]["spec"]
+    rc = template["containers"][0]
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in template["volumes"]}
+    mounts = {m["mountPath"]: tmp_path / "volumes" / claims[m["name"]] for m in rc["volumeMounts"]}
+    assert all(m["readOnly"] for m in rc["volumeMounts"]) and sorted(claims.values()) == ["hf-cache", "tokenizers"]
+    fixture = ROOT / "tests" / "fixtures" / "tokenizer"
+    files = ("tokenizer.json", "tokenizer_config.json")
+    (mounts["/tokenizers"] / "llama3").mkdir(parents=True)
+    repo = mounts["/hf-cache"] / "hub" / f"models--{QWEN.replace('/', '--')}"
+    (repo / "snapshots" / "0123abcd").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    for f in files:
+        shutil.copy(fixture / f, mounts["/tokenizers"] / "llama3" / f)
+        shutil.copy(fixture / f, repo / "snapshots" / "0123abcd" / f)
+
+    def local(value):
+        for path, directory in mounts.items():
+            if value == path or value.startswith(path + "/"):
+                return str(directory) + value[len(path):]
+        return value
+
+    # The router with its rendered args, paths as mounted; --host/--port and --k8s-kubeconfig as
+    # in run_installed_release.
+    (port,) = free_loopback_ports(1)
+    args = replace_flag(replace_flag(rc["args"], "--host", "127.0.0.1"), "--port", str(port))
+    args = [a if i == 0 or args[i - 1] != "--tokenizer" else "=".join([*a.split("=")[:-1], local(a.split("=")[-1])])
+            for i, a in enumerate(args)]
+    assert flag(args, "--tokenizer") == f"{LLAMA}={mounts['/tokenizers']}/llama3"
+    assert (flag(args, "--kv-events-port"), flag(args, "--kv-events-topic")) == ("5600", "kv")
+    env = {e["name"]: local(e["value"]) for e in rc["env"]}
+    assert env == {"HF_HOME": str(mounts["/hf-cache"])}
+    sa = template["serviceAccountName"]
+    kubeconfig = service_account_kubeconfig(kapi, namespace, sa, tmp_path / "router-kubeconfig")
+    router = processes.start("router", [SERVER, *args, "--k8s-kubeconfig", str(kubeconfig)], env=env)
+    url = f"http://127.0.0.1:{port}"
+
+    def router_log():
+        return processes.log("router")
+
+    def metrics():
+        with urllib.request.urlopen(f"{url}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    ids = sorted(f"{name}.{uid[:8]}" for name, (uid, _, _) in pods.items())
+    wait_for("the router to find 3 ready engines",
+             lambda: sorted(e["id"] for e in http_json(f"{url}/engines") if e["state"] == "ready") == ids, 20,
+             router_log)  # fmt: skip
+    # One subscription per engine (one data-parallel rank each), connected.
+    wait_for("a KV-event subscription to every engine",
+             lambda: by_engine(metrics(), "llmstack_kv_event_connected") == {i: 1 for i in ids}, 20,
+             lambda: router_log() + metrics())  # fmt: skip
+
+    # Each model's tokenizer, loaded once its engines are discovered (until then its requests
+    # would be routed as prefixaware, `no_tokenizer`): LLAMA's from the tokenizer volume at
+    # the rendered path, QWEN's found by id in the Hugging Face cache at HF_HOME.
+    def tokenizers_loaded():
+        loaded = {}
+        for line in router_log().splitlines():
+            fields = json.loads(line).get("fields", {}) if line.startswith("{") else {}
+            if fields.get("message", "").startswith("tokenizer loaded"):
+                loaded[fields["model"]] = fields["dir"]
+        return loaded if len(loaded) == 2 else None
+
+    assert wait_for("both tokenizers to load", tokenizers_loaded, 20, router_log) == {
+        LLAMA: str(mounts["/tokenizers"] / "llama3"), QWEN: str(repo / "snapshots" / "0123abcd")}
+
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=30)
+    system = "You are a helpful assistant who answers in one short sentence. " * 12
+    for i in range(6):
+        for model_id in (LLAMA, QWEN):
+            reply = client.chat.completions.create(
+                model=model_id, max_tokens=2, extra_body={"ignore_eos": True},
+                messages=[{"role": "system", "content": system}, {"role": "user", "content": f"Question {i % 2}"}])
+            assert reply.model == model_id and reply.usage.completion_tokens == 2
+
+    # Every engine that served a request published the blocks its prompts filled, and the
+    # router applied them.
+    served = {e for e, n in by_engine(metrics(), "llmstack_requests_total", status="2xx").items() if e and n}
+    assert served and served <= set(ids), served
+
+    def applied():
+        text = metrics()
+        batches = by_engine(text, "llmstack_kv_event_batches_total")
+        stored = by_engine(text, "llmstack_kv_events_total", type="block_stored")
+        return all(batches.get(e, 0) > 0 and stored.get(e, 0) > 0 for e in served)
+
+    wait_for("KV-event batches from every engine that served", applied, 20, lambda: router_log() + metrics())
+    text = metrics()
+    assert sum(by_engine(text, "llmstack_kv_event_decode_errors_total").values()) == 0
+    assert sum(by_engine(text, "llmstack_kv_event_gaps_total").values()) == 0
+    # Routed by the kvaware policy, with a tokenizer for both models (never `no_tokenizer`).
+    decisions = metric_samples(text, "llmstack_routing_decisions_total")
+    assert sum(v for labels, v in decisions if labels.get("policy") == "kvaware") >= 1, decisions
+    assert not [labels for labels, v in decisions if v and "no_tokenizer" in json.dumps(labels)], decisions
     assert router.poll() is None, router_log()

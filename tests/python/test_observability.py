@@ -141,6 +141,64 @@ def test_dashboard_structure():
         assert panel(d, title)["type"] in ("stat", "timeseries")
 
 
+# The router's KV-event and kvaware series (--routing-logic kvaware), each drawn in the
+# dashboard's "KV events" row.
+KV_METRICS = {
+    "llmstack_kv_event_batches_total",
+    "llmstack_kv_events_total",
+    "llmstack_kv_event_gaps_total",
+    "llmstack_kv_event_replays_total",
+    "llmstack_kv_event_resets_total",
+    "llmstack_kv_event_decode_errors_total",
+    "llmstack_kv_event_lag_seconds",
+    "llmstack_kv_event_connected",
+    "llmstack_kv_index_blocks",
+    "llmstack_kv_predicted_cached_tokens_total",
+    "llmstack_kv_reported_cached_tokens_total",
+}
+# What the engine's cache really served, when it does not report cached_tokens: its own hit
+# counter, re-exported by the router.
+KV_FALLBACK = "llmstack_engine_prefix_cache_hits_total"
+
+
+def row_panels(dashboard, title):
+    """The panels under the row `title` (rows are not collapsed: the next rows down)."""
+    rows = sorted((p["gridPos"]["y"], p["title"]) for p in dashboard["panels"] if p["type"] == "row")
+    (top,) = [y for y, t in rows if t == title]
+    below = [y for y, _ in rows if y > top]
+    bottom = min(below) if below else float("inf")
+    return [p for p in dashboard["panels"] if p["type"] != "row" and top < p["gridPos"]["y"] < bottom]
+
+
+def test_kv_events_row():
+    """Every KV-event series is drawn under "KV events", by engine, with the lag's p50 and
+    p99 and the predicted/actual ratio; the alerts on them use real names too."""
+    panels = row_panels(load_dashboard(), "KV events")
+    exprs = [t["expr"] for p in panels for t in p["targets"]]
+    drawn = {re.sub(r"_bucket$", "", n) for e in exprs for n in metric_names(e)}
+    assert drawn == KV_METRICS | {KV_FALLBACK}
+    assert all('engine=~"$engine"' in e for e in exprs), exprs
+    lag = [t["expr"] for t in panel(load_dashboard(), "KV-event lag")["targets"]]
+    assert [e.split(",")[0] for e in lag] == ["histogram_quantile(0.5", "histogram_quantile(0.99"]
+    assert all("by (le, engine)" in e for e in lag)
+    targets = panel(load_dashboard(), "Predicted vs actual cached tokens")["targets"]
+    predicted, actual, ratio = [t["expr"] for t in targets]
+    assert metric_names(predicted) == {"llmstack_kv_predicted_cached_tokens_total"}
+    assert metric_names(actual) == {"llmstack_kv_reported_cached_tokens_total", KV_FALLBACK}
+    # The ratio is the two lines' sums (the actual one is the same fallback, not re-written).
+    numerator, denominator = ratio.split("\n/\n")
+    assert numerator == "sum" + predicted.removeprefix("sum by (engine) "), ratio
+    assert re.sub(r"\s+", " ", denominator) == re.sub(r"\s+", " ", f"sum( {actual} )"), ratio
+    rules = {r["alert"]: r["expr"] for g in load_rules()["groups"] for r in g["rules"]}
+    assert {"LLMStackKvEventsStalled", "LLMStackKvPredictionsWrong"} <= set(rules)
+    assert "llmstack_kv_event_connected" in rules["LLMStackKvEventsStalled"]
+    assert metric_names(rules["LLMStackKvPredictionsWrong"]) == {
+        "llmstack_kv_predicted_cached_tokens_total", "llmstack_kv_reported_cached_tokens_total", KV_FALLBACK,
+        "llmstack_kv_event_batches_total"}
+    # The names are the router's (names.rs), not guesses.
+    assert KV_METRICS | {KV_FALLBACK} <= router_names(), sorted(KV_METRICS - router_names())
+
+
 def metric_names(expr):
     return set(re.findall(r"\b(llmstack_\w+|vllm:[\w:]+)", expr))
 

@@ -179,6 +179,71 @@ Call with (dict "args" A "flags" F "path" P). */}}
 {{- end }}
 {{- end }}
 
+{{/* vLLM's --kv-events-config of every engine (servingEngineSpec.kvEvents), as JSON; fails
+when its ports clash with each other or with the engines' HTTP port. */}}
+{{- define "llmstack.kvEventsConfig" -}}
+{{- $spec := .Values.servingEngineSpec }}
+{{- $kv := $spec.kvEvents }}
+{{- $port := $kv.port | int }}
+{{- $replay := $kv.replayPort | default 0 | int }}
+{{- if eq $port ($spec.containerPort | int) }}
+{{- fail (printf "servingEngineSpec.kvEvents.port %d is also servingEngineSpec.containerPort (the engines' HTTP port); pick another port" $port) }}
+{{- end }}
+{{- if and (gt $replay 0) (has $replay (list $port ($spec.containerPort | int))) }}
+{{- fail (printf "servingEngineSpec.kvEvents.replayPort %d is also the %s; pick another port (or 0: no replay socket)" $replay (ternary "KV-event PUB port (servingEngineSpec.kvEvents.port)" "engines' HTTP port (servingEngineSpec.containerPort)" (eq $replay $port))) }}
+{{- end }}
+{{- $config := dict "enable_kv_cache_events" true "publisher" "zmq" "endpoint" (printf "tcp://*:%d" $port) "topic" $kv.topic }}
+{{- if gt $replay 0 }}
+{{- $_ := set $config "replay_endpoint" (printf "tcp://*:%d" $replay) }}
+{{- end }}
+{{- toJson $config }}
+{{- end }}
+
+{{/* routerSpec.routingLogic kvaware: fails unless the engines publish KV events (kvEvents
+on, prefix caching on in every model). */}}
+{{- define "llmstack.checkKvaware" -}}
+{{- $spec := .Values.servingEngineSpec }}
+{{- if not $spec.kvEvents.enabled }}
+{{- fail "routerSpec.routingLogic kvaware routes on the engines' KV-cache events, but servingEngineSpec.kvEvents.enabled is false: set servingEngineSpec.kvEvents.enabled: true (and keep prefix caching on), or pick another routingLogic (prefixaware needs no events)" }}
+{{- end }}
+{{- if $spec.enableEngine }}
+{{- range $spec.modelSpec }}
+{{- if eq (toString (.vllmConfig | default dict).enablePrefixCaching) "false" }}
+{{- fail (printf "routerSpec.routingLogic kvaware routes on the engines' KV-cache events, but servingEngineSpec.modelSpec[%s] has vllmConfig.enablePrefixCaching: false, so its engines publish none: remove it (prefix caching is on by default), or pick another routingLogic (prefixaware needs no events)" .name) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Where routerSpec.tokenizerVolume and routerSpec.hfCache are mounted in the router. */}}
+{{- define "llmstack.tokenizersDir" -}}
+/tokenizers
+{{- end }}
+
+{{- define "llmstack.hfCacheDir" -}}
+/hf-cache
+{{- end }}
+
+{{/* routerSpec.tokenizers as --tokenizer values ([<model>=]<path>), a JSON list; fails on a
+model listed twice or two entries without a model. */}}
+{{- define "llmstack.tokenizerArgs" -}}
+{{- $seen := dict }}
+{{- $out := list }}
+{{- range $i, $t := .Values.routerSpec.tokenizers }}
+{{- $key := $t.model | default "" | toString }}
+{{- if hasKey $seen $key }}
+{{- if $key }}
+{{- fail (printf "routerSpec.tokenizers[%d]: model %q already has a tokenizer (tokenizers[%d])" $i $key (get $seen $key)) }}
+{{- else }}
+{{- fail (printf "routerSpec.tokenizers[%d]: a second entry without model (tokenizers[%d] is already the tokenizer of every model that has no entry of its own); give it a model" $i (get $seen $key)) }}
+{{- end }}
+{{- end }}
+{{- $_ := set $seen $key $i }}
+{{- $out = append $out (ternary (printf "%s=%s" $key $t.path) (toString $t.path) (ne $key "")) }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
 {{/* --k8s-label-selector: routerSpec.labelSelector, else this release's engine pods. */}}
 {{- define "llmstack.engineLabelSelector" -}}
 {{- if .Values.routerSpec.labelSelector }}
