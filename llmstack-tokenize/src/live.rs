@@ -19,10 +19,15 @@ use crate::{ModelTokenizer, TokenizerError, TokenizerSources, Tokenizers, find_i
 /// names (LoRA adapters use their base model's tokenizer) the first time it appears,
 /// with the default directory if one was given, else the Hugging Face cache by the
 /// model's name and then its card's `root`; the outcome is logged either way.
+/// With a default directory, every model is served by it from the start (also one
+/// discovery has not named yet).
 #[derive(Debug)]
 pub struct LiveTokenizers {
     current: RwLock<Arc<Tokenizers>>,
     default: Option<Arc<ModelTokenizer>>,
+    /// The default tokenizer alone, under [`DEFAULT`]: serves a model before
+    /// [`LiveTokenizers::follow`] has named it.
+    fallback: Option<Tokenizers>,
     cache_root: Option<PathBuf>,
     tried: Mutex<HashSet<String>>,
 }
@@ -70,7 +75,13 @@ impl LiveTokenizers {
             }
             None => None,
         };
+        let fallback = default.as_ref().map(|tok| {
+            let mut one = Tokenizers::new();
+            one.insert(DEFAULT, Arc::clone(tok));
+            one
+        });
         Ok(Self {
+            fallback,
             tried: Mutex::new(tokenizers.models().map(str::to_owned).collect()),
             current: RwLock::new(Arc::new(tokenizers)),
             default,
@@ -181,16 +192,25 @@ fn new_models(set: &EndpointSet, live: &LiveTokenizers) -> Vec<(String, Option<S
     out
 }
 
+/// The name the default tokenizer serves under before a model is named.
+const DEFAULT: &str = "*";
+
 impl Tokenize for LiveTokenizers {
     fn tokenize(&self, model: &str, req: &RouteRequest<'_>) -> Option<PromptTokens> {
-        self.snapshot().tokenize(model, req)
+        let current = self.snapshot();
+        if current.knows(model) {
+            return current.tokenize(model, req);
+        }
+        self.fallback.as_ref()?.tokenize(DEFAULT, req)
     }
 
     fn knows(&self, model: &str) -> bool {
-        self.current
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .knows(model)
+        self.fallback.is_some()
+            || self
+                .current
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .knows(model)
     }
 }
 

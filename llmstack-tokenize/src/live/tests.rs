@@ -135,7 +135,11 @@ fn discovered_models_use_the_default_or_the_hf_cache_once() {
         Some(&cache),
     )
     .unwrap();
-    assert!(!with_default.knows("x"));
+    // The default serves any model at once, named by discovery or not.
+    assert!(with_default.knows("x"));
+    let body = chat("x");
+    let req = RouteRequest::from_json(&body, None).unwrap();
+    assert!(with_default.tokenize("x", &req).is_some());
     assert_eq!(with_default.discover("x", None), Some(Found::Default));
     assert!(with_default.knows("x"));
 }
