@@ -27,7 +27,8 @@ pub struct RoutingArgs {
     )]
     pub static_aliases: Option<Vec<String>>,
     /// Routing policy: roundrobin, random, leastloaded (alias loadaware), power_of_two,
-    /// session, prefixaware [default: roundrobin].
+    /// session, prefixaware, kvaware (needs the engines' KV events and the model's tokenizer,
+    /// see --tokenizer) [default: roundrobin].
     #[cfg_attr(feature = "clap", arg(long, env = "LLMSTACK_ROUTING_LOGIC", value_parser = RoutingLogic::parse))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub routing_logic: Option<RoutingLogic>,
