@@ -7,9 +7,9 @@ mod binary;
 mod discovery;
 mod failures;
 mod gateway;
-mod kv;
 #[cfg(feature = "kube")]
 mod k8s;
+mod kv;
 mod local;
 mod metrics;
 #[cfg(feature = "otel")]
