@@ -1,13 +1,15 @@
 //! KV-event routing's moving parts for `--routing-logic kvaware`, composed: the KV
 //! index (`llmstack-routing`), the subscriber that feeds it (`llmstack-metrics`) and the
 //! tokenizers that follow discovery (`llmstack-tokenize`). Each is a library piece; this
-//! module only starts them and keeps them alive with the server.
+//! module only starts them, keeps them alive with the server, and shows them in
+//! `/engines` and `/metrics`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use llmstack_core::{BoxError, EndpointId, EndpointSet, StatsReader};
-use llmstack_metrics::{KvSourceState, KvSourceStatus, KvSubscriber};
+use llmstack_metrics::{KvSourceStatus, KvSubscriber};
 use llmstack_routing::{KvIndex, Router};
 use llmstack_tokenize::LiveTokenizers;
 use serde_json::{Value, json};
@@ -23,9 +25,18 @@ const CAPACITY_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub(crate) struct KvParts {
     subscriber: KvSubscriber,
-    index: Arc<KvIndex>,
     follow: JoinHandle<()>,
     capacity: JoinHandle<()>,
+}
+
+/// What the KV index holds for one engine, summed over its data-parallel ranks.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct EngineBlocks {
+    pub(crate) gpu: usize,
+    /// Blocks only in a lower tier (CPU offload).
+    pub(crate) cpu: usize,
+    pub(crate) block_size: u32,
+    pub(crate) orphans: u64,
 }
 
 impl KvParts {
@@ -47,12 +58,11 @@ impl KvParts {
         let subscriber =
             KvSubscriber::spawn(endpoints.clone(), Arc::clone(&index), config.events.clone());
         let follow = tokio::spawn(tokenizers.follow(endpoints));
-        let capacity = tokio::spawn(capacity(Arc::clone(&index), stats));
+        let capacity = tokio::spawn(index.follow_capacity(stats, CAPACITY_INTERVAL));
         Ok((
             router,
             Self {
                 subscriber,
-                index,
                 follow,
                 capacity,
             },
@@ -62,44 +72,6 @@ impl KvParts {
     /// The tasks to abort if start-up fails later.
     pub(crate) fn abort_handles(&self) -> [AbortHandle; 2] {
         [self.follow.abort_handle(), self.capacity.abort_handle()]
-    }
-
-    /// `/engines`' view of one engine: its publishers' subscription state and what the
-    /// index holds for it.
-    pub(crate) fn engine_json(&self, id: &EndpointId, statuses: &[KvSourceStatus]) -> Value {
-        let sources: Vec<Value> = statuses
-            .iter()
-            .filter(|s| s.source.endpoint == *id)
-            .map(|s| {
-                json!({
-                    "dp_rank": s.source.dp_rank,
-                    "publisher": s.publisher,
-                    "state": state_name(s.state),
-                    "last_seq": s.last_seq,
-                    "batches": s.batches,
-                    "events": s.events,
-                    "gaps": s.gaps,
-                    "replays": s.replays,
-                    "resets": s.resets,
-                    "decode_errors": s.decode_errors,
-                    "lag_seconds": s.last_lag_seconds,
-                    "last_error": s.last_error,
-                })
-            })
-            .collect();
-        let (mut gpu, mut lower, mut orphans, mut block_size) = (0, 0, 0, 0);
-        for blocks in self.index.sources() {
-            if blocks.source.endpoint == *id {
-                gpu += blocks.gpu_blocks;
-                lower += blocks.lower_blocks;
-                orphans += blocks.orphans;
-                block_size = block_size.max(blocks.block_size);
-            }
-        }
-        json!({
-            "sources": sources,
-            "index": {"gpu_blocks": gpu, "cpu_blocks": lower, "block_size": block_size, "orphans": orphans},
-        })
     }
 
     /// Every publisher's status (one lock, copied).
@@ -115,28 +87,49 @@ impl Drop for KvParts {
     }
 }
 
-/// The name `/engines` shows for a subscription state.
-pub(crate) fn state_name(state: KvSourceState) -> &'static str {
-    match state {
-        KvSourceState::Discovering => "discovering",
-        KvSourceState::Unavailable => "unavailable",
-        KvSourceState::Connecting => "connecting",
-        KvSourceState::Connected => "connected",
-        KvSourceState::Backoff => "backoff",
+/// What `index` holds per engine (one pass over its sources).
+pub(crate) fn engine_blocks(index: &KvIndex) -> HashMap<EndpointId, EngineBlocks> {
+    let mut engines: HashMap<EndpointId, EngineBlocks> = HashMap::new();
+    for source in index.sources() {
+        let e = engines.entry(source.source.endpoint).or_default();
+        e.gpu += source.gpu_blocks;
+        e.cpu += source.lower_blocks;
+        e.orphans += source.orphans;
+        e.block_size = e.block_size.max(source.block_size);
     }
+    engines
 }
 
-/// Hands each engine's scraped `num_gpu_blocks` to the index (its bound per engine).
-async fn capacity(index: Arc<KvIndex>, stats: StatsReader) {
-    let mut tick = tokio::time::interval(CAPACITY_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let snapshot = stats.snapshot();
-        for (id, engine) in snapshot.iter() {
-            if let Some(blocks) = engine.num_gpu_blocks {
-                index.set_capacity(id, blocks);
-            }
-        }
-    }
+/// `/engines`' view of engine `id`: its publishers' subscription state (from
+/// `statuses`) and what the index holds for it (from `blocks`).
+pub(crate) fn engine_json(
+    id: &EndpointId,
+    statuses: &[KvSourceStatus],
+    blocks: &HashMap<EndpointId, EngineBlocks>,
+) -> Value {
+    let sources: Vec<Value> = statuses
+        .iter()
+        .filter(|s| s.source.endpoint == *id)
+        .map(|s| {
+            json!({
+                "dp_rank": s.source.dp_rank,
+                "publisher": s.publisher,
+                "state": s.state.as_str(),
+                "last_seq": s.last_seq,
+                "batches": s.batches,
+                "events": s.events,
+                "gaps": s.gaps,
+                "replays": s.replays,
+                "resets": s.resets,
+                "decode_errors": s.decode_errors,
+                "lag_seconds": s.last_lag_seconds,
+                "last_error": s.last_error,
+            })
+        })
+        .collect();
+    let b = blocks.get(id).copied().unwrap_or_default();
+    json!({
+        "sources": sources,
+        "index": {"gpu_blocks": b.gpu, "cpu_blocks": b.cpu, "block_size": b.block_size, "orphans": b.orphans},
+    })
 }

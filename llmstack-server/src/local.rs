@@ -177,7 +177,12 @@ fn engines(shared: &Shared) -> Value {
     let set = shared.endpoints();
     let stats = shared.stats.snapshot();
     let now = tokio::time::Instant::now();
-    let kv_statuses = shared.kv.as_ref().map(crate::kv::KvParts::statuses);
+    // kvaware: every publisher's status and the index's blocks per engine, read once.
+    let kv = shared
+        .kv
+        .as_ref()
+        .zip(shared.router.kv_index())
+        .map(|(kv, index)| (kv.statuses(), crate::kv::engine_blocks(index)));
     let list: Vec<Value> = set
         .iter()
         .map(|ep| {
@@ -215,8 +220,8 @@ fn engines(shared: &Shared) -> Value {
                     "age_ms": now.saturating_duration_since(s.scraped_at).as_millis() as u64,
                 })),
                 // kvaware: its KV-event publishers and what the KV index holds for it.
-                "kv_events": shared.kv.as_ref().zip(kv_statuses.as_deref())
-                    .map(|(kv, statuses)| kv.engine_json(&ep.id, statuses)),
+                "kv_events": kv.as_ref()
+                    .map(|(statuses, blocks)| crate::kv::engine_json(&ep.id, statuses, blocks)),
             })
         })
         .collect();

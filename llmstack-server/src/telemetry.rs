@@ -122,18 +122,12 @@ pub(crate) fn render(shared: &Shared, handle: &PrometheusHandle) -> String {
         gauge!(names::ENDPOINTS, "state" => state).set(f64::from(n));
     }
     if let Some(index) = shared.router.kv_index() {
-        // Summed over an engine's data-parallel ranks.
-        let mut blocks: std::collections::HashMap<_, (usize, usize)> = Default::default();
-        for source in index.sources() {
-            let entry = blocks.entry(source.source.endpoint).or_default();
-            entry.0 += source.gpu_blocks;
-            entry.1 += source.lower_blocks;
-        }
-        for (engine, (gpu, cpu)) in blocks {
+        for (engine, blocks) in crate::kv::engine_blocks(index) {
             let engine = SharedString::from(engine.to_string());
             gauge!(names::KV_INDEX_BLOCKS, "engine" => engine.clone(), "medium" => "gpu")
-                .set(gpu as f64);
-            gauge!(names::KV_INDEX_BLOCKS, "engine" => engine, "medium" => "cpu").set(cpu as f64);
+                .set(blocks.gpu as f64);
+            gauge!(names::KV_INDEX_BLOCKS, "engine" => engine, "medium" => "cpu")
+                .set(blocks.cpu as f64);
         }
     }
     gauge!(names::CLIENT_CONNECTIONS).set(shared.open_connections() as f64);

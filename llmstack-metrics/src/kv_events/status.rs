@@ -60,6 +60,22 @@ pub(crate) struct Registry {
     sources: Mutex<HashMap<KvSource, KvSourceStatus>>,
 }
 
+// === impl KvSourceState ===
+
+impl KvSourceState {
+    /// The state's name: `discovering`, `unavailable`, `connecting`, `connected` or
+    /// `backoff`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Discovering => "discovering",
+            Self::Unavailable => "unavailable",
+            Self::Connecting => "connecting",
+            Self::Connected => "connected",
+            Self::Backoff => "backoff",
+        }
+    }
+}
+
 // === impl KvSourceStatus ===
 
 impl KvSourceStatus {

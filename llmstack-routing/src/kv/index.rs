@@ -2,10 +2,11 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
 
 use foldhash::fast::RandomState;
 use llmstack_core::kv::{BlockRemoved, BlockStored, KvBatch, KvEvent, Medium};
-use llmstack_core::{Endpoint, EndpointId, KvSink, KvSource};
+use llmstack_core::{Endpoint, EndpointId, KvSink, KvSource, StatsReader};
 use tokio::time::Instant;
 
 use super::chain::{self, KeySpace, next_key};
@@ -122,6 +123,21 @@ impl KvIndex {
         }
     }
 
+    /// Keeps every engine's capacity at its scraped `num_gpu_blocks`
+    /// ([`KvIndex::set_capacity`]), reading `stats` every `every`. Runs until dropped.
+    pub async fn follow_capacity(self: Arc<Self>, stats: StatsReader, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            for (id, engine) in stats.snapshot().iter() {
+                if let Some(blocks) = engine.num_gpu_blocks {
+                    self.set_capacity(id, blocks);
+                }
+            }
+        }
+    }
+
     /// Whether some source of `endpoint` has delivered at least one batch: the index
     /// knows that engine's cache.
     pub fn has_events(&self, endpoint: &EndpointId) -> bool {
@@ -143,18 +159,6 @@ impl KvIndex {
                     .binary_search_by(|ep| ep.id.cmp(&s.source.endpoint))
                     .is_ok()
         })
-    }
-
-    /// Tokens `endpoint` holds in GPU memory over all its sources (blocks × block size).
-    pub fn gpu_tokens(&self, endpoint: &EndpointId) -> u64 {
-        let inner = self.read();
-        inner
-            .slots
-            .iter()
-            .flatten()
-            .filter(|s| s.source.endpoint == *endpoint)
-            .map(|s| s.gpu_blocks as u64 * u64::from(s.block_size))
-            .sum()
     }
 
     /// The tokens per block the engines use (the first known; `None` before any
