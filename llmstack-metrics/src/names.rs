@@ -255,6 +255,6 @@ pub fn describe() {
     );
     describe_counter!(
         ENGINE_PREFIX_CACHE_HITS,
-        "Prompt tokens found in the engine's prefix cache (vllm:prefix_cache_hits)."
+        "Prompt tokens found in the engine's prefix cache, scraped from its prefix_cache_hits counter."
     );
 }
