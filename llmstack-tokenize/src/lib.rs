@@ -62,6 +62,7 @@ mod config;
 mod content_format;
 mod conversation;
 mod error;
+mod fast;
 mod hub;
 mod live;
 mod model;

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokenizers::Tokenizer;
 
+use crate::fast::FastBpe;
 use crate::segments::{AddedTokenSplitter, Piece, SegmentCache};
 use crate::template::ChatTemplate;
 use crate::{ContentFormat, TokenizerConfig, TokenizerError};
@@ -65,6 +66,9 @@ pub struct ModelTokenizer {
     splitter: Option<AddedTokenSplitter>,
     /// Whether encoding piece by piece equals encoding the whole text (probed at load).
     piecewise: bool,
+    /// The hand-written pre-tokenizer for Llama-3-style byte-level BPE, when this
+    /// tokenizer is one (and agrees with its pipeline on the probe).
+    fast: Option<FastBpe>,
     /// `None`: the post-processor's additions could not be derived; encode whole texts
     /// when special tokens are asked for.
     affixes: Option<Affixes>,
@@ -133,11 +137,19 @@ impl ModelTokenizer {
             config,
             template,
             piecewise: true,
+            fast: None,
             affixes: None,
             cache: SegmentCache::new(DEFAULT_CACHE_BUDGET),
             counters: Counters::default(),
         };
         let probe = model.probe_text();
+        model.fast = FastBpe::detect(&model.tokenizer);
+        if model.fast.is_some() && !model.check_fast(&probe) {
+            tracing::warn!(
+                "the fast byte-level pre-tokenizer disagrees with tokenizer.json's pipeline on the probe text: not used"
+            );
+            model.fast = None;
+        }
         model.piecewise = model.check_piecewise(&probe);
         model.affixes = model.derive_affixes(&probe);
         if !model.piecewise {
@@ -249,6 +261,25 @@ impl ModelTokenizer {
     }
 
     fn raw_encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, TokenizerError> {
+        if let (Some(fast), false) = (self.fast, add_special_tokens) {
+            let mut ids = Vec::with_capacity(text.len() / 3);
+            let mut split = |p: Piece<'_>| -> Result<(), TokenizerError> {
+                match p {
+                    Piece::Token(id) => ids.push(id),
+                    Piece::Text(t) => fast
+                        .encode(self.tokenizer.get_model(), t, &mut ids)
+                        .map_err(|e| TokenizerError::Encode {
+                            message: e.to_string(),
+                        })?,
+                }
+                Ok(())
+            };
+            match &self.splitter {
+                Some(splitter) => splitter.split(text, &mut split)?,
+                None => split(Piece::Text(text))?,
+            }
+            return Ok(ids);
+        }
         self.tokenizer
             .encode_fast(text, add_special_tokens)
             .map(|e| e.get_ids().to_vec())
@@ -309,6 +340,21 @@ impl ModelTokenizer {
             .replace("{0}", &name(0))
             .replace("{1}", &name(1))
             .replace("{2}", &name(2))
+    }
+
+    /// Whether the fast path gives the pipeline's ids for `probe` and a text of the
+    /// pattern's corner cases.
+    fn check_fast(&self, probe: &str) -> bool {
+        let corners =
+            " it's  'S x'll 'Ve \t\r\n  \n\n  3.14159 ½ Ⅻ ſ 'ſ e\u{301} 😀!!\n  \u{3000}x  ";
+        [probe, corners].into_iter().all(|text| {
+            let fast = self.raw_encode(text, false);
+            let slow = self
+                .tokenizer
+                .encode_fast(text, false)
+                .map(|e| e.get_ids().to_vec());
+            matches!((fast, slow), (Ok(f), Ok(s)) if f == s)
+        })
     }
 
     fn check_piecewise(&self, probe: &str) -> bool {
