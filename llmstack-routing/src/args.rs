@@ -51,6 +51,24 @@ pub struct RoutingArgs {
     #[cfg_attr(feature = "clap", arg(long, env = "LLMSTACK_PREFIX_CAPACITY_TOKENS"))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prefix_capacity_tokens: Option<u64>,
+    /// Comma-separated peer router replicas (`host:port`) to share in-flight load with
+    /// over UDP, so that each replica's policy counts every replica's queue; a DNS name
+    /// (a headless Service) stands for all its addresses, this replica's included.
+    /// For load-reading policies (leastloaded, power_of_two, session, prefixaware,
+    /// kvaware). Keep the port inside the cluster: the protocol is not authenticated.
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, env = "LLMSTACK_PEERS", value_delimiter = ',')
+    )]
+    #[serde(
+        deserialize_with = "comma_list",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub peers: Option<Vec<String>>,
+    /// UDP port load sharing listens on, with --peers [default: 7072].
+    #[cfg_attr(feature = "clap", arg(long, env = "LLMSTACK_PEER_PORT"))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_port: Option<u16>,
 }
 
 // === impl RoutingArgs ===
@@ -84,6 +102,8 @@ impl RoutingArgs {
             prefix_capacity_tokens: self
                 .prefix_capacity_tokens
                 .unwrap_or(defaults.prefix_capacity_tokens),
+            peers: trimmed(self.peers),
+            peer_port: self.peer_port.unwrap_or(defaults.peer_port),
         };
         if let Err(e) = config.validate() {
             errors.0.push(e);

@@ -49,7 +49,15 @@ pub struct RoutingConfig {
     /// `prefixaware`: tokens of prefix cache assumed per engine until its scrape
     /// reports its KV capacity.
     pub prefix_capacity_tokens: u64,
+    /// Peer router replicas to share in-flight load with (`host:port`, a DNS name may
+    /// stand for several); empty: no sharing. See [`InFlight::share`](crate::InFlight::share).
+    pub peers: Vec<String>,
+    /// The UDP port load sharing listens on.
+    pub peer_port: u16,
 }
+
+/// The default UDP port of load sharing between replicas (`--peer-port`).
+pub const DEFAULT_PEER_PORT: u16 = 7072;
 
 // === impl RoutingLogic ===
 
@@ -135,6 +143,8 @@ impl Default for RoutingConfig {
             prefix_min_match_length: 0,
             prefix_chunk_size: prefix.chunk_bytes,
             prefix_capacity_tokens: prefix.default_capacity_tokens,
+            peers: Vec::new(),
+            peer_port: DEFAULT_PEER_PORT,
         }
     }
 }
@@ -153,6 +163,26 @@ impl RoutingConfig {
                     self.prefix_chunk_size
                 ),
             );
+        }
+        if !self.peers.is_empty()
+            && matches!(
+                self.routing_logic,
+                RoutingLogic::Roundrobin | RoutingLogic::Random
+            )
+        {
+            return invalid(
+                "peers",
+                format!(
+                    "--peers shares in-flight load between replicas, which --routing-logic {} does not read; use leastloaded, power_of_two, session, prefixaware or kvaware, or drop --peers",
+                    self.routing_logic.as_str()
+                ),
+            );
+        }
+        if let Some(bad) = self.peers.iter().find(|p| {
+            p.rsplit_once(':')
+                .is_none_or(|(h, port)| h.is_empty() || port.parse::<u16>().is_err())
+        }) {
+            return invalid("peers", format!("--peers entry `{bad}` is not host:port"));
         }
         if self.prefix_capacity_tokens == 0 {
             return invalid(

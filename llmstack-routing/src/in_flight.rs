@@ -8,17 +8,19 @@ use tokio::time::Instant;
 use llmstack_core::{Endpoint, EndpointId, StatsSnapshot};
 
 use crate::CandidateList;
-use counters::{Counters, store_f32};
+use counters::{Counters, Signal, store_f32};
 use live::{Counted, Map, View};
 
 mod counters;
 mod guard;
 mod live;
 mod load;
+mod share;
 
 pub use guard::InFlightGuard;
 pub use live::LiveLoads;
 pub use load::Load;
+pub use share::{EXPIRY as SHARE_EXPIRY, HEARTBEAT as SHARE_HEARTBEAT, PeerAddrs, resolve_peers};
 
 /// Counts, per endpoint, the requests that were sent to it and whose response has not
 /// ended yet (body finished, failed, or dropped by a disconnecting client), with their
@@ -39,6 +41,8 @@ struct Inner {
     views: Mutex<Vec<Arc<View>>>,
     /// The stats snapshot last folded into the counters.
     observed: Mutex<Option<(Arc<StatsSnapshot>, u64)>>,
+    /// Wakes the load-sharing task ([`InFlight::share`]).
+    signal: Arc<Signal>,
     epoch: Instant,
 }
 
@@ -54,6 +58,7 @@ impl Default for InFlight {
                 counters: RwLock::default(),
                 views: Mutex::default(),
                 observed: Mutex::default(),
+                signal: Arc::default(),
                 epoch: Instant::now(),
             }),
         }
@@ -77,7 +82,7 @@ impl InFlight {
                 Arc::clone(
                     write
                         .entry(id.clone())
-                        .or_insert_with(|| Arc::new(Counters::new())),
+                        .or_insert_with(|| Arc::new(Counters::new(Arc::clone(&self.inner.signal)))),
                 )
             }
         }
@@ -176,7 +181,9 @@ impl InFlight {
             if counters.scraped_at.swap(at, Ordering::Relaxed) == at {
                 continue;
             }
-            let mine = counters.requests.load(Ordering::Relaxed) as f32;
+            // This router's and its peers' requests are counted exactly elsewhere.
+            let mine = (counters.requests.load(Ordering::Relaxed)
+                + counters.peer_requests.load(Ordering::Relaxed)) as f32;
             let engine = (stats.running + stats.waiting) as f32;
             store_f32(&counters.foreign, (engine - mine).max(0.0));
             store_f32(&counters.waiting, stats.waiting as f32);

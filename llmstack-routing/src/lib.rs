@@ -77,8 +77,11 @@ mod session;
 mod testing;
 
 pub use args::RoutingArgs;
-pub use config::{RoutingConfig, RoutingLogic};
-pub use in_flight::{InFlight, InFlightGuard, LiveLoads, Load};
+pub use config::{DEFAULT_PEER_PORT, RoutingConfig, RoutingLogic};
+pub use in_flight::{
+    InFlight, InFlightGuard, LiveLoads, Load, PeerAddrs, SHARE_EXPIRY, SHARE_HEARTBEAT,
+    resolve_peers,
+};
 pub use kv::{KeySpace, KvIndex, KvMatch, SourceBlocks, block_keys};
 pub use layer::{Route, RouteBody, RouteFuture, RouteLayer};
 pub use llmstack_core::{

@@ -30,7 +30,7 @@ pub fn load_score(load: &Load, prompt_tokens: u32) -> f64 {
     } else {
         0.0
     };
-    load.requests() + load.pending_prefill_tokens as f64 / per_request / 4.0 + adapter
+    load.requests() + load.pending_prefill() / per_request / 4.0 + adapter
 }
 
 /// The candidate with the lowest [`load_score`]; ties rotate, so an idle pool is

@@ -20,6 +20,7 @@ use crate::{Candidates, Load, Policy};
 /// ```text
 /// cost_i = uncached_i                         prefill this request still needs there
 ///        + pending_prefill_i                  prefill already queued there by this router
+///                                             (and by its peer replicas, when shared)
 ///        + request_weight × requests_i        running and queued requests there
 ///        + evict_weight × evicted_i           cached prefixes pushed out to make room
 ///        + adapter_penalty                    LoRA adapter known not to be loaded there
@@ -96,7 +97,7 @@ impl PrefixAware {
             .map_or(0.0, |free| (uncached - free as f64).max(0.0));
         uncached
             + self.evict_weight * evicted
-            + load.pending_prefill_tokens as f64
+            + load.pending_prefill()
             + self.request_weight * load.requests()
             + adapter
     }

@@ -1,8 +1,10 @@
 //! One endpoint's live numbers, as atomics: its requests in flight and its last
 //! scraped load.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::Notify;
 
 use super::load::Load;
 
@@ -12,6 +14,13 @@ pub(super) struct Counters {
     pub(super) tokens: AtomicU64,
     pub(super) pending: AtomicU64,
     pub(super) foreign: AtomicU32,
+    /// Peer replicas' requests in flight here, summed (written by the sharing task).
+    pub(super) peer_requests: AtomicU32,
+    /// Peer replicas' pending prefill here, summed.
+    pub(super) peer_pending: AtomicU64,
+    /// Whether `requests` or `pending` changed since the sharing task last sent them.
+    pub(super) dirty: AtomicBool,
+    pub(super) signal: Arc<Signal>,
     pub(super) waiting: AtomicU32,
     pub(super) running: AtomicU32,
     pub(super) kv_usage: AtomicU32,
@@ -26,6 +35,13 @@ pub(super) struct Counters {
     pub(super) adapters: Mutex<Vec<String>>,
 }
 
+/// Wakes the load-sharing task when a counter changes, once sharing is on.
+#[derive(Default)]
+pub(super) struct Signal {
+    pub(super) on: AtomicBool,
+    pub(super) notify: Notify,
+}
+
 pub(super) fn store_f32(cell: &AtomicU32, v: f32) {
     cell.store(v.to_bits(), Ordering::Relaxed);
 }
@@ -38,13 +54,17 @@ fn load_f32(cell: &AtomicU32) -> Option<f32> {
 // === impl Counters ===
 
 impl Counters {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(signal: Arc<Signal>) -> Self {
         let unknown = || AtomicU32::new(f32::NAN.to_bits());
         Self {
             requests: AtomicU32::new(0),
             tokens: AtomicU64::new(0),
             pending: AtomicU64::new(0),
             foreign: AtomicU32::new(0f32.to_bits()),
+            peer_requests: AtomicU32::new(0),
+            peer_pending: AtomicU64::new(0),
+            dirty: AtomicBool::new(false),
+            signal,
             waiting: unknown(),
             running: unknown(),
             kv_usage: unknown(),
@@ -66,6 +86,8 @@ impl Counters {
             in_flight_tokens: self.tokens.load(Ordering::Relaxed),
             pending_prefill_tokens: self.pending.load(Ordering::Relaxed),
             foreign: scraped(&self.foreign).unwrap_or(0.0),
+            peer_in_flight: self.peer_requests.load(Ordering::Relaxed),
+            peer_pending_prefill_tokens: self.peer_pending.load(Ordering::Relaxed),
             waiting: scraped(&self.waiting),
             running: scraped(&self.running),
             kv_usage: scraped(&self.kv_usage),
@@ -85,6 +107,17 @@ impl Counters {
                 ),
                 _ => None,
             },
+        }
+    }
+}
+
+impl Counters {
+    /// The request counts changed: when load sharing is on, mark them for the sharing
+    /// task and wake it. One relaxed load when it is off.
+    pub(super) fn touched(&self) {
+        if self.signal.on.load(Ordering::Relaxed) {
+            self.dirty.store(true, Ordering::Relaxed);
+            self.signal.notify.notify_one();
         }
     }
 }

@@ -24,6 +24,7 @@ impl InFlightGuard {
         counters.requests.fetch_add(1, Ordering::Relaxed);
         counters.tokens.fetch_add(tokens, Ordering::Relaxed);
         counters.pending.fetch_add(uncached, Ordering::Relaxed);
+        counters.touched();
         Self {
             counters,
             tokens,
@@ -37,6 +38,7 @@ impl InFlightGuard {
         let pending = std::mem::take(&mut self.pending);
         if pending > 0 {
             self.counters.pending.fetch_sub(pending, Ordering::Relaxed);
+            self.counters.touched();
         }
     }
 }
@@ -48,6 +50,7 @@ impl Drop for InFlightGuard {
         self.counters
             .tokens
             .fetch_sub(self.tokens, Ordering::Relaxed);
+        self.counters.touched();
     }
 }
 

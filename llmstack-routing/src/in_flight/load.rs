@@ -22,6 +22,12 @@ pub struct Load {
     /// other routers' traffic. Added to `in_flight`, it estimates the engine's queue
     /// between scrapes without herding (new picks count at once).
     pub foreign: f32,
+    /// Requests other router replicas have in flight on the engine, as they last told
+    /// this one ([`InFlight::share`](crate::InFlight::share)); 0 without load sharing.
+    pub peer_in_flight: u32,
+    /// The uncached prompt tokens of those requests still waiting for their first
+    /// byte: the prefill other replicas queued there.
+    pub peer_pending_prefill_tokens: u64,
     /// `vllm:num_requests_waiting` of the last fresh scrape.
     pub waiting: Option<f32>,
     /// `vllm:num_requests_running` of the last fresh scrape.
@@ -45,8 +51,14 @@ pub struct Load {
 // === impl Load ===
 
 impl Load {
-    /// The engine's estimated requests: this router's in flight plus the others'.
+    /// The engine's estimated requests: this router's in flight plus the others'
+    /// (shared by peer replicas, and beyond those as of the last scrape).
     pub fn requests(&self) -> f64 {
-        f64::from(self.in_flight) + f64::from(self.foreign)
+        f64::from(self.in_flight) + f64::from(self.peer_in_flight) + f64::from(self.foreign)
+    }
+
+    /// Prefill queued on the engine, in tokens: this router's and its peer replicas'.
+    pub fn pending_prefill(&self) -> f64 {
+        (self.pending_prefill_tokens + self.peer_pending_prefill_tokens) as f64
     }
 }
