@@ -43,6 +43,9 @@ struct Inner {
     observed: Mutex<Option<(Arc<StatsSnapshot>, u64)>>,
     /// Wakes the load-sharing task ([`InFlight::share`]).
     signal: Arc<Signal>,
+    /// Peers' latest sums per engine (by [`EndpointId::stable_hash`]), kept for engines
+    /// this router has no counters for yet.
+    peer_sums: Mutex<Map<u64, (u32, u64)>>,
     epoch: Instant,
 }
 
@@ -59,6 +62,7 @@ impl Default for InFlight {
                 views: Mutex::default(),
                 observed: Mutex::default(),
                 signal: Arc::default(),
+                peer_sums: Mutex::default(),
                 epoch: Instant::now(),
             }),
         }
@@ -79,11 +83,21 @@ impl InFlight {
                     .counters
                     .write()
                     .unwrap_or_else(PoisonError::into_inner);
-                Arc::clone(
-                    write
-                        .entry(id.clone())
-                        .or_insert_with(|| Arc::new(Counters::new(Arc::clone(&self.inner.signal)))),
-                )
+                Arc::clone(write.entry(id.clone()).or_insert_with(|| {
+                    let counters = Counters::new(Arc::clone(&self.inner.signal));
+                    // Peers may have reported this engine before this router used it.
+                    if let Some(&(requests, pending)) = self
+                        .inner
+                        .peer_sums
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .get(&id.stable_hash())
+                    {
+                        counters.peer_requests.store(requests, Ordering::Relaxed);
+                        counters.peer_pending.store(pending, Ordering::Relaxed);
+                    }
+                    Arc::new(counters)
+                }))
             }
         }
     }
@@ -123,6 +137,29 @@ impl InFlight {
         self.read()
             .get(id)
             .map_or(0, |c| c.requests.load(Ordering::Relaxed) as usize)
+    }
+
+    /// What peer replicas last said they have in flight on `id`, summed: requests and
+    /// pending prefill tokens. `None` unless load sharing runs ([`InFlight::share`]).
+    pub fn peer_totals(&self, id: &EndpointId) -> Option<(u32, u64)> {
+        if !self.inner.signal.on.load(Ordering::Relaxed) {
+            return None;
+        }
+        let known = self.read().get(id).map(|c| {
+            (
+                c.peer_requests.load(Ordering::Relaxed),
+                c.peer_pending.load(Ordering::Relaxed),
+            )
+        });
+        Some(known.unwrap_or_else(|| {
+            self.inner
+                .peer_sums
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&id.stable_hash())
+                .copied()
+                .unwrap_or((0, 0))
+        }))
     }
 
     /// Requests in flight on all endpoints.

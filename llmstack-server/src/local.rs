@@ -199,6 +199,10 @@ fn engines(shared: &Shared) -> Value {
                 "role": ep.role,
                 "labels": ep.labels,
                 "in_flight": shared.router.in_flight().get(&ep.id),
+                // --peers: what the other router replicas last said they have there.
+                "peer_in_flight": shared.router.in_flight().peer_totals(&ep.id).map(|(requests, pending)| {
+                    json!({"requests": requests, "pending_prefill_tokens": pending})
+                }),
                 // Outlier ejection: serving, ejected (for how long) or half-open.
                 "outlier": outlier(shared.outliers.state(&ep.id)),
                 // prefixaware: this engine's share of the prefix index, in chunks.

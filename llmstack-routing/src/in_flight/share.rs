@@ -251,10 +251,25 @@ impl InFlight {
         self.store_sums(&sums);
     }
 
-    /// Writes peers' sums into the counters of the engines this router knows.
+    /// Writes peers' sums into the counters of the engines this router knows, and keeps
+    /// them for those it does not yet (see [`InFlight::counters`]).
     fn store_sums(&self, sums: &[(u64, Totals)]) {
         if sums.is_empty() {
             return;
+        }
+        {
+            let mut kept = self
+                .inner
+                .peer_sums
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (engine, t) in sums {
+                if t.requests == 0 && t.pending == 0 {
+                    kept.remove(engine);
+                } else {
+                    kept.insert(*engine, (t.requests, t.pending));
+                }
+            }
         }
         let counters: HashMap<u64, Arc<Counters>, RandomState> = self
             .read()

@@ -299,3 +299,45 @@ fn kv_event_and_tokenizer_flags_need_kvaware() {
     .unwrap_err();
     assert!(err.contains("goes with --kv-events-port"), "{err}");
 }
+
+#[test]
+fn peers_need_a_policy_that_reads_load_and_host_port_entries() {
+    let (config, _) = serve(&[
+        "--static-backends",
+        "http://a:1",
+        "--routing-logic",
+        "kvaware",
+        "--peers",
+        "router-peers.default.svc:7072, 10.0.0.7:7100",
+        "--peer-port",
+        "7100",
+    ])
+    .unwrap();
+    assert_eq!(
+        config.routing.peers,
+        ["router-peers.default.svc:7072", "10.0.0.7:7100"]
+    );
+    assert_eq!(config.routing.peer_port, 7100);
+    let (config, _) = serve(&["--static-backends", "http://a:1"]).unwrap();
+    assert!(config.routing.peers.is_empty());
+    assert_eq!(
+        config.routing.peer_port,
+        llmstack_routing::DEFAULT_PEER_PORT
+    );
+    // Round robin reads no load: sharing it would do nothing, so it is refused.
+    let err = serve(&["--static-backends", "http://a:1", "--peers", "r:7072"]).unwrap_err();
+    assert!(
+        err.contains("--peers") && err.contains("roundrobin"),
+        "{err}"
+    );
+    let err = serve(&[
+        "--static-backends",
+        "http://a:1",
+        "--routing-logic",
+        "leastloaded",
+        "--peers",
+        "no-port",
+    ])
+    .unwrap_err();
+    assert!(err.contains("not host:port"), "{err}");
+}

@@ -15,6 +15,7 @@ mod metrics;
 #[cfg(feature = "otel")]
 mod otel;
 mod outliers;
+mod peers;
 mod proxy;
 mod routing;
 mod support;
