@@ -540,11 +540,11 @@ def test_chart_flags_are_the_ones_checked(router_help_flags):
     cannot be added without it), and each one really is refused by llmstack-server when repeated."""
     every = {"sessionKey": "x", "prefixMinMatchLength": 8, "aliases": {"a": "b"},
              "apiKeys": {"existingSecret": "keys"}, "routingLogic": "kvaware",
-             "tokenizers": [{"model": "a", "path": "/t/a"}, {"path": "/t/any"}]}
+             "tokenizers": [{"model": "a", "path": "/t/a"}, {"path": "/t/any"}], "replicaCount": 2}
     objects = render({"routerSpec": every})
     args = one(objects, "Deployment", "demo-llmstack-router")["spec"]["template"]["spec"]["containers"][0]["args"]
     passed = [a for a in args if a.startswith("--")]
-    assert len(passed) == 20 and passed.count("--tokenizer") == 2
+    assert len(passed) == 22 and passed.count("--tokenizer") == 2 and "--peers" in passed
     # --tokenizer is repeatable: more in extraArgs are the router's to take.
     for f in sorted(set(passed) - {"--tokenizer"}):
         with pytest.raises(helm.HelmError, match=re.escape(f"routerSpec.extraArgs: {f} is already passed")):
@@ -838,7 +838,8 @@ def test_render_common_invariants(case, router_help_flags, sim_help_flags):
         assert len(meta["name"]) <= 63 and re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", meta["name"]), meta["name"]
         for port in all_ports(obj):
             # Helm v4 applies server-side; 1.20's SSA rejects list entries without `protocol`.
-            assert port.get("protocol") == "TCP", (obj["kind"], meta["name"], port)
+            assert port.get("protocol") in ("TCP", "UDP"), (obj["kind"], meta["name"], port)
+            assert port.get("protocol") == "TCP" or port.get("name") == "peers", port
             assert port.get("name"), port
 
     router = one(objects, "Deployment", f"{RELEASE}-llmstack-router")
@@ -1034,6 +1035,31 @@ def test_render_prefix_routing():
     engine = one(objects, "Deployment", "demo-llmstack-llama3-engine")["spec"]["template"]["spec"]["containers"][0]
     assert "--enable-prefix-caching" in engine["args"]
     assert flag(engine["args"], "--max-num-seqs") == "256"
+
+
+def test_render_router_replicas_share_load():
+    """Several router replicas with a policy that reads load share it (--peers) through a
+    headless Service of the router Pods, over UDP; one replica, a policy that reads no load,
+    or shareLoad off: neither the flags nor the Service."""
+    for values in ({"replicaCount": 3, "routingLogic": "prefixaware"},
+                   {"routingLogic": "kvaware", "autoscaling": {"enabled": True}, "peerPort": 7100}):
+        objects = render({"routerSpec": values})
+        c = router_container(objects)
+        port = values.get("peerPort", 7072)
+        assert flag(c["args"], "--peers") == f"demo-llmstack-router-peers.llm.svc:{port}"
+        assert flag(c["args"], "--peer-port") == str(port)
+        assert {"name": "peers", "containerPort": port, "protocol": "UDP"} in c["ports"]
+        svc = one(objects, "Service", "demo-llmstack-router-peers")
+        assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
+        assert svc["spec"]["ports"] == [{"name": "peers", "port": port, "targetPort": "peers", "protocol": "UDP"}]
+        router = one(objects, "Deployment", "demo-llmstack-router")
+        assert router["spec"]["template"]["metadata"]["labels"].items() >= svc["spec"]["selector"].items()
+    for values in ({"routingLogic": "prefixaware"}, {"replicaCount": 3},
+                   {"replicaCount": 3, "routingLogic": "random"},
+                   {"replicaCount": 3, "routingLogic": "kvaware", "shareLoad": False}):
+        objects = render({"routerSpec": values})
+        assert flag(router_container(objects)["args"], "--peers") is None, values
+        assert not [o for o in objects if o["metadata"]["name"] == "demo-llmstack-router-peers"], values
 
 
 def router_container(objects):

@@ -60,6 +60,18 @@ that no longer matches its Deployment's selector). Call with (dict "labels" L "p
 {{- printf "%s-router" (include "llmstack.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/* "true" when router replicas share their in-flight load (routerSpec.shareLoad). */}}
+{{- define "llmstack.routerSharesLoad" -}}
+{{- $r := .Values.routerSpec -}}
+{{- $reads := not (has $r.routingLogic (list "roundrobin" "random")) -}}
+{{- $many := or (gt ($r.replicaCount | int) 1) $r.autoscaling.enabled -}}
+{{- if and $r.enableRouter $r.shareLoad $reads $many }}true{{ end -}}
+{{- end }}
+
+{{- define "llmstack.routerPeersName" -}}
+{{- printf "%s-peers" (include "llmstack.routerName" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
 {{- define "llmstack.routerSelectorLabels" -}}
 {{ include "llmstack.selectorLabels" . }}
 app.kubernetes.io/component: router
