@@ -546,4 +546,6 @@ impl<'a> Reader<'a> {
 }
 
 #[cfg(test)]
+mod sim_tests;
+#[cfg(test)]
 mod tests;
