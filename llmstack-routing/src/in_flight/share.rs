@@ -61,10 +61,12 @@ struct Totals {
     pending: u64,
 }
 
-/// What the peers said, per engine: each peer's latest totals and when they came.
+/// What the peers said, per engine: each peer's latest totals and when they came; and
+/// when each peer was last heard from, with its address (for the log).
 #[derive(Default)]
 struct PeerTable {
     engines: HashMap<u64, Vec<(u64, Totals, Instant)>, RandomState>,
+    peers: HashMap<u64, (SocketAddr, Instant), RandomState>,
 }
 
 // === impl PeerTable ===
@@ -80,9 +82,24 @@ impl PeerTable {
         sum(peers)
     }
 
+    /// A datagram from `peer` at `from` arrived: logs a peer heard for the first time
+    /// (or again after going silent).
+    fn heard(&mut self, peer: u64, from: SocketAddr, now: Instant) {
+        if self.peers.insert(peer, (from, now)).is_none() {
+            tracing::info!(peer = %from, "load sharing: hearing from a peer replica");
+        }
+    }
+
     /// Drops what is older than [`EXPIRY`]; returns the engines whose sums changed,
     /// with their new sums.
     fn expire(&mut self, now: Instant) -> Vec<(u64, Totals)> {
+        self.peers.retain(|_, (from, at)| {
+            let alive = now.saturating_duration_since(*at) < EXPIRY;
+            if !alive {
+                tracing::info!(peer = %from, "load sharing: a peer replica went silent; its load is no longer counted");
+            }
+            alive
+        });
         let mut changed = Vec::new();
         self.engines.retain(|&engine, peers| {
             let before = peers.len();
@@ -172,7 +189,7 @@ impl InFlight {
         loop {
             tokio::select! {
                 received = socket.recv_from(&mut recv) => match received {
-                    Ok((n, _)) => self.receive(sender, &recv[..n], &mut table),
+                    Ok((n, from)) => self.receive(sender, &recv[..n], from, &mut table),
                     Err(e) => {
                         tracing::debug!(error = %e, "load sharing: receive failed");
                         tokio::time::sleep(BATCH).await;
@@ -236,14 +253,16 @@ impl InFlight {
         }
     }
 
-    fn receive(&self, me: u64, buf: &[u8], table: &mut PeerTable) {
+    fn receive(&self, me: u64, buf: &[u8], from: SocketAddr, table: &mut PeerTable) {
         let Some((peer, entries)) = decode(buf) else {
+            tracing::debug!(from = %from, "load sharing: ignoring a datagram that is not ours");
             return;
         };
         if peer == me {
             return;
         }
         let now = Instant::now();
+        table.heard(peer, from, now);
         let sums: Vec<(u64, Totals)> = entries
             .into_iter()
             .map(|(engine, totals)| (engine, table.update(peer, engine, totals, now)))
