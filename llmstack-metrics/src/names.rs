@@ -81,6 +81,9 @@ pub const ENGINE_EJECTIONS: &str = "llmstack_engine_ejections_total";
 /// Whether each engine is ejected now (1) or not (0), by `engine`.
 pub const ENGINE_EJECTED: &str = "llmstack_engine_ejected";
 
+/// Peer router replicas heard from in the last second (`--peers`; absent without it).
+pub const PEER_REPLICAS: &str = "llmstack_peer_replicas";
+
 /// KV-event batches applied (live and replayed), by `engine`.
 pub const KV_EVENT_BATCHES: &str = "llmstack_kv_event_batches_total";
 /// KV events applied, by `engine` and `type` (`block_stored`, `block_removed`,
@@ -209,6 +212,10 @@ pub fn describe() {
     describe_gauge!(
         ENGINE_EJECTED,
         "Whether the engine is ejected or half-open now (1) or serving (0)."
+    );
+    describe_gauge!(
+        PEER_REPLICAS,
+        "Peer router replicas this one heard from in the last second (load sharing, --peers)."
     );
     describe_counter!(
         API_KEY_RELOADS,

@@ -46,6 +46,8 @@ struct Inner {
     /// Peers' latest sums per engine (by [`EndpointId::stable_hash`]), kept for engines
     /// this router has no counters for yet.
     peer_sums: Mutex<Map<u64, (u32, u64)>>,
+    /// Peers heard from within the last second (written by the sharing task).
+    peers_heard: std::sync::atomic::AtomicU32,
     epoch: Instant,
 }
 
@@ -63,6 +65,7 @@ impl Default for InFlight {
                 observed: Mutex::default(),
                 signal: Arc::default(),
                 peer_sums: Mutex::default(),
+                peers_heard: std::sync::atomic::AtomicU32::new(0),
                 epoch: Instant::now(),
             }),
         }
@@ -160,6 +163,16 @@ impl InFlight {
                 .copied()
                 .unwrap_or((0, 0))
         }))
+    }
+
+    /// Peer replicas heard from within the last second; `None` unless load sharing runs
+    /// ([`InFlight::share`]). With N replicas sharing, N − 1 when all is well.
+    pub fn peers_heard(&self) -> Option<u32> {
+        self.inner
+            .signal
+            .on
+            .load(Ordering::Relaxed)
+            .then(|| self.inner.peers_heard.load(Ordering::Relaxed))
     }
 
     /// Requests in flight on all endpoints.

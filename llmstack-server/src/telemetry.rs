@@ -118,6 +118,9 @@ pub(crate) fn render(shared: &Shared, handle: &PrometheusHandle) -> String {
             }
         }
     }
+    if let Some(peers) = shared.router.in_flight().peers_heard() {
+        gauge!(names::PEER_REPLICAS).set(f64::from(peers));
+    }
     for (state, n) in ["pending", "ready", "unready"].into_iter().zip(by_state) {
         gauge!(names::ENDPOINTS, "state" => state).set(f64::from(n));
     }

@@ -204,6 +204,9 @@ impl InFlight {
                     let all = self.own_totals(false);
                     self.send(&socket, &peers, sender, &all, &mut send).await;
                     let expired = table.expire(Instant::now());
+                    self.inner
+                        .peers_heard
+                        .store(table.peers.len() as u32, Ordering::Relaxed);
                     self.store_sums(&expired);
                 }
             }
@@ -263,6 +266,9 @@ impl InFlight {
         }
         let now = Instant::now();
         table.heard(peer, from, now);
+        self.inner
+            .peers_heard
+            .store(table.peers.len() as u32, Ordering::Relaxed);
         let sums: Vec<(u64, Totals)> = entries
             .into_iter()
             .map(|(engine, totals)| (engine, table.update(peer, engine, totals, now)))

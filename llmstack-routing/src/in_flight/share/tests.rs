@@ -104,6 +104,12 @@ async fn a_replica_counts_what_its_peer_has_in_flight() {
     })
     .await;
     assert_eq!(load(&b, &ep).in_flight, 0);
+    assert_eq!(b.peers_heard(), Some(1));
+    assert_eq!(
+        InFlight::default().peers_heard(),
+        None,
+        "no sharing, no figure"
+    );
     assert_eq!(
         load(&a, &ep).peer_in_flight,
         0,
@@ -131,5 +137,6 @@ async fn a_replica_counts_what_its_peer_has_in_flight() {
     task_a.abort();
     tokio::time::sleep(EXPIRY + HEARTBEAT * 2).await;
     assert_eq!(load(&b, &ep).peer_in_flight, 0);
+    assert_eq!(b.peers_heard(), Some(0));
     task_b.abort();
 }
