@@ -167,10 +167,20 @@ fn decode(buf: &[u8]) -> Option<(u64, Vec<(u64, Totals)>)> {
 impl InFlight {
     /// Shares this router's in-flight counts with its peer replicas over `socket`, and
     /// folds theirs into [`Load::peer_in_flight`](crate::Load::peer_in_flight) and
-    /// [`Load::peer_pending_prefill_tokens`](crate::Load::peer_pending_prefill_tokens);
-    /// see the [module](self). `peers` may list this replica too (a headless Service
-    /// does): its own datagrams are recognised and ignored. Runs until dropped; I/O
-    /// errors are logged and retried, never fatal.
+    /// [`Load::peer_pending_prefill_tokens`](crate::Load::peer_pending_prefill_tokens).
+    ///
+    /// The datagrams carry state, not events: per engine, this replica's requests in
+    /// flight and their pending prefill tokens, sent about a millisecond after they
+    /// change and all of them every [`SHARE_HEARTBEAT`](crate::SHARE_HEARTBEAT); a
+    /// peer's figures are forgotten after [`SHARE_EXPIRY`](crate::SHARE_EXPIRY) without
+    /// news, so a lost datagram costs one heartbeat of staleness and a replica that is
+    /// gone stops counting within a second. Engines are named by
+    /// [`EndpointId::stable_hash`](llmstack_core::EndpointId::stable_hash). Datagrams
+    /// are not authenticated: keep the port inside the cluster.
+    ///
+    /// `peers` may list this replica too (a headless Service does): its own datagrams
+    /// are recognised and ignored. Runs until dropped; I/O errors are logged and
+    /// retried, never fatal.
     ///
     /// Cost on the request path once sharing is on: marking the engine changed and a
     /// wake-up, at each pick, first byte and end.

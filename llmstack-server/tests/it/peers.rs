@@ -84,7 +84,10 @@ async fn a_replica_sends_new_work_away_from_the_engine_its_peer_keeps_busy() {
     let busy = busy.expect("replica B never heard of A's request");
     // Each replica has heard from one peer, and says so.
     let metrics = get(&s.client, &format!("{b_url}/metrics")).await;
-    assert_eq!(sample(metrics.text(), "llmstack_peer_replicas", &[]), Some(1.0));
+    assert_eq!(
+        sample(metrics.text(), "llmstack_peer_replicas", &[]),
+        Some(1.0)
+    );
     // A does not count its own request as a peer's.
     assert_eq!(
         peer_in_flight(&s.client, &s.server, &busy).await,
