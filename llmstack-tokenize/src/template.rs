@@ -1,6 +1,8 @@
 //! A chat template compiled once, in an environment set up as transformers sets up its
 //! Jinja environment for `apply_chat_template`.
 
+use std::borrow::Cow;
+
 use minijinja::syntax::SyntaxConfig;
 use minijinja::{AutoEscape, Environment, Value};
 use serde_json::{Map, Value as Json};
@@ -84,6 +86,47 @@ impl ChatTemplate {
         messages: &str,
         add_generation_prompt: bool,
     ) -> Result<String, TokenizerError> {
+        match plain_conversation(messages, self.format) {
+            Some(conv) => self.render_plain(conv, add_generation_prompt),
+            None => self.render_prepared(messages, add_generation_prompt),
+        }
+    }
+
+    fn template(&self) -> Result<minijinja::Template<'_, '_>, TokenizerError> {
+        self.env
+            .get_template(NAME)
+            .map_err(|e| TokenizerError::render(e.to_string()))
+    }
+
+    /// [`ChatTemplate::render`] for a conversation of plain messages, given as template
+    /// values ([`plain_conversation`]).
+    fn render_plain(
+        &self,
+        conv: Value,
+        add_generation_prompt: bool,
+    ) -> Result<String, TokenizerError> {
+        {
+            let mut ctx: Vec<(&str, Value)> = self
+                .special
+                .iter()
+                .map(|(k, v)| (k.as_str(), Value::from(v.as_str().unwrap_or_default())))
+                .collect();
+            ctx.push(("messages", conv));
+            ctx.push(("add_generation_prompt", Value::from(add_generation_prompt)));
+            ctx.push(("tools", Value::from(())));
+            ctx.push(("documents", Value::from(())));
+            self.template()?
+                .render(Value::from_pairs(ctx))
+                .map_err(|e| TokenizerError::render(format!("{e:#}")))
+        }
+    }
+
+    /// [`ChatTemplate::render`] by vLLM's full preparation of any conversation.
+    fn render_prepared(
+        &self,
+        messages: &str,
+        add_generation_prompt: bool,
+    ) -> Result<String, TokenizerError> {
         let conv = conversation::prepare(messages, self.format, self.supports_developer)?;
         let mut ctx = self.special.clone();
         ctx.insert("messages".into(), Json::Array(conv));
@@ -93,14 +136,54 @@ impl ChatTemplate {
         );
         ctx.insert("tools".into(), Json::Null);
         ctx.insert("documents".into(), Json::Null);
-        let template = self
-            .env
-            .get_template(NAME)
-            .map_err(|e| TokenizerError::render(e.to_string()))?;
-        template
+        self.template()?
             .render(Value::from(minijinja::value::Serde(&Json::Object(ctx))))
             .map_err(|e| TokenizerError::render(format!("{e:#}")))
     }
+}
+
+/// One message of the common conversation: a system, user or assistant role and text
+/// (or null) content, nothing else.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlainMessage<'a> {
+    #[serde(borrow)]
+    role: Cow<'a, str>,
+    #[serde(borrow, default)]
+    content: Option<Cow<'a, str>>,
+}
+
+/// The template's `messages` for a conversation of [`PlainMessage`]s only, built as
+/// template values directly: what [`conversation::prepare`] gives for it (one parse, no
+/// JSON tree, no conversion of one). `None` for anything else (content parts, tool
+/// calls, names, a developer or tool role), which takes the full path.
+fn plain_conversation(messages: &str, format: ContentFormat) -> Option<Value> {
+    let list: Vec<PlainMessage<'_>> = serde_json::from_str(messages).ok()?;
+    if !list
+        .iter()
+        .all(|m| matches!(&*m.role, "system" | "user" | "assistant"))
+    {
+        return None;
+    }
+    Some(
+        list.into_iter()
+            .map(|m| {
+                let text = m.content.as_deref().map(Value::from);
+                let content = match format {
+                    ContentFormat::String => text.unwrap_or_else(|| Value::from("")),
+                    ContentFormat::OpenAi => text
+                        .map(|t| {
+                            Value::from_iter([Value::from_pairs([
+                                ("type", Value::from("text")),
+                                ("text", t),
+                            ])])
+                        })
+                        .unwrap_or_else(|| Value::from(Vec::<Value>::new())),
+                };
+                Value::from_pairs([("role", Value::from(&*m.role)), ("content", content)])
+            })
+            .collect(),
+    )
 }
 
 /// transformers' `{% generation %}…{% endgeneration %}` extension only marks assistant
@@ -152,5 +235,59 @@ fn split_modifier_end(s: &str) -> (&str, &str) {
     match s.as_bytes().last() {
         Some(b'-' | b'+') => s.split_at(s.len() - 1),
         _ => (s, ""),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plain path renders what the full preparation renders, in both content formats.
+    #[test]
+    fn plain_conversations_render_as_the_full_preparation_does() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/tokenizer");
+        let config = TokenizerConfig::from_dir(std::path::Path::new(dir)).unwrap();
+        let source = config.chat_template.clone().unwrap();
+        // The fixture's template takes both (a string, or text parts).
+        let string = ChatTemplate {
+            format: ContentFormat::String,
+            ..ChatTemplate::new(&source, &config).unwrap()
+        };
+        let openai = ChatTemplate {
+            format: ContentFormat::OpenAi,
+            ..ChatTemplate::new(&source, &config).unwrap()
+        };
+        let conversations = [
+            r#"[{"role":"user","content":"Hi"}]"#,
+            r#"[{"role":"system","content":"  Be brief.\n"},{"role":"user","content":"caf\u00e9 \"x\""},
+                {"role":"assistant","content":null},{"role":"user"},{"role":"assistant","content":""}]"#,
+            r#"[]"#,
+        ];
+        for template in [&string, &openai] {
+            for conv in conversations {
+                let plain = plain_conversation(conv, template.format).expect(conv);
+                for generation in [true, false] {
+                    assert_eq!(
+                        template.render_plain(plain.clone(), generation).unwrap(),
+                        template.render_prepared(conv, generation).unwrap(),
+                        "{conv}"
+                    );
+                }
+            }
+        }
+        // Anything else takes the full path.
+        for other in [
+            r#"[{"role":"user","content":[{"type":"text","text":"a"}]}]"#,
+            r#"[{"role":"user","content":"a","name":"bob"}]"#,
+            r#"[{"role":"developer","content":"a"}]"#,
+            r#"[{"role":"tool","content":"a","tool_call_id":"1"}]"#,
+            r#"[{"role":"assistant","content":"a","tool_calls":[]}]"#,
+            r#"{"role":"user"}"#,
+        ] {
+            assert!(
+                plain_conversation(other, ContentFormat::String).is_none(),
+                "{other}"
+            );
+        }
     }
 }
