@@ -20,7 +20,7 @@ mod share;
 pub use guard::InFlightGuard;
 pub use live::LiveLoads;
 pub use load::Load;
-pub use share::{EXPIRY as SHARE_EXPIRY, HEARTBEAT as SHARE_HEARTBEAT, PeerAddrs, resolve_peers};
+pub use share::{EXPIRY as SHARE_EXPIRY, HEARTBEAT as SHARE_HEARTBEAT, PeerAddrs};
 
 /// Counts, per endpoint, the requests that were sent to it and whose response has not
 /// ended yet (body finished, failed, or dropped by a disconnecting client), with their

@@ -80,7 +80,6 @@ pub use args::RoutingArgs;
 pub use config::{DEFAULT_PEER_PORT, RoutingConfig, RoutingLogic};
 pub use in_flight::{
     InFlight, InFlightGuard, LiveLoads, Load, PeerAddrs, SHARE_EXPIRY, SHARE_HEARTBEAT,
-    resolve_peers,
 };
 pub use kv::{KeySpace, KvIndex, KvMatch, SourceBlocks, block_keys};
 pub use layer::{Route, RouteBody, RouteFuture, RouteLayer};

@@ -163,20 +163,14 @@ impl Server {
         let addr = listener.local_addr().map_err(StartError::Bind)?;
         if !config.routing.peers.is_empty() {
             let at = std::net::SocketAddr::new(config.listen.ip(), config.routing.peer_port);
-            let socket = tokio::net::UdpSocket::bind(at)
+            let sharing = router
+                .in_flight()
+                .clone()
+                .share_with_peers(at, config.routing.peers.clone())
                 .await
                 .map_err(StartError::Bind)?;
             tracing::info!(addr = %at, peers = ?config.routing.peers, "sharing in-flight load with peer replicas");
-            let (peers_tx, peers_rx) = watch::channel(Vec::new());
-            let resolve = tokio::spawn(llmstack_routing::resolve_peers(
-                config.routing.peers.clone(),
-                peers_tx,
-                PEER_RESOLVE_INTERVAL,
-            ));
-            let share = tokio::spawn(router.in_flight().clone().share(socket, peers_rx));
-            spawned
-                .0
-                .extend([resolve.abort_handle(), share.abort_handle()]);
+            spawned.0.push(tokio::spawn(sharing).abort_handle());
         }
         let sweeper = tokio::spawn(forward.sweep_idle());
         let (answered_tx, answered) = tokio::sync::oneshot::channel();
@@ -329,9 +323,6 @@ const STATIC_FILE_POLL: Duration = Duration::from_secs(1);
 
 /// How often the `--api-keys-file` is checked for changes.
 const KEYS_FILE_POLL: Duration = Duration::from_secs(1);
-
-/// How often `--peers` names are resolved again (a headless Service's Pods come and go).
-const PEER_RESOLVE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A discovery source of any kind.
 type Source = Box<dyn Discover>;

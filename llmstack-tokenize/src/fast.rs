@@ -30,8 +30,11 @@ use serde_json::{Value, json};
 use tokenizers::models::ModelWrapper;
 use tokenizers::{Model, Tokenizer};
 
-/// The Llama 3 split pattern with `DIGITS` for the longest run of digits one piece takes.
-const PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,DIGITS}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// The Llama 3 split pattern.
+const PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The longest run of digits one piece takes (`\p{N}{1,3}`).
+const MAX_DIGITS: usize = 3;
 
 /// A Unicode class as sorted ranges, with an ASCII table in front.
 struct CharClass {
@@ -111,10 +114,7 @@ static BYTE_CHARS: LazyLock<[String; 256]> = LazyLock::new(|| {
 
 /// The fast path of one tokenizer: see the [module](self).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct FastBpe {
-    /// The longest run of digits one piece takes (3 in Llama 3's pattern).
-    max_digits: usize,
-}
+pub(crate) struct FastBpe;
 
 impl FastBpe {
     /// The fast path for `tokenizer` when its pipeline is the one this module reads by
@@ -141,21 +141,14 @@ impl FastBpe {
             return None;
         }
         let pre = serde_json::to_value(tokenizer.get_pre_tokenizer()?).ok()?;
-        (1..=3).find_map(|max_digits| {
-            let expected = json!({
-                "type": "Sequence",
-                "pretokenizers": [
-                    {
-                        "type": "Split",
-                        "pattern": {"Regex": PATTERN.replace("DIGITS", &max_digits.to_string())},
-                        "behavior": "Isolated",
-                        "invert": false,
-                    },
-                    {"type": "ByteLevel", "add_prefix_space": false, "use_regex": false},
-                ],
-            });
-            same_pipeline(&pre, &expected).then_some(Self { max_digits })
-        })
+        let expected = json!({
+            "type": "Sequence",
+            "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": PATTERN}, "behavior": "Isolated", "invert": false},
+                {"type": "ByteLevel", "add_prefix_space": false, "use_regex": false},
+            ],
+        });
+        same_pipeline(&pre, &expected).then_some(Self)
     }
 
     /// Appends the ids of `text` (no added tokens in it) to `out`, as the pipeline
@@ -228,10 +221,10 @@ impl FastBpe {
         if c != '\r' && c != '\n' && !number(c) && at(next).is_some_and(letter) {
             return run(next, &letter);
         }
-        // \p{N}{1,max}
+        // \p{N}{1,3}
         if number(c) {
             let mut end = next;
-            for _ in 1..self.max_digits {
+            for _ in 1..MAX_DIGITS {
                 match at(end).filter(|&c| number(c)) {
                     Some(d) => end += d.len_utf8(),
                     None => break,

@@ -261,16 +261,12 @@ impl ModelTokenizer {
     }
 
     fn raw_encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, TokenizerError> {
-        if let (Some(fast), false) = (self.fast, add_special_tokens) {
+        if self.fast.is_some() && !add_special_tokens {
             let mut ids = Vec::with_capacity(text.len() / 3);
             let mut split = |p: Piece<'_>| -> Result<(), TokenizerError> {
                 match p {
                     Piece::Token(id) => ids.push(id),
-                    Piece::Text(t) => fast
-                        .encode(self.tokenizer.get_model(), t, &mut ids)
-                        .map_err(|e| TokenizerError::Encode {
-                            message: e.to_string(),
-                        })?,
+                    Piece::Text(t) => self.encode_text(t, &mut ids)?,
                 }
                 Ok(())
             };
@@ -288,6 +284,27 @@ impl ModelTokenizer {
             })
     }
 
+    /// Appends the ids of `text`, a piece without added tokens, encoded without special
+    /// tokens: by the fast path when this tokenizer has one, else by the pipeline.
+    fn encode_text(&self, text: &str, out: &mut Vec<u32>) -> Result<(), TokenizerError> {
+        let encode_error = |e: tokenizers::Error| TokenizerError::Encode {
+            message: e.to_string(),
+        };
+        match self.fast {
+            Some(fast) => fast
+                .encode(self.tokenizer.get_model(), text, out)
+                .map_err(encode_error),
+            None => {
+                let encoding = self
+                    .tokenizer
+                    .encode_fast(text, false)
+                    .map_err(encode_error)?;
+                out.extend_from_slice(encoding.get_ids());
+                Ok(())
+            }
+        }
+    }
+
     /// Appends the ids of `text` (no special tokens added) piece by piece.
     fn encode_pieces(
         &self,
@@ -298,14 +315,16 @@ impl ModelTokenizer {
         let mut piece = |p: Piece<'_>| -> Result<(), TokenizerError> {
             match p {
                 Piece::Token(id) => out.push(id),
-                Piece::Text(t) if !use_cache => out.extend(self.raw_encode(t, false)?),
+                Piece::Text(t) if !use_cache => self.encode_text(t, out)?,
                 Piece::Text(t) => {
                     let key = SegmentCache::key(t);
                     if let Some(ids) = self.cache.get(key, t.len()) {
                         self.counters.cached.fetch_add(1, Ordering::Relaxed);
                         out.extend_from_slice(&ids);
                     } else {
-                        let ids: Arc<[u32]> = self.raw_encode(t, false)?.into();
+                        let mut ids = Vec::with_capacity(t.len() / 3);
+                        self.encode_text(t, &mut ids)?;
+                        let ids: Arc<[u32]> = ids.into();
                         self.counters.encoded.fetch_add(1, Ordering::Relaxed);
                         out.extend_from_slice(&ids);
                         self.cache.insert(key, t.len(), ids);

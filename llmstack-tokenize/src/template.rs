@@ -105,20 +105,18 @@ impl ChatTemplate {
         conv: Value,
         add_generation_prompt: bool,
     ) -> Result<String, TokenizerError> {
-        {
-            let mut ctx: Vec<(&str, Value)> = self
-                .special
-                .iter()
-                .map(|(k, v)| (k.as_str(), Value::from(v.as_str().unwrap_or_default())))
-                .collect();
-            ctx.push(("messages", conv));
-            ctx.push(("add_generation_prompt", Value::from(add_generation_prompt)));
-            ctx.push(("tools", Value::from(())));
-            ctx.push(("documents", Value::from(())));
-            self.template()?
-                .render(Value::from_pairs(ctx))
-                .map_err(|e| TokenizerError::render(format!("{e:#}")))
-        }
+        let mut ctx: Vec<(&str, Value)> = self
+            .special
+            .iter()
+            .map(|(k, v)| (k.as_str(), Value::from(v.as_str().unwrap_or_default())))
+            .collect();
+        ctx.push(("messages", conv));
+        ctx.push(("add_generation_prompt", Value::from(add_generation_prompt)));
+        ctx.push(("tools", Value::from(())));
+        ctx.push(("documents", Value::from(())));
+        self.template()?
+            .render(Value::from_pairs(ctx))
+            .map_err(|e| TokenizerError::render(format!("{e:#}")))
     }
 
     /// [`ChatTemplate::render`] by vLLM's full preparation of any conversation.

@@ -109,9 +109,7 @@ impl Counters {
             },
         }
     }
-}
 
-impl Counters {
     /// The request counts changed: when load sharing is on, mark them for the sharing
     /// task and wake it. One relaxed load when it is off.
     pub(super) fn touched(&self) {

@@ -42,6 +42,9 @@ pub const HEARTBEAT: Duration = Duration::from_millis(200);
 /// A peer's totals for an engine count until this long without news of them.
 pub const EXPIRY: Duration = Duration::from_secs(1);
 
+/// How often the peers' names are resolved again (a headless Service's Pods come and go).
+const RESOLVE_EVERY: Duration = Duration::from_secs(5);
+
 /// Changes within this window go out in one datagram.
 const BATCH: Duration = Duration::from_millis(1);
 
@@ -51,7 +54,8 @@ const ENTRY: usize = 8 + 4 + 8;
 /// Entries per datagram: well under 64 KiB.
 const MAX_ENTRIES: usize = 2048;
 
-/// The peer replicas' addresses, as [`resolve_peers`] keeps them.
+/// The peer replicas' addresses, kept current by [`InFlight::share_with_peers`] (or by the
+/// caller of [`InFlight::share`]).
 pub type PeerAddrs = watch::Receiver<Vec<SocketAddr>>;
 
 /// One engine's totals from one replica.
@@ -165,6 +169,24 @@ fn decode(buf: &[u8]) -> Option<(u64, Vec<(u64, Totals)>)> {
 // === impl InFlight ===
 
 impl InFlight {
+    /// Load sharing as a router runs it: binds UDP `at`, and returns the task that keeps
+    /// `peers` (`host:port`, a DNS name standing for all its addresses) resolved every
+    /// 5 s and runs [`InFlight::share`] with them. Fails only when `at` cannot be bound.
+    pub async fn share_with_peers(
+        self,
+        at: SocketAddr,
+        peers: Vec<String>,
+    ) -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
+        let socket = UdpSocket::bind(at).await?;
+        let (tx, rx) = watch::channel(Vec::new());
+        Ok(async move {
+            tokio::join!(
+                resolve_peers(peers, tx, RESOLVE_EVERY),
+                self.share(socket, rx)
+            );
+        })
+    }
+
     /// Shares this router's in-flight counts with its peer replicas over `socket`, and
     /// folds theirs into [`Load::peer_in_flight`](crate::Load::peer_in_flight) and
     /// [`Load::peer_pending_prefill_tokens`](crate::Load::peer_pending_prefill_tokens).
@@ -323,11 +345,7 @@ impl InFlight {
 /// Keeps `tx` at the addresses of `entries` (`host:port`; a DNS name such as a headless
 /// Service's gives every address it resolves to), resolving them every `every`. A name
 /// that does not resolve keeps its last addresses. Runs until dropped.
-pub async fn resolve_peers(
-    entries: Vec<String>,
-    tx: watch::Sender<Vec<SocketAddr>>,
-    every: Duration,
-) {
+async fn resolve_peers(entries: Vec<String>, tx: watch::Sender<Vec<SocketAddr>>, every: Duration) {
     let mut known: HashMap<String, Vec<SocketAddr>> = HashMap::new();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
