@@ -10,6 +10,10 @@ use serde_json::{Map, Value as Json};
 use crate::content_format::{self, ContentFormat};
 use crate::{TokenizerConfig, TokenizerError, conversation, pycompat};
 
+mod by_message;
+
+use by_message::MessageFormat;
+
 const NAME: &str = "chat_template";
 
 /// One compiled chat template with what vLLM derives from its source.
@@ -19,6 +23,9 @@ pub(crate) struct ChatTemplate {
     supports_developer: bool,
     /// The special tokens transformers passes to every render (`bos_token`, …).
     special: Map<String, Json>,
+    /// The template's plain conversations as plain text, when it renders them message
+    /// by message ([`by_message`]).
+    by_message: Option<MessageFormat>,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -26,6 +33,7 @@ impl std::fmt::Debug for ChatTemplate {
         f.debug_struct("ChatTemplate")
             .field("format", &self.format)
             .field("supports_developer", &self.supports_developer)
+            .field("by_message", &self.by_message.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -66,12 +74,26 @@ impl ChatTemplate {
                 special.insert(key.into(), Json::String(v.clone()));
             }
         }
-        Ok(Self {
+        let mut template = Self {
             env,
             format: content_format::detect(source),
             supports_developer: source.contains("\"developer\"") || source.contains("'developer'"),
             special,
-        })
+            by_message: None,
+        };
+        template.by_message = MessageFormat::learn(source, |conv, generation| {
+            let list: Vec<PlainMessage<'_>> = conv
+                .iter()
+                .map(|&(role, content)| PlainMessage {
+                    role: role.into(),
+                    content: Some(content.into()),
+                })
+                .collect();
+            template
+                .render_plain(plain_values(&list, template.format), generation)
+                .ok()
+        });
+        Ok(template)
     }
 
     /// The content format vLLM's auto-detection picks for this template.
@@ -86,10 +108,17 @@ impl ChatTemplate {
         messages: &str,
         add_generation_prompt: bool,
     ) -> Result<String, TokenizerError> {
-        match plain_conversation(messages, self.format) {
-            Some(conv) => self.render_plain(conv, add_generation_prompt),
-            None => self.render_prepared(messages, add_generation_prompt),
+        let Some(list) = plain_messages(messages) else {
+            return self.render_prepared(messages, add_generation_prompt);
+        };
+        if let Some(text) = self
+            .by_message
+            .as_ref()
+            .and_then(|f| f.render(&list, add_generation_prompt))
+        {
+            return Ok(text);
         }
+        self.render_plain(plain_values(&list, self.format), add_generation_prompt)
     }
 
     fn template(&self) -> Result<minijinja::Template<'_, '_>, TokenizerError> {
@@ -155,33 +184,38 @@ struct PlainMessage<'a> {
 /// template values directly: what [`conversation::prepare`] gives for it (one parse, no
 /// JSON tree, no conversion of one). `None` for anything else (content parts, tool
 /// calls, names, a developer or tool role), which takes the full path.
+#[cfg(test)]
 fn plain_conversation(messages: &str, format: ContentFormat) -> Option<Value> {
+    plain_messages(messages).map(|list| plain_values(&list, format))
+}
+
+/// The raw JSON of `messages` as [`PlainMessage`]s; `None` unless every message is one.
+fn plain_messages(messages: &str) -> Option<Vec<PlainMessage<'_>>> {
     let list: Vec<PlainMessage<'_>> = serde_json::from_str(messages).ok()?;
-    if !list
-        .iter()
+    list.iter()
         .all(|m| matches!(&*m.role, "system" | "user" | "assistant"))
-    {
-        return None;
-    }
-    Some(
-        list.into_iter()
-            .map(|m| {
-                let text = m.content.as_deref().map(Value::from);
-                let content = match format {
-                    ContentFormat::String => text.unwrap_or_else(|| Value::from("")),
-                    ContentFormat::OpenAi => text
-                        .map(|t| {
-                            Value::from_iter([Value::from_pairs([
-                                ("type", Value::from("text")),
-                                ("text", t),
-                            ])])
-                        })
-                        .unwrap_or_else(|| Value::from(Vec::<Value>::new())),
-                };
-                Value::from_pairs([("role", Value::from(&*m.role)), ("content", content)])
-            })
-            .collect(),
-    )
+        .then_some(list)
+}
+
+/// The template's `messages` for plain messages, in content format `format`.
+fn plain_values(list: &[PlainMessage<'_>], format: ContentFormat) -> Value {
+    list.iter()
+        .map(|m| {
+            let text = m.content.as_deref().map(Value::from);
+            let content = match format {
+                ContentFormat::String => text.unwrap_or_else(|| Value::from("")),
+                ContentFormat::OpenAi => text
+                    .map(|t| {
+                        Value::from_iter([Value::from_pairs([
+                            ("type", Value::from("text")),
+                            ("text", t),
+                        ])])
+                    })
+                    .unwrap_or_else(|| Value::from(Vec::<Value>::new())),
+            };
+            Value::from_pairs([("role", Value::from(&*m.role)), ("content", content)])
+        })
+        .collect()
 }
 
 /// transformers' `{% generation %}…{% endgeneration %}` extension only marks assistant
