@@ -128,7 +128,7 @@ impl ChatTemplate {
     }
 
     /// [`ChatTemplate::render`] for a conversation of plain messages, given as template
-    /// values ([`plain_conversation`]).
+    /// values ([`plain_values`]).
     fn render_plain(
         &self,
         conv: Value,

@@ -10,7 +10,7 @@ use llmstack_core::{Endpoint, EndpointId, KvSink, KvSource, StatsReader};
 use tokio::time::Instant;
 
 use super::chain::{self, KeySpace, next_key};
-use super::holders::{Holder, HolderTable};
+use super::holders::{Holder, HolderTable, SlotKeys};
 use super::pending::Pending;
 
 mod matching;
@@ -59,8 +59,8 @@ struct Slot {
     source: KvSource,
     /// Tokens per block (0 before the first `BlockStored`).
     block_size: u32,
-    /// The engine's block hash → the router's key.
-    keys: HashMap<u64, u64, RandomState>,
+    /// The engine's block hash → its block in the holder table.
+    keys: SlotKeys,
     gpu_blocks: usize,
     lower_blocks: usize,
     batches: u64,
@@ -258,7 +258,7 @@ impl KvIndex {
             .slots
             .iter()
             .flatten()
-            .map(|s| table_bytes::<u64, u64>(s.keys.capacity()))
+            .map(|s| s.keys.memory_bytes())
             .sum();
         inner.blocks.memory_bytes() + keys + inner.pending.memory_bytes()
     }
@@ -337,20 +337,6 @@ impl KvSink for KvIndex {
     }
 }
 
-/// The allocation of a swiss table of `capacity` usable slots: buckets (a power of two
-/// at 7/8 load) of one entry and one control byte each.
-pub(super) fn table_bytes<K, V>(capacity: usize) -> usize {
-    if capacity == 0 {
-        return 0;
-    }
-    let buckets = if capacity < 8 {
-        (capacity + 1).next_power_of_two()
-    } else {
-        (capacity * 8 / 7).next_power_of_two()
-    };
-    buckets * (std::mem::size_of::<(K, V)>() + 1)
-}
-
 // === impl Inner ===
 
 impl Inner {
@@ -361,7 +347,7 @@ impl Inner {
         let new = Slot {
             source: source.clone(),
             block_size: 0,
-            keys: HashMap::default(),
+            keys: SlotKeys::default(),
             gpu_blocks: 0,
             lower_blocks: 0,
             batches: 0,
@@ -417,8 +403,8 @@ impl Inner {
             Some(parent) => {
                 let known = self.slots[slot as usize]
                     .as_ref()
-                    .and_then(|s| s.keys.get(&parent))
-                    .copied();
+                    .and_then(|s| s.keys.get(parent))
+                    .map(|at| self.blocks.key(at));
                 match known {
                     Some(key) => (key, false),
                     None => {
@@ -461,8 +447,15 @@ impl Inner {
             return;
         };
         // The engine's hash names the same content for as long as it is cached.
-        let key = *s.keys.entry(hash).or_insert(key);
-        let (old, new) = self.blocks.update(key, slot, |h| {
+        let at = match s.keys.get(hash) {
+            Some(at) => at,
+            None => {
+                let at = self.blocks.acquire(key);
+                s.keys.insert(hash, at);
+                at
+            }
+        };
+        let (old, new) = self.blocks.update(at, slot, |h| {
             if gpu {
                 h.gpu = h.gpu.saturating_add(1);
             } else {
@@ -481,10 +474,10 @@ impl Inner {
             let Some(s) = self.slots[slot as usize].as_mut() else {
                 return;
             };
-            let Some(&key) = s.keys.get(&hash) else {
+            let Some(at) = s.keys.get(hash) else {
                 continue;
             };
-            let (old, new) = self.blocks.update(key, slot, |h| {
+            let (old, new) = self.blocks.update(at, slot, |h| {
                 if gpu {
                     h.gpu = h.gpu.saturating_sub(1);
                 } else {
@@ -493,7 +486,8 @@ impl Inner {
             });
             s.count(old, new);
             if new.gpu == 0 && new.lower == 0 {
-                s.keys.remove(&hash);
+                s.keys.remove(hash);
+                self.blocks.release(at);
             }
         }
     }
@@ -504,14 +498,15 @@ impl Inner {
             return;
         };
         self.pending.forget(&s.source.endpoint);
-        let keys = std::mem::take(&mut s.keys);
+        let named = s.keys.take();
         s.gpu_blocks = 0;
         s.lower_blocks = 0;
-        for key in keys.values() {
-            self.blocks.update(*key, slot, |h| {
+        for at in named {
+            self.blocks.update(at, slot, |h| {
                 h.gpu = 0;
                 h.lower = 0;
             });
+            self.blocks.release(at);
         }
     }
 }

@@ -145,8 +145,8 @@ impl Pending {
 
     /// Bytes allocated for the tables.
     pub(super) fn memory_bytes(&self) -> usize {
-        super::index::table_bytes::<(u64, u32), Instant>(self.entries.capacity())
+        super::holders::table_bytes::<((u64, u32), Instant)>(self.entries.capacity())
             + self.queue.capacity() * std::mem::size_of::<(u64, u32, Instant)>()
-            + super::index::table_bytes::<EndpointId, u32>(self.tags.capacity())
+            + super::holders::table_bytes::<(EndpointId, u32)>(self.tags.capacity())
     }
 }
