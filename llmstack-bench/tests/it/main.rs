@@ -101,6 +101,12 @@ async fn multi_round_qa_runs_every_round() {
         (sa.prefix_cache_queries + sb.prefix_cache_queries) as f64
     );
     assert!(delta.prefix_cache_hit_rate.unwrap() > 0.3, "{delta:?}");
+    // The engines' own split of TTFT: one request at a time waits in no queue, and a
+    // prefill of hundreds of tokens takes the profile's milliseconds.
+    let prefill = delta.prefill_ms_mean.unwrap();
+    let queue = delta.queue_ms_mean.unwrap();
+    assert!(prefill > 1.0, "{delta:?}");
+    assert!(queue < prefill, "{delta:?}");
 }
 
 /// Open loop: 100 Poisson arrivals at 200/s take about half a second, whatever the engine.
