@@ -15,7 +15,9 @@
 //! classes are the `regex` crate's own Unicode tables (through `regex-syntax`, the
 //! version `fancy-regex` uses), so letters, numbers and white space are what the regex
 //! says they are. Each piece's bytes are then mapped to the byte-level alphabet and
-//! given to the tokenizer's BPE model (with its word cache), as the pipeline does.
+//! given to the tokenizer's BPE model, as the pipeline does; the piece's ids are kept in
+//! a word cache of this module's own (the model's `tokenize` builds a `String` per token
+//! even when its own cache hits).
 //!
 //! Used only when the tokenizer is exactly that pipeline (no normalizer, this split
 //! pattern with `Isolated`, byte-level without its own regex, a BPE model, no added token
@@ -23,7 +25,10 @@
 //! load; otherwise the `tokenizers` pipeline encodes. The tests compare the two on
 //! random text.
 
-use std::sync::LazyLock;
+use std::collections::HashMap;
+use std::sync::{LazyLock, PoisonError, RwLock};
+
+use foldhash::fast::RandomState;
 
 use regex_syntax::hir::{Class, ClassUnicode, HirKind};
 use serde_json::{Value, json};
@@ -112,9 +117,19 @@ static BYTE_CHARS: LazyLock<[String; 256]> = LazyLock::new(|| {
     })
 });
 
+/// Pieces the word cache keeps (then it stops adding, as the BPE model's own cache
+/// does). Words of a few bytes and ids: about 4 MiB when full; at most about 13 MiB
+/// (every piece 32 bytes).
+const WORD_CACHE_CAPACITY: usize = 65_536;
+/// Pieces longer than this are not cached (long runs of one class, seldom repeated).
+const WORD_CACHE_MAX_LEN: usize = 32;
+
 /// The fast path of one tokenizer: see the [module](self).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct FastBpe;
+#[derive(Debug, Default)]
+pub(crate) struct FastBpe {
+    /// Piece (as in the text, before the byte-level mapping) → its ids.
+    words: RwLock<HashMap<Box<str>, Box<[u32]>, RandomState>>,
+}
 
 impl FastBpe {
     /// The fast path for `tokenizer` when its pipeline is the one this module reads by
@@ -148,7 +163,7 @@ impl FastBpe {
                 {"type": "ByteLevel", "add_prefix_space": false, "use_regex": false},
             ],
         });
-        same_pipeline(&pre, &expected).then_some(Self)
+        same_pipeline(&pre, &expected).then(Self::default)
     }
 
     /// Appends the ids of `text` (no added tokens in it) to `out`, as the pipeline
@@ -161,14 +176,37 @@ impl FastBpe {
     ) -> tokenizers::Result<()> {
         let mut mapped = String::new();
         let mut start = 0;
+        let words = self.words.read().unwrap_or_else(PoisonError::into_inner);
+        // New pieces: their bytes in `text` and their ids in `out`.
+        let mut new: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)> = Vec::new();
         while start < text.len() {
             let end = self.split(text, start);
-            mapped.clear();
-            for &b in &text.as_bytes()[start..end] {
-                mapped.push_str(&BYTE_CHARS[usize::from(b)]);
+            let piece = &text[start..end];
+            if let Some(ids) = words.get(piece) {
+                out.extend_from_slice(ids);
+            } else {
+                mapped.clear();
+                for &b in piece.as_bytes() {
+                    mapped.push_str(&BYTE_CHARS[usize::from(b)]);
+                }
+                let from = out.len();
+                out.extend(model.tokenize(&mapped)?.into_iter().map(|t| t.id));
+                if piece.len() <= WORD_CACHE_MAX_LEN {
+                    new.push((start..end, from..out.len()));
+                }
             }
-            out.extend(model.tokenize(&mapped)?.into_iter().map(|t| t.id));
             start = end;
+        }
+        let room = WORD_CACHE_CAPACITY.saturating_sub(words.len());
+        drop(words);
+        if !new.is_empty() && room > 0 {
+            let mut words = self.words.write().unwrap_or_else(PoisonError::into_inner);
+            for (piece, ids) in new.into_iter().take(room) {
+                let piece = &text[piece];
+                if !words.contains_key(piece) {
+                    words.insert(piece.into(), out[ids].into());
+                }
+            }
         }
         Ok(())
     }

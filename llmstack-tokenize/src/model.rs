@@ -290,7 +290,7 @@ impl ModelTokenizer {
         let encode_error = |e: tokenizers::Error| TokenizerError::Encode {
             message: e.to_string(),
         };
-        match self.fast {
+        match &self.fast {
             Some(fast) => fast
                 .encode(self.tokenizer.get_model(), text, out)
                 .map_err(encode_error),

@@ -18,15 +18,24 @@ const FIXTURE: &str = concat!(
 static FIXTURE_TOKENIZER: LazyLock<Tokenizer> =
     LazyLock::new(|| Tokenizer::from_file(FIXTURE).unwrap());
 
-fn fixture() -> (&'static Tokenizer, FastBpe) {
-    let tokenizer = &*FIXTURE_TOKENIZER;
-    let fast = FastBpe::detect(tokenizer).expect("the fixture is a Llama-3-style pipeline");
-    (tokenizer, fast)
+/// One fast path for every case, so its word cache fills and hits across cases.
+static FIXTURE_FAST: LazyLock<FastBpe> = LazyLock::new(|| {
+    FastBpe::detect(&FIXTURE_TOKENIZER).expect("the fixture is a Llama-3-style pipeline")
+});
+
+fn fixture() -> (&'static Tokenizer, &'static FastBpe) {
+    (&*FIXTURE_TOKENIZER, &*FIXTURE_FAST)
 }
 
-fn fast_ids(tokenizer: &Tokenizer, fast: FastBpe, text: &str) -> Vec<u32> {
+/// The fast path's ids, encoded twice: the second time its word cache holds every
+/// short piece, and must give the same ids.
+fn fast_ids(tokenizer: &Tokenizer, fast: &FastBpe, text: &str) -> Vec<u32> {
     let mut ids = Vec::new();
     fast.encode(tokenizer.get_model(), text, &mut ids).unwrap();
+    let mut again = Vec::new();
+    fast.encode(tokenizer.get_model(), text, &mut again)
+        .unwrap();
+    assert_eq!(again, ids, "cached pieces give other ids: {text:?}");
     ids
 }
 
