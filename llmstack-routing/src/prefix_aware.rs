@@ -23,6 +23,8 @@ use crate::{Candidates, Load, Policy};
 ///                                             (and by its peer replicas, when shared)
 ///        + request_weight × requests_i        running and queued requests there
 ///        + evict_weight × evicted_i           cached prefixes pushed out to make room
+///        + footprint_weight × fill_i          what the rest will push out later
+///                           × (uncached_i − evicted_i)
 ///        + adapter_penalty                    LoRA adapter known not to be loaded there
 /// ```
 ///
@@ -37,6 +39,16 @@ use crate::{Candidates, Load, Policy};
 /// full, every new token there evicts one that another request will probably need
 /// again. Without this term one engine holding a shared system prompt would attract
 /// every new conversation until its cache thrashes.
+///
+/// `fill_i` is how full that share is (1 − room / `kv_capacity_tokens`; 0 when either
+/// is unknown): the tokens that still fit now will push out others' prefixes later, in
+/// proportion to how little room is left. So new conversations go to the emptier caches
+/// (their footprint, and the long first prefills of their users, are spread instead of
+/// piling up where a queue happened to be short), and a conversation leaves its holder
+/// only when the queue there outweighs its history and the second copy it would write
+/// elsewhere. Measured in `benches/routing/run` (multi-round QA, docs/benchmarks.md):
+/// mean TTFT at QPS 10 fell 8–10 % for both policies with `footprint_weight` 1, level
+/// at 40–80 QPS; 2 was no better.
 ///
 /// `uncached_i` is the prompt minus the prefix the router's
 /// [`PrefixIndex`](crate::PrefixIndex) says engine `i` holds ([`Load::cached_tokens`]);
@@ -65,6 +77,9 @@ pub struct PrefixAware {
     pub adapter_penalty: f64,
     /// Tokens of prefill one evicted cached token is worth (default 1).
     pub evict_weight: f64,
+    /// Tokens of prefill one token written into a full cache is worth later, scaled by
+    /// how full the cache is (default 1; 0 turns the term off).
+    pub footprint_weight: f64,
 }
 
 impl Default for PrefixAware {
@@ -74,6 +89,7 @@ impl Default for PrefixAware {
             request_weight: 64.0,
             adapter_penalty: 512.0,
             evict_weight: 1.0,
+            footprint_weight: 1.0,
         }
     }
 }
@@ -95,8 +111,15 @@ impl PrefixAware {
         let evicted = load
             .cache_free_tokens
             .map_or(0.0, |free| (uncached - free as f64).max(0.0));
+        let fill = match (load.cache_free_tokens, load.kv_capacity_tokens) {
+            (Some(free), Some(capacity)) if capacity > 0 => {
+                (1.0 - free as f64 / capacity as f64).clamp(0.0, 1.0)
+            }
+            _ => 0.0,
+        };
         uncached
             + self.evict_weight * evicted
+            + self.footprint_weight * fill * (uncached - evicted)
             + load.pending_prefill()
             + self.request_weight * load.requests()
             + adapter
@@ -210,5 +233,52 @@ mod tests {
             policy.pick(&req, &Candidates::new(&eps, &loads, 3000)),
             Some(0)
         );
+    }
+
+    #[test]
+    fn new_conversations_go_to_the_emptier_cache_and_holders_keep_theirs() {
+        let eps: Vec<Arc<Endpoint>> = (0..2)
+            .map(|i| Arc::new(Endpoint::new(format!("http://h{i}:8000").parse().unwrap())))
+            .collect();
+        let req = RouteRequest::from_json(br#"{"model":"m"}"#, None).unwrap();
+        let policy = PrefixAware::default();
+        // Both hold the system prompt and have room; engine 0 is 80 % full, engine 1 is
+        // 20 % full, and engine 1 has two more requests in flight.
+        let mut loads = vec![Load::default(); 2];
+        for (load, free) in loads.iter_mut().zip([20_000, 80_000]) {
+            load.cached_tokens = 500;
+            load.kv_capacity_tokens = Some(100_000);
+            load.cache_free_tokens = Some(free);
+        }
+        loads[1].in_flight = 2;
+        // A new 3,000-token conversation: 2,500 new tokens either way. 2,500 × 0.8 on
+        // engine 0 against 2,500 × 0.2 + 2 × 64 on engine 1.
+        assert_eq!(policy.cost(&loads[0], 3000), 2500.0 + 2000.0);
+        assert_eq!(policy.cost(&loads[1], 3000), 2500.0 + 500.0 + 128.0);
+        assert_eq!(
+            policy.pick(&req, &Candidates::new(&eps, &loads, 3000)),
+            Some(1)
+        );
+        // Without the term, the shorter queue wins.
+        let off = PrefixAware {
+            footprint_weight: 0.0,
+            ..PrefixAware::default()
+        };
+        assert_eq!(
+            off.pick(&req, &Candidates::new(&eps, &loads, 3000)),
+            Some(0)
+        );
+        // A conversation whose 2,900-token history engine 0 holds stays there with a
+        // queue of 2,600 prefill tokens (100 + 80 + 2,600 against 2,500 + 500 + 128):
+        // leaving would write a second copy of the history into engine 1. Without the
+        // term it leaves (2,700 against 2,628).
+        loads[0].cached_tokens = 2900;
+        loads[0].pending_prefill_tokens = 2600;
+        let c = Candidates::new(&eps, &loads, 3000);
+        assert_eq!(policy.pick(&req, &c), Some(0));
+        assert_eq!(off.pick(&req, &c), Some(1));
+        // Unknown capacity: no fill, no term.
+        loads[1].kv_capacity_tokens = None;
+        assert_eq!(policy.cost(&loads[1], 3000), 2500.0 + 128.0);
     }
 }
