@@ -40,8 +40,9 @@ use crate::{Candidates, Load, Policy};
 /// again. Without this term one engine holding a shared system prompt would attract
 /// every new conversation until its cache thrashes.
 ///
-/// `fill_i` is how full that share is (1 − room / `kv_capacity_tokens`; 0 when either
-/// is unknown): the tokens that still fit now will push out others' prefixes later, in
+/// `fill_i` is how full engine `i`'s cache is (1 − [`Load::cache_free_tokens`] /
+/// [`Load::kv_capacity_tokens`]; 0 when either is unknown; the prefix index's share is
+/// 75 % of the capacity, so an engine it knows empty reads 0.25): the tokens that still fit now will push out others' prefixes later, in
 /// proportion to how little room is left. So new conversations go to the emptier caches
 /// (their footprint, and the long first prefills of their users, are spread instead of
 /// piling up where a queue happened to be short), and a conversation leaves its holder
