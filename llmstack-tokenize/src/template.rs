@@ -82,13 +82,7 @@ impl ChatTemplate {
             by_message: None,
         };
         template.by_message = MessageFormat::learn(source, |conv, generation| {
-            let list: Vec<PlainMessage<'_>> = conv
-                .iter()
-                .map(|&(role, content)| PlainMessage {
-                    role: role.into(),
-                    content: Some(content.into()),
-                })
-                .collect();
+            let list = PlainMessage::from_pairs(conv);
             template
                 .render_plain(plain_values(&list, template.format), generation)
                 .ok()
@@ -178,6 +172,18 @@ struct PlainMessage<'a> {
     role: Cow<'a, str>,
     #[serde(borrow, default)]
     content: Option<Cow<'a, str>>,
+}
+
+impl<'a> PlainMessage<'a> {
+    /// Messages from `(role, content)` pairs.
+    fn from_pairs(conv: &[(&'a str, &'a str)]) -> Vec<Self> {
+        conv.iter()
+            .map(|&(role, content)| Self {
+                role: role.into(),
+                content: Some(content.into()),
+            })
+            .collect()
+    }
 }
 
 /// The template's `messages` for a conversation of [`PlainMessage`]s only, built as

@@ -152,13 +152,7 @@ impl MessageFormat {
         }
         conversations.iter().all(|conv| {
             [false, true].into_iter().all(|generation| {
-                let messages: Vec<PlainMessage<'_>> = conv
-                    .iter()
-                    .map(|&(role, content)| PlainMessage {
-                        role: role.into(),
-                        content: Some(content.into()),
-                    })
-                    .collect();
+                let messages = PlainMessage::from_pairs(conv);
                 let fast = self.render(&messages, generation);
                 fast.is_some() && fast == render(conv, generation)
             })
