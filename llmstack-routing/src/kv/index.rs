@@ -1,4 +1,4 @@
-//! The index itself: block keys → holders, and per source the engine's hashes → keys.
+//! The index itself: block keys → holders, and per source the engine's hashes → those blocks (packed in [`super::holders`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
