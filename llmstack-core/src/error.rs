@@ -59,6 +59,12 @@ pub enum Error {
         /// The requested model.
         model: String,
     },
+    /// A response id this router did not see created (404): `GET /v1/responses/{id}`,
+    /// or its cancel route, without `?id=`.
+    ResponseNotFound {
+        /// The response id.
+        id: String,
+    },
     /// `?id=` named an endpoint the router does not know, or one that does not serve the
     /// model (400).
     UnknownEndpoint {
@@ -185,7 +191,9 @@ impl Error {
             Self::BadRequest { .. } | Self::UnknownEndpoint { .. } => 400,
             Self::Unauthorized { .. } => 401,
             Self::RateLimited { .. } => 429,
-            Self::ModelNotFound { .. } | Self::NotFound { .. } => 404,
+            Self::ModelNotFound { .. } | Self::NotFound { .. } | Self::ResponseNotFound { .. } => {
+                404
+            }
             Self::MethodNotAllowed => 405,
             Self::BodyTimeout { .. } => 408,
             Self::BodyTooLarge { .. } => 413,
@@ -203,6 +211,7 @@ impl Error {
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::BodyTimeout { .. } => "body_timeout",
             Self::ModelNotFound { .. } => "model_not_found",
+            Self::ResponseNotFound { .. } => "response_not_found",
             Self::NoReadyEndpoint { .. } => "no_ready_endpoint",
             Self::UnknownEndpoint { .. } => "unknown_endpoint",
             Self::Connect { .. } => "connect",
@@ -330,6 +339,12 @@ impl fmt::Display for Error {
                 after.as_secs_f64()
             ),
             Self::ModelNotFound { model } => write!(f, "The model `{model}` does not exist."),
+            Self::ResponseNotFound { id } => write!(
+                f,
+                "Response `{id}` was not created through this router replica, which keeps \
+                 the engine of each response it forwards; address the engine with \
+                 `?id=<engine id>` (see /engines)."
+            ),
             Self::NoReadyEndpoint { model } => write!(
                 f,
                 "The model `{model}` is temporarily unavailable: no engine serving it is ready. Please try again later."

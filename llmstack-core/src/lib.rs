@@ -52,7 +52,7 @@ pub use multipart::{
     FormPart, MultipartError, multipart_boundary, multipart_parts, multipart_text_field,
 };
 pub use request::{Content, Message, Part, Prompt, PromptView, RequestKind, RouteRequest};
-pub use routes::{BodyKind, openai_route};
+pub use routes::{BodyKind, is_engine_control, openai_route, response_id, route_method};
 pub use set::EndpointSet;
 pub use settings::{SettingError, SettingErrors};
 pub use stats::{EngineStats, ModelLoad, StatsReader, StatsSnapshot};

@@ -29,6 +29,8 @@ pub struct RouteRequest<'a> {
     input: Option<&'a RawValue>,
     /// vLLM's `cache_salt`: separates this request's prefix-cache key space.
     cache_salt: Option<Cow<'a, str>>,
+    /// The Responses API's `previous_response_id`: the response this one follows.
+    previous_response: Option<Cow<'a, str>>,
 }
 
 /// Which API a request belongs to, as far as its prompt goes.
@@ -219,6 +221,12 @@ impl<'a> RouteRequest<'a> {
         self.prompt.map(RawValue::get)
     }
 
+    /// The Responses API's `previous_response_id`: a follow-up of that response, which
+    /// only the engine that created it can resolve.
+    pub fn previous_response_id(&self) -> Option<&str> {
+        self.previous_response.as_deref()
+    }
+
     /// vLLM's `cache_salt` (a string; other scalars read as their JSON text): requests
     /// with different salts never share cached blocks.
     pub fn cache_salt(&self) -> Option<&str> {
@@ -298,6 +306,7 @@ impl<'de> Visitor<'de> for Fields<'_> {
                 }
                 "user" => req.user = scalar_key(map.next_value()?),
                 "cache_salt" => req.cache_salt = scalar_key(map.next_value()?),
+                "previous_response_id" => req.previous_response = scalar_key(map.next_value()?),
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }

@@ -36,7 +36,10 @@ impl Extract {
         body: &'a Bytes,
     ) -> Result<RouteRequest<'a>, Error> {
         let mut route = match kind {
-            BodyKind::Json => RouteRequest::from_json(body, self.session_field.as_deref())?,
+            // (Addressed requests are routed without reading their body.)
+            BodyKind::Json | BodyKind::Addressed => {
+                RouteRequest::from_json(body, self.session_field.as_deref())?
+            }
             BodyKind::Multipart => {
                 let boundary = boundary(parts)?;
                 let form = multipart_parts(body, &boundary).map_err(invalid_form)?;
@@ -77,6 +80,7 @@ impl Extract {
         let real = self.aliases.get(model)?;
         match kind {
             BodyKind::Json => route.body_with_model(bytes, real).map(Bytes::from),
+            BodyKind::Addressed => None,
             BodyKind::Multipart => {
                 // The form's model is a slice of the body: splice at its position.
                 let start = (model.as_ptr() as usize).checked_sub(bytes.as_ptr() as usize)?;

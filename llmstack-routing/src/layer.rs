@@ -12,8 +12,8 @@ use http::request::Parts;
 use http::{HeaderName, Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use llmstack_core::{
-    Avoid, EndpointSet, Error, Exclude, HeldUntilDone, RouteFacts, RouteRequest, RoutedTo,
-    SeenModel, StatsReader,
+    Avoid, BodyKind, EndpointSet, Error, Exclude, HeldUntilDone, RouteFacts, RouteRequest,
+    RoutedTo, SeenModel, StatsReader, is_engine_control, openai_route, response_id,
 };
 use pin_project_lite::pin_project;
 use tokio::sync::watch;
@@ -21,6 +21,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::extract::{Extract, body_kind, split_pin};
+use crate::responses::{Capture, DEFAULT_RESPONSES, ResponseOwners};
 use crate::router::Learn;
 use crate::{InFlightGuard, Routed, Router, Target};
 
@@ -45,6 +46,8 @@ struct Shared {
     endpoints: watch::Receiver<EndpointSet>,
     stats: Option<StatsReader>,
     extract: Extract,
+    /// Which engine created each response (Responses API), per replica.
+    responses: Arc<ResponseOwners>,
 }
 
 impl RouteLayer {
@@ -56,6 +59,7 @@ impl RouteLayer {
                 endpoints,
                 stats: None,
                 extract: Extract::default(),
+                responses: Arc::new(ResponseOwners::new(DEFAULT_RESPONSES)),
             },
         }
     }
@@ -94,9 +98,22 @@ impl RouteLayer {
         self
     }
 
+    /// Remembers the engine of at most `capacity` responses (default 100,000), the
+    /// oldest forgotten first; 0 remembers none.
+    #[must_use]
+    pub fn with_response_capacity(mut self, capacity: usize) -> Self {
+        self.shared.responses = Arc::new(ResponseOwners::new(capacity));
+        self
+    }
+
     /// The router (for its in-flight counters and index).
     pub fn router(&self) -> &Router {
         &self.shared.router
+    }
+
+    /// How many responses' engines are remembered now.
+    pub fn responses_known(&self) -> usize {
+        self.shared.responses.len()
     }
 }
 
@@ -125,7 +142,14 @@ impl<S> Layer<S> for RouteLayer {
 /// Takes the request with its whole body (a router must read the model from it) and
 /// reads it once (`extract.rs`): the model from the JSON body, or from the form of the
 /// multipart audio routes; the session key; an alias, whose body is rewritten; `?id=`
-/// pinning, which is taken off the query sent on. Engines in the request's
+/// pinning, which is taken off the query sent on. The routes that name no model
+/// ([`BodyKind::Addressed`]) go to one engine: engine control (`/sleep`, `/wake_up`,
+/// `/is_sleeping`) to the `?id=` engine (400 without one), `GET /v1/responses/{id}`
+/// and its cancel route to the engine that created the response (learned from the
+/// answers to `POST /v1/responses` this layer forwarded; 404 for an id it did not see,
+/// unless `?id=` names the engine), others to `?id=` or the ready engine with the
+/// fewest requests in flight. A `previous_response_id` follow-up goes to the engine of
+/// that response while it serves the model. Engines in the request's
 /// [`Exclude`] extension are never chosen; those in its [`Avoid`] extension only when
 /// no other candidate is left. The request is counted in flight on the
 /// engine from the choice until the response body ends, fails or is dropped, or until
@@ -176,6 +200,7 @@ where
         let (mut parts, body) = req.into_parts();
         let policy = self.shared.router.policy_name();
         let held = parts.extensions.remove::<HeldUntilDone>();
+        let creates_response = parts.uri.path() == "/v1/responses";
         match self.shared.decide(&mut parts, body) {
             Ok(Decided {
                 mut routed,
@@ -195,6 +220,12 @@ where
                         .then_some(routed.cached_tokens),
                 };
                 let learn = routed.take_learn();
+                let capture = creates_response.then(|| {
+                    Box::new(Capture::new(
+                        Arc::clone(&self.shared.responses),
+                        routed.endpoint.id.clone(),
+                    ))
+                });
                 parts.extensions.insert(RoutedTo {
                     endpoint: routed.endpoint,
                     cached_tokens: routed.cached_tokens,
@@ -206,6 +237,7 @@ where
                         held,
                         learn: learn.map(|l| (Arc::clone(&self.shared.router), l)),
                         facts: Some(facts),
+                        capture,
                     },
                 }
             }
@@ -246,6 +278,9 @@ impl Shared {
     fn decide(&self, parts: &mut Parts, body: Bytes) -> Result<Decided, Failed> {
         let set = self.endpoints.borrow().clone();
         let kind = body_kind(parts);
+        if kind == BodyKind::Addressed {
+            return self.address(&set, parts, body);
+        }
         let route = self
             .extract
             .route_request(parts, kind, &body)
@@ -273,6 +308,46 @@ impl Shared {
         })
     }
 
+    /// Routes a request that names no model (see [`Route`]).
+    fn address(
+        &self,
+        set: &EndpointSet,
+        parts: &mut Parts,
+        body: Bytes,
+    ) -> Result<Decided, Failed> {
+        let failed = |e| (e, None);
+        let route = openai_route(parts.uri.path()).map_or("", |(r, _)| r);
+        let id = match strip_pin(parts).map_err(failed)? {
+            Some(id) => Some(id),
+            None if is_engine_control(route) => {
+                return Err(failed(Error::bad_request(
+                    format!(
+                        "`{route}` controls one engine: name it with `?id=<engine id>` (see /engines)."
+                    ),
+                    Some("id"),
+                )));
+            }
+            None => match response_id(parts.uri.path()) {
+                Some(rid) => match self.responses.owner(rid) {
+                    Some(engine) => Some(engine.as_str().to_owned()),
+                    None => {
+                        return Err(failed(Error::ResponseNotFound { id: rid.to_owned() }));
+                    }
+                },
+                None => None,
+            },
+        };
+        let routed = self
+            .router
+            .address(set, id.as_deref(), route)
+            .map_err(failed)?;
+        Ok(Decided {
+            routed,
+            body,
+            model: None,
+        })
+    }
+
     fn pick(
         &self,
         set: &EndpointSet,
@@ -284,15 +359,16 @@ impl Shared {
             slot.set(Arc::clone(model));
         }
         let failed = |e| (e, model.clone());
-        let (pinned, upstream) = split_pin(parts).map_err(failed)?;
-        if let Some(path_and_query) = upstream {
-            let mut uri = std::mem::take(&mut parts.uri).into_parts();
-            uri.path_and_query = Some(path_and_query.parse().map_err(|_| {
-                failed(Error::bad_request("The request target is not valid.", None))
-            })?);
-            parts.uri = Uri::from_parts(uri).map_err(|_| {
-                failed(Error::bad_request("The request target is not valid.", None))
-            })?;
+        let mut pinned = strip_pin(parts).map_err(failed)?;
+        // A follow-up of a response goes where the response lives.
+        if pinned.is_none()
+            && let Some(previous) = route.previous_response_id()
+        {
+            pinned = self
+                .responses
+                .owner(previous)
+                .filter(|id| set.get(id.as_str()).is_some())
+                .map(|id| id.as_str().to_owned());
         }
         let exclude = parts.extensions.get::<Exclude>().map_or(&[][..], |e| &e.0);
         let avoid = parts.extensions.get::<Avoid>().map_or(&[][..], |e| &e.0);
@@ -308,6 +384,18 @@ impl Shared {
             .map_err(failed)?;
         Ok((routed, model))
     }
+}
+
+/// Takes `?id=` pinning off the request's query (see `split_pin`): the pinned id.
+fn strip_pin(parts: &mut Parts) -> Result<Option<String>, Error> {
+    let (pinned, upstream) = split_pin(parts)?;
+    if let Some(path_and_query) = upstream {
+        let invalid = || Error::bad_request("The request target is not valid.", None);
+        let mut uri = std::mem::take(&mut parts.uri).into_parts();
+        uri.path_and_query = Some(path_and_query.parse().map_err(|_| invalid())?);
+        parts.uri = Uri::from_parts(uri).map_err(|_| invalid())?;
+    }
+    Ok(pinned)
 }
 
 pin_project! {
@@ -331,6 +419,8 @@ pin_project! {
             held: Option<HeldUntilDone>,
             learn: Option<(Arc<Router>, Learn)>,
             facts: Option<RouteFacts>,
+            // POST /v1/responses: reads the response id from the body.
+            capture: Option<Box<Capture>>,
         },
     }
 }
@@ -353,6 +443,7 @@ where
                 held,
                 learn,
                 facts,
+                capture,
             } => {
                 let mut resp = match ready!(future.poll(cx)) {
                     Ok(resp) => resp,
@@ -362,11 +453,11 @@ where
                         return Poll::Ready(Err(e));
                     }
                 };
-                if resp.status().is_success()
-                    && let Some((router, learn)) = learn.take()
-                {
+                let success = resp.status().is_success();
+                if success && let Some((router, learn)) = learn.take() {
                     router.learn(learn);
                 }
+                let capture = capture.take().filter(|_| success);
                 if let Some(facts) = facts.take() {
                     resp.extensions_mut().insert(facts);
                 }
@@ -375,6 +466,7 @@ where
                         body,
                         guard: guard.take(),
                         held: held.take(),
+                        capture,
                     },
                 })))
             }
@@ -404,7 +496,13 @@ pin_project! {
         Full { data: Option<Bytes> },
         // The inner service's body, and the guard and what an outer layer holds
         // (HeldUntilDone), released when it ends.
-        Upstream { #[pin] body: B, guard: Option<InFlightGuard>, held: Option<HeldUntilDone> },
+        // A created response's id is read on the way (`capture`).
+        Upstream {
+            #[pin] body: B,
+            guard: Option<InFlightGuard>,
+            held: Option<HeldUntilDone>,
+            capture: Option<Box<Capture>>,
+        },
     }
 }
 
@@ -427,12 +525,22 @@ impl<B: Body<Data = Bytes>> Body for RouteBody<B> {
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         match self.project().state.project() {
             BodyStateProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            BodyStateProj::Upstream { body, guard, held } => {
+            BodyStateProj::Upstream {
+                body,
+                guard,
+                held,
+                capture,
+            } => {
                 let frame = ready!(body.poll_frame(cx));
                 match &frame {
                     Some(Ok(f)) if f.is_data() => {
                         if let Some(g) = guard.as_mut() {
                             g.first_byte();
+                        }
+                        if let (Some(c), Some(data)) = (capture.as_mut(), f.data_ref())
+                            && c.feed(data)
+                        {
+                            *capture = None;
                         }
                     }
                     Some(Ok(_)) => {}
@@ -440,6 +548,7 @@ impl<B: Body<Data = Bytes>> Body for RouteBody<B> {
                     None | Some(Err(_)) => {
                         drop(guard.take());
                         drop(held.take());
+                        drop(capture.take());
                     }
                 }
                 Poll::Ready(frame)

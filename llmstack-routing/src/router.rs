@@ -258,6 +258,40 @@ impl Router {
         })
     }
 
+    /// The endpoint for a request that names no model ([`BodyKind::Addressed`]
+    /// (llmstack_core::BodyKind::Addressed)): the endpoint `id` in any state (a sleeping
+    /// engine must be reachable to wake it), else the ready endpoint with the fewest
+    /// requests in flight. Errors: an `id` not in `set` is
+    /// [`Error::UnknownEndpoint`], no ready endpoint is [`Error::NoReadyEndpoint`]
+    /// (with the route as its model). Counted in flight like every request.
+    pub fn address(
+        &self,
+        set: &EndpointSet,
+        id: Option<&str>,
+        route: &str,
+    ) -> Result<Routed, Error> {
+        let endpoint = match id {
+            Some(id) => set
+                .get(id)
+                .ok_or_else(|| Error::UnknownEndpoint { id: id.to_owned() })?,
+            None => set
+                .iter()
+                .filter(|ep| ep.state == llmstack_core::EndpointState::Ready)
+                .min_by_key(|ep| self.in_flight.get(&ep.id))
+                .ok_or_else(|| Error::NoReadyEndpoint {
+                    model: route.to_owned(),
+                })?,
+        };
+        Ok(Routed {
+            endpoint: Arc::clone(endpoint),
+            guard: self.in_flight.start_with(&endpoint.id, 0, 0),
+            cached_tokens: 0,
+            pinned: id.is_some(),
+            reason: if id.is_some() { "pinned" } else { "picked" },
+            learn: None,
+        })
+    }
+
     /// The candidates holding a prefix of the prompt by the router's own prefix index.
     fn prefix_matches(
         &self,

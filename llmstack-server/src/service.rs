@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::{Method, Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use llmstack_core::{Error, RouteFacts, UpstreamFailure, openai_route};
+use llmstack_core::{Error, RouteFacts, UpstreamFailure, openai_route, route_method};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
@@ -67,8 +67,8 @@ impl Service<Request<Incoming>> for Listener {
                 future: Box::pin(async move { Ok(admin(shared, req).await) }),
             };
         }
-        if openai_route(req.uri().path()).is_some() {
-            if req.method() != Method::POST {
+        if let Some((route, _)) = openai_route(req.uri().path()) {
+            if *req.method() != route_method(route) {
                 shared.errors.fetch_add(1, Ordering::Relaxed);
                 let future = shared.refused.clone().call(req);
                 return ListenerFuture::Refused { future };

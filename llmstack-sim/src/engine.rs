@@ -133,6 +133,8 @@ pub(crate) struct EngineShared {
     pub(crate) fault_rng: Mutex<fastrand::Rng>,
     /// Resolved KV-event endpoints, when publishing.
     pub(crate) kv_endpoints: Option<KvEventsEndpoints>,
+    /// Responses this engine created (`/v1/responses`): id → model, oldest first.
+    pub(crate) responses: Mutex<std::collections::VecDeque<(String, String)>>,
 }
 
 impl EngineShared {
@@ -223,6 +225,7 @@ pub(crate) fn build(
         loras: RwLock::new(config.lora_modules.clone()),
         next_seq: AtomicU64::new(1),
         fault_rng: Mutex::new(fastrand::Rng::with_seed(config.seed ^ 0x5eed)),
+        responses: Mutex::new(std::collections::VecDeque::new()),
         kv_endpoints,
         config,
     });

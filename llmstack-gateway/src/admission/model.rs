@@ -89,7 +89,8 @@ fn string_end(body: &[u8], mut start: usize) -> Option<usize> {
 }
 
 /// The model `req` names, if its body names one it can be read from (a body that is not
-/// JSON or not a form names none: routing answers it 400).
+/// JSON or not a form names none: routing answers it 400; the routes addressing one
+/// engine name none).
 pub(super) fn named(req: &Request<Bytes>) -> Option<Cow<'_, str>> {
     let kind = openai_route(req.uri().path()).map_or(BodyKind::Json, |(_, kind)| kind);
     match kind {
@@ -104,6 +105,7 @@ pub(super) fn named(req: &Request<Bytes>) -> Option<Cow<'_, str>> {
             let model = multipart_text_field(&form, "model").ok()??;
             Some(Cow::Owned(model.trim().to_owned()))
         }
+        BodyKind::Addressed => None,
     }
 }
 

@@ -248,6 +248,12 @@ impl EngineApp {
             "/kv_event_sources" if get => Ok(self.kv_event_sources()),
             "/v1/load_lora_adapter" if post => self.load_lora(&body),
             "/v1/unload_lora_adapter" if post => self.unload_lora(&body),
+            p if let Some(stored) = p
+                .strip_prefix("/v1/responses/")
+                .and_then(|rest| self.stored(rest, get, post)) =>
+            {
+                stored
+            }
             "/sim/faults" if get => Ok(ok_json(&self.shared.faults())),
             "/sim/faults" if post => self.set_faults(&body),
             "/sim/state" if get => self.state(query).await,

@@ -1,11 +1,17 @@
 //! `POST /v1/responses`, the OpenAI Responses API: `input` (a string or a list of message
 //! items) and `instructions` render with the chat template, `max_output_tokens` bounds the
-//! answer, and the request runs through the engine like chat. The simulator keeps no
-//! response store: `previous_response_id` is repeated but not resolved.
+//! answer, and the request runs through the engine like chat. Created responses are
+//! kept, as vLLM does with `VLLM_ENABLE_RESPONSES_API_STORE=1` (their id and model, the
+//! last 10,000): `GET /v1/responses/{id}` answers a stored one (a short object:
+//! id, model, status), its cancel route answers vLLM's 400 for a response that is not
+//! running in the background, and an unknown `previous_response_id` or id is vLLM's
+//! 404.
 
 use serde::Deserialize;
 
-use super::{EngineApp, Res, request_id};
+use http::StatusCode;
+
+use super::{EngineApp, Res, ok_json, request_id};
 use crate::api::error::ApiError;
 use crate::api::generate::GenSpec;
 use crate::api::output::{Kind, ResponsesEcho};
@@ -109,6 +115,11 @@ impl EngineApp {
         body: &[u8],
     ) -> Result<Res, ApiError> {
         let mut r: ResponsesRequest = parse(body)?;
+        if let Some(previous) = &r.previous_response_id
+            && self.stored_response(previous).is_none()
+        {
+            return Err(response_not_found(previous));
+        }
         let cfg = &self.shared.config;
         let model = resolve_model(r.model.as_deref(), cfg, &self.shared.loras())?;
         let prompts = vec![encode_messages(
@@ -126,23 +137,91 @@ impl EngineApp {
         };
         let max = ("max_output_tokens", r.max_output_tokens);
         let sampling = check_sampling(&fields, max, None, &prompts, cfg)?;
-        self.run(GenSpec {
-            kind: Kind::Responses,
-            model,
-            prompts,
-            sampling,
-            echo: false,
-            request_id: request_id(headers, r.request_id.take()),
-            responses: Some(ResponsesEcho {
-                instructions: r.instructions,
-                max_output_tokens: r.max_output_tokens,
-                previous_response_id: r.previous_response_id,
-                temperature: r.temperature,
-                top_p: r.top_p,
-            }),
-        })
-        .await
+        let request_id = request_id(headers, r.request_id.take());
+        let stored =
+            (r.store != Some(false)).then(|| (format!("resp_{request_id}"), model.name.clone()));
+        let res = self
+            .run(GenSpec {
+                kind: Kind::Responses,
+                model,
+                prompts,
+                sampling,
+                echo: false,
+                request_id,
+                responses: Some(ResponsesEcho {
+                    instructions: r.instructions,
+                    max_output_tokens: r.max_output_tokens,
+                    previous_response_id: r.previous_response_id,
+                    temperature: r.temperature,
+                    top_p: r.top_p,
+                }),
+            })
+            .await?;
+        if res.status().is_success()
+            && let Some(entry) = stored
+        {
+            let mut store = self
+                .shared
+                .responses
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            store.push_back(entry);
+            if store.len() > STORED_RESPONSES {
+                store.pop_front();
+            }
+        }
+        Ok(res)
     }
+
+    /// The model of stored response `id`.
+    fn stored_response(&self, id: &str) -> Option<String> {
+        let store = self
+            .shared
+            .responses
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        store.iter().find(|(i, _)| i == id).map(|(_, m)| m.clone())
+    }
+
+    /// `GET /v1/responses/{id}` and `POST /v1/responses/{id}/cancel` (`rest` is the
+    /// path after `/v1/responses/`).
+    pub(super) fn stored(
+        &self,
+        rest: &str,
+        get: bool,
+        post: bool,
+    ) -> Option<Result<Res, ApiError>> {
+        let (id, cancel) = match rest.strip_suffix("/cancel") {
+            Some(id) => (id, true),
+            None => (rest, false),
+        };
+        if id.is_empty() || id.contains('/') || (cancel && !post) || (!cancel && !get) {
+            return None;
+        }
+        let Some(model) = self.stored_response(id) else {
+            return Some(Err(response_not_found(id)));
+        };
+        if cancel {
+            return Some(Err(ApiError::status(
+                StatusCode::BAD_REQUEST,
+                "Cannot cancel a synchronous response.",
+            )));
+        }
+        Some(Ok(ok_json(&serde_json::json!({
+            "id": id, "object": "response", "model": model, "status": "completed",
+        }))))
+    }
+}
+
+/// Responses kept.
+const STORED_RESPONSES: usize = 10_000;
+
+/// vLLM's 404 for a response it does not hold.
+fn response_not_found(id: &str) -> ApiError {
+    ApiError::status(
+        StatusCode::NOT_FOUND,
+        format!("Response with id '{id}' not found."),
+    )
 }
 
 #[cfg(test)]
