@@ -308,9 +308,8 @@ BAD_VALUES = {
     "engineStatsInterval: 0": ({"routerSpec": {"engineStatsInterval": 0}}, "engineStatsInterval"),
     "containerPort: 70000": ({"servingEngineSpec": {"containerPort": 70000}}, "containerPort"),
     "logFormat: xml": ({"routerSpec": {"logFormat": "xml"}}, "logFormat"),
-    # From zero engines, nothing would scale them back up: the queue metric comes from them.
-    "keda minReplicaCount: 0": (
-        {"servingEngineSpec": {"modelSpec": [model(keda={"enabled": True, "minReplicaCount": 0})]}},
+    "keda minReplicaCount: -1": (
+        {"servingEngineSpec": {"modelSpec": [model(keda={"enabled": True, "minReplicaCount": -1})]}},
         "/servingEngineSpec/modelSpec/0/keda/minReplicaCount",
     ),
     # The router would reference a ServiceAccount that nothing creates.
@@ -382,16 +381,20 @@ def test_template_errors_beyond_the_schema():
 
 # What the templates refuse (values the schema accepts): case -> (values, message, release name).
 TEMPLATE_ERRORS = {
-    "RWO PVC with 2 replicas": (
-        {"servingEngineSpec": {"modelSpec": [model(replicaCount=2, pvcStorage="50Gi")]}},
-        "replicaCount 2 with a ReadWriteOnce PVC", RELEASE),
+    # (Several replicas on a ReadWriteOnce PVC render, with a warning: test_rwo_pvc_with_replicas_warns.)
     "RWOP PVC with 2 replicas": (
         {"servingEngineSpec": {"modelSpec": [model(replicaCount=2, pvcStorage="50Gi",
                                                    pvcAccessMode="ReadWriteOncePod")]}},
-        "replicaCount 2 with a ReadWriteOncePod PVC", RELEASE),
-    "RWO PVC with KEDA": (
-        {"servingEngineSpec": {"modelSpec": [model(pvcStorage="50Gi", keda={"enabled": True})]}},
-        "KEDA may scale to 4 replicas, which would share one ReadWriteOnce PVC", RELEASE),
+        "servingEngineSpec.modelSpec[m]: 2 replicas with a ReadWriteOncePod PVC", RELEASE),
+    "RWOP PVC with KEDA": (
+        {"servingEngineSpec": {"modelSpec": [model(pvcStorage="50Gi", pvcAccessMode=["ReadWriteOncePod"],
+                                                   keda={"enabled": True})]}},
+        "servingEngineSpec.modelSpec[m]: 4 replicas with a ReadWriteOncePod PVC", RELEASE),
+    # From zero engines, nothing would scale them back up: the default trigger's metric comes from them.
+    "keda minReplicaCount 0 without triggers": (
+        {"servingEngineSpec": {"modelSpec": [model(keda={"enabled": True, "minReplicaCount": 0})]}},
+        "servingEngineSpec.modelSpec[m].keda.minReplicaCount 0: the default trigger's queue metric comes from "
+        "the engines", RELEASE),
     "requestGPU below tensorParallelSize": (
         {"servingEngineSpec": {"modelSpec": [model(requestGPU=1, vllmConfig={"tensorParallelSize": 2})]}},
         "requestGPU (1) is less than vllmConfig.tensorParallelSize (2)", RELEASE),
@@ -555,6 +558,21 @@ def test_chart_flags_are_the_ones_checked(router_help_flags):
     out = subprocess.run([SERVER, "--log-level", "info", "--log-level", "info"], capture_output=True, text=True,
                          timeout=30)
     assert out.returncode != 0 and "cannot be used multiple times" in out.stderr
+
+
+def test_rwo_pvc_with_replicas_warns():
+    """Replicas sharing a ReadWriteOnce claim are scheduled by Kubernetes onto the node that mounts
+    it: the chart renders them (Recreate strategy) and NOTES.txt warns; one replica, or
+    ReadWriteMany, no warning."""
+    for spec in (model(replicaCount=2, pvcStorage="50Gi"), model(pvcStorage="50Gi", keda={"enabled": True})):
+        values = {"servingEngineSpec": {"modelSpec": [spec]}}
+        dep = one(render(values), "Deployment", "demo-llmstack-m-engine")
+        assert dep["spec"]["strategy"] == {"type": "Recreate"}
+        max_replicas = 2 if "replicaCount" in spec else 4
+        assert (f"Warning: servingEngineSpec.modelSpec[m] runs up to {max_replicas} replicas on one ReadWriteOnce "
+                "PVC") in notes(values)
+    for spec in (model(pvcStorage="50Gi"), model(replicaCount=3, pvcStorage="50Gi", pvcAccessMode="ReadWriteMany")):
+        assert "Warning" not in notes({"servingEngineSpec": {"modelSpec": [spec]}})
 
 
 def test_engine_replica_count_zero():

@@ -88,12 +88,14 @@ them equal. */}}
 {{- if .Values.servingEngineSpec.enableEngine }}
 {{- $models := dict }}
 {{- range .Values.servingEngineSpec.modelSpec }}
+{{- if eq (toString .enabled) "false" }}{{ continue }}{{ end }}
 {{- if hasKey $models .name }}
 {{- fail (printf "servingEngineSpec.modelSpec: the name %q is used twice" .name) }}
 {{- end }}
 {{- $_ := set $models .name true }}
 {{- end }}
 {{- range $model := .Values.servingEngineSpec.modelSpec }}
+{{- if eq (toString $model.enabled) "false" }}{{ continue }}{{ end }}
 {{- $name := include "llmstack.engineName" (dict "root" $ "model" $model) }}
 {{- if hasKey $seen $name }}
 {{- fail (printf "servingEngineSpec.modelSpec[%s]: its engine name %q (<fullname>-<model name>-engine, truncated to 63 characters) is also the name of %s; shorten the release name, fullnameOverride or the model names" $model.name $name (get $seen $name)) }}
@@ -105,7 +107,9 @@ them equal. */}}
 
 {{- define "llmstack.routerServiceAccountName" -}}
 {{- $sa := .Values.routerSpec.serviceAccount }}
-{{- if $sa.create }}
+{{- if .Values.routerSpec.serviceAccountName }}
+{{- .Values.routerSpec.serviceAccountName }}
+{{- else if $sa.create }}
 {{- default (include "llmstack.routerName" .) $sa.name }}
 {{- else }}
 {{- required "routerSpec.serviceAccount.name is required when routerSpec.serviceAccount.create is false (the existing ServiceAccount the router runs as; it needs get, list and watch on pods)" $sa.name }}
@@ -220,7 +224,7 @@ on, prefix caching on in every model). */}}
 {{- end }}
 {{- if $spec.enableEngine }}
 {{- range $spec.modelSpec }}
-{{- if eq (toString (.vllmConfig | default dict).enablePrefixCaching) "false" }}
+{{- if and (ne (toString .enabled) "false") (eq (toString (.vllmConfig | default dict).enablePrefixCaching) "false") }}
 {{- fail (printf "routerSpec.routingLogic kvaware routes on the engines' KV-cache events, but servingEngineSpec.modelSpec[%s] has vllmConfig.enablePrefixCaching: false, so its engines publish none: remove it (prefix caching is on by default), or pick another routingLogic (prefixaware needs no events)" .name) }}
 {{- end }}
 {{- end }}
@@ -279,7 +283,11 @@ model listed twice or two entries without a model. */}}
 {{- end }}
 
 {{- define "llmstack.routerImage" -}}
+{{- if include "llmstack.routerIsProductionStackImage" . }}
+{{- printf "ghcr.io/llmstack/llmstack-server:%s" .Chart.AppVersion }}
+{{- else }}
 {{- printf "%s:%s" .Values.routerSpec.repository (default .Chart.AppVersion .Values.routerSpec.tag) }}
+{{- end }}
 {{- end }}
 
 {{/* Secret holding the keys given as plain strings (HF tokens, the vLLM API key). */}}
@@ -340,4 +348,143 @@ Secret ref {secretName, secretKey}. Call with (dict "root" $ "name" ENV "value" 
 {{/* Router replicas that are sure to run (the HPA's minimum when it is on). */}}
 {{- define "llmstack.routerMinReplicas" -}}
 {{- if .Values.routerSpec.autoscaling.enabled }}{{ .Values.routerSpec.autoscaling.minReplicas | int }}{{ else }}{{ .Values.routerSpec.replicaCount | int }}{{ end }}
+{{- end }}
+
+{{/* ---- production-stack compatibility (docs/helm-production-stack.md) ---- */}}
+
+{{/* "true" when a secret value is set: a non-empty string, or a reference with a secretName
+(production-stack's default {secretName: "", secretKey: ""} is none). */}}
+{{- define "llmstack.secretSet" -}}
+{{- if kindIs "string" . }}{{ if . }}true{{ end }}{{ else if kindIs "map" . }}{{ if .secretName }}true{{ end }}{{ end }}
+{{- end }}
+
+{{/* Access modes of a model's PVC, a JSON list: pvcAccessMode as one mode or a list
+(production-stack's form); default ReadWriteOnce. */}}
+{{- define "llmstack.pvcAccessModes" -}}
+{{- $m := .pvcAccessMode | default "ReadWriteOnce" }}
+{{- if kindIs "slice" $m }}{{ toJson $m }}{{ else }}{{ list $m | toJson }}{{ end }}
+{{- end }}
+
+{{/* "true" when a model's storage is a PVC the chart creates (pvcStorage a size, no
+pvcExistingClaimName, not the simulator). */}}
+{{- define "llmstack.chartPVC" -}}
+{{- if and (ne .root.Values.servingEngineSpec.engine "sim") .model.pvcStorage (not (kindIs "map" .model.pvcStorage)) (not .model.pvcExistingClaimName) }}true{{ end }}
+{{- end }}
+
+{{/* "true" when the chart's PVC of a model can be mounted by one node (or pod) only. */}}
+{{- define "llmstack.pvcSingleNode" -}}
+{{- if include "llmstack.chartPVC" . }}
+{{- $modes := include "llmstack.pvcAccessModes" .model | fromJsonArray }}
+{{- if not (or (has "ReadWriteMany" $modes) (has "ReadOnlyMany" $modes)) }}true{{ end }}
+{{- end }}
+{{- end }}
+
+{{/* The replicas a model may reach: KEDA's maximum when on, else replicaCount. */}}
+{{- define "llmstack.engineMaxReplicas" -}}
+{{- $keda := .keda | default dict }}
+{{- if $keda.enabled }}{{ $keda.maxReplicaCount | default 4 | int }}{{ else }}{{ include "llmstack.engineReplicas" . }}{{ end }}
+{{- end }}
+
+{{/* A probe: the chart's handler (`default`, an httpGet on the port `http`) merged under the
+user's settings; a user handler of another kind (exec, tcpSocket, grpc) replaces it, and the
+port names of production-stack's chart (and its port numbers) are read as `http`. Call with
+(dict "default" D "user" U "aliases" L). */}}
+{{- define "llmstack.probe" -}}
+{{- $user := deepCopy (.user | default dict) }}
+{{- $probe := dict }}
+{{- if or $user.exec $user.tcpSocket $user.grpc }}
+{{- $probe = $user }}
+{{- else }}
+{{- $probe = merge $user (deepCopy .default) }}
+{{- $port := $probe.httpGet.port }}
+{{- if has (toString $port) .aliases }}
+{{- $_ := set $probe.httpGet "port" "http" }}
+{{- end }}
+{{- end }}
+{{- toYaml $probe }}
+{{- end }}
+
+{{/* The router's image: production-stack's router images (lmcache/lmstack-router, ...) are read
+as this chart's router, llmstack-server (their flags are not llmstack-server's). */}}
+{{- define "llmstack.routerIsProductionStackImage" -}}
+{{- if regexMatch "(^|/)(lmstack-router|vllm-router|production-stack-router)$" .Values.routerSpec.repository }}true{{ end }}
+{{- end }}
+
+{{/* Enabled modelSpec entries: a template starts with
+  $models := list; range ...modelSpec; if ne (toString .enabled) "false"; append
+(production-stack's `enabled: false` skips an entry). This helper fails on what the chart does
+not implement yet, naming the key. */}}
+{{- define "llmstack.checkNotImplemented" -}}
+{{- $v := .Values }}
+{{- if ($v.cacheserverSpec | default dict).enabled }}
+{{- fail "cacheserverSpec.enabled: production-stack's LMCache cache server is not implemented by this chart yet; deploy an LMCache server yourself and point the engines at it with modelSpec[].env (LMCACHE_REMOTE_URL), or set cacheserverSpec.enabled: false" }}
+{{- end }}
+{{- range $i, $a := ($v.loraAdapters | default list) }}
+{{- if ne (toString $a.enabled) "false" }}
+{{- fail (printf "loraAdapters[%d] (%s): production-stack's LoraAdapter resources (and their controller) are not implemented by this chart yet; load adapters with vllmConfig.extraArgs (--lora-modules) and enableLoRA, or set loraAdapters[%d].enabled: false" $i ($a.name | default "") $i) }}
+{{- end }}
+{{- end }}
+{{- if ($v.loraController | default dict).enableLoraController }}
+{{- fail "loraController.enableLoraController: production-stack's LoRA controller is not implemented by this chart yet; set it to false" }}
+{{- end }}
+{{- if ($v.sharedPvcStorage | default dict).enabled }}
+{{- fail "sharedPvcStorage.enabled: a volume shared by every model is not implemented by this chart yet; give each model modelSpec[].extraVolumes / extraVolumeMounts with your ReadWriteMany claim, or pvcExistingClaimName, instead" }}
+{{- end }}
+{{- if (index $v "kube-prometheus-stack" | default dict).enabled }}
+{{- fail "kube-prometheus-stack.enabled: this chart has no subcharts; install kube-prometheus-stack as its own release (the chart's ServiceMonitors and dashboards are found by it), and set kube-prometheus-stack.enabled: false" }}
+{{- end }}
+{{- if (index $v "prometheus-adapter" | default dict).enabled }}
+{{- fail "prometheus-adapter.enabled: this chart has no subcharts; install prometheus-adapter as its own release (routerSpec.autoscaling.targetInFlightRequests reads its llmstack_in_flight_requests), and set prometheus-adapter.enabled: false" }}
+{{- end }}
+{{- $r := $v.routerSpec }}
+{{- if $r.enableRouter }}
+{{- if has $r.routingLogic (list "disaggregated_prefill" "disaggregated_prefill_orchestrated") }}
+{{- fail (printf "routerSpec.routingLogic %s: disaggregated prefill is not implemented by llmstack's router yet; use roundrobin, session, prefixaware, kvaware or leastloaded" $r.routingLogic) }}
+{{- end }}
+{{- if eq ($r.k8sServiceDiscoveryType | default "pod-ip") "service-name" }}
+{{- fail "routerSpec.k8sServiceDiscoveryType service-name: routing to engine Service names is not implemented; use pod-ip (the default: the router watches the engine pods)" }}
+{{- end }}
+{{- if eq $r.serviceType "ExternalName" }}
+{{- fail "routerSpec.serviceType ExternalName: the router's Service selects the router pods; an ExternalName Service cannot. Use ClusterIP, NodePort or LoadBalancer" }}
+{{- end }}
+{{- if ($r.otel | default dict).secure }}
+{{- fail "routerSpec.otel.secure: llmstack's router exports spans over plain OTLP/HTTP; TLS to the collector is not implemented. Set routerSpec.otel.secure: false and use a collector endpoint inside the cluster (http://<collector>:4318)" }}
+{{- end }}
+{{- if and $r.autoscaling.enabled (lt ($r.autoscaling.minReplicas | int) 1) }}
+{{- fail "routerSpec.autoscaling.minReplicas 0: a HorizontalPodAutoscaler cannot scale to zero (HPAScaleToZero is an alpha feature gate); set it to 1 or more" }}
+{{- end }}
+{{- if and (eq ($r.serviceDiscovery | default "k8s") "static") (not $r.staticBackends) }}
+{{- fail "routerSpec.staticBackends is required with routerSpec.serviceDiscovery static (comma-separated engine URLs)" }}
+{{- end }}
+{{- end }}
+{{- if $v.servingEngineSpec.enableEngine }}
+{{- range $v.servingEngineSpec.modelSpec }}
+{{- if ne (toString .enabled) "false" }}
+{{- if (.raySpec | default dict).enabled }}
+{{- fail (printf "servingEngineSpec.modelSpec[%s].raySpec.enabled: KubeRay clusters (pipeline parallelism across nodes) are not implemented by this chart yet; set raySpec.enabled: false (vllmConfig.tensorParallelSize and pipeline parallelism within one node work)" .name) }}
+{{- end }}
+{{- $k := .keda | default dict }}
+{{- if and $k.enabled (hasKey $k "minReplicaCount") (eq ($k.minReplicaCount | int) 0) (not $k.triggers) }}
+{{- fail (printf "servingEngineSpec.modelSpec[%s].keda.minReplicaCount 0: the default trigger's queue metric comes from the engines, so from zero replicas nothing would scale them back up; set keda.minReplicaCount: 1, or give keda.triggers of your own" .name) }}
+{{- end }}
+{{- if and (include "llmstack.chartPVC" (dict "root" $ "model" .)) (has "ReadWriteOncePod" (include "llmstack.pvcAccessModes" . | fromJsonArray)) (gt (include "llmstack.engineMaxReplicas" . | int) 1) }}
+{{- fail (printf "servingEngineSpec.modelSpec[%s]: %d replicas with a ReadWriteOncePod PVC (pvcStorage), which one pod only can mount; set pvcAccessMode: ReadWriteMany (or ReadWriteOnce, all replicas on one node), replicaCount: 1, or no pvcStorage" .name (include "llmstack.engineMaxReplicas" . | int)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* production-stack values this chart accepts and ignores, when set (a JSON list of
+"key: why"); NOTES.txt lists them. */}}
+{{- define "llmstack.ignoredValues" -}}
+{{- $r := .Values.routerSpec }}
+{{- $out := list }}
+{{- if $r.rootPath }}{{ $out = append $out "routerSpec.rootPath: the router serves at /; use a path-rewriting Ingress or HTTPRoute filter" }}{{ end }}
+{{- if $r.requestStatsWindow }}{{ $out = append $out "routerSpec.requestStatsWindow: the router's metrics are Prometheus counters and histograms (no sliding window)" }}{{ end }}
+{{- if ($r.lmcacheConfig | default dict).logLevel }}{{ $out = append $out "routerSpec.lmcacheConfig.logLevel: the router has no LMCache client (routerSpec.logLevel sets its log level)" }}{{ end }}
+{{- range $k := list "lmcacheControllerPort" "lmcacheControllerReplyPort" "lmcacheControllerHeartbeatPort" }}
+{{- if get $r $k }}{{ $out = append $out (printf "routerSpec.%s: kvaware routes on vLLM's KV-cache events (servingEngineSpec.kvEvents), not on an LMCache controller" $k) }}{{ end }}
+{{- end }}
+{{- toJson $out }}
 {{- end }}
