@@ -1287,10 +1287,13 @@ def test_dashboards_become_configmaps(tmp_path):
 
 
 def crd(group, version, kind, plural, spec_schema):
+    # *.k8s.io groups are protected: the apiserver wants the approval annotation (Gateway API's
+    # own CRDs carry it).
+    approval = {"api-approved.kubernetes.io": "https://github.com/kubernetes-sigs/gateway-api/pull/891"}
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.{group}"},
+        "metadata": {"name": f"{plural}.{group}", **({"annotations": approval} if group.endswith(".k8s.io") else {})},
         "spec": {
             "group": group,
             "scope": "Namespaced",
@@ -1332,16 +1335,48 @@ CRDS = [
                     "action": {"type": "string", "enum": [
                         "replace", "Replace", "keep", "Keep", "drop", "Drop", "hashmod", "HashMod", "labelmap",
                         "LabelMap", "labeldrop", "LabelDrop", "labelkeep", "LabelKeep", "lowercase", "Lowercase",
-                        "uppercase", "Uppercase", "keepequal", "KeepEqual", "dropequal", "DropEqual"]}}}}}}}}}),
+                        "uppercase", "Uppercase", "keepequal", "KeepEqual", "dropequal", "DropEqual"]}}}},
+                "metricRelabelings": {"type": "array", "items": {"type": "object", "properties": {
+                    "sourceLabels": STRINGS, "separator": STR, "targetLabel": STR, "regex": STR,
+                    "replacement": STR, "action": STR}}}}}}}}),
     crd("keda.sh", "v1alpha1", "ScaledObject", "scaledobjects", {
         "type": "object", "required": ["scaleTargetRef", "triggers"], "properties": {
             "scaleTargetRef": {"type": "object", "required": ["name"], "properties": {
                 "apiVersion": STR, "kind": STR, "name": STR, "envSourceContainerName": STR}},
             "minReplicaCount": INT, "maxReplicaCount": INT, "idleReplicaCount": INT,
             "pollingInterval": INT, "cooldownPeriod": INT, "initialCooldownPeriod": INT,
+            "fallback": {"type": "object", "required": ["failureThreshold", "replicas"], "properties": {
+                "failureThreshold": INT, "replicas": INT, "behavior": STR}},
+            "advanced": {"type": "object", "properties": {
+                "restoreToOriginalReplicaCount": BOOL,
+                "horizontalPodAutoscalerConfig": {"type": "object", "properties": {
+                    "name": STR, "behavior": {"type": "object"}}},
+                "scalingModifiers": {"type": "object", "properties": {
+                    "target": STR, "activationTarget": STR, "metricType": STR, "formula": STR}}}},
             "triggers": {"type": "array", "items": {"type": "object", "required": ["type", "metadata"], "properties": {
                 "type": STR, "name": STR, "metricType": STR, "useCachedMetrics": BOOL,
                 "metadata": {"type": "object", "additionalProperties": STR}}}}}}),
+    # Gateway API's HTTPRoute (production-stack's routerSpec.route), trimmed the same way.
+    crd("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes", {
+        "type": "object", "properties": {
+            "parentRefs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
+                "group": STR, "kind": STR, "namespace": STR, "name": STR, "sectionName": STR, "port": INT}}},
+            "hostnames": STRINGS,
+            "rules": {"type": "array", "items": {"type": "object", "properties": {
+                "matches": {"type": "array", "items": {"type": "object", "properties": {
+                    "path": {"type": "object", "properties": {
+                        "type": {"type": "string", "enum": ["Exact", "PathPrefix", "RegularExpression"]},
+                        "value": STR}},
+                    "headers": {"type": "array", "items": {"type": "object"}},
+                    "queryParams": {"type": "array", "items": {"type": "object"}}, "method": STR}}},
+                "filters": {"type": "array", "items": {"type": "object", "required": ["type"], "properties": {
+                    "type": STR, "requestHeaderModifier": {"type": "object"},
+                    "responseHeaderModifier": {"type": "object"}, "urlRewrite": {"type": "object"},
+                    "requestRedirect": {"type": "object", "properties": {
+                        "scheme": STR, "hostname": STR, "port": INT, "statusCode": INT,
+                        "path": {"type": "object"}}}}}},
+                "backendRefs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
+                    "group": STR, "kind": STR, "namespace": STR, "name": STR, "port": INT, "weight": INT}}}}}}}}),
 ]  # fmt: skip
 
 
