@@ -488,3 +488,11 @@ not implement yet, naming the key. */}}
 {{- end }}
 {{- toJson $out }}
 {{- end }}
+
+{{/* observability.grafanaDashboards with production-stack's top-level grafanaDashboards over it
+(each key set there wins, false included), as JSON. */}}
+{{- define "llmstack.grafanaDashboards" -}}
+{{- $g := deepCopy .Values.observability.grafanaDashboards }}
+{{- range $k, $v := (.Values.grafanaDashboards | default dict) }}{{ $_ := set $g $k $v }}{{ end }}
+{{- toJson $g }}
+{{- end }}
