@@ -437,3 +437,15 @@ def test_schema_accepts_production_stack_types_and_stays_strict():
     objects = render(good)
     assert "VLLM_API_KEY" not in env(pod(objects, "m-engine")["containers"][0])
     assert "HF_TOKEN" not in env(pod(objects, "m-engine")["containers"][0])
+
+
+def test_pipeline_parallel_requests_its_gpus():
+    objects = render(VALUES["production-stack-probes"])
+    c = pod(objects, "opt-engine")["containers"][0]
+    assert flag(c["args"], "--pipeline-parallel-size") == "2"
+    assert c["resources"] == {"requests": {"nvidia.com/gpu": "2"}, "limits": {"nvidia.com/gpu": "2"}}
+    assert {"name": "shm", "mountPath": "/dev/shm"} in c["volumeMounts"]
+    with pytest.raises(helm.HelmError, match=re.escape(
+            "requestGPU (2) is less than vllmConfig.tensorParallelSize x pipelineParallelSize (2 x 2)")):
+        render({"servingEngineSpec": {"modelSpec": [model(requestGPU=2, vllmConfig={
+            "tensorParallelSize": 2, "pipelineParallelSize": 2})]}})

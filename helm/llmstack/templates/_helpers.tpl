@@ -171,14 +171,21 @@ tensor-parallel worker), else none; fails when requestGPU < a tensorParallelSize
 {{- define "llmstack.engineGPUs" -}}
 {{- $vc := .vllmConfig | default dict }}
 {{- $tp := $vc.tensorParallelSize | default 1 | int }}
+{{- $pp := $vc.pipelineParallelSize | default 1 | int }}
+{{- $need := mul $tp $pp }}
+{{- $sized := or (hasKey $vc "tensorParallelSize") (hasKey $vc "pipelineParallelSize") }}
 {{- $gpus := 0 }}
 {{- if hasKey . "requestGPU" }}
 {{- $gpus = .requestGPU | int }}
-{{- else if hasKey $vc "tensorParallelSize" }}
-{{- $gpus = $tp }}
+{{- else if $sized }}
+{{- $gpus = $need }}
 {{- end }}
-{{- if and (hasKey $vc "tensorParallelSize") (lt $gpus $tp) }}
+{{- if and $sized (lt $gpus $need) }}
+{{- if hasKey $vc "pipelineParallelSize" }}
+{{- fail (printf "servingEngineSpec.modelSpec[%s]: requestGPU (%d) is less than vllmConfig.tensorParallelSize x pipelineParallelSize (%d x %d); vLLM needs one GPU per worker (leave requestGPU unset to request %d)" .name $gpus $tp $pp $need) }}
+{{- else }}
 {{- fail (printf "servingEngineSpec.modelSpec[%s]: requestGPU (%d) is less than vllmConfig.tensorParallelSize (%d); vLLM needs one GPU per tensor-parallel worker (leave requestGPU unset to request %d)" .name $gpus $tp $tp) }}
+{{- end }}
 {{- end }}
 {{- $gpus }}
 {{- end }}
