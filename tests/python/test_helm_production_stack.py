@@ -449,3 +449,23 @@ def test_pipeline_parallel_requests_its_gpus():
             "requestGPU (2) is less than vllmConfig.tensorParallelSize x pipelineParallelSize (2 x 2)")):
         render({"servingEngineSpec": {"modelSpec": [model(requestGPU=2, vllmConfig={
             "tensorParallelSize": 2, "pipelineParallelSize": 2})]}})
+
+
+@pytest.mark.parametrize("name", list(FILES))
+def test_values_file_lints_clean(name):
+    for kube_version in ("v1.20.2", "v1.33.0"):
+        values = without_grpc_probes(VALUES[name]) if kube_version == "v1.20.2" else VALUES[name]
+        report = helm.lint(str(CHART), values, strict=True, namespace=NAMESPACE, kube_version=kube_version)
+        assert report["errors"] == [], report
+        assert {m["error"] for m in report["messages"]} <= {"icon is recommended"}, report
+
+
+def test_production_stack_router_flags_are_refused_in_extra_args():
+    """The flags the production-stack keys add are in the extraArgs refusal list too (a flag given
+    twice stops llmstack-server)."""
+    for values in ({"otel": {"endpoint": "http://c:4318", "serviceName": "r"}, "k8sServiceDiscoveryType": "pod-ip"},
+                   {"serviceDiscovery": "static", "staticBackends": "http://e:8000", "staticModels": "m"}):
+        args = pod(render({"routerSpec": values}), "router")["containers"][0]["args"]
+        for f in [a for a in args if a.startswith("--")]:
+            with pytest.raises(helm.HelmError, match=re.escape(f"routerSpec.extraArgs: {f} is already passed")):
+                render({"routerSpec": {**values, "extraArgs": [f, "1"]}})
