@@ -251,6 +251,10 @@ def test_engine_keys_become_vllm_flags_env_and_pod_fields(router_help_flags):
 
     qwen = pod(objects, "qwen-engine")
     assert qwen["nodeName"] == "gpu-node-1" and "affinity" not in qwen
+    # Keys production-stack's tutorials set and its chart ignores: read here.
+    assert qwen["containers"][0]["args"][-1] == "--max-model-len=8192"
+    assert qwen["nodeSelector"] == {"kubernetes.io/os": "linux", "node.kubernetes.io/instance-type": "gpu"}
+    assert llama["nodeSelector"] == {"kubernetes.io/os": "linux"}
     assert {"name": "storage", "persistentVolumeClaim": {"claimName": "models"}} in qwen["volumes"]
     assert qwen["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": "1"}  # raw resources
     assert not [p for p in of_kind(objects, "PersistentVolumeClaim") if "qwen" in p["metadata"]["name"]]
@@ -390,6 +394,7 @@ NOT_YET = {
     "routerSpec.routingLogic disaggregated_prefill_orchestrated:": {
         "routerSpec": {"routingLogic": "disaggregated_prefill_orchestrated"}},
     "routerSpec.k8sServiceDiscoveryType service-name": {"routerSpec": {"k8sServiceDiscoveryType": "service-name"}},
+    "routerSpec.enablePD": {"routerSpec": {"enablePD": True}},
     "routerSpec.otel.secure": {"routerSpec": {"otel": {"endpoint": "http://c:4318", "secure": True}}},
     "routerSpec.serviceType ExternalName": {"routerSpec": {"serviceType": "ExternalName"}},
     "routerSpec.autoscaling.minReplicas 0": {"routerSpec": {"autoscaling": {"enabled": True, "minReplicas": 0}}},

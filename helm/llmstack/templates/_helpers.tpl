@@ -448,6 +448,9 @@ not implement yet, naming the key. */}}
 {{- if has $r.routingLogic (list "disaggregated_prefill" "disaggregated_prefill_orchestrated") }}
 {{- fail (printf "routerSpec.routingLogic %s: disaggregated prefill is not implemented by llmstack's router yet; use roundrobin, session, prefixaware, kvaware or leastloaded" $r.routingLogic) }}
 {{- end }}
+{{- if $r.enablePD }}
+{{- fail "routerSpec.enablePD: disaggregated prefill is not implemented by llmstack's router yet; set routerSpec.enablePD: false" }}
+{{- end }}
 {{- if eq ($r.k8sServiceDiscoveryType | default "pod-ip") "service-name" }}
 {{- fail "routerSpec.k8sServiceDiscoveryType service-name: routing to engine Service names is not implemented; use pod-ip (the default: the router watches the engine pods)" }}
 {{- end }}
