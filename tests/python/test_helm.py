@@ -381,7 +381,7 @@ def test_template_errors_beyond_the_schema():
 
 # What the templates refuse (values the schema accepts): case -> (values, message, release name).
 TEMPLATE_ERRORS = {
-    # (Several replicas on a ReadWriteOnce PVC render, with a warning: test_rwo_pvc_with_replicas_warns.)
+    # (Several replicas on a ReadWriteOnce PVC render, with a warning: test_helm_production_stack.py.)
     "RWOP PVC with 2 replicas": (
         {"servingEngineSpec": {"modelSpec": [model(replicaCount=2, pvcStorage="50Gi",
                                                    pvcAccessMode="ReadWriteOncePod")]}},
@@ -558,21 +558,6 @@ def test_chart_flags_are_the_ones_checked(router_help_flags):
     out = subprocess.run([SERVER, "--log-level", "info", "--log-level", "info"], capture_output=True, text=True,
                          timeout=30)
     assert out.returncode != 0 and "cannot be used multiple times" in out.stderr
-
-
-def test_rwo_pvc_with_replicas_warns():
-    """Replicas sharing a ReadWriteOnce claim are scheduled by Kubernetes onto the node that mounts
-    it: the chart renders them (Recreate strategy) and NOTES.txt warns; one replica, or
-    ReadWriteMany, no warning."""
-    for spec in (model(replicaCount=2, pvcStorage="50Gi"), model(pvcStorage="50Gi", keda={"enabled": True})):
-        values = {"servingEngineSpec": {"modelSpec": [spec]}}
-        dep = one(render(values), "Deployment", "demo-llmstack-m-engine")
-        assert dep["spec"]["strategy"] == {"type": "Recreate"}
-        max_replicas = 2 if "replicaCount" in spec else 4
-        assert (f"Warning: servingEngineSpec.modelSpec[m] runs up to {max_replicas} replicas on one ReadWriteOnce "
-                "PVC") in notes(values)
-    for spec in (model(pvcStorage="50Gi"), model(replicaCount=3, pvcStorage="50Gi", pvcAccessMode="ReadWriteMany")):
-        assert "Warning" not in notes({"servingEngineSpec": {"modelSpec": [spec]}})
 
 
 def test_engine_replica_count_zero():

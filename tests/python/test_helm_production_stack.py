@@ -379,6 +379,21 @@ def json_arg(container, name):
     return json.loads(flag(container["args"], name))
 
 
+def test_rwo_pvc_with_replicas_warns():
+    """Replicas sharing a ReadWriteOnce claim are scheduled by Kubernetes onto the node that mounts
+    it: the chart renders them (Recreate strategy) and NOTES.txt warns; one replica, or
+    ReadWriteMany, no warning."""
+    for spec in (model(replicaCount=2, pvcStorage="50Gi"), model(pvcStorage="50Gi", keda={"enabled": True})):
+        values = {"servingEngineSpec": {"modelSpec": [spec]}}
+        dep = one(render(values), "Deployment", "demo-llmstack-m-engine")
+        assert dep["spec"]["strategy"] == {"type": "Recreate"}
+        max_replicas = 2 if "replicaCount" in spec else 4
+        assert (f"Warning: servingEngineSpec.modelSpec[m] runs up to {max_replicas} replicas on one ReadWriteOnce "
+                "PVC") in notes(values)
+    for spec in (model(pvcStorage="50Gi"), model(replicaCount=3, pvcStorage="50Gi", pvcAccessMode="ReadWriteMany")):
+        assert "Warning" not in notes({"servingEngineSpec": {"modelSpec": [spec]}})
+
+
 # --- not implemented yet: refused at render, naming the key ----------------------------------------
 
 NOT_YET = {
