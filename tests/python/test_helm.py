@@ -12,9 +12,9 @@
   router started with its rendered args and the ServiceAccount token the chart's RBAC grants,
   then /engines and a chat completion through the official openai client.
 
-CRD kinds (ServiceMonitor, ScaledObject) have no Kubernetes schema: they are checked offline
-against the trimmed CRD schemas below (the fields the chart uses, with prometheus-operator's and
-KEDA's types; unknown fields rejected). The CRDs are registered in a second apiserver so that
+CRD kinds (ServiceMonitor, ScaledObject, Gateway API's HTTPRoute) have no Kubernetes schema: they
+are checked offline against the trimmed CRD schemas below (the fields the chart uses, with
+prometheus-operator's, KEDA's and Gateway API's types; unknown fields rejected). The CRDs are registered in a second apiserver so that
 .Capabilities sees monitoring.coreos.com/v1 and the ServiceMonitors render, but custom resources
 themselves are not POSTed: this 1.20 build (Go 1.19 with the reflect2 Kubernetes 1.20 vendors)
 crashes with SIGSEGV in json-iterator's sorted-map encoder on any custom-resource create, the
