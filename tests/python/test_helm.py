@@ -14,8 +14,9 @@
 
 CRD kinds (ServiceMonitor, ScaledObject, Gateway API's HTTPRoute) have no Kubernetes schema: they
 are checked offline against the trimmed CRD schemas below (the fields the chart uses, with
-prometheus-operator's, KEDA's and Gateway API's types; unknown fields rejected). The CRDs are registered in a second apiserver so that
-.Capabilities sees monitoring.coreos.com/v1 and the ServiceMonitors render, but custom resources
+prometheus-operator's, KEDA's and Gateway API's types; unknown fields rejected). The CRDs are
+registered in a second apiserver so that .Capabilities sees monitoring.coreos.com/v1 and the
+ServiceMonitors render, but custom resources
 themselves are not POSTed: this 1.20 build (Go 1.19 with the reflect2 Kubernetes 1.20 vendors)
 crashes with SIGSEGV in json-iterator's sorted-map encoder on any custom-resource create, the
 same fault as its pretty-printing.

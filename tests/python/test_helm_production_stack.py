@@ -7,23 +7,28 @@
 - each values file renders, every object passes the Kubernetes 1.33 schemas (strict; CRD kinds
   against test_helm's trimmed CRD schemas) and a server-side dry run on kube-apiserver 1.20;
 - what each key becomes (flags, env, objects), key group by key group;
-- what the chart does not implement fails at render, naming the key.
+- what the chart does not implement fails at render, naming the key;
+- a production-stack values file (on the simulator) installed into kube-apiserver and routing,
+  with this test playing the kubelet as test_helm does.
 """
 
 import copy
 import json
 import pathlib
 import re
+import urllib.request
 
 import pytest
 import yaml
 
 import helm_python as helm
-from test_helm import (CHART, CRD_SCHEMAS, NAMESPACE, RELEASE, ROOT, Api, cluster_render, create_namespace,
-                       dropped_fields, dry_run, flag, kube, model, notes, of_kind, one, render, router_help_flags,
-                       validate_offline)
+from conftest import SERVER, free_loopback_ports
+from test_helm import (CHART, CRD_SCHEMAS, NAMESPACE, RELEASE, ROOT, Api, by_engine, cluster_render, create_namespace,
+                       dropped_fields, dry_run, flag, http_json, kube, model, notes, of_kind, one, processes, render,
+                       replace_flag, router_help_flags, service_account_kubeconfig, start_engine_pods,
+                       validate_offline, wait_for)
 
-assert kube and router_help_flags  # module-scoped fixtures, used by name below
+assert kube and router_help_flags and processes  # fixtures, used by name below
 
 DATA = pathlib.Path(__file__).resolve().parent / "data"
 KEYS = [k for k in (DATA / "production-stack-keys.txt").read_text().splitlines() if k and not k.startswith("#")]
@@ -502,3 +507,80 @@ def test_production_stack_router_flags_are_refused_in_extra_args():
         for f in [a for a in args if a.startswith("--")]:
             with pytest.raises(helm.HelmError, match=re.escape(f"routerSpec.extraArgs: {f} is already passed")):
                 render({"routerSpec": {**values, "extraArgs": [f, "1"]}})
+
+
+# --- installed and routing -----------------------------------------------------------------------
+
+# A production-stack values file as its users write them (the router's image and labels, its
+# probes' port name, its scrape interval, a disabled model, pod labels), on the simulator so that
+# it runs here.
+SIM_RELEASE = {
+    "servingEngineSpec": {
+        "engine": "sim", "simProfile": "instant",
+        "labels": {"environment": "test", "release": "test"},
+        "modelSpec": [
+            {"name": "opt", "modelURL": "facebook/opt-125m", "replicaCount": 2, "enabled": True,
+             "podLabels": {"team": "ml"}, "vllmConfig": {"maxModelLen": 2048}},
+            {"name": "off", "enabled": False, "modelURL": "facebook/opt-350m"},
+        ],
+    },
+    "routerSpec": {
+        "repository": "lmcache/lmstack-router", "tag": "latest", "imagePullPolicy": "Always",
+        "routingLogic": "session", "sessionKey": "x-user-id", "engineScrapeInterval": 2,
+        "requestStatsWindow": 60, "k8sServiceDiscoveryType": "pod-ip",
+        "labels": {"environment": "router", "release": "router"},
+        "livenessProbe": {"initialDelaySeconds": 30, "httpGet": {"path": "/health", "port": "router-port"}},
+        "otel": {"endpoint": "", "serviceName": "vllm-router", "secure": False},
+    },
+    "grafanaDashboards": {"enabled": False},
+}
+
+
+def test_install_production_stack_values_and_route(kube_apiserver, processes, tmp_path):
+    kapi, namespace, release = kube_apiserver, "ps-e2e", "ps"
+    with helm.Config(namespace=namespace, kubeconfig_path=str(kapi.kubeconfig_path)) as cfg:
+        installed = cfg.install(str(CHART), release, SIM_RELEASE, namespace=namespace, create_namespace=True,
+                                timeout=60)
+        assert installed["status"] == "deployed", installed
+        try:
+            status, body = kapi.request("GET", f"/apis/apps/v1/namespaces/{namespace}/deployments")
+            assert status == 200, body
+            deployments = {d["metadata"]["name"]: d for d in body["items"]}
+            router_name = f"{release}-llmstack-router"
+            assert sorted(deployments) == [f"{release}-llmstack-opt-engine", router_name]
+            pods, _ = start_engine_pods(kapi, namespace, deployments, router_name, processes)
+            assert len(pods) == 2
+
+            spec = deployments[router_name]["spec"]["template"]["spec"]
+            rc = spec["containers"][0]
+            assert rc["image"].startswith("ghcr.io/llmstack/llmstack-server:")
+            assert rc["livenessProbe"]["httpGet"]["port"] == "http"
+            assert flag(rc["args"], "--engine-stats-interval") == "2"
+            (port,) = free_loopback_ports(1)
+            args = replace_flag(replace_flag(rc["args"], "--host", "127.0.0.1"), "--port", str(port))
+            kubeconfig = service_account_kubeconfig(kapi, namespace, spec["serviceAccountName"],
+                                                    tmp_path / "router-kubeconfig")
+            router = processes.start("router", [SERVER, *args, "--k8s-kubeconfig", str(kubeconfig)])
+            url = f"http://127.0.0.1:{port}"
+
+            def ready():
+                engines = http_json(f"{url}/engines")
+                return engines if [e["state"] for e in engines] == ["ready", "ready"] else None
+
+            wait_for("the router to find 2 ready engines", ready, 20, lambda: processes.log("router"))
+            # Session routing on production-stack's sessionKey: one user's requests, one engine.
+            for _ in range(4):
+                req = urllib.request.Request(
+                    f"{url}/v1/chat/completions", method="POST",
+                    headers={"content-type": "application/json", "x-user-id": "alice"},
+                    data=json.dumps({"model": "facebook/opt-125m", "max_tokens": 2,
+                                     "messages": [{"role": "user", "content": "Hi"}]}).encode())
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    assert r.status == 200
+            with urllib.request.urlopen(f"{url}/metrics", timeout=5) as r:
+                served = by_engine(r.read().decode(), "llmstack_requests_total", status="2xx")
+            assert [n for e, n in served.items() if e and n] == [4], served
+            assert router.poll() is None, processes.log("router")
+        finally:
+            cfg.uninstall(release, timeout=60)
+
