@@ -417,10 +417,9 @@ as this chart's router, llmstack-server (their flags are not llmstack-server's).
 {{- if regexMatch "(^|/)(lmstack-router|vllm-router|production-stack-router)$" .Values.routerSpec.repository }}true{{ end }}
 {{- end }}
 
-{{/* Enabled modelSpec entries: a template starts with
-  $models := list; range ...modelSpec; if ne (toString .enabled) "false"; append
-(production-stack's `enabled: false` skips an entry). This helper fails on what the chart does
-not implement yet, naming the key. */}}
+{{/* Fails, naming the key, on the production-stack values this chart does not implement yet
+(included by checks.yaml). modelSpec entries with `enabled: false` are skipped here as in every
+engine template (production-stack's meaning). */}}
 {{- define "llmstack.checkNotImplemented" -}}
 {{- $v := .Values }}
 {{- if ($v.cacheserverSpec | default dict).enabled }}
