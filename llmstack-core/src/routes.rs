@@ -38,6 +38,7 @@ pub fn openai_route(path: &str) -> Option<(&'static str, BodyKind)> {
             return Some(("/v1/audio/transcriptions", BodyKind::Multipart));
         }
         "/v1/audio/translations" => return Some(("/v1/audio/translations", BodyKind::Multipart)),
+        "/v1/images/edits" => return Some(("/v1/images/edits", BodyKind::Multipart)),
         "/v1/messages/count_tokens" => "/v1/messages/count_tokens",
         "/v2/rerank" => "/v2/rerank",
         "/pooling" => "/pooling",

@@ -132,12 +132,20 @@ pub struct DiscoveryArgs {
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub static_backend_health_check_interval: Option<f64>,
-    /// Seconds one engine poll may take [default: 2].
+    /// Seconds one engine poll may take [default: 2]. (production-stack's
+    /// `--static-backend-health-check-timeout-seconds` is the same setting.)
     #[cfg_attr(
         feature = "clap",
-        arg(long, env = "LLMSTACK_BACKEND_HEALTH_CHECK_TIMEOUT_SECONDS")
+        arg(
+            long,
+            env = "LLMSTACK_BACKEND_HEALTH_CHECK_TIMEOUT_SECONDS",
+            alias = "static-backend-health-check-timeout-seconds"
+        )
     )]
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        alias = "static_backend_health_check_timeout_seconds"
+    )]
     pub backend_health_check_timeout_seconds: Option<f64>,
     /// Failed health probes in a row that take a ready engine out of routing
     /// [default: 2].

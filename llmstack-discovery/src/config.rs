@@ -28,6 +28,13 @@ impl DiscoveryKind {
             "static" => Ok(Self::Static),
             "dns" => Ok(Self::Dns),
             "k8s" => Ok(Self::K8s),
+            "external-only" => Err(llmstack_core::SettingError {
+                setting: "service-discovery",
+                message: "external providers are not supported (production-stack's \
+                          external-only): list OpenAI-compatible servers with --service-discovery \
+                          static --static-backends"
+                    .into(),
+            }),
             other => Err(llmstack_core::SettingError {
                 setting: "service-discovery",
                 message: format!("unknown discovery `{other}` (expected static, dns or k8s)"),

@@ -26,6 +26,14 @@ pub(crate) struct Extract {
 // === impl Extract ===
 
 impl Extract {
+    /// Takes the session key from the header named `key` (when it is a valid header
+    /// name), else the top-level body field of that name; `None`: no session key.
+    pub(crate) fn set_session_key(&mut self, key: Option<&str>) {
+        self.session_header =
+            key.and_then(|k| HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()).ok());
+        self.session_field = key.map(str::to_owned);
+    }
+
     /// The routing view of `body` (JSON, or the fields of a multipart form for the
     /// audio upload routes), with the session key from its header. Fails with a 400 when
     /// the body cannot be read or names no model.

@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderName, Request, Response, Uri};
@@ -35,9 +36,25 @@ use crate::{InFlightGuard, Routed, Router, Target};
 /// layer has no health feedback of its own: an engine that fails fast looks idle, so
 /// keep the endpoint set's readiness current and put a retry layer
 /// (`llmstack-proxy`'s `RetryLayer`) outside it.
+///
+/// Its settings can change while it serves: [`RouteLayer::handle`] gives a
+/// [`RouteHandle`] that swaps the router (a new policy), the session key or the
+/// aliases for the requests that start afterwards; requests in flight finish with what
+/// they started with.
 #[derive(Clone)]
 pub struct RouteLayer {
-    shared: Shared,
+    /// The settings in force, shared by the [`Route`]s made from this layer and its
+    /// handles. The builder methods start a new cell, so a clone made before them is
+    /// not affected.
+    cell: Arc<ArcSwap<Shared>>,
+}
+
+/// Changes the settings of a [`RouteLayer`] and of every [`Route`] made from it, for
+/// the requests that start afterwards (requests in flight keep theirs). Cloning gives
+/// another handle to the same settings.
+#[derive(Clone)]
+pub struct RouteHandle {
+    cell: Arc<ArcSwap<Shared>>,
 }
 
 #[derive(Clone)]
@@ -53,29 +70,36 @@ struct Shared {
 impl RouteLayer {
     /// Routes with `router` over the endpoints published on `endpoints`.
     pub fn new(router: impl Into<Arc<Router>>, endpoints: watch::Receiver<EndpointSet>) -> Self {
+        let shared = Shared {
+            router: router.into(),
+            endpoints,
+            stats: None,
+            extract: Extract::default(),
+            responses: Arc::new(ResponseOwners::new(DEFAULT_RESPONSES)),
+        };
         Self {
-            shared: Shared {
-                router: router.into(),
-                endpoints,
-                stats: None,
-                extract: Extract::default(),
-                responses: Arc::new(ResponseOwners::new(DEFAULT_RESPONSES)),
-            },
+            cell: Arc::new(ArcSwap::from_pointee(shared)),
         }
+    }
+
+    /// A new cell holding the current settings changed by `f`.
+    fn edit(mut self, f: impl FnOnce(&mut Shared)) -> Self {
+        let mut shared = Shared::clone(&self.cell.load());
+        f(&mut shared);
+        self.cell = Arc::new(ArcSwap::from_pointee(shared));
+        self
     }
 
     /// Reads engine load from these scraped stats.
     #[must_use]
-    pub fn with_stats(mut self, stats: StatsReader) -> Self {
-        self.shared.stats = Some(stats);
-        self
+    pub fn with_stats(self, stats: StatsReader) -> Self {
+        self.edit(|s| s.stats = Some(stats))
     }
 
     /// Takes the session key from this header (else the OpenAI `user` body field).
     #[must_use]
-    pub fn with_session_header(mut self, name: HeaderName) -> Self {
-        self.shared.extract.session_header = Some(name);
-        self
+    pub fn with_session_header(self, name: HeaderName) -> Self {
+        self.edit(|s| s.extract.session_header = Some(name))
     }
 
     /// Takes the session key from the header named `key`, else the top-level body
@@ -83,44 +107,94 @@ impl RouteLayer {
     /// `--session-key`). A `key` that is not a valid header name is only read from
     /// the body.
     #[must_use]
-    pub fn with_session_key(mut self, key: &str) -> Self {
-        self.shared.extract.session_header =
-            HeaderName::from_bytes(key.to_ascii_lowercase().as_bytes()).ok();
-        self.shared.extract.session_field = Some(key.to_owned());
-        self
+    pub fn with_session_key(self, key: &str) -> Self {
+        self.edit(|s| s.extract.set_session_key(Some(key)))
     }
 
     /// Model aliases (alias → model): a request naming an alias is routed, and
     /// forwarded, for the model, with only the model value of its body rewritten.
     #[must_use]
-    pub fn with_aliases(mut self, aliases: BTreeMap<String, String>) -> Self {
-        self.shared.extract.aliases = aliases;
-        self
+    pub fn with_aliases(self, aliases: BTreeMap<String, String>) -> Self {
+        self.edit(|s| s.extract.aliases = aliases)
     }
 
     /// Remembers the engine of at most `capacity` responses (default 100,000), the
     /// oldest forgotten first; 0 remembers none.
     #[must_use]
-    pub fn with_response_capacity(mut self, capacity: usize) -> Self {
-        self.shared.responses = Arc::new(ResponseOwners::new(capacity));
-        self
+    pub fn with_response_capacity(self, capacity: usize) -> Self {
+        self.edit(|s| s.responses = Arc::new(ResponseOwners::new(capacity)))
     }
 
-    /// The router (for its in-flight counters and index).
-    pub fn router(&self) -> &Router {
-        &self.shared.router
+    /// The router in force (for its in-flight counters and index).
+    pub fn router(&self) -> Arc<Router> {
+        Arc::clone(&self.cell.load().router)
     }
 
     /// How many responses' engines are remembered now.
     pub fn responses_known(&self) -> usize {
-        self.shared.responses.len()
+        self.cell.load().responses.len()
+    }
+
+    /// A handle changing the settings of this layer and its [`Route`]s while they serve.
+    pub fn handle(&self) -> RouteHandle {
+        RouteHandle {
+            cell: Arc::clone(&self.cell),
+        }
     }
 }
+
+impl RouteHandle {
+    /// The router in force.
+    pub fn router(&self) -> Arc<Router> {
+        Arc::clone(&self.cell.load().router)
+    }
+
+    /// Routes the requests that start from now on with `router` (a new policy or
+    /// index). To keep counting the requests in flight on the old one, build it with
+    /// [`Router::with_in_flight`] from the old router's [`Router::in_flight`].
+    pub fn set_router(&self, router: impl Into<Arc<Router>>) {
+        let router = router.into();
+        self.cell.rcu(|s| {
+            let mut s = Shared::clone(s);
+            s.router = Arc::clone(&router);
+            s
+        });
+    }
+
+    /// Sets (or, with `None`, removes) the session key, as
+    /// [`RouteLayer::with_session_key`].
+    pub fn set_session_key(&self, key: Option<&str>) {
+        self.cell.rcu(|s| {
+            let mut s = Shared::clone(s);
+            s.extract.set_session_key(key);
+            s
+        });
+    }
+
+    /// Replaces the model aliases, as [`RouteLayer::with_aliases`].
+    pub fn set_aliases(&self, aliases: &BTreeMap<String, String>) {
+        self.cell.rcu(|s| {
+            let mut s = Shared::clone(s);
+            s.extract.aliases.clone_from(aliases);
+            s
+        });
+    }
+}
+
+impl fmt::Debug for RouteHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouteHandle")
+            .field("router", &self.cell.load().router)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RouteLayer {}
 
 impl fmt::Debug for RouteLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RouteLayer")
-            .field("router", &self.shared.router)
+            .field("router", &self.cell.load().router)
             .finish_non_exhaustive()
     }
 }
@@ -131,7 +205,7 @@ impl<S> Layer<S> for RouteLayer {
     fn layer(&self, inner: S) -> Route<S> {
         Route {
             inner,
-            shared: Arc::new(self.shared.clone()),
+            cell: Arc::clone(&self.cell),
         }
     }
 }
@@ -162,14 +236,14 @@ impl<S> Layer<S> for RouteLayer {
 /// request's extensions is kept in the response body like the guard.
 pub struct Route<S> {
     inner: S,
-    shared: Arc<Shared>,
+    cell: Arc<ArcSwap<Shared>>,
 }
 
 impl<S: Clone> Clone for Route<S> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            shared: Arc::clone(&self.shared),
+            cell: Arc::clone(&self.cell),
         }
     }
 }
@@ -178,7 +252,7 @@ impl<S: fmt::Debug> fmt::Debug for Route<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Route")
             .field("inner", &self.inner)
-            .field("policy", &self.shared.router.policy_name())
+            .field("policy", &self.cell.load().router.policy_name())
             .finish()
     }
 }
@@ -198,10 +272,11 @@ where
 
     fn call(&mut self, req: Request<Bytes>) -> Self::Future {
         let (mut parts, body) = req.into_parts();
-        let policy = self.shared.router.policy_name();
+        let shared = self.cell.load();
+        let policy = shared.router.policy_name();
         let held = parts.extensions.remove::<HeldUntilDone>();
         let creates_response = parts.uri.path() == "/v1/responses";
-        match self.shared.decide(&mut parts, body) {
+        match shared.decide(&mut parts, body) {
             Ok(Decided {
                 mut routed,
                 body,
@@ -213,8 +288,7 @@ where
                     policy,
                     reason,
                     engine: Some(routed.endpoint.id.clone()),
-                    predicted_cached_tokens: self
-                        .shared
+                    predicted_cached_tokens: shared
                         .router
                         .predicts_cache()
                         .then_some(routed.cached_tokens),
@@ -222,7 +296,7 @@ where
                 let learn = routed.take_learn();
                 let capture = creates_response.then(|| {
                     Box::new(Capture::new(
-                        Arc::clone(&self.shared.responses),
+                        Arc::clone(&shared.responses),
                         routed.endpoint.id.clone(),
                     ))
                 });
@@ -235,7 +309,7 @@ where
                         future: self.inner.call(Request::from_parts(parts, body)),
                         guard: Some(routed.guard),
                         held,
-                        learn: learn.map(|l| (Arc::clone(&self.shared.router), l)),
+                        learn: learn.map(|l| (Arc::clone(&shared.router), l)),
                         facts: Some(facts),
                         capture,
                     },

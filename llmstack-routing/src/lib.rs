@@ -83,7 +83,7 @@ pub use in_flight::{
     InFlight, InFlightGuard, LiveLoads, Load, PeerAddrs, SHARE_EXPIRY, SHARE_HEARTBEAT,
 };
 pub use kv::{KeySpace, KvIndex, KvMatch, SourceBlocks, block_keys};
-pub use layer::{Route, RouteBody, RouteFuture, RouteLayer};
+pub use layer::{Route, RouteBody, RouteFuture, RouteHandle, RouteLayer};
 pub use llmstack_core::{
     Endpoint, EndpointSet, EndpointState, Error, Exclude, RouteFacts, RouteRequest, RoutedTo,
     Update,

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::compat;
-use crate::config::{ServerConfig, Settings};
+use crate::config::{DynamicConfig, ServerConfig, Settings};
 
 /// llmstack-server: an OpenAI-compatible router for vLLM engines.
 ///
@@ -26,6 +26,15 @@ pub struct Cli {
     /// YAML file with the same settings (keys are flag names with underscores).
     #[arg(long, env = "LLMSTACK_CONFIG")]
     pub config: Option<PathBuf>,
+    /// production-stack's dynamic configuration: a YAML settings file (as --config, in
+    /// production-stack's forms too) read at start and re-read when it changes; a change
+    /// of the routing logic, session key, aliases or static engines applies without a
+    /// restart (flags and environment still win). /health shows the settings in force.
+    #[arg(long, env = "LLMSTACK_DYNAMIC_CONFIG_YAML", conflicts_with_all = ["config", "dynamic_config_json"])]
+    pub dynamic_config_yaml: Option<PathBuf>,
+    /// --dynamic-config-yaml for a JSON file.
+    #[arg(long, env = "LLMSTACK_DYNAMIC_CONFIG_JSON", conflicts_with = "config")]
+    pub dynamic_config_json: Option<PathBuf>,
     /// Router settings.
     #[command(flatten)]
     pub settings: Settings,
@@ -52,28 +61,38 @@ pub enum Action {
 /// error text (clap's own for `--help`/`--version`/syntax, ours for invalid settings).
 pub fn parse(args: impl IntoIterator<Item = String>) -> Result<(Action, Vec<String>), clap::Error> {
     let matches = compat::add_flags(Cli::command()).try_get_matches_from(args)?;
-    let warnings = compat::warnings(&matches);
-    let cli = Cli::from_arg_matches(&matches)?;
     let invalid = |msg: String| Cli::command().error(clap::error::ErrorKind::ValueValidation, msg);
+    let mut warnings = compat::check(&matches).map_err(invalid)?;
+    let cli = Cli::from_arg_matches(&matches)?;
     match cli.command {
         Some(Command::Demo(args)) => Ok((Action::Demo(args), warnings)),
         None => {
-            let file = match &cli.config {
-                Some(path) => Settings::from_file(path).map_err(|e| invalid(e.to_string()))?,
+            let dynamic = cli.dynamic_config_yaml.or(cli.dynamic_config_json);
+            let path = cli.config.or_else(|| dynamic.clone());
+            let file = match &path {
+                Some(path) => {
+                    let file = Settings::read(path).map_err(|e| invalid(e.to_string()))?;
+                    warnings.extend(file.notes);
+                    file.settings
+                }
                 None => Settings::default(),
             };
             // The static list is re-read from the file when all of it came from there
             // (flags or the environment for any of its parts fix it).
-            let from_file = cli.config.as_ref().filter(|_| {
+            let from_file = path.filter(|_| {
                 file.discovery.static_backends.is_some()
                     && !cli.settings.discovery.has_static_list()
             });
-            let from_file = from_file.cloned();
+            let flags = cli.settings.clone();
             let mut config = file
                 .overlay(cli.settings)
                 .resolve()
                 .map_err(|e| invalid(e.to_string()))?;
             config.discovery.static_file = from_file;
+            config.dynamic = dynamic.map(|path| DynamicConfig {
+                path,
+                flags: Box::new(flags),
+            });
             Ok((Action::Serve(Box::new(config)), warnings))
         }
     }

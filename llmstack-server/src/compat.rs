@@ -1,100 +1,175 @@
-//! production-stack router flags this router does not act on: accepted, so existing
-//! deployments start unchanged, and reported with a warning.
+//! production-stack router flags this router has no setting of its own for: the ones
+//! whose effect there is none here either are accepted (production-stack's command
+//! lines start unchanged), the others stop the start with what to do instead. The full
+//! table, with the flags that work as they do there: docs/production-stack.md.
 
 use clap::{Arg, ArgAction, ArgMatches, Command};
 
-/// Flags taking a value, with what happens instead.
-const WITH_VALUE: &[(&str, &str)] = &[
+/// What happens to a flag.
+#[derive(Debug, Clone, Copy)]
+enum Fate {
+    /// Accepted without effect: production-stack's own effect is none in that setting,
+    /// or is what this router always does. The text says why (logged at debug level).
+    Accepted(&'static str),
+    /// Refused at start with this text: what to use instead.
+    Refused(&'static str),
+}
+
+use Fate::{Accepted, Refused};
+
+/// Flags taking a value.
+const WITH_VALUE: &[(&str, Fate)] = &[
     (
-        "root-path",
-        "serve the router at / behind a path-rewriting ingress",
+        "request-rewriter",
+        Accepted("`noop` is production-stack's only rewriter: requests are forwarded unchanged"),
     ),
-    ("feature-gates", "no feature gates exist"),
-    ("callbacks", "Python callbacks cannot run in this router"),
-    ("request-rewriter", "requests are forwarded unchanged"),
     (
         "static-model-types",
-        "engines are probed with GET /v1/models, which needs no model type",
+        Accepted("engines are probed with GET /health and /v1/models, which need no model type"),
     ),
     (
-        "static-backend-health-check-timeout-seconds",
-        "use --backend-health-check-timeout-seconds",
+        "log-stats-interval",
+        Accepted(
+            "--log-stats only logs; engine and router statistics are on /engines and /metrics",
+        ),
+    ),
+    (
+        "file-storage-class",
+        Accepted("only used by the batch API (--enable-batch-api), which is refused"),
+    ),
+    (
+        "file-storage-path",
+        Accepted("only used by the batch API (--enable-batch-api), which is refused"),
+    ),
+    (
+        "batch-processor",
+        Accepted("only used by the batch API (--enable-batch-api), which is refused"),
+    ),
+    (
+        "semantic-cache-model",
+        Accepted("only used with --feature-gates SemanticCache=true, which is refused"),
+    ),
+    (
+        "semantic-cache-dir",
+        Accepted("only used with --feature-gates SemanticCache=true, which is refused"),
+    ),
+    (
+        "semantic-cache-threshold",
+        Accepted("only used with --feature-gates SemanticCache=true, which is refused"),
+    ),
+    (
+        "callbacks",
+        Refused(
+            "Python callbacks cannot run in this router: put the logic in a tower layer of \
+             a gateway embedding llmstack-routing, or in front of the router",
+        ),
     ),
     (
         "external-providers-config",
-        "external providers are not supported",
+        Refused(
+            "external providers are not supported: list OpenAI-compatible servers as \
+             --static-backends (with --static-models) instead",
+        ),
     ),
     (
         "kv-aware-threshold",
-        "KV-aware routing is not in this build yet",
+        Refused(
+            "llmstack's kvaware weighs each engine's cached tokens (from vLLM's KV events) \
+             against its load; there is no threshold: remove the flag",
+        ),
     ),
     (
         "lmcache-controller-port",
-        "KV-aware routing is not in this build yet",
+        Refused(
+            "llmstack's kvaware subscribes to vLLM's KV events, not an LMCache controller: \
+             remove the flag and start vLLM with --kv-events-config (see --kv-events-port)",
+        ),
     ),
     (
         "lmcache-controller-reply-port",
-        "KV-aware routing is not in this build yet",
+        Refused(
+            "llmstack's kvaware subscribes to vLLM's KV events, not an LMCache controller: \
+             remove the flag (see --kv-events-replay-port)",
+        ),
     ),
     (
         "lmcache-controller-heartbeat-port",
-        "KV-aware routing is not in this build yet",
+        Refused(
+            "llmstack's kvaware subscribes to vLLM's KV events, not an LMCache controller: \
+             remove the flag",
+        ),
     ),
     (
         "lmcache-health-check-interval",
-        "KV-aware routing is not in this build yet",
+        Refused(
+            "llmstack's kvaware subscribes to vLLM's KV events, not an LMCache controller: \
+             remove the flag (engines are probed every --static-backend-health-check-interval)",
+        ),
     ),
     (
         "lmcache-worker-timeout",
-        "KV-aware routing is not in this build yet",
+        Refused(
+            "llmstack's kvaware subscribes to vLLM's KV events, not an LMCache controller: \
+             remove the flag",
+        ),
     ),
     (
         "prefill-model-labels",
-        "disaggregated prefill is not in this build yet",
+        Refused(
+            "disaggregated prefill is not in llmstack yet: serve with --routing-logic \
+             prefixaware or kvaware",
+        ),
     ),
     (
         "decode-model-labels",
-        "disaggregated prefill is not in this build yet",
+        Refused(
+            "disaggregated prefill is not in llmstack yet: serve with --routing-logic \
+             prefixaware or kvaware",
+        ),
     ),
-    ("request-stats-window", "request statistics come later"),
-    ("log-stats-interval", "request statistics come later"),
-    ("sentry-dsn", "Sentry is not supported"),
-    ("sentry-traces-sample-rate", "Sentry is not supported"),
+    (
+        "request-stats-window",
+        Refused(
+            "llmstack routes on live in-flight counts, not a windowed QPS, and exports \
+             histograms (llmstack_request_duration_seconds) to window in PromQL: remove \
+             the flag",
+        ),
+    ),
+    (
+        "sentry-dsn",
+        Refused("Sentry is not supported: export traces with --otel-endpoint instead"),
+    ),
+    (
+        "sentry-traces-sample-rate",
+        Refused("Sentry is not supported: export traces with --otel-endpoint instead"),
+    ),
     (
         "sentry-profile-session-sample-rate",
-        "Sentry is not supported",
-    ),
-    ("file-storage-class", "the batch API is not supported"),
-    ("file-storage-path", "the batch API is not supported"),
-    ("batch-processor", "the batch API is not supported"),
-    ("dynamic-config-yaml", "use --config (read at start)"),
-    ("dynamic-config-json", "use --config (read at start)"),
-    (
-        "semantic-cache-model",
-        "the semantic cache is not supported",
-    ),
-    ("semantic-cache-dir", "the semantic cache is not supported"),
-    (
-        "semantic-cache-threshold",
-        "the semantic cache is not supported",
+        Refused("Sentry is not supported: export traces with --otel-endpoint instead"),
     ),
 ];
 
 /// Switches (no value).
-const SWITCHES: &[(&str, &str)] = &[
+const SWITCHES: &[(&str, Fate)] = &[
     (
         "static-backend-health-checks",
-        "engines are always probed with GET /v1/models",
+        Accepted("engines are always probed (GET /health and /v1/models)"),
     ),
-    ("log-stats", "request statistics come later"),
     (
-        "otel-secure",
-        "spans are exported over OTLP/HTTP, plain text",
+        "log-stats",
+        Accepted("it only logs; engine and router statistics are on /engines and /metrics"),
     ),
-    ("enable-batch-api", "the batch API is not supported"),
+    (
+        "enable-batch-api",
+        Refused(
+            "the files and batch API is not supported (production-stack's fails to start \
+             with it): send the requests with a batch client such as `vllm run-batch`",
+        ),
+    ),
 ];
 
-/// Adds the accepted-but-ignored flags to `cmd` (hidden from `--help`).
+/// Adds the production-stack flags without a setting here to `cmd` (hidden from
+/// `--help`), and `--feature-gates`.
 pub(crate) fn add_flags(mut cmd: Command) -> Command {
     for (name, _) in WITH_VALUE {
         cmd = cmd.arg(
@@ -113,19 +188,120 @@ pub(crate) fn add_flags(mut cmd: Command) -> Command {
                 .action(ArgAction::SetTrue),
         );
     }
-    cmd
+    cmd.arg(
+        Arg::new("feature-gates")
+            .long("feature-gates")
+            .hide(true)
+            .num_args(1)
+            .action(ArgAction::Set),
+    )
 }
 
-/// One warning per ignored flag that was given.
-pub(crate) fn warnings(matches: &ArgMatches) -> Vec<String> {
+/// Checks the production-stack flags given: notes for the accepted ones (to log), or
+/// the first refusal's text.
+pub(crate) fn check(matches: &ArgMatches) -> Result<Vec<String>, String> {
     let with_value = WITH_VALUE
         .iter()
         .filter(|(name, _)| matches.get_one::<String>(name).is_some());
     let switches = SWITCHES.iter().filter(|(name, _)| matches.get_flag(name));
-    with_value
-        .chain(switches)
-        .map(|(name, why)| {
-            format!("--{name} is accepted for production-stack compatibility and ignored: {why}")
-        })
-        .collect()
+    let mut notes = Vec::new();
+    for (name, fate) in with_value.chain(switches) {
+        match fate {
+            Accepted(why) => notes.push(format!("--{name} is accepted without effect: {why}")),
+            Refused(what) => return Err(format!("--{name}: {what}")),
+        }
+    }
+    if let Some(rewriter) = matches.get_one::<String>("request-rewriter")
+        && rewriter != "noop"
+    {
+        return Err(format!(
+            "--request-rewriter `{rewriter}`: production-stack's only rewriter is `noop`"
+        ));
+    }
+    if let Some(gates) = matches.get_one::<String>("feature-gates") {
+        feature_gates(gates)?;
+    }
+    Ok(notes)
+}
+
+/// `Name=true|false,...`: any gate off is what this router does; `SemanticCache=true`
+/// (production-stack's only gate) is refused.
+fn feature_gates(gates: &str) -> Result<(), String> {
+    for gate in gates.split(',').map(str::trim).filter(|g| !g.is_empty()) {
+        let Some((name, on)) = gate.split_once('=') else {
+            return Err(format!(
+                "--feature-gates: `{gate}` is not `Name=true` or `Name=false`"
+            ));
+        };
+        match on.trim().to_ascii_lowercase().as_str() {
+            "false" => {}
+            "true" if name.trim() == "SemanticCache" => {
+                return Err(
+                    "--feature-gates SemanticCache=true: the semantic cache is not \
+                            supported: remove the gate"
+                        .into(),
+                );
+            }
+            "true" => {
+                return Err(format!(
+                    "--feature-gates: unknown gate `{}` (production-stack's only gate is \
+                     SemanticCache)",
+                    name.trim()
+                ));
+            }
+            _ => {
+                return Err(format!(
+                    "--feature-gates: `{gate}` is not `Name=true` or `Name=false`"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every flag name handled here with whether it is accepted (for the docs test).
+#[cfg(test)]
+pub(crate) fn all() -> impl Iterator<Item = (&'static str, bool)> {
+    WITH_VALUE
+        .iter()
+        .chain(SWITCHES)
+        .map(|(name, fate)| (*name, matches!(fate, Accepted(_))))
+        .chain([("feature-gates", true)])
+}
+
+/// A settings-file key (a flag name with underscores) that is one of these flags:
+/// `Ok(Some(note))` when accepted (or `false`/`null` for a switch: not given),
+/// `Err(text)` when refused, `Ok(None)` when it is no such flag.
+pub(crate) fn file_key(key: &str, value: &serde_yaml_ng::Value) -> Result<Option<String>, String> {
+    let flag = key.replace('_', "-");
+    let off = matches!(
+        value,
+        serde_yaml_ng::Value::Null | serde_yaml_ng::Value::Bool(false)
+    );
+    if flag == "feature-gates" {
+        return match value.as_str() {
+            Some(gates) => feature_gates(gates).map(|()| Some(format!("{key}: accepted"))),
+            None if off => Ok(None),
+            None => Err(format!(
+                "{key}: expected a string such as `SemanticCache=false`"
+            )),
+        };
+    }
+    let Some((name, fate)) = WITH_VALUE
+        .iter()
+        .chain(SWITCHES)
+        .find(|(name, _)| *name == flag)
+    else {
+        return Ok(None);
+    };
+    if off {
+        return Ok(Some(format!("{key}: not set")));
+    }
+    if *name == "request-rewriter" && value.as_str() != Some("noop") {
+        return Err(format!("{key}: production-stack's only rewriter is `noop`"));
+    }
+    match fate {
+        Accepted(why) => Ok(Some(format!("{key} is accepted without effect: {why}"))),
+        Refused(what) => Err(format!("{key}: {what}")),
+    }
 }

@@ -77,15 +77,30 @@ pub struct ServerArgs {
     #[arg(long, env = "LLMSTACK_MAIN_PORT_METRICS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub main_port_metrics: Option<bool>,
+    /// Path prefix the router is served under (production-stack's FastAPI root path):
+    /// a request path starting with it is routed without it [default: none].
+    #[arg(long, env = "LLMSTACK_ROOT_PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root_path: Option<String>,
     /// Log level: critical, error, warning, info, debug or trace [default: info].
     #[arg(long, env = "LLMSTACK_LOG_LEVEL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_level: Option<String>,
-    /// OTLP/HTTP collector to export request spans to, e.g. `http://collector:4318`
-    /// (needs the `otel` build feature, on by default).
+    /// OTLP collector to export request spans to: `collector:4317` (OTLP/gRPC, as
+    /// production-stack takes it) or `http://collector:4318` (OTLP/HTTP); see
+    /// --otel-protocol (needs the `otel` build feature, on by default).
     #[arg(long, env = "LLMSTACK_OTEL_ENDPOINT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub otel_endpoint: Option<String>,
+    /// OTLP protocol: `grpc` or `http/protobuf` [default: grpc for an endpoint without
+    /// a scheme or on port 4317, else http/protobuf].
+    #[arg(long, env = "LLMSTACK_OTEL_PROTOCOL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otel_protocol: Option<String>,
+    /// Export over TLS (OTLP/gRPC, the system's root certificates) [default: false].
+    #[arg(long, env = "LLMSTACK_OTEL_SECURE", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otel_secure: Option<bool>,
     /// Service name on exported spans [default: llmstack-server].
     #[arg(long, env = "LLMSTACK_OTEL_SERVICE_NAME")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -110,6 +125,17 @@ pub struct ServerArgs {
     #[arg(long, env = "VLLM_API_KEY", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub engine_api_key: Option<String>,
+}
+
+/// A settings file as read by [`Settings::read`].
+#[derive(Debug, Clone)]
+pub struct SettingsFile {
+    /// The settings.
+    pub settings: Settings,
+    /// Notes on the production-stack keys accepted without effect (to log).
+    pub notes: Vec<String>,
+    /// The file's settings, in this router's form, as JSON.
+    pub json: serde_json::Value,
 }
 
 /// Why a settings file could not be used.
@@ -173,6 +199,29 @@ pub struct ServerConfig {
     pub scrape: ScrapeConfig,
     /// KV-event routing, with `--routing-logic kvaware` (else `None`).
     pub kv: Option<KvConfig>,
+    /// The path prefix production-stack's `--root-path` names: requests under it are
+    /// served as if it were not there (requests without it too).
+    pub root_path: Option<String>,
+    /// `--dynamic-config-yaml/json`: the file re-read when it changes.
+    pub dynamic: Option<DynamicConfig>,
+}
+
+/// production-stack's dynamic configuration (`--dynamic-config-yaml/json`): the file
+/// read at start and re-read when it changes, and the settings given as flags and
+/// environment, which win over the file at every reload.
+#[derive(Debug, Clone)]
+pub struct DynamicConfig {
+    /// The file.
+    pub path: PathBuf,
+    /// The flags and environment.
+    pub flags: Box<Settings>,
+}
+
+impl PartialEq for DynamicConfig {
+    /// The same file (the flags come from the same command line).
+    fn eq(&self, other: &Self) -> bool {
+        self.path == other.path
+    }
 }
 
 /// KV-event routing (`--routing-logic kvaware`): where events and tokenizers come from.
@@ -189,10 +238,22 @@ pub struct KvConfig {
 /// Where request spans are exported (feature `otel`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OtelConfig {
-    /// OTLP/HTTP collector base URL.
+    /// The collector: a gRPC endpoint URL (`http://collector:4317`, `https://` with
+    /// TLS) or an OTLP/HTTP base URL (spans go to `/v1/traces`).
     pub endpoint: String,
     /// `service.name` of the spans.
     pub service_name: String,
+    /// The protocol.
+    pub protocol: OtelProtocol,
+}
+
+/// An OTLP protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtelProtocol {
+    /// OTLP/gRPC.
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies.
+    HttpProtobuf,
 }
 
 // === impl ServerConfig ===
@@ -215,9 +276,18 @@ impl ServerConfig {
 // === impl Settings ===
 
 impl Settings {
-    /// Reads a YAML settings file: a mapping whose keys are the flag names with
-    /// underscores (every key must be one).
+    /// Reads a YAML (or JSON) settings file: a mapping whose keys are the flag names
+    /// with underscores (every key must be one), in production-stack's forms too (its
+    /// `--dynamic-config-yaml/json` files: `null` values, `static_models` and
+    /// `static_aliases` as mappings, its flags without a setting here accepted or
+    /// refused as on the command line).
     pub fn from_file(path: &Path) -> Result<Self, SettingsError> {
+        Self::read(path).map(|file| file.settings)
+    }
+
+    /// [`Settings::from_file`], with the notes on accepted production-stack keys and
+    /// the file's settings as JSON (for `/health`).
+    pub fn read(path: &Path) -> Result<SettingsFile, SettingsError> {
         let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
             path: path.to_owned(),
             source,
@@ -226,11 +296,12 @@ impl Settings {
             path: path.to_owned(),
             message,
         };
-        let map = match serde_yaml_ng::from_str(&text).map_err(|e| parse(e.to_string()))? {
+        let mut map = match serde_yaml_ng::from_str(&text).map_err(|e| parse(e.to_string()))? {
             serde_yaml_ng::Value::Null => serde_yaml_ng::Mapping::new(),
             serde_yaml_ng::Value::Mapping(map) => map,
             _ => return Err(parse("the file must be a mapping of settings".into())),
         };
+        let notes = prodstack::normalize(&mut map).map_err(parse)?;
         let known: Vec<String> = Settings::augment_args(clap::Command::new("settings"))
             .get_arguments()
             .map(|a| a.get_id().as_str().to_owned())
@@ -247,11 +318,12 @@ impl Settings {
             });
         }
         let value = serde_yaml_ng::Value::Mapping(map);
+        let json = serde_json::to_value(&value).unwrap_or_default();
         let section = |what: &str| {
             let what = what.to_owned();
             move |e: serde_yaml_ng::Error| parse(format!("{what} settings: {e}"))
         };
-        Ok(Settings {
+        let settings = Settings {
             server: serde_yaml_ng::from_value(value.clone()).map_err(section("server"))?,
             discovery: serde_yaml_ng::from_value(value.clone()).map_err(section("discovery"))?,
             routing: serde_yaml_ng::from_value(value.clone()).map_err(section("routing"))?,
@@ -260,6 +332,11 @@ impl Settings {
             scrape: serde_yaml_ng::from_value(value.clone()).map_err(section("scrape"))?,
             kv_events: serde_yaml_ng::from_value(value.clone()).map_err(section("kv events"))?,
             tokenizer: serde_yaml_ng::from_value(value).map_err(section("tokenizer"))?,
+        };
+        Ok(SettingsFile {
+            settings,
+            notes,
+            json,
         })
     }
 
@@ -344,8 +421,17 @@ impl Settings {
         let otel = server
             .otel_endpoint
             .filter(|e| !e.is_empty())
-            .map(|endpoint| OtelConfig {
+            .and_then(|endpoint| {
+                otel_config(
+                    &endpoint,
+                    server.otel_protocol.as_deref(),
+                    server.otel_secure.unwrap_or(false),
+                    &mut errors,
+                )
+            })
+            .map(|(endpoint, protocol)| OtelConfig {
                 endpoint,
+                protocol,
                 service_name: server
                     .otel_service_name
                     .unwrap_or_else(|| "llmstack-server".into()),
@@ -374,6 +460,13 @@ impl Settings {
             }
         };
         let host = server.host.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let root_path = server
+            .root_path
+            .map(|p| p.trim_end_matches('/').to_owned())
+            .filter(|p| !p.is_empty());
+        if root_path.as_ref().is_some_and(|p| !p.starts_with('/')) {
+            errors.push("root-path", "--root-path must start with `/` (e.g. /vllm)");
+        }
         if server.max_connections == Some(0) {
             errors.push(
                 "max-connections",
@@ -398,8 +491,63 @@ impl Settings {
                 max_connections: server.max_connections,
                 scrape,
                 kv,
+                root_path,
+                dynamic: None,
             })
             .map_err(SettingsError::Invalid)
+    }
+}
+
+/// The collector URL and protocol for `--otel-endpoint`, `--otel-protocol` and
+/// `--otel-secure` (errors pushed to `errors`).
+fn otel_config(
+    endpoint: &str,
+    protocol: Option<&str>,
+    secure: bool,
+    errors: &mut SettingErrors,
+) -> Option<(String, OtelProtocol)> {
+    let schemed = endpoint.contains("://");
+    let uri: Option<http::Uri> = if schemed {
+        endpoint.parse().ok()
+    } else {
+        format!("http://{endpoint}").parse().ok()
+    };
+    let Some(uri) = uri.filter(|u| u.host().is_some()) else {
+        errors.push(
+            "otel-endpoint",
+            format!("--otel-endpoint `{endpoint}` is not host:port or a URL"),
+        );
+        return None;
+    };
+    let protocol = match protocol {
+        Some("grpc") => OtelProtocol::Grpc,
+        Some("http/protobuf" | "http") => OtelProtocol::HttpProtobuf,
+        Some(other) => {
+            errors.push(
+                "otel-protocol",
+                format!("--otel-protocol `{other}` is not grpc or http/protobuf"),
+            );
+            return None;
+        }
+        None if !schemed || uri.port_u16() == Some(4317) => OtelProtocol::Grpc,
+        None => OtelProtocol::HttpProtobuf,
+    };
+    let https = uri.scheme_str() == Some("https") || secure;
+    match protocol {
+        OtelProtocol::Grpc => {
+            let authority = uri.authority().map_or(endpoint, |a| a.as_str());
+            let scheme = if https { "https" } else { "http" };
+            Some((format!("{scheme}://{authority}"), protocol))
+        }
+        OtelProtocol::HttpProtobuf if https => {
+            errors.push(
+                "otel-secure",
+                "TLS is for OTLP/gRPC here (--otel-protocol grpc); OTLP/HTTP goes in plain text \
+                 (to a collector beside the router)",
+            );
+            None
+        }
+        OtelProtocol::HttpProtobuf => Some((endpoint.to_owned(), protocol)),
     }
 }
 
@@ -461,5 +609,6 @@ pub(crate) fn static_endpoints_in(
     Ok(llmstack_discovery::static_endpoints(&config)?)
 }
 
+mod prodstack;
 #[cfg(test)]
 mod tests;

@@ -71,6 +71,8 @@ pub async fn start(args: &DemoArgs) -> Result<Demo, DemoError> {
         shutdown_grace: std::time::Duration::from_secs(30),
         scrape: ScrapeConfig::default(),
         kv: None,
+        root_path: None,
+        dynamic: None,
     };
     let server = Server::start(config).await.map_err(DemoError::Router)?;
     Ok(Demo { cluster, server })

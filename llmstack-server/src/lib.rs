@@ -12,7 +12,7 @@
 //! listeners and their route table (`service.rs`), the routes it answers itself
 //! (`local.rs`), the KV-event path for `kvaware` (`kv.rs`: index, subscriber,
 //! tokenizers), the Prometheus recorder (`telemetry.rs`), signals and drain
-//! (`server.rs`), OTLP export (feature `otel`) and the demo (feature `demo`). `main.rs`
+//! (`server.rs`), production-stack's dynamic configuration (`dynamic.rs`), OTLP export (feature `otel`) and the demo (feature `demo`). `main.rs`
 //! only parses the command line and calls [`Server::start`] or `demo::start`.
 
 mod cli;
@@ -21,6 +21,7 @@ mod config;
 #[cfg(feature = "demo")]
 #[cfg_attr(docsrs, doc(cfg(feature = "demo")))]
 pub mod demo;
+mod dynamic;
 mod kv;
 mod local;
 #[cfg(feature = "otel")]
@@ -33,7 +34,10 @@ mod state;
 mod telemetry;
 
 pub use cli::{Action, Cli, Command, DemoArgs, parse};
-pub use config::{KvConfig, OtelConfig, ServerArgs, ServerConfig, Settings, SettingsError};
+pub use config::{
+    DynamicConfig, KvConfig, OtelConfig, OtelProtocol, ServerArgs, ServerConfig, Settings,
+    SettingsError, SettingsFile,
+};
 pub use llmstack_gateway::GatewayConfig;
 pub use llmstack_proxy::ProxyConfig;
 pub use server::{Server, StartError};

@@ -49,11 +49,9 @@ pub(crate) fn answer(shared: &Shared, route: Local) -> Response<Body> {
         Local::Engines => json_response(StatusCode::OK, &engines(shared)),
         Local::Health => {
             let c = shared.forward.counters();
-            json_response(
-                StatusCode::OK,
-                &json!({
+            let mut health = json!({
                     "status": "healthy",
-                    "in_flight": shared.router.in_flight().total(),
+                    "in_flight": shared.route.router().in_flight().total(),
                     "requests": shared.requests.load(Ordering::Relaxed),
                     "errors": shared.errors.load(Ordering::Relaxed),
                     "retries": c.retries.load(Ordering::Relaxed),
@@ -62,8 +60,12 @@ pub(crate) fn answer(shared: &Shared, route: Local) -> Response<Body> {
                     "engine_connections_opened": shared.forward.connections_opened(),
                     "client_connections": shared.open_connections(),
                     "max_client_connections": shared.max_connections,
-                }),
-            )
+            });
+            // production-stack's /health echoes its dynamic config.
+            if let (Some(d), Some(map)) = (&shared.dynamic, health.as_object_mut()) {
+                map.insert("dynamic_config".into(), d.to_json());
+            }
+            json_response(StatusCode::OK, &health)
         }
         Local::Ready => {
             let ready = shared.endpoints().ready_count();
@@ -181,7 +183,7 @@ fn engines(shared: &Shared) -> Value {
     let kv = shared
         .kv
         .as_ref()
-        .zip(shared.router.kv_index())
+        .zip(shared.route.router().kv_index())
         .map(|(kv, index)| (kv.statuses(), crate::kv::engine_blocks(index)));
     let list: Vec<Value> = set
         .iter()
@@ -198,15 +200,15 @@ fn engines(shared: &Shared) -> Value {
                 "state": ep.state,
                 "role": ep.role,
                 "labels": ep.labels,
-                "in_flight": shared.router.in_flight().get(&ep.id),
+                "in_flight": shared.route.router().in_flight().get(&ep.id),
                 // --peers: what the other router replicas last said they have there.
-                "peer_in_flight": shared.router.in_flight().peer_totals(&ep.id).map(|(requests, pending)| {
+                "peer_in_flight": shared.route.router().in_flight().peer_totals(&ep.id).map(|(requests, pending)| {
                     json!({"requests": requests, "pending_prefill_tokens": pending})
                 }),
                 // Outlier ejection: serving, ejected (for how long) or half-open.
                 "outlier": outlier(shared.outliers.state(&ep.id)),
                 // prefixaware: this engine's share of the prefix index, in chunks.
-                "prefix_index": shared.router.with_index(|index| {
+                "prefix_index": shared.route.router().with_index(|index| {
                     index
                         .usage(&ep.id)
                         .map(|(chunks, budget)| json!({"chunks": chunks, "budget": budget}))

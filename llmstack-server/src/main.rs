@@ -96,8 +96,8 @@ fn init_logging(action: &Action) -> Result<TelemetryGuard, Box<dyn std::error::E
     if let Action::Serve(config) = action
         && let Some(otel) = &config.otel
     {
-        let (layer, guard) = llmstack_server::otel::layer(&otel.endpoint, &otel.service_name)
-            .map_err(|e| format!("OTLP exporter: {e}"))?;
+        let (layer, guard) =
+            llmstack_server::otel::layer(otel).map_err(|e| format!("OTLP exporter: {e}"))?;
         registry.with(layer).init();
         return Ok(Some(guard));
     }

@@ -42,6 +42,7 @@ pub struct Server {
     upkeep: JoinHandle<()>,
     keys_watch: JoinHandle<()>,
     admission_watch: JoinHandle<()>,
+    dynamic_watch: Option<JoinHandle<()>>,
     admin: Option<JoinHandle<()>>,
     admin_addr: Option<SocketAddr>,
 }
@@ -129,12 +130,17 @@ impl Server {
                 .with_stats(stats.clone());
         let admission_watch = tokio::spawn(admission.watch_endpoints());
         spawned.0.push(admission_watch.abort_handle());
+        let dynamic = config
+            .dynamic
+            .as_ref()
+            .map(|d| Arc::new(crate::dynamic::Status::new(d.path.clone())));
+        let handle = route.handle();
         let shared = Arc::new(Shared {
             endpoints: set_rx.clone(),
             stats,
             metrics,
             main_port_metrics: config.main_port_metrics,
-            router: Arc::clone(&router),
+            route: handle.clone(),
             kv,
             forward: forward.clone(),
             proxied: stack::proxied(
@@ -156,7 +162,20 @@ impl Server {
             requests: Default::default(),
             errors: Default::default(),
             draining: Default::default(),
+            dynamic: dynamic.clone(),
+            root_path: config.root_path.as_deref().map(Arc::from),
         });
+        let dynamic_watch = dynamic.zip(config.dynamic.as_ref()).map(|(status, d)| {
+            tokio::spawn(crate::dynamic::watch(
+                status,
+                (*d.flags).clone(),
+                config.clone(),
+                handle.clone(),
+            ))
+        });
+        if let Some(task) = &dynamic_watch {
+            spawned.0.push(task.abort_handle());
+        }
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(StartError::Bind)?;
@@ -176,7 +195,7 @@ impl Server {
         let (answered_tx, answered) = tokio::sync::oneshot::channel();
         let on_change = move |set: &EndpointSet| {
             metrics::counter!(llmstack_metrics::names::DISCOVERY_UPDATES).increment(1);
-            router.retain(|id| set.get(id.as_str()).is_some());
+            handle.router().retain(|id| set.get(id.as_str()).is_some());
             forward.retain(|id| set.get(id.as_str()).is_some());
             outliers.retain(|id| set.get(id.as_str()).is_some());
         };
@@ -243,6 +262,7 @@ impl Server {
             upkeep,
             keys_watch,
             admission_watch,
+            dynamic_watch,
             admin,
             admin_addr,
         })
@@ -281,6 +301,9 @@ impl Drop for Server {
         self.upkeep.abort();
         self.keys_watch.abort();
         self.admission_watch.abort();
+        if let Some(task) = &self.dynamic_watch {
+            task.abort();
+        }
         if let Some(admin) = &self.admin {
             admin.abort();
         }
@@ -466,12 +489,12 @@ async fn serve(
     }
     shared.draining.store(true, Ordering::Relaxed);
     drop(listener);
-    let in_flight = shared.router.in_flight().total();
+    let in_flight = shared.route.router().in_flight().total();
     tracing::info!(in_flight, "shutting down: no new connections; draining");
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(grace) => {
-            tracing::warn!(in_flight = shared.router.in_flight().total(), "grace period over; closing the rest");
+            tracing::warn!(in_flight = shared.route.router().in_flight().total(), "grace period over; closing the rest");
         }
     }
     conns.abort_all();

@@ -60,8 +60,11 @@ impl Service<Request<Incoming>> for Listener {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> ListenerFuture {
+    fn call(&mut self, mut req: Request<Incoming>) -> ListenerFuture {
         let shared = Arc::clone(&self.shared);
+        if let Some(root) = &shared.root_path {
+            strip_root(&mut req, root);
+        }
         if self.admin {
             return ListenerFuture::Local {
                 future: Box::pin(async move { Ok(admin(shared, req).await) }),
@@ -157,6 +160,29 @@ async fn main(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         return local(&e).map(Either::Right);
     }
     local::answer_async(&shared, route).await.map(Either::Right)
+}
+
+/// `--root-path`: a path under `root` is served as the path after it (`/vllm/v1/models`
+/// as `/v1/models`, `/vllm` as `/`), as production-stack's FastAPI root path does.
+fn strip_root<B>(req: &mut Request<B>, root: &str) {
+    let Some(rest) = req.uri().path().strip_prefix(root) else {
+        return;
+    };
+    if !rest.is_empty() && !rest.starts_with('/') {
+        return; // `/vllmx` is not under `/vllm`
+    }
+    let path = if rest.is_empty() { "/" } else { rest };
+    let target = match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let mut parts = req.uri().clone().into_parts();
+    if let Ok(pq) = target.parse() {
+        parts.path_and_query = Some(pq);
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
 }
 
 /// An error the router answers itself.

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use llmstack_core::{EndpointSet, StatsReader};
 use llmstack_proxy::Forward;
-use llmstack_routing::Router;
+use llmstack_routing::RouteHandle;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 
@@ -19,8 +19,9 @@ pub(crate) struct Shared {
     pub(crate) metrics: PrometheusHandle,
     /// Whether `/metrics` is also served on the main port.
     pub(crate) main_port_metrics: bool,
-    /// Chooses engines (for `/engines`: in-flight counts and the prefix index).
-    pub(crate) router: Arc<Router>,
+    /// The routing layer's settings in force: its router (for `/engines`: in-flight
+    /// counts and the prefix index), changed by the dynamic configuration.
+    pub(crate) route: RouteHandle,
     /// `kvaware`: the KV-event subscriber and index (for `/engines`).
     pub(crate) kv: Option<crate::kv::KvParts>,
     /// The forwarder (for `/health`: its counters and connections).
@@ -47,6 +48,10 @@ pub(crate) struct Shared {
     pub(crate) max_connections: usize,
     /// Set once shutdown starts: readiness fails (503) while in-flight work drains.
     pub(crate) draining: AtomicBool,
+    /// `--dynamic-config-yaml/json`: the settings in force (for `/health`).
+    pub(crate) dynamic: Option<Arc<crate::dynamic::Status>>,
+    /// `--root-path`: the prefix taken off request paths.
+    pub(crate) root_path: Option<Arc<str>>,
 }
 
 impl Shared {

@@ -101,7 +101,7 @@ pub(crate) fn render(shared: &Shared, handle: &PrometheusHandle) -> String {
             EndpointState::Unready => 2,
         }] += 1;
         gauge!(names::IN_FLIGHT, "engine" => engine.clone())
-            .set(shared.router.in_flight().get(&ep.id) as f64);
+            .set(shared.route.router().in_flight().get(&ep.id) as f64);
         let ejected = matches!(
             shared.outliers.state(&ep.id),
             Some(EngineHealth::Ejected { .. } | EngineHealth::HalfOpen { .. })
@@ -118,13 +118,13 @@ pub(crate) fn render(shared: &Shared, handle: &PrometheusHandle) -> String {
             }
         }
     }
-    if let Some(peers) = shared.router.in_flight().peers_heard() {
+    if let Some(peers) = shared.route.router().in_flight().peers_heard() {
         gauge!(names::PEER_REPLICAS).set(f64::from(peers));
     }
     for (state, n) in ["pending", "ready", "unready"].into_iter().zip(by_state) {
         gauge!(names::ENDPOINTS, "state" => state).set(f64::from(n));
     }
-    if let Some(index) = shared.router.kv_index() {
+    if let Some(index) = shared.route.router().kv_index() {
         for (engine, blocks) in crate::kv::engine_blocks(index) {
             let engine = SharedString::from(engine.to_string());
             gauge!(names::KV_INDEX_BLOCKS, "engine" => engine.clone(), "medium" => "gpu")

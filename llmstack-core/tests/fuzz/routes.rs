@@ -32,7 +32,8 @@ proptest! {
             } else {
                 prop_assert_eq!(route, path.as_str());
             }
-            prop_assert_eq!(kind == BodyKind::Multipart, route.starts_with("/v1/audio/t"));
+            let multipart = route.starts_with("/v1/audio/t") || route == "/v1/images/edits";
+            prop_assert_eq!(kind == BodyKind::Multipart, multipart);
         }
     }
 }

@@ -6,7 +6,7 @@ use http_body_util::{BodyExt, Full};
 use llmstack_core::{Endpoint, EndpointState, Update};
 
 use super::*;
-use crate::LeastLoaded;
+use crate::{LeastLoaded, PolicyExt};
 
 /// The inner service: answers with the routed endpoint's id, counting calls. (A
 /// stand-in for a forwarder: these tests are about the layer's bookkeeping.)
@@ -142,4 +142,54 @@ async fn routing_errors_answer_without_calling_the_inner_service() {
     assert_eq!(resp.status(), 503);
     assert_eq!(calls.load(Ordering::Relaxed), 0);
     assert_eq!(layer.router().in_flight().total(), 0);
+}
+
+#[tokio::test]
+async fn a_handle_changes_the_router_session_key_and_aliases_for_later_requests() {
+    let (layer, _tx) = layer();
+    let handle = layer.handle();
+    let mut route = layer.layer(Echo(Arc::new(AtomicUsize::new(0))));
+    let in_flight = layer.router().in_flight().clone();
+    let engine = |resp: Response<RouteBody<Full<Bytes>>>| async move {
+        let facts = resp.extensions().get::<RouteFacts>().cloned().unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (facts, body)
+    };
+    // Least loaded: one request held open, the next goes to the other engine.
+    let held = route.call(request(r#"{"model":"m"}"#)).await.unwrap();
+    assert_eq!(
+        held.extensions().get::<RouteFacts>().unwrap().policy,
+        "leastloaded"
+    );
+    // Session affinity from now on, counting in flight on the same counters.
+    let router = Router::new(crate::SessionAffinity::default().or(LeastLoaded))
+        .with_in_flight(handle.router().in_flight().clone());
+    handle.set_router(router);
+    handle.set_session_key(Some("x-user"));
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        let mut req = request(r#"{"model":"m"}"#);
+        req.headers_mut().insert("x-user", "alice".parse().unwrap());
+        let (facts, body) = engine(route.call(req).await.unwrap()).await;
+        assert_eq!(facts.policy, "session");
+        seen.insert(body);
+    }
+    assert_eq!(seen.len(), 1, "one user, one engine: {seen:?}");
+    assert_eq!(
+        in_flight.total(),
+        1,
+        "the request started before is still counted"
+    );
+    drop(held);
+    assert_eq!(in_flight.total(), 0, "and ends on the shared counters");
+    // Aliases: `a` is `m` now; without them it is an unknown model.
+    handle.set_aliases(&BTreeMap::from([("a".to_owned(), "m".to_owned())]));
+    let ok = route.call(request(r#"{"model":"a"}"#)).await.unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    handle.set_aliases(&BTreeMap::new());
+    handle.set_session_key(None);
+    let gone = route.call(request(r#"{"model":"a"}"#)).await.unwrap();
+    assert_eq!(gone.status(), StatusCode::NOT_FOUND);
+    // A layer built from the same start is not affected by a handle of another.
+    assert_eq!(layer.router().policy_name(), "session");
 }

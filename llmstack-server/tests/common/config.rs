@@ -42,5 +42,7 @@ pub fn config_for(engines: &[SimEngine]) -> ServerConfig {
             ..ScrapeConfig::default()
         },
         kv: None,
+        root_path: None,
+        dynamic: None,
     }
 }

@@ -179,3 +179,25 @@ async fn newer_vllm_routes_are_forwarded() {
         assert_eq!(r.json()["detail"], "Not Found", "the engine's 404");
     }
 }
+
+#[tokio::test]
+async fn a_root_path_is_taken_off_request_paths() {
+    let s = stack(vec![instant(M)], |c| c.root_path = Some("/vllm".into())).await;
+    let r = get(&s.client, &s.at("/vllm/v1/models")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["data"][0]["id"], M);
+    let r = post(
+        &s.client,
+        &s.at("/vllm/v1/chat/completions?x=1"),
+        &chat(M, 2),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Without the prefix too (FastAPI's root path does not require it).
+    let r = post(&s.client, &s.at("/v1/chat/completions"), &chat(M, 2)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = get(&s.client, &s.at("/vllmx/v1/models")).await;
+    assert_error(&r, 404, "NotFoundError");
+    let r = get(&s.client, &s.at("/vllm")).await;
+    assert_error(&r, 404, "NotFoundError");
+}

@@ -5,6 +5,7 @@
 mod admission;
 mod binary;
 mod discovery;
+mod dynamic_config;
 mod engine_routes;
 mod failures;
 mod gateway;

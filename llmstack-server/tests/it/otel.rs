@@ -1,10 +1,12 @@
-//! OpenTelemetry (feature `otel`): spans reach an OTLP/HTTP collector under the client's
+//! OpenTelemetry (feature `otel`): spans reach an OTLP collector, over gRPC (with
+//! production-stack's `--otel-endpoint host:4317`) and over HTTP, under the client's
 //! trace, and the engine receives the router's span as its parent.
 //!
-//! Two stand-ins, because no real one can run here: an OTLP/HTTP receiver (no collector
-//! is installable on this machine) that keeps the protobuf bodies it is sent, and an
-//! "engine" that records the request headers it receives (the simulator does not expose
-//! them). Both speak real HTTP; the spans are decoded with the official protobuf types.
+//! The collectors are stand-ins, because no OpenTelemetry Collector is installable on this
+//! machine: over gRPC, the official generated `TraceService` server (opentelemetry-proto)
+//! on tonic's server; over HTTP, a receiver that decodes the protobuf bodies it is sent
+//! with the official types. The "engine" records the request headers it receives (the
+//! simulator does not expose them). All speak real HTTP/2 or HTTP/1.1 on loopback.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::Command;
@@ -14,7 +16,12 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use prost::Message;
 use tokio::sync::mpsc;
 
@@ -23,8 +30,8 @@ use crate::support::*;
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT: &str = "00f067aa0ba902b7";
 
-/// An OTLP/HTTP receiver: every POST body goes to the channel.
-async fn collector() -> (String, mpsc::UnboundedReceiver<Bytes>) {
+/// An OTLP/HTTP receiver: every POST body, decoded, goes to the channel.
+async fn collector() -> (String, mpsc::UnboundedReceiver<ExportTraceServiceRequest>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = mpsc::unbounded_channel();
@@ -36,7 +43,8 @@ async fn collector() -> (String, mpsc::UnboundedReceiver<Bytes>) {
                     let tx = tx.clone();
                     async move {
                         let body = req.into_body().collect().await.unwrap().to_bytes();
-                        tx.send(body).ok();
+                        tx.send(ExportTraceServiceRequest::decode(body).unwrap())
+                            .ok();
                         let mut resp = http::Response::new(Full::new(Bytes::new()));
                         resp.headers_mut()
                             .insert("content-type", "application/x-protobuf".parse().unwrap());
@@ -107,9 +115,50 @@ fn recording_engine() -> (String, std::sync::mpsc::Receiver<String>) {
     (url, rx)
 }
 
+/// The OTLP/gRPC collector: each export request goes to the channel.
+struct GrpcCollector(mpsc::UnboundedSender<ExportTraceServiceRequest>);
+
+#[tonic::async_trait]
+impl TraceService for GrpcCollector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.0.send(request.into_inner()).ok();
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// A gRPC collector on a loopback port: its `host:port`.
+async fn grpc_collector() -> (String, mpsc::UnboundedReceiver<ExportTraceServiceRequest>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let server = tonic::transport::Server::builder()
+        .add_service(TraceServiceServer::new(GrpcCollector(tx)))
+        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
+    tokio::spawn(server);
+    (addr.to_string(), rx)
+}
+
 #[tokio::test]
-async fn spans_are_exported_under_the_client_trace_and_passed_on() {
-    let (collector_url, mut spans) = collector().await;
+async fn spans_are_exported_over_http_under_the_client_trace_and_passed_on() {
+    let (collector_url, spans) = collector().await;
+    exported_and_passed_on(&collector_url, spans).await;
+}
+
+#[tokio::test]
+async fn spans_are_exported_over_grpc_to_a_production_stack_endpoint() {
+    let (host_port, spans) = grpc_collector().await;
+    exported_and_passed_on(&host_port, spans).await;
+}
+
+/// Starts the router exporting to `endpoint`, sends a request under a client trace and
+/// checks the engine's traceparent and the span the collector gets on `spans`.
+async fn exported_and_passed_on(
+    endpoint: &str,
+    mut spans: mpsc::UnboundedReceiver<ExportTraceServiceRequest>,
+) {
     let (engine_url, heads) = recording_engine();
     let (mut child, url) = crate::binary::start_with_env(
         &[
@@ -122,7 +171,7 @@ async fn spans_are_exported_under_the_client_trace_and_passed_on() {
             "--static-models",
             "m",
             "--otel-endpoint",
-            &collector_url,
+            endpoint,
             "--otel-service-name",
             "router-under-test",
         ],
@@ -161,8 +210,7 @@ async fn spans_are_exported_under_the_client_trace_and_passed_on() {
 
     // The router's span reaches the collector, child of the client's span.
     let found = tokio::time::timeout(Duration::from_secs(15), async {
-        while let Some(body) = spans.recv().await {
-            let req = ExportTraceServiceRequest::decode(body).unwrap();
+        while let Some(req) = spans.recv().await {
             for rs in &req.resource_spans {
                 for ss in &rs.scope_spans {
                     for span in &ss.spans {

@@ -1,0 +1,199 @@
+//! production-stack's dynamic configuration (`--dynamic-config-yaml`): a change of the
+//! routing logic and of the engines applies while streams run, with none failing; an
+//! invalid file changes nothing; `/health` shows the settings in force.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use llmstack_server::{Action, Server, parse};
+use llmstack_sim::SimEngine;
+use serde_json::Value;
+
+use crate::support::*;
+
+const M: &str = "meta-llama/Llama-3.1-8B-Instruct";
+
+/// Replaces the file at once (as a ConfigMap update does), never half-written.
+fn write(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn engines_yaml(policy: &str, engines: &[&SimEngine]) -> String {
+    let urls: Vec<String> = engines.iter().map(|e| e.base_url()).collect();
+    format!(
+        "service_discovery: static\nrouting_logic: {policy}\nsession_key: x-user-id\nstatic_models:\n  {M}:\n    static_backends: [{}]\n    static_model_type: chat\n",
+        urls.join(", ")
+    )
+}
+
+/// The URLs `/engines` lists, sorted.
+async fn listed(s: &Stack) -> Vec<String> {
+    let engines = get(&s.client, &engines_url(&s.server)).await.json();
+    let mut urls: Vec<String> = engines
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["url"].as_str().unwrap().to_owned())
+        .collect();
+    urls.sort();
+    urls
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_file_applies_policy_and_engines_under_streaming_load() {
+    let mut sims = Vec::new();
+    for _ in 0..4 {
+        let sim = SimEngine::start(h100(M), "127.0.0.1:0".parse().unwrap(), 0).await;
+        sims.push(sim.unwrap());
+    }
+    let file = TempFile::new(&engines_yaml("roundrobin", &[&sims[0], &sims[1]]));
+    let path = file.0.to_str().unwrap().to_owned();
+    let args = [
+        "llmstack-server",
+        "--dynamic-config-yaml",
+        &path,
+        "--host",
+        "127.0.0.1",
+    ];
+    let fast_probes = ["--static-backend-health-check-interval", "0.2"];
+    let args = args
+        .into_iter()
+        .chain(["--port", "0", "--admin-port", "0"])
+        .chain(fast_probes);
+    let Ok((Action::Serve(config), _)) = parse(args.map(str::to_owned)) else {
+        panic!("the file is valid");
+    };
+    let server = Server::start(*config).await.unwrap();
+    let s = Arc::new(Stack::new(server, sims));
+    let health = s.health().await;
+    assert_eq!(
+        health["dynamic_config"]["config"]["routing_logic"], "roundrobin",
+        "{health}"
+    );
+    let urls = |engines: &[SimEngine]| {
+        let mut urls: Vec<String> = engines.iter().map(SimEngine::base_url).collect();
+        urls.sort();
+        urls
+    };
+    let first = urls(&s.engines[..2]);
+    let listed_first = eventually(Duration::from_secs(5), || async {
+        listed(&s).await == first
+    });
+    assert!(listed_first.await, "{:?} {first:?}", listed(&s).await);
+
+    // Streams run all along: none may fail.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut load = Vec::new();
+    for _ in 0..8 {
+        let (s, stop, ok, failed) = (s.clone(), stop.clone(), ok.clone(), failed.clone());
+        load.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let res = open(&s.client, &s.at("/v1/completions"), &streamed(M, 30)).await;
+                let status = res.status();
+                let body = res.into_body().collect().await.map(|b| b.to_bytes());
+                let whole = body.is_ok_and(|b| b.ends_with(b"data: [DONE]\n\n"));
+                if status == 200 && whole {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    // New policy and new engines.
+    write(
+        &file.0,
+        &engines_yaml("session", &[&s.engines[2], &s.engines[3]]),
+    );
+    let second = urls(&s.engines[2..]);
+    let moved = eventually(Duration::from_secs(5), || async {
+        let h = s.health().await;
+        h["dynamic_config"]["config"]["routing_logic"] == "session" && listed(&s).await == second
+    })
+    .await;
+    assert!(
+        moved,
+        "{} {:?} {second:?}",
+        s.health().await,
+        listed(&s).await
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let metrics = get(&s.client, &s.at("/metrics")).await;
+    let decisions = |policy| {
+        sample(
+            metrics.text(),
+            "llmstack_routing_decisions_total",
+            &[("policy", policy), ("reason", "picked")],
+        )
+    };
+    assert!(
+        decisions("session").is_some_and(|n| n > 0.0),
+        "{}",
+        metrics.text()
+    );
+    assert!(decisions("roundrobin").is_some_and(|n| n > 0.0));
+    for e in &s.engines[2..] {
+        assert!(
+            finished(&s.client, e, "length").await > 0.0,
+            "the new engines serve"
+        );
+    }
+
+    // An invalid file: nothing changes; the error is reported and counted.
+    write(
+        &file.0,
+        "routing_logic: nonsense\nstatic_backends: [http://127.0.0.1:1]\n",
+    );
+    let reported = eventually(Duration::from_secs(5), || async {
+        s.health().await["dynamic_config"]["error"].is_string()
+    })
+    .await;
+    assert!(reported);
+    let health = s.health().await;
+    let error = health["dynamic_config"]["error"].as_str().unwrap();
+    assert!(error.contains("nonsense"), "{error}");
+    assert_eq!(
+        health["dynamic_config"]["config"]["routing_logic"],
+        "session"
+    );
+    let metrics = get(&s.client, &s.at("/metrics")).await;
+    let invalid = sample(
+        metrics.text(),
+        "llmstack_dynamic_config_reloads_total",
+        &[("result", "invalid")],
+    );
+    assert_eq!(invalid, Some(1.0), "{}", metrics.text());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(listed(&s).await, second, "the engines stay");
+    let before: f64 = {
+        let mut n = 0.0;
+        for e in &s.engines[2..] {
+            n += finished(&s.client, e, "length").await;
+        }
+        n
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    let mut after = 0.0;
+    for e in &s.engines[2..] {
+        after += finished(&s.client, e, "length").await;
+    }
+    assert!(after > before, "still served after the invalid file");
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("dynamic config under load: {ok} streams, {failed} failed");
+    assert_eq!(failed, 0);
+    assert!(ok > 40, "{ok}");
+    let health: Value = s.health().await;
+    assert_eq!(health["errors"], 0, "{health}");
+}
