@@ -375,9 +375,23 @@ def test_lmcache_keys_become_engine_env():
             e["LMCACHE_NIXL_ENABLE_GC"]) == ("55555", "1073741824", "cuda", "True")
     assert flag(pod(objects, "router")["containers"][0]["args"], "--routing-logic") == "kvaware"
     text = notes(values)
-    for key in ("rootPath", "requestStatsWindow", "lmcacheConfig.logLevel", "lmcacheControllerPort",
+    for key in ("requestStatsWindow", "lmcacheConfig.logLevel", "lmcacheControllerPort",
                 "lmcacheControllerReplyPort", "lmcacheControllerHeartbeatPort"):
         assert f"  - routerSpec.{key}: " in text, key
+
+
+def test_root_path_and_otel_over_grpc_with_tls_reach_the_router():
+    """routerSpec.rootPath and otel.secure are the router's --root-path and --otel-secure;
+    production-stack's endpoint form host:4317 is OTLP/gRPC."""
+    values = {"routerSpec": {"rootPath": "/vllm", "otel": {
+        "endpoint": "otel-collector.observability:4317", "serviceName": "router", "secure": True}}}
+    args = pod(render(values), "router")["containers"][0]["args"]
+    assert flag(args, "--root-path") == "/vllm"
+    assert flag(args, "--otel-endpoint") == "otel-collector.observability:4317"
+    assert "--otel-secure" in args
+    assert "routerSpec.rootPath" not in notes(values)
+    plain = pod(render({"routerSpec": {"otel": {"endpoint": "c:4317"}}}), "router")["containers"][0]["args"]
+    assert "--otel-secure" not in plain and "--root-path" not in plain
 
 
 def json_arg(container, name):
@@ -438,7 +452,7 @@ def test_every_not_yet_switch_has_its_failure_test():
         m = re.match(r"^\| `([^`]+)` \| not yet \| (.+) \|$", line)
         if m and re.search(r"(^|[:;] )(true|Any entry not disabled) fails at render", m.group(2)):
             switches.append(m.group(1))
-    assert len(switches) >= 8
+    assert len(switches) >= 7
     for key in switches:
         pattern = re.escape(key).replace(r"\[\]", r"\[[^]]*\]")
         assert any(re.match(pattern, case) for case in NOT_YET), key

@@ -456,8 +456,9 @@ engine template (production-stack's meaning). */}}
 {{- if eq $r.serviceType "ExternalName" }}
 {{- fail "routerSpec.serviceType ExternalName: the router's Service selects the router pods; an ExternalName Service cannot. Use ClusterIP, NodePort or LoadBalancer" }}
 {{- end }}
-{{- if ($r.otel | default dict).secure }}
-{{- fail "routerSpec.otel.secure: llmstack's router exports spans over plain OTLP/HTTP; TLS to the collector is not implemented. Set routerSpec.otel.secure: false and use a collector endpoint inside the cluster (http://<collector>:4318)" }}
+{{- $otel := $r.otel | default dict }}
+{{- if and $otel.secure $otel.endpoint (contains "://" $otel.endpoint) (not (hasSuffix ":4317" $otel.endpoint)) }}
+{{- fail (printf "routerSpec.otel.secure: TLS goes with OTLP/gRPC; give routerSpec.otel.endpoint as host:4317 (production-stack's form), not %s" $otel.endpoint) }}
 {{- end }}
 {{- if and $r.autoscaling.enabled (lt ($r.autoscaling.minReplicas | int) 1) }}
 {{- fail "routerSpec.autoscaling.minReplicas 0: a HorizontalPodAutoscaler cannot scale to zero (HPAScaleToZero is an alpha feature gate); set it to 1 or more" }}
@@ -489,7 +490,6 @@ engine template (production-stack's meaning). */}}
 {{- define "llmstack.ignoredValues" -}}
 {{- $r := .Values.routerSpec }}
 {{- $out := list }}
-{{- if $r.rootPath }}{{ $out = append $out "routerSpec.rootPath: the router serves at /; use a path-rewriting Ingress or HTTPRoute filter" }}{{ end }}
 {{- if $r.requestStatsWindow }}{{ $out = append $out "routerSpec.requestStatsWindow: the router's metrics are Prometheus counters and histograms (no sliding window)" }}{{ end }}
 {{- if ($r.lmcacheConfig | default dict).logLevel }}{{ $out = append $out "routerSpec.lmcacheConfig.logLevel: the router has no LMCache client (routerSpec.logLevel sets its log level)" }}{{ end }}
 {{- range $k := list "lmcacheControllerPort" "lmcacheControllerReplyPort" "lmcacheControllerHeartbeatPort" }}
