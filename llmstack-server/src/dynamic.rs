@@ -8,11 +8,14 @@
 //!   start with the process, needs a restart);
 //! - the session key and the model aliases;
 //! - the static engine list (`static_backends`, `static_models`,
-//!   `static_model_labels`): re-read by the static discovery source itself.
+//!   `static_model_labels`): re-read by the static discovery source itself;
+//! - the other discovery settings (its kind, DNS, Kubernetes, the prober): a new
+//!   source replaces the running one once started, and its first answer replaces the
+//!   endpoint set (engines that stay keep their connections; streams on engines that
+//!   leave run to their end).
 //!
-//! Other changed settings (listeners, discovery kind, Kubernetes, proxy, gateway,
-//! scrape, peers) are kept as they are, logged, and listed in `/health` as needing a
-//! restart. A file that cannot be read or is not valid changes nothing: the last good
+//! Other changed settings (listeners, proxy, gateway, scrape, peers) are kept as they
+//! are, logged, and listed in `/health` as needing a restart. A file that cannot be read or is not valid changes nothing: the last good
 //! settings stay in force, the reason is logged and in `/health`, and
 //! `llmstack_dynamic_config_reloads_total{result="invalid"}` counts it.
 
@@ -24,6 +27,7 @@ use llmstack_routing::{RouteHandle, RoutingConfig, RoutingLogic};
 use serde_json::{Value, json};
 
 use crate::config::{ServerConfig, Settings};
+use crate::server::Rediscover;
 
 /// How often the file is checked for changes.
 pub(crate) const POLL: Duration = Duration::from_secs(1);
@@ -84,6 +88,7 @@ pub(crate) async fn watch(
     flags: Settings,
     started: ServerConfig,
     route: RouteHandle,
+    mut discovery: Rediscover,
 ) {
     let mut in_force = started;
     let mut last = std::fs::read(&status.path).ok();
@@ -97,8 +102,22 @@ pub(crate) async fn watch(
         }
         last = now_bytes;
         match load(&status.path, &flags) {
-            Ok((config, json)) => {
-                let restart = apply(&in_force, &config, &route);
+            Ok((mut config, json)) => {
+                let (mut restart, rediscover) = apply(&in_force, &config, &route);
+                let mut error = None;
+                if rediscover {
+                    if let Err(e) = discovery.restart(&config.discovery).await {
+                        tracing::warn!(error = %e, "dynamic config: discovery not changed");
+                        error = Some(format!("discovery not changed: {e}"));
+                        config.discovery = in_force.discovery.clone();
+                        restart.push("discovery".to_owned());
+                    } else {
+                        tracing::info!(
+                            kind = ?config.discovery.service_discovery,
+                            "dynamic config: discovery restarted"
+                        );
+                    }
+                }
                 for setting in &restart {
                     tracing::warn!(
                         setting = %setting,
@@ -112,7 +131,7 @@ pub(crate) async fn watch(
                 *s = StatusInner {
                     in_force: json,
                     applied_at: now(),
-                    error: None,
+                    error,
                     restart_needed: restart,
                 };
                 drop(s);
@@ -138,18 +157,23 @@ pub(crate) async fn watch(
 /// The file's settings under the flags, validated; and the file's settings as JSON.
 fn load(path: &std::path::Path, flags: &Settings) -> Result<(ServerConfig, Value), String> {
     let file = Settings::read(path).map_err(|e| e.to_string())?;
-    let config = file
+    let listed =
+        file.settings.discovery.static_backends.is_some() && !flags.discovery.has_static_list();
+    let mut config = file
         .settings
         .overlay(flags.clone())
         .resolve()
         .map_err(|e| e.to_string())?;
+    // As at start: the static list is re-read from the file when all of it is there.
+    config.discovery.static_file = listed.then(|| path.to_owned());
     config.routing.validate().map_err(|e| e.to_string())?;
     Ok((config, file.json))
 }
 
-/// Applies what can change while serving from `old` to `new`; the settings that
-/// changed but need a restart.
-fn apply(old: &ServerConfig, new: &ServerConfig, route: &RouteHandle) -> Vec<String> {
+/// Applies the routing changes from `old` to `new`; the settings that changed but need
+/// a restart, and whether discovery must restart (its settings changed beyond the
+/// static list the file's static source re-reads).
+fn apply(old: &ServerConfig, new: &ServerConfig, route: &RouteHandle) -> (Vec<String>, bool) {
     let mut restart = Vec::new();
     let (o, n) = (&old.routing, &new.routing);
     if o.session_key != n.session_key {
@@ -176,19 +200,7 @@ fn apply(old: &ServerConfig, new: &ServerConfig, route: &RouteHandle) -> Vec<Str
             );
         }
     }
-    // The static list is re-read by the static source when it comes from the file.
-    let mut od = serde_json::to_value(&old.discovery).unwrap_or_default();
-    let mut nd = serde_json::to_value(&new.discovery).unwrap_or_default();
-    if old.discovery.static_file.is_some() {
-        for v in [&mut od, &mut nd] {
-            if let Some(m) = v.as_object_mut() {
-                for key in ["static_backends", "static_models", "static_model_labels"] {
-                    m.remove(key);
-                }
-            }
-        }
-    }
-    restart.extend(changed_keys(&od, &nd));
+    let rediscover = discovery_changed(old, new);
     let sections = [
         ("proxy", old.proxy != new.proxy),
         ("gateway", old.gateway != new.gateway),
@@ -227,7 +239,28 @@ fn apply(old: &ServerConfig, new: &ServerConfig, route: &RouteHandle) -> Vec<Str
             .filter(|(_, differ)| *differ)
             .map(|(name, _)| format!("{name} settings")),
     );
-    restart
+    (restart, rediscover)
+}
+
+/// Whether discovery must restart: its settings changed, beyond the static list when
+/// both take it from the file (the file's static source re-reads that itself).
+fn discovery_changed(old: &ServerConfig, new: &ServerConfig) -> bool {
+    let (o, n) = (&old.discovery, &new.discovery);
+    if o.static_file != n.static_file {
+        return true;
+    }
+    let mut od = serde_json::to_value(o).unwrap_or_default();
+    let mut nd = serde_json::to_value(n).unwrap_or_default();
+    if o.static_file.is_some() {
+        for v in [&mut od, &mut nd] {
+            if let Some(m) = v.as_object_mut() {
+                for key in ["static_backends", "static_models", "static_model_labels"] {
+                    m.remove(key);
+                }
+            }
+        }
+    }
+    od != nd
 }
 
 /// `old` with what [`apply`] applied taken from `new` (the rest stays as it runs).
@@ -245,11 +278,9 @@ fn merge_applied(mut old: ServerConfig, new: ServerConfig) -> ServerConfig {
             ..new.routing
         };
     }
-    if old.discovery.static_file.is_some() {
-        old.discovery.static_backends = new.discovery.static_backends;
-        old.discovery.static_models = new.discovery.static_models;
-        old.discovery.static_model_labels = new.discovery.static_model_labels;
-    }
+    // The discovery in force: the new one (restarted, or its list re-read from the
+    // file), or the old one when the restart failed (then `new` carries it).
+    old.discovery = new.discovery;
     old
 }
 
@@ -261,22 +292,6 @@ fn policy_part(c: &RoutingConfig) -> (RoutingLogic, usize, usize, u64) {
         c.prefix_chunk_size,
         c.prefix_capacity_tokens,
     )
-}
-
-/// The top-level keys whose values differ between two JSON objects.
-fn changed_keys(a: &Value, b: &Value) -> Vec<String> {
-    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
-        return Vec::new();
-    };
-    let mut keys: Vec<String> = a
-        .keys()
-        .chain(b.keys())
-        .filter(|k| a.get(*k) != b.get(*k))
-        .cloned()
-        .collect();
-    keys.sort();
-    keys.dedup();
-    keys
 }
 
 fn now() -> u64 {

@@ -165,17 +165,7 @@ impl Server {
             dynamic: dynamic.clone(),
             root_path: config.root_path.as_deref().map(Arc::from),
         });
-        let dynamic_watch = dynamic.zip(config.dynamic.as_ref()).map(|(status, d)| {
-            tokio::spawn(crate::dynamic::watch(
-                status,
-                (*d.flags).clone(),
-                config.clone(),
-                handle.clone(),
-            ))
-        });
-        if let Some(task) = &dynamic_watch {
-            spawned.0.push(task.abort_handle());
-        }
+
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(StartError::Bind)?;
@@ -193,16 +183,38 @@ impl Server {
         }
         let sweeper = tokio::spawn(forward.sweep_idle());
         let (answered_tx, answered) = tokio::sync::oneshot::channel();
-        let on_change = move |set: &EndpointSet| {
-            metrics::counter!(llmstack_metrics::names::DISCOVERY_UPDATES).increment(1);
-            handle.router().retain(|id| set.get(id.as_str()).is_some());
-            forward.retain(|id| set.get(id.as_str()).is_some());
-            outliers.retain(|id| set.get(id.as_str()).is_some());
+        let on_change = {
+            let handle = handle.clone();
+            move |set: &EndpointSet| {
+                metrics::counter!(llmstack_metrics::names::DISCOVERY_UPDATES).increment(1);
+                handle.router().retain(|id| set.get(id.as_str()).is_some());
+                forward.retain(|id| set.get(id.as_str()).is_some());
+                outliers.retain(|id| set.get(id.as_str()).is_some());
+            }
         };
+        let rediscover_tx = set_tx.clone();
+        let rediscover_on_change = on_change.clone();
         let mut discovery = tokio::spawn(publish(source, set_tx, on_change, Some(answered_tx)));
         spawned
             .0
             .extend([sweeper.abort_handle(), discovery.abort_handle()]);
+        let dynamic_watch = dynamic.zip(config.dynamic.as_ref()).map(|(status, d)| {
+            let discovery = Rediscover {
+                set_tx: rediscover_tx,
+                on_change: Box::new(move || Box::new(rediscover_on_change.clone())),
+                running: discovery.abort_handle(),
+            };
+            tokio::spawn(crate::dynamic::watch(
+                status,
+                (*d.flags).clone(),
+                config.clone(),
+                handle.clone(),
+                discovery,
+            ))
+        });
+        if let Some(task) = &dynamic_watch {
+            spawned.0.push(task.abort_handle());
+        }
         let (stop, stop_rx) = watch::channel(false);
         let admin = match config.admin {
             Some(at) => {
@@ -349,6 +361,46 @@ const KEYS_FILE_POLL: Duration = Duration::from_secs(1);
 
 /// A discovery source of any kind.
 type Source = Box<dyn Discover>;
+
+/// What the dynamic configuration needs to replace the discovery source while serving:
+/// the endpoint set's sender, the server's reaction to a new set, the running task.
+pub(crate) struct Rediscover {
+    set_tx: watch::Sender<EndpointSet>,
+    on_change: Box<dyn Fn() -> OnChange + Send + Sync>,
+    running: tokio::task::AbortHandle,
+}
+
+/// The server's reaction to a new endpoint set (frees what gone engines held).
+type OnChange = Box<dyn FnMut(&EndpointSet) + Send>;
+
+impl Rediscover {
+    /// Starts discovery as `config` says (probed as it says) and stops the running one
+    /// once the new one is up; the endpoint set stays as it is until the new source's
+    /// first answer replaces it. On error, the running one is kept.
+    pub(crate) async fn restart(&mut self, config: &DiscoveryConfig) -> Result<(), String> {
+        config.validate().map_err(|e| e.to_string())?;
+        let source = probe(
+            source(config).await.map_err(|e| e.to_string())?,
+            config.probe.clone(),
+        );
+        let task = tokio::spawn(publish(
+            source,
+            self.set_tx.clone(),
+            (self.on_change)(),
+            None,
+        ));
+        let old = std::mem::replace(&mut self.running, task.abort_handle());
+        old.abort();
+        Ok(())
+    }
+}
+
+impl Drop for Rediscover {
+    /// The discovery task started last stops with the watcher (the server's `Drop`).
+    fn drop(&mut self) {
+        self.running.abort();
+    }
+}
 
 /// The discovery source `config` describes (not yet probed).
 async fn source(config: &DiscoveryConfig) -> Result<Source, StartError> {

@@ -51,24 +51,7 @@ async fn a_changed_file_applies_policy_and_engines_under_streaming_load() {
         sims.push(sim.unwrap());
     }
     let file = TempFile::new(&engines_yaml("roundrobin", &[&sims[0], &sims[1]]));
-    let path = file.0.to_str().unwrap().to_owned();
-    let args = [
-        "llmstack-server",
-        "--dynamic-config-yaml",
-        &path,
-        "--host",
-        "127.0.0.1",
-    ];
-    let fast_probes = ["--static-backend-health-check-interval", "0.2"];
-    let args = args
-        .into_iter()
-        .chain(["--port", "0", "--admin-port", "0"])
-        .chain(fast_probes);
-    let Ok((Action::Serve(config), _)) = parse(args.map(str::to_owned)) else {
-        panic!("the file is valid");
-    };
-    let server = Server::start(*config).await.unwrap();
-    let s = Arc::new(Stack::new(server, sims));
+    let s = Arc::new(router_on(&file, sims).await);
     let health = s.health().await;
     assert_eq!(
         health["dynamic_config"]["config"]["routing_logic"], "roundrobin",
@@ -196,4 +179,87 @@ async fn a_changed_file_applies_policy_and_engines_under_streaming_load() {
     assert!(ok > 40, "{ok}");
     let health: Value = s.health().await;
     assert_eq!(health["errors"], 0, "{health}");
+}
+
+/// Starts the router on the dynamic config `file`, probing every 0.2 s.
+async fn router_on(file: &TempFile, engines: Vec<SimEngine>) -> Stack {
+    let path = file.0.to_str().unwrap().to_owned();
+    let args = [
+        "llmstack-server",
+        "--dynamic-config-yaml",
+        &path,
+        "--host",
+        "127.0.0.1",
+    ];
+    let args = args.into_iter().chain(["--port", "0", "--admin-port", "0"]);
+    let args = args.chain(["--static-backend-health-check-interval", "0.2"]);
+    let Ok((Action::Serve(config), _)) = parse(args.map(str::to_owned)) else {
+        panic!("the file is valid");
+    };
+    Stack::new(Server::start(*config).await.unwrap(), engines)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_file_switches_discovery_from_a_static_list_to_dns() {
+    use llmstack_test_support::dnsmasq::Dnsmasq;
+    // A records carry no port: the engines listen on one port at two addresses.
+    let (a, b) = loop {
+        let a = SimEngine::start(instant(M), "127.0.0.2:0".parse().unwrap(), 0)
+            .await
+            .unwrap();
+        let at = format!("127.0.0.3:{}", a.addr().port()).parse().unwrap();
+        if let Ok(b) = SimEngine::start(instant(M), at, 0).await {
+            break (a, b);
+        }
+    };
+    let port = a.addr().port();
+    let dns = Dnsmasq::start("127.0.0.3 vllm.test\n", &[]);
+    let file = TempFile::new(&format!(
+        "service_discovery: static\nstatic_backends: [{}]\nstatic_models: [{M}]\n",
+        a.base_url()
+    ));
+    let s = router_on(&file, vec![a, b]).await;
+    let only = |i: usize| vec![s.engines[i].base_url()];
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            listed(&s).await == only(0)
+        })
+        .await
+    );
+
+    write(
+        &file.0,
+        &format!(
+            "service_discovery: dns\ndns_name: vllm.test\ndns_port: {port}\ndns_nameservers: [\"{}\"]\ndns_min_refresh: 0.2\ndns_max_refresh: 1\n",
+            dns.addr()
+        ),
+    );
+    let switched = eventually(Duration::from_secs(8), || async {
+        listed(&s).await == only(1)
+    })
+    .await;
+    assert!(switched, "{:?} {}", listed(&s).await, s.health().await);
+    let health = s.health().await;
+    assert_eq!(health["dynamic_config"]["error"], Value::Null, "{health}");
+    assert_eq!(
+        health["dynamic_config"]["restart_needed"],
+        serde_json::json!([]),
+        "{health}"
+    );
+    for _ in 0..3 {
+        let r = post(&s.client, &s.at("/v1/chat/completions"), &chat(M, 2)).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(finished(&s.client, &s.engines[1], "length").await, 3.0);
+
+    // DNS without a name is not valid: nothing changes.
+    write(&file.0, "service_discovery: dns\ndns_port: 8000\n");
+    let reported = eventually(Duration::from_secs(5), || async {
+        s.health().await["dynamic_config"]["error"].is_string()
+    })
+    .await;
+    assert!(reported, "{}", s.health().await);
+    assert_eq!(listed(&s).await, only(1));
+    let r = post(&s.client, &s.at("/v1/chat/completions"), &chat(M, 2)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
 }
