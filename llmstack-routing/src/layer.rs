@@ -438,10 +438,13 @@ impl Shared {
         if pinned.is_none()
             && let Some(previous) = route.previous_response_id()
         {
+            // (While it serves the model: else the policy picks, and that engine
+            // answers for the response it does not hold.)
+            let model = route.model().unwrap_or_default();
             pinned = self
                 .responses
                 .owner(previous)
-                .filter(|id| set.get(id.as_str()).is_some())
+                .filter(|id| set.candidates(model).iter().any(|ep| ep.id == *id))
                 .map(|id| id.as_str().to_owned());
         }
         let exclude = parts.extensions.get::<Exclude>().map_or(&[][..], |e| &e.0);
