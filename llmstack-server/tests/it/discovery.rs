@@ -333,16 +333,7 @@ async fn the_static_list_follows_its_file_and_removed_engines_drain() {
 async fn dns_discovery_follows_the_records_and_survives_a_dead_resolver() {
     use llmstack_discovery::{DiscoveryKind, DnsConfig};
     use llmstack_test_support::dnsmasq::Dnsmasq;
-    // A records carry no port: both engines listen on the same port, at two addresses.
-    let (a, b) = loop {
-        let a = SimEngine::start(instant(M), "127.0.0.2:0".parse().unwrap(), 0)
-            .await
-            .unwrap();
-        let at = format!("127.0.0.3:{}", a.addr().port()).parse().unwrap();
-        if let Ok(b) = SimEngine::start(instant(M), at, 0).await {
-            break (a, b);
-        }
-    };
+    let (a, b) = engines_at_two_addresses(M).await;
     let port = a.addr().port();
     let mut dns = Dnsmasq::start("127.0.0.2 vllm.test\n", &[]);
     let mut config = config_for(&[]);

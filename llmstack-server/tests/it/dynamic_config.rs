@@ -202,16 +202,7 @@ async fn router_on(file: &TempFile, engines: Vec<SimEngine>) -> Stack {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_file_switches_discovery_from_a_static_list_to_dns() {
     use llmstack_test_support::dnsmasq::Dnsmasq;
-    // A records carry no port: the engines listen on one port at two addresses.
-    let (a, b) = loop {
-        let a = SimEngine::start(instant(M), "127.0.0.2:0".parse().unwrap(), 0)
-            .await
-            .unwrap();
-        let at = format!("127.0.0.3:{}", a.addr().port()).parse().unwrap();
-        if let Ok(b) = SimEngine::start(instant(M), at, 0).await {
-            break (a, b);
-        }
-    };
+    let (a, b) = engines_at_two_addresses(M).await;
     let port = a.addr().port();
     let dns = Dnsmasq::start("127.0.0.3 vllm.test\n", &[]);
     let file = TempFile::new(&format!(

@@ -30,6 +30,20 @@ pub fn h100(model: &str) -> EngineConfig {
     EngineConfig::new(model).with_profile(LatencyProfile::llama3_8b_h100())
 }
 
+/// Two instant engines serving `model` on one port at two addresses, 127.0.0.2 and
+/// 127.0.0.3 (DNS A records carry no port).
+pub async fn engines_at_two_addresses(model: &str) -> (SimEngine, SimEngine) {
+    loop {
+        let a = SimEngine::start(instant(model), "127.0.0.2:0".parse().unwrap(), 0)
+            .await
+            .unwrap();
+        let at = format!("127.0.0.3:{}", a.addr().port()).parse().unwrap();
+        if let Ok(b) = SimEngine::start(instant(model), at, 0).await {
+            return (a, b);
+        }
+    }
+}
+
 /// Starts the engines, then a router in front of them (adjusted by `tweak`), and waits
 /// until every engine is ready.
 pub async fn stack(configs: Vec<EngineConfig>, tweak: impl FnOnce(&mut ServerConfig)) -> Stack {
