@@ -27,7 +27,7 @@ use llmstack_routing::{RouteHandle, RoutingConfig, RoutingLogic};
 use serde_json::{Value, json};
 
 use crate::config::{ServerConfig, Settings};
-use crate::server::Rediscover;
+use crate::discover::Rediscover;
 
 /// How often the file is checked for changes.
 pub(crate) const POLL: Duration = Duration::from_secs(1);

@@ -21,6 +21,7 @@ mod config;
 #[cfg(feature = "demo")]
 #[cfg_attr(docsrs, doc(cfg(feature = "demo")))]
 pub mod demo;
+mod discover;
 mod dynamic;
 mod kv;
 mod local;

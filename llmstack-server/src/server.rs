@@ -8,11 +8,8 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use llmstack_core::{BoxError, Discover, EndpointSet};
-use llmstack_discovery::{
-    DiscoveryConfig, DiscoveryKind, dns_discovery, probe, publish, reloading_static_discovery,
-    static_discovery, static_endpoints,
-};
+use llmstack_core::{BoxError, EndpointSet};
+use llmstack_discovery::{probe, publish};
 use llmstack_metrics::spawn_scraper;
 use llmstack_proxy::Forward;
 use llmstack_routing::{RouteLayer, RoutingLogic};
@@ -21,6 +18,7 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::ServerConfig;
+use crate::discover::{Rediscover, source};
 use crate::kv::KvParts;
 use crate::service::{self, Listener};
 use crate::stack;
@@ -74,7 +72,9 @@ impl Server {
             .validate()
             .map_err(|e| StartError::Config(e.into()))?;
         let source = probe(
-            source(&config.discovery).await?,
+            source(&config.discovery)
+                .await
+                .map_err(StartError::Config)?,
             config.discovery.probe.clone(),
         );
         let mut seed = EndpointSet::default();
@@ -353,98 +353,8 @@ fn nofile() -> u64 {
 /// How long [`Server::start`] waits for discovery's first answer before serving.
 const FIRST_ANSWER_WAIT: Duration = Duration::from_secs(10);
 
-/// How often a static list's `--config` file is checked for changes.
-const STATIC_FILE_POLL: Duration = Duration::from_secs(1);
-
 /// How often the `--api-keys-file` is checked for changes.
 const KEYS_FILE_POLL: Duration = Duration::from_secs(1);
-
-/// A discovery source of any kind.
-type Source = Box<dyn Discover>;
-
-/// What the dynamic configuration needs to replace the discovery source while serving:
-/// the endpoint set's sender, the server's reaction to a new set, the running task.
-pub(crate) struct Rediscover {
-    set_tx: watch::Sender<EndpointSet>,
-    on_change: Box<dyn Fn() -> OnChange + Send + Sync>,
-    running: tokio::task::AbortHandle,
-}
-
-/// The server's reaction to a new endpoint set (frees what gone engines held).
-type OnChange = Box<dyn FnMut(&EndpointSet) + Send>;
-
-impl Rediscover {
-    /// Starts discovery as `config` says (probed as it says) and stops the running one
-    /// once the new one is up; the endpoint set stays as it is until the new source's
-    /// first answer replaces it. On error, the running one is kept.
-    pub(crate) async fn restart(&mut self, config: &DiscoveryConfig) -> Result<(), String> {
-        config.validate().map_err(|e| e.to_string())?;
-        let source = probe(
-            source(config).await.map_err(|e| e.to_string())?,
-            config.probe.clone(),
-        );
-        let task = tokio::spawn(publish(
-            source,
-            self.set_tx.clone(),
-            (self.on_change)(),
-            None,
-        ));
-        let old = std::mem::replace(&mut self.running, task.abort_handle());
-        old.abort();
-        Ok(())
-    }
-}
-
-impl Drop for Rediscover {
-    /// The discovery task started last stops with the watcher (the server's `Drop`).
-    fn drop(&mut self) {
-        self.running.abort();
-    }
-}
-
-/// The discovery source `config` describes (not yet probed).
-async fn source(config: &DiscoveryConfig) -> Result<Source, StartError> {
-    Ok(match config.service_discovery {
-        DiscoveryKind::Static => {
-            let endpoints = static_endpoints(config).map_err(|e| StartError::Config(e.into()))?;
-            match &config.static_file {
-                Some(path) => Box::new(reloading_static_discovery(
-                    path.clone(),
-                    STATIC_FILE_POLL,
-                    endpoints,
-                    crate::config::static_endpoints_in,
-                )),
-                None => Box::new(static_discovery(endpoints)),
-            }
-        }
-        DiscoveryKind::Dns => Box::new(dns_discovery(config.dns.clone())),
-        DiscoveryKind::K8s => k8s_source(config).await?,
-    })
-}
-
-#[cfg(feature = "kube")]
-async fn k8s_source(config: &DiscoveryConfig) -> Result<Source, StartError> {
-    let client = llmstack_discovery::k8s::client(&config.k8s)
-        .await
-        .map_err(|e| {
-            StartError::Config(
-                format!("no Kubernetes API access (in-cluster ServiceAccount or KUBECONFIG): {e}")
-                    .into(),
-            )
-        })?;
-    Ok(Box::new(llmstack_discovery::k8s::k8s_discovery(
-        client,
-        config.k8s.clone(),
-    )))
-}
-
-#[cfg(not(feature = "kube"))]
-async fn k8s_source(_: &DiscoveryConfig) -> Result<Source, StartError> {
-    Err(StartError::Config(
-        "--service-discovery k8s needs a build with the `kube` feature (cargo build --features kube)"
-            .into(),
-    ))
-}
 
 /// The admin listener: no graceful drain (it answers instantly); stopped with the server.
 async fn serve_admin(listener: TcpListener, shared: Arc<Shared>) {
