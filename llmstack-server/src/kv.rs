@@ -21,6 +21,10 @@ use crate::KvConfig;
 /// How often engines' scraped KV capacity is handed to the index.
 const CAPACITY_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Where the running KV-event path is kept (none unless `kvaware`); the dynamic
+/// configuration starts or stops it while serving.
+pub(crate) type KvSlot = std::sync::RwLock<Option<KvParts>>;
+
 /// The running KV-event path. Dropping it stops the subscriber and its tasks.
 #[derive(Debug)]
 pub(crate) struct KvParts {

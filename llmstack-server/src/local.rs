@@ -180,8 +180,11 @@ fn engines(shared: &Shared) -> Value {
     let stats = shared.stats.snapshot();
     let now = tokio::time::Instant::now();
     // kvaware: every publisher's status and the index's blocks per engine, read once.
-    let kv = shared
+    let parts = shared
         .kv
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let kv = parts
         .as_ref()
         .zip(shared.route.router().kv_index())
         .map(|(kv, index)| (kv.statuses(), crate::kv::engine_blocks(index)));

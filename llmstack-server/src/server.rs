@@ -106,6 +106,7 @@ impl Server {
             _ => (router, None),
         };
         let router = Arc::new(router);
+        let kv = Arc::new(std::sync::RwLock::new(kv));
         let mut route = RouteLayer::new(Arc::clone(&router), set_rx.clone())
             .with_stats(stats.clone())
             .with_aliases(config.routing.static_aliases.clone());
@@ -141,7 +142,7 @@ impl Server {
             metrics,
             main_port_metrics: config.main_port_metrics,
             route: handle.clone(),
-            kv,
+            kv: Arc::clone(&kv),
             forward: forward.clone(),
             proxied: stack::proxied(
                 route,
@@ -204,12 +205,18 @@ impl Server {
                 on_change: Box::new(move || Box::new(rediscover_on_change.clone())),
                 running: discovery.abort_handle(),
             };
+            let kv = crate::dynamic::KvSwitch {
+                endpoints: set_rx.clone(),
+                stats: shared.stats.clone(),
+                slot: Arc::clone(&kv),
+            };
             tokio::spawn(crate::dynamic::watch(
                 status,
                 (*d.flags).clone(),
                 config.clone(),
                 handle.clone(),
                 discovery,
+                kv,
             ))
         });
         if let Some(task) = &dynamic_watch {

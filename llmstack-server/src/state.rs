@@ -23,7 +23,7 @@ pub(crate) struct Shared {
     /// counts and the prefix index), changed by the dynamic configuration.
     pub(crate) route: RouteHandle,
     /// `kvaware`: the KV-event subscriber and index (for `/engines`).
-    pub(crate) kv: Option<crate::kv::KvParts>,
+    pub(crate) kv: Arc<crate::kv::KvSlot>,
     /// The forwarder (for `/health`: its counters and connections).
     pub(crate) forward: Forward,
     /// The request path for the OpenAI routes: the library layers, stacked.

@@ -364,3 +364,82 @@ async fn without_a_tokenizer_kvaware_falls_back_and_says_so() {
     .await;
     assert!(indexed_any, "events of the answered request not indexed");
 }
+
+/// production-stack's dynamic config switches to `kvaware` and back while serving: the
+/// KV-event subscriber and tokenizers start with the switch (the router then routes by
+/// what the engines announce), and stop with the switch back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dynamic_config_switches_to_kvaware_and_back() {
+    let mut engines = Vec::new();
+    for _ in 0..2 {
+        let e = SimEngine::start(publishing(true), "127.0.0.1:0".parse().unwrap(), 0).await;
+        engines.push(e.unwrap());
+    }
+    let list = |policy: &str, extra: &str| {
+        let urls: Vec<String> = engines.iter().map(SimEngine::base_url).collect();
+        format!(
+            "routing_logic: {policy}\nstatic_backends: [{}]\nstatic_models: [{M}, {M}]\n{extra}",
+            urls.join(", ")
+        )
+    };
+    let file = TempFile::new(&list("roundrobin", ""));
+    let kv_file = list(
+        "kvaware",
+        &format!("tokenizer: [\"{M}={}\"]\n", fixture().display()),
+    );
+    let plain_file = list("roundrobin", "");
+    let path = file.0.to_str().unwrap().to_owned();
+    let args = [
+        "llmstack-server",
+        "--dynamic-config-yaml",
+        &path,
+        "--host",
+        "127.0.0.1",
+    ];
+    let args = args.into_iter().chain(["--port", "0", "--admin-port", "0"]);
+    let args = args.chain(["--static-backend-health-check-interval", "0.2"]);
+    let Ok((llmstack_server::Action::Serve(config), _)) =
+        llmstack_server::parse(args.map(str::to_owned))
+    else {
+        panic!("the file is valid");
+    };
+    let server = llmstack_server::Server::start(*config).await.unwrap();
+    let s = Stack::new(server, engines);
+    until_ready(&s.client, &s.server, 2, false).await;
+    let entry = s.engine_entry(0).await.unwrap();
+    assert_eq!(entry["kv_events"], Value::Null, "no subscriber yet");
+
+    std::fs::write(file.0.with_extension("tmp"), &kv_file).unwrap();
+    std::fs::rename(file.0.with_extension("tmp"), &file.0).unwrap();
+    until_subscribed(&s).await;
+    let answered = conversations(&s.client, std::slice::from_ref(&s.url), 2, 3).await;
+    assert_eq!(answered, 6);
+    let kv_decisions = router_sample(
+        &s,
+        "llmstack_routing_decisions_total",
+        &[("policy", "kvaware"), ("reason", "kv_cached")],
+    )
+    .await;
+    assert!(kv_decisions > 0.0, "routed by the engines' KV events");
+
+    std::fs::write(file.0.with_extension("tmp"), &plain_file).unwrap();
+    std::fs::rename(file.0.with_extension("tmp"), &file.0).unwrap();
+    let stopped = eventually(Duration::from_secs(5), || async {
+        s.engine_entry(0).await.unwrap()["kv_events"].is_null()
+    })
+    .await;
+    assert!(
+        stopped,
+        "the subscriber stopped: {:?}",
+        s.engine_entry(0).await
+    );
+    let r = post(&s.client, &s.at("/v1/chat/completions"), &chat(M, 2)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let health = s.health().await;
+    assert_eq!(health["dynamic_config"]["error"], Value::Null, "{health}");
+    assert_eq!(
+        health["dynamic_config"]["restart_needed"],
+        json!([]),
+        "{health}"
+    );
+}
