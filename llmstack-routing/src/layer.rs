@@ -276,6 +276,12 @@ where
         let policy = shared.router.policy_name();
         let held = parts.extensions.remove::<HeldUntilDone>();
         let creates_response = parts.uri.path() == "/v1/responses";
+        // `/sleep` and `/wake_up`: the engine leaves or rejoins routing once it agrees.
+        let sleeps = match parts.uri.path() {
+            "/sleep" => Some(true),
+            "/wake_up" => Some(false),
+            _ => None,
+        };
         match shared.decide(&mut parts, body) {
             Ok(Decided {
                 mut routed,
@@ -300,6 +306,10 @@ where
                         routed.endpoint.id.clone(),
                     ))
                 });
+                let sleeps = sleeps.map(|asleep| {
+                    let id = routed.endpoint.id.clone();
+                    Box::new((asleep, id, Arc::clone(&shared.router)))
+                });
                 parts.extensions.insert(RoutedTo {
                     endpoint: routed.endpoint,
                     cached_tokens: routed.cached_tokens,
@@ -312,6 +322,7 @@ where
                         learn: learn.map(|l| (Arc::clone(&shared.router), l)),
                         facts: Some(facts),
                         capture,
+                        sleeps,
                     },
                 }
             }
@@ -498,6 +509,9 @@ pin_project! {
             facts: Option<RouteFacts>,
             // POST /v1/responses: reads the response id from the body.
             capture: Option<Box<Capture>>,
+            // POST /sleep (true) or /wake_up (false) on this engine, marked in this
+            // router once the engine agrees.
+            sleeps: Option<Box<(bool, llmstack_core::EndpointId, Arc<Router>)>>,
         },
     }
 }
@@ -521,6 +535,7 @@ where
                 learn,
                 facts,
                 capture,
+                sleeps,
             } => {
                 let mut resp = match ready!(future.poll(cx)) {
                     Ok(resp) => resp,
@@ -533,6 +548,10 @@ where
                 let success = resp.status().is_success();
                 if success && let Some((router, learn)) = learn.take() {
                     router.learn(learn);
+                }
+                if success && let Some(marks) = sleeps.take() {
+                    let (asleep, id, router) = *marks;
+                    router.set_asleep(&id, asleep);
                 }
                 let capture = capture.take().filter(|_| success);
                 if let Some(facts) = facts.take() {

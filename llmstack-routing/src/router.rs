@@ -1,6 +1,7 @@
 //! The router core: candidates, load view, prefix index, policy, in-flight guard.
 
 use std::fmt;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use llmstack_core::{Endpoint, EndpointId, EndpointSet, Error, RouteRequest, StatsSnapshot};
@@ -33,6 +34,15 @@ pub struct Router {
     kv: Option<KvRouting>,
     bytes_per_token: f64,
     chunk_bytes: usize,
+    /// Engines put to sleep through this router (`/sleep`), out of routing until woken.
+    asleep: Asleep,
+}
+
+/// The engines put to sleep: a flag read on every request, the list only when set.
+#[derive(Debug, Default)]
+struct Asleep {
+    any: std::sync::atomic::AtomicBool,
+    ids: Mutex<Vec<EndpointId>>,
 }
 
 /// The outcome of [`Router::route`].
@@ -89,6 +99,7 @@ impl Router {
             kv: None,
             bytes_per_token: 4.0,
             chunk_bytes: PrefixConfig::default().chunk_bytes,
+            asleep: Asleep::default(),
         }
     }
 
@@ -154,6 +165,14 @@ impl Router {
     /// their in-flight counters once nothing is in flight there.
     pub fn retain(&self, mut exists: impl FnMut(&EndpointId) -> bool) {
         self.in_flight.retain(&mut exists);
+        let mut asleep = self
+            .asleep
+            .ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        asleep.retain(&mut exists);
+        self.asleep.any.store(!asleep.is_empty(), Ordering::Relaxed);
+        drop(asleep);
         if let Some(index) = &self.prefix {
             index
                 .lock()
@@ -174,6 +193,19 @@ impl Router {
         req: &RouteRequest<'_>,
         target: &Target<'_>,
     ) -> Result<Routed, Error> {
+        // Engines asleep are excluded unless the request names one (`?id=`).
+        let excluded;
+        let asleep_too;
+        let target = if target.pinned.is_none() && self.asleep.any.load(Ordering::Relaxed) {
+            excluded = self.excluded_with_asleep(target.exclude);
+            asleep_too = Target {
+                exclude: &excluded,
+                ..target.clone()
+            };
+            &asleep_too
+        } else {
+            target
+        };
         let list = candidates(set, req, target)?;
         if let Some(stats) = stats {
             self.in_flight.observe(stats);
@@ -290,6 +322,41 @@ impl Router {
             reason: if id.is_some() { "pinned" } else { "picked" },
             learn: None,
         })
+    }
+
+    /// Marks engine `id` asleep (out of routing, unless a request names it with `?id=`)
+    /// or awake: the route layer does it when the engine answers `/sleep` or `/wake_up`
+    /// with success. The mark goes when the engine leaves ([`Router::retain`]).
+    pub fn set_asleep(&self, id: &EndpointId, asleep: bool) {
+        let mut ids = self
+            .asleep
+            .ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        ids.retain(|e| e != id);
+        if asleep {
+            ids.push(id.clone());
+        }
+        self.asleep.any.store(!ids.is_empty(), Ordering::Relaxed);
+    }
+
+    /// The engines marked asleep ([`Router::set_asleep`]).
+    pub fn asleep(&self) -> Vec<EndpointId> {
+        self.asleep
+            .ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// `exclude` and the engines asleep.
+    fn excluded_with_asleep(&self, exclude: &[EndpointId]) -> Vec<EndpointId> {
+        let ids = self
+            .asleep
+            .ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        exclude.iter().chain(ids.iter()).cloned().collect()
     }
 
     /// The candidates holding a prefix of the prompt by the router's own prefix index.

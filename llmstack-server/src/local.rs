@@ -188,6 +188,7 @@ fn engines(shared: &Shared) -> Value {
         .as_ref()
         .zip(shared.route.router().kv_index())
         .map(|(kv, index)| (kv.statuses(), crate::kv::engine_blocks(index)));
+    let asleep = shared.route.router().asleep();
     let list: Vec<Value> = set
         .iter()
         .map(|ep| {
@@ -201,6 +202,8 @@ fn engines(shared: &Shared) -> Value {
                 "url": ep.url.to_string().trim_end_matches('/'),
                 "models": models,
                 "state": ep.state,
+                // Put to sleep through the router (`/sleep`): out of routing until woken.
+                "asleep": asleep.contains(&ep.id),
                 "role": ep.role,
                 "labels": ep.labels,
                 "in_flight": shared.route.router().in_flight().get(&ep.id),

@@ -97,6 +97,10 @@ async fn rebuild_router(
     } else {
         (router, None)
     };
+    // Engines put to sleep through the router stay out of routing.
+    for id in route.router().asleep() {
+        router.set_asleep(&id, true);
+    }
     route.set_router(router);
     let old = std::mem::replace(
         &mut *kv

@@ -40,10 +40,36 @@ async fn engine_control_reaches_the_named_engine_only() {
     )
     .await;
     assert_eq!(direct.json()["is_sleeping"], true);
+    // While it sleeps, requests go to the other engine only (vLLM would hold them
+    // until it wakes); /engines says so.
+    assert_eq!(s.engine_entry(0).await.unwrap()["asleep"], true);
+    for _ in 0..4 {
+        let r = post(&s.client, &s.at("/v1/chat/completions"), &chat(M, 2)).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(finished(&s.client, &s.engines[0], "length").await, 0.0);
+    assert_eq!(finished(&s.client, &s.engines[1], "length").await, 4.0);
+    // Both asleep: no engine to route to (503), unless one is named.
+    let slept = post(&s.client, &s.at(&format!("/sleep?id={b}")), &json!({})).await;
+    assert_eq!(slept.status, 200, "{}", slept.text());
+    let r = post(&s.client, &s.at("/v1/chat/completions"), &chat(M, 2)).await;
+    assert_error(&r, 503, "ServiceUnavailableError");
+    let woke = post(&s.client, &s.at(&format!("/wake_up?id={b}")), &json!({})).await;
+    assert_eq!(woke.status, 200, "{}", woke.text());
     // A sleeping engine is still addressable, to wake it up.
     let woke = post(&s.client, &s.at(&format!("/wake_up?id={a}")), &json!({})).await;
     assert_eq!(woke.status, 200, "{}", woke.text());
     assert!(!sleeping(&a).await);
+    assert_eq!(s.engine_entry(0).await.unwrap()["asleep"], false);
+    for _ in 0..4 {
+        let r = post(&s.client, &s.at("/v1/chat/completions"), &chat(M, 2)).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(
+        finished(&s.client, &s.engines[0], "length").await,
+        2.0,
+        "back in rotation"
+    );
     // Without ?id=, or with an unknown one: 400 naming `id`; a wrong method: 405.
     for path in ["/sleep", "/wake_up", "/sleep?id=nope"] {
         let r = post(&s.client, &s.at(path), &json!({})).await;
