@@ -290,10 +290,10 @@ impl Router {
         })
     }
 
-    /// The endpoint for a request that names no model ([`BodyKind::Addressed`]
-    /// (llmstack_core::BodyKind::Addressed)): the endpoint `id` in any state (a sleeping
-    /// engine must be reachable to wake it), else the ready endpoint with the fewest
-    /// requests in flight. Errors: an `id` not in `set` is
+    /// The endpoint for a request that names no model
+    /// ([`BodyKind::Addressed`](llmstack_core::BodyKind::Addressed)): the endpoint `id`
+    /// in any state (a sleeping engine must be reachable to wake it), else the ready
+    /// endpoint with the fewest requests in flight. Errors: an `id` not in `set` is
     /// [`Error::UnknownEndpoint`], no ready endpoint is [`Error::NoReadyEndpoint`]
     /// (with the route as its model). Counted in flight like every request.
     pub fn address(
