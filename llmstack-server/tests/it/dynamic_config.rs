@@ -7,20 +7,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http_body_util::BodyExt;
-use llmstack_server::{Action, Server, parse};
 use llmstack_sim::SimEngine;
 use serde_json::Value;
 
 use crate::support::*;
 
 const M: &str = "meta-llama/Llama-3.1-8B-Instruct";
-
-/// Replaces the file at once (as a ConfigMap update does), never half-written.
-fn write(path: &std::path::Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
 
 fn engines_yaml(policy: &str, engines: &[&SimEngine]) -> String {
     let urls: Vec<String> = engines.iter().map(|e| e.base_url()).collect();
@@ -91,7 +83,7 @@ async fn a_changed_file_applies_policy_and_engines_under_streaming_load() {
     tokio::time::sleep(Duration::from_millis(700)).await;
 
     // New policy and new engines.
-    write(
+    replace_file(
         &file.0,
         &engines_yaml("session", &[&s.engines[2], &s.engines[3]]),
     );
@@ -130,7 +122,7 @@ async fn a_changed_file_applies_policy_and_engines_under_streaming_load() {
     }
 
     // An invalid file: nothing changes; the error is reported and counted.
-    write(
+    replace_file(
         &file.0,
         "routing_logic: nonsense\nstatic_backends: [http://127.0.0.1:1]\n",
     );
@@ -181,24 +173,6 @@ async fn a_changed_file_applies_policy_and_engines_under_streaming_load() {
     assert_eq!(health["errors"], 0, "{health}");
 }
 
-/// Starts the router on the dynamic config `file`, probing every 0.2 s.
-async fn router_on(file: &TempFile, engines: Vec<SimEngine>) -> Stack {
-    let path = file.0.to_str().unwrap().to_owned();
-    let args = [
-        "llmstack-server",
-        "--dynamic-config-yaml",
-        &path,
-        "--host",
-        "127.0.0.1",
-    ];
-    let args = args.into_iter().chain(["--port", "0", "--admin-port", "0"]);
-    let args = args.chain(["--static-backend-health-check-interval", "0.2"]);
-    let Ok((Action::Serve(config), _)) = parse(args.map(str::to_owned)) else {
-        panic!("the file is valid");
-    };
-    Stack::new(Server::start(*config).await.unwrap(), engines)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_file_switches_discovery_from_a_static_list_to_dns() {
     use llmstack_test_support::dnsmasq::Dnsmasq;
@@ -218,7 +192,7 @@ async fn a_changed_file_switches_discovery_from_a_static_list_to_dns() {
         .await
     );
 
-    write(
+    replace_file(
         &file.0,
         &format!(
             "service_discovery: dns\ndns_name: vllm.test\ndns_port: {port}\ndns_nameservers: [\"{}\"]\ndns_min_refresh: 0.2\ndns_max_refresh: 1\n",
@@ -244,7 +218,7 @@ async fn a_changed_file_switches_discovery_from_a_static_list_to_dns() {
     assert_eq!(finished(&s.client, &s.engines[1], "length").await, 3.0);
 
     // DNS without a name is not valid: nothing changes.
-    write(&file.0, "service_discovery: dns\ndns_port: 8000\n");
+    replace_file(&file.0, "service_discovery: dns\ndns_port: 8000\n");
     let reported = eventually(Duration::from_secs(5), || async {
         s.health().await["dynamic_config"]["error"].is_string()
     })

@@ -388,29 +388,12 @@ async fn a_dynamic_config_switches_to_kvaware_and_back() {
         &format!("tokenizer: [\"{M}={}\"]\n", fixture().display()),
     );
     let plain_file = list("roundrobin", "");
-    let path = file.0.to_str().unwrap().to_owned();
-    let args = [
-        "llmstack-server",
-        "--dynamic-config-yaml",
-        &path,
-        "--host",
-        "127.0.0.1",
-    ];
-    let args = args.into_iter().chain(["--port", "0", "--admin-port", "0"]);
-    let args = args.chain(["--static-backend-health-check-interval", "0.2"]);
-    let Ok((llmstack_server::Action::Serve(config), _)) =
-        llmstack_server::parse(args.map(str::to_owned))
-    else {
-        panic!("the file is valid");
-    };
-    let server = llmstack_server::Server::start(*config).await.unwrap();
-    let s = Stack::new(server, engines);
+    let s = router_on(&file, engines).await;
     until_ready(&s.client, &s.server, 2, false).await;
     let entry = s.engine_entry(0).await.unwrap();
     assert_eq!(entry["kv_events"], Value::Null, "no subscriber yet");
 
-    std::fs::write(file.0.with_extension("tmp"), &kv_file).unwrap();
-    std::fs::rename(file.0.with_extension("tmp"), &file.0).unwrap();
+    replace_file(&file.0, &kv_file);
     until_subscribed(&s).await;
     let answered = conversations(&s.client, std::slice::from_ref(&s.url), 2, 3).await;
     assert_eq!(answered, 6);
@@ -422,8 +405,7 @@ async fn a_dynamic_config_switches_to_kvaware_and_back() {
     .await;
     assert!(kv_decisions > 0.0, "routed by the engines' KV events");
 
-    std::fs::write(file.0.with_extension("tmp"), &plain_file).unwrap();
-    std::fs::rename(file.0.with_extension("tmp"), &file.0).unwrap();
+    replace_file(&file.0, &plain_file);
     let stopped = eventually(Duration::from_secs(5), || async {
         s.engine_entry(0).await.unwrap()["kv_events"].is_null()
     })

@@ -194,6 +194,33 @@ pub async fn read_frames(res: &mut http::Response<hyper::body::Incoming>, n: usi
     }
 }
 
+/// Replaces the file at once (as a ConfigMap update does), never half-written.
+pub fn replace_file(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Starts the router on the dynamic config `file`, probing every 0.2 s.
+pub async fn router_on(file: &TempFile, engines: Vec<SimEngine>) -> Stack {
+    let path = file.0.to_str().unwrap().to_owned();
+    let args = [
+        "llmstack-server",
+        "--dynamic-config-yaml",
+        &path,
+        "--host",
+        "127.0.0.1",
+    ];
+    let args = args.into_iter().chain(["--port", "0", "--admin-port", "0"]);
+    let args = args.chain(["--static-backend-health-check-interval", "0.2"]);
+    let Ok((llmstack_server::Action::Serve(config), _)) =
+        llmstack_server::parse(args.map(str::to_owned))
+    else {
+        panic!("the file is valid");
+    };
+    Stack::new(Server::start(*config).await.unwrap(), engines)
+}
+
 /// A file in a fresh temporary directory, removed with it when dropped.
 pub struct TempFile(pub std::path::PathBuf);
 
