@@ -39,10 +39,12 @@ pub struct Router {
 }
 
 /// The engines put to sleep: a flag read on every request, the list only when set.
+/// Each id carries whether discovery has since shown the engine unready (its prober
+/// found it asleep).
 #[derive(Debug, Default)]
 struct Asleep {
     any: std::sync::atomic::AtomicBool,
-    ids: Mutex<Vec<EndpointId>>,
+    ids: Mutex<Vec<(EndpointId, bool)>>,
 }
 
 /// The outcome of [`Router::route`].
@@ -170,7 +172,7 @@ impl Router {
             .ids
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        asleep.retain(&mut exists);
+        asleep.retain(|(id, _)| exists(id));
         self.asleep.any.store(!asleep.is_empty(), Ordering::Relaxed);
         drop(asleep);
         if let Some(index) = &self.prefix {
@@ -326,27 +328,55 @@ impl Router {
 
     /// Marks engine `id` asleep (out of routing, unless a request names it with `?id=`)
     /// or awake: the route layer does it when the engine answers `/sleep` or `/wake_up`
-    /// with success. The mark goes when the engine leaves ([`Router::retain`]).
+    /// with success. The mark goes when the engine leaves ([`Router::retain`]), or when
+    /// discovery shows it unready and then ready again ([`Router::observe_asleep`]: a
+    /// prober that asks `/is_sleeping` found it asleep, then awake).
     pub fn set_asleep(&self, id: &EndpointId, asleep: bool) {
         let mut ids = self
             .asleep
             .ids
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        ids.retain(|e| e != id);
+        ids.retain(|(e, _)| e != id);
         if asleep {
-            ids.push(id.clone());
+            ids.push((id.clone(), false));
         }
+        self.asleep.any.store(!ids.is_empty(), Ordering::Relaxed);
+    }
+
+    /// Follows the engines marked asleep in a new endpoint set: one shown unready and
+    /// later ready again (woken, even without the router) loses its mark. Cheap when
+    /// none is marked.
+    pub fn observe_asleep(&self, set: &EndpointSet) {
+        if !self.asleep.any.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut ids = self
+            .asleep
+            .ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        ids.retain_mut(
+            |(id, seen_unready)| match set.get(id.as_str()).map(|e| e.state) {
+                Some(llmstack_core::EndpointState::Unready) => {
+                    *seen_unready = true;
+                    true
+                }
+                Some(llmstack_core::EndpointState::Ready) => !*seen_unready,
+                _ => true,
+            },
+        );
         self.asleep.any.store(!ids.is_empty(), Ordering::Relaxed);
     }
 
     /// The engines marked asleep ([`Router::set_asleep`]).
     pub fn asleep(&self) -> Vec<EndpointId> {
-        self.asleep
+        let ids = self
+            .asleep
             .ids
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .unwrap_or_else(PoisonError::into_inner);
+        ids.iter().map(|(id, _)| id.clone()).collect()
     }
 
     /// `exclude` and the engines asleep.
@@ -356,7 +386,8 @@ impl Router {
             .ids
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        exclude.iter().chain(ids.iter()).cloned().collect()
+        let asleep = ids.iter().map(|(id, _)| id);
+        exclude.iter().chain(asleep).cloned().collect()
     }
 
     /// The candidates holding a prefix of the prompt by the router's own prefix index.

@@ -188,7 +188,9 @@ impl Server {
             let handle = handle.clone();
             move |set: &EndpointSet| {
                 metrics::counter!(llmstack_metrics::names::DISCOVERY_UPDATES).increment(1);
-                handle.router().retain(|id| set.get(id.as_str()).is_some());
+                let router = handle.router();
+                router.retain(|id| set.get(id.as_str()).is_some());
+                router.observe_asleep(set);
                 forward.retain(|id| set.get(id.as_str()).is_some());
                 outliers.retain(|id| set.get(id.as_str()).is_some());
             }

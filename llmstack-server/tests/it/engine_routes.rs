@@ -89,6 +89,39 @@ async fn engine_control_reaches_the_named_engine_only() {
     assert_error(&r, 405, "MethodNotAllowed");
 }
 
+#[tokio::test]
+async fn an_engine_woken_without_the_router_rejoins_once_probed_awake() {
+    let s = stack(vec![instant(M), instant(M)], |c| {
+        c.discovery.probe.is_sleeping = true;
+    })
+    .await;
+    let a = s.id_of(0).await;
+    let slept = post(&s.client, &s.at(&format!("/sleep?id={a}")), &json!({})).await;
+    assert_eq!(slept.status, 200, "{}", slept.text());
+    assert_eq!(s.engine_entry(0).await.unwrap()["asleep"], true);
+    // The prober finds it asleep; then it is woken on the engine itself.
+    let probed = eventually(std::time::Duration::from_secs(5), || async {
+        s.engine_entry(0).await.unwrap()["state"] == "unready"
+    });
+    assert!(probed.await);
+    let direct = format!("{}/wake_up", s.engines[0].base_url());
+    assert_eq!(post(&s.client, &direct, &json!({})).await.status, 200);
+    let back = eventually(std::time::Duration::from_secs(5), || async {
+        let e = s.engine_entry(0).await.unwrap();
+        e["state"] == "ready" && e["asleep"] == false
+    });
+    assert!(back.await, "{:?}", s.engine_entry(0).await);
+    for _ in 0..4 {
+        let r = post(&s.client, &s.at("/v1/chat/completions"), &chat(M, 2)).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(
+        finished(&s.client, &s.engines[0], "length").await,
+        2.0,
+        "back in rotation"
+    );
+}
+
 /// Creates a response through the router, streamed or not; its id.
 async fn create(s: &Stack, previous: Option<&str>, stream: bool) -> (u16, String) {
     let mut body = json!({"model": M, "input": "hi", "max_output_tokens": 3, "stream": stream});
