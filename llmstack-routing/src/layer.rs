@@ -130,11 +130,6 @@ impl RouteLayer {
         Arc::clone(&self.cell.load().router)
     }
 
-    /// How many responses' engines are remembered now.
-    pub fn responses_known(&self) -> usize {
-        self.cell.load().responses.len()
-    }
-
     /// A handle changing the settings of this layer and its [`Route`]s while they serve.
     pub fn handle(&self) -> RouteHandle {
         RouteHandle {
@@ -188,8 +183,6 @@ impl fmt::Debug for RouteHandle {
             .finish_non_exhaustive()
     }
 }
-
-impl RouteLayer {}
 
 impl fmt::Debug for RouteLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -275,12 +268,13 @@ where
         let shared = self.cell.load();
         let policy = shared.router.policy_name();
         let held = parts.extensions.remove::<HeldUntilDone>();
-        let creates_response = parts.uri.path() == "/v1/responses";
-        // `/sleep` and `/wake_up`: the engine leaves or rejoins routing once it agrees.
-        let sleeps = match parts.uri.path() {
-            "/sleep" => Some(true),
-            "/wake_up" => Some(false),
-            _ => None,
+        // `POST /v1/responses`: its id is learned from the answer. `/sleep` and
+        // `/wake_up`: the engine leaves or rejoins routing once it agrees.
+        let (creates_response, sleeps) = match parts.uri.path() {
+            "/v1/responses" => (true, None),
+            "/sleep" => (false, Some(true)),
+            "/wake_up" => (false, Some(false)),
+            _ => (false, None),
         };
         match shared.decide(&mut parts, body) {
             Ok(Decided {

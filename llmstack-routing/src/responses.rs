@@ -66,7 +66,8 @@ impl ResponseOwners {
     }
 
     /// Ids held.
-    pub(crate) fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.inner
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

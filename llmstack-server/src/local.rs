@@ -50,16 +50,16 @@ pub(crate) fn answer(shared: &Shared, route: Local) -> Response<Body> {
         Local::Health => {
             let c = shared.forward.counters();
             let mut health = json!({
-                    "status": "healthy",
-                    "in_flight": shared.route.router().in_flight().total(),
-                    "requests": shared.requests.load(Ordering::Relaxed),
-                    "errors": shared.errors.load(Ordering::Relaxed),
-                    "retries": c.retries.load(Ordering::Relaxed),
-                    "broken_streams": c.broken_streams.load(Ordering::Relaxed),
-                    "timeouts": c.timeouts.load(Ordering::Relaxed),
-                    "engine_connections_opened": shared.forward.connections_opened(),
-                    "client_connections": shared.open_connections(),
-                    "max_client_connections": shared.max_connections,
+                "status": "healthy",
+                "in_flight": shared.route.router().in_flight().total(),
+                "requests": shared.requests.load(Ordering::Relaxed),
+                "errors": shared.errors.load(Ordering::Relaxed),
+                "retries": c.retries.load(Ordering::Relaxed),
+                "broken_streams": c.broken_streams.load(Ordering::Relaxed),
+                "timeouts": c.timeouts.load(Ordering::Relaxed),
+                "engine_connections_opened": shared.forward.connections_opened(),
+                "client_connections": shared.open_connections(),
+                "max_client_connections": shared.max_connections,
             });
             // production-stack's /health echoes its dynamic config.
             if let (Some(d), Some(map)) = (&shared.dynamic, health.as_object_mut()) {
@@ -184,11 +184,13 @@ fn engines(shared: &Shared) -> Value {
         .kv
         .read()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // The router in force, read once.
+    let router = shared.route.router();
     let kv = parts
         .as_ref()
-        .zip(shared.route.router().kv_index())
+        .zip(router.kv_index())
         .map(|(kv, index)| (kv.statuses(), crate::kv::engine_blocks(index)));
-    let asleep = shared.route.router().asleep();
+    let asleep = router.asleep();
     let list: Vec<Value> = set
         .iter()
         .map(|ep| {
@@ -206,15 +208,15 @@ fn engines(shared: &Shared) -> Value {
                 "asleep": asleep.contains(&ep.id),
                 "role": ep.role,
                 "labels": ep.labels,
-                "in_flight": shared.route.router().in_flight().get(&ep.id),
+                "in_flight": router.in_flight().get(&ep.id),
                 // --peers: what the other router replicas last said they have there.
-                "peer_in_flight": shared.route.router().in_flight().peer_totals(&ep.id).map(|(requests, pending)| {
+                "peer_in_flight": router.in_flight().peer_totals(&ep.id).map(|(requests, pending)| {
                     json!({"requests": requests, "pending_prefill_tokens": pending})
                 }),
                 // Outlier ejection: serving, ejected (for how long) or half-open.
                 "outlier": outlier(shared.outliers.state(&ep.id)),
                 // prefixaware: this engine's share of the prefix index, in chunks.
-                "prefix_index": shared.route.router().with_index(|index| {
+                "prefix_index": router.with_index(|index| {
                     index
                         .usage(&ep.id)
                         .map(|(chunks, budget)| json!({"chunks": chunks, "budget": budget}))

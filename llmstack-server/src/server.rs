@@ -166,7 +166,6 @@ impl Server {
             dynamic: dynamic.clone(),
             root_path: config.root_path.as_deref().map(Arc::from),
         });
-
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(StartError::Bind)?;
