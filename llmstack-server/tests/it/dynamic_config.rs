@@ -199,8 +199,12 @@ async fn a_changed_file_switches_discovery_from_a_static_list_to_dns() {
             dns.addr()
         ),
     );
+    // Listed, then probed (DNS names no model: the engine's models come from its probe).
     let switched = eventually(Duration::from_secs(8), || async {
         listed(&s).await == only(1)
+            && s.engine_entry(1)
+                .await
+                .is_some_and(|e| e["state"] == "ready")
     })
     .await;
     assert!(switched, "{:?} {}", listed(&s).await, s.health().await);
