@@ -8,7 +8,7 @@ use llmstack_discovery::{
     DiscoveryConfig, DiscoveryKind, dns_discovery, probe, publish, reloading_static_discovery,
     static_discovery, static_endpoints,
 };
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 /// How often a static list's `--config` file is checked for changes.
 const STATIC_FILE_POLL: Duration = Duration::from_secs(1);
@@ -31,24 +31,105 @@ pub(crate) struct Rediscover {
 pub(crate) type OnChange = Box<dyn FnMut(&EndpointSet) + Send>;
 
 impl Rediscover {
-    /// Starts discovery as `config` says (probed as it says) and stops the running one
-    /// once the new one is up; the endpoint set stays as it is until the new source's
-    /// first answer replaces it. On error, the running one is kept.
+    /// Starts discovery as `config` says (probed as it says) and has it replace the
+    /// running one once it has answered and probed every engine it found (at most
+    /// [`SWITCH_WAIT`], as at start): until then requests go to the engines of the
+    /// running source, so none meets a new engine before its probe has told its models
+    /// and readiness. The running source is stopped before the new one's set is served.
+    /// On error (a bad setting, a first answer that is an error), the running one is kept.
     pub(crate) async fn restart(&mut self, config: &DiscoveryConfig) -> Result<(), String> {
         config.validate().map_err(|e| e.to_string())?;
         let source = probe(
             source(config).await.map_err(|e| e.to_string())?,
             config.probe.clone(),
         );
-        let task = tokio::spawn(publish(
+        let (ready_tx, ready) = oneshot::channel();
+        let (go_tx, go) = oneshot::channel();
+        let task = tokio::spawn(stage_then_serve(
             source,
+            ready_tx,
+            go,
             self.set_tx.clone(),
             (self.on_change)(),
-            None,
         ));
+        let outcome = ready.await.unwrap_or_else(|_| {
+            Err("the new discovery source stopped before its first answer".into())
+        });
+        if let Err(e) = outcome {
+            task.abort();
+            return Err(e);
+        }
         let old = std::mem::replace(&mut self.running, task.abort_handle());
         old.abort();
+        // An aborted task may be inside a poll on another worker: let it end, so that
+        // no update of the old source lands on the new set.
+        while !old.is_finished() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // The task ended if it is not waiting for this any more (it is then aborted).
+        let _ignored = go_tx.send(());
         Ok(())
+    }
+}
+
+/// Longest wait for a new discovery source's first answer and first probes before it
+/// replaces the running one anyway (the start waits as long).
+const SWITCH_WAIT: Duration = Duration::from_secs(10);
+
+/// Runs `source` into an endpoint set of its own until it has answered and every engine
+/// it found has been probed (or [`SWITCH_WAIT`] passed), tells `ready` (with the
+/// source's error, if its first answer is one), and once told to `go` keeps the served
+/// set (`set_tx`) equal to its own, calling `on_change` before each change. Ends when
+/// `ready` or `go` is dropped unanswered.
+async fn stage_then_serve(
+    source: impl Discover,
+    ready: oneshot::Sender<Result<(), String>>,
+    go: oneshot::Receiver<()>,
+    set_tx: watch::Sender<EndpointSet>,
+    mut on_change: OnChange,
+) {
+    let (staged_tx, mut staged) = watch::channel(EndpointSet::default());
+    let (answered_tx, answered) = oneshot::channel();
+    let publisher = publish(source, staged_tx, |_: &EndpointSet| {}, Some(answered_tx));
+    let serve = async move {
+        let deadline = tokio::time::Instant::now() + SWITCH_WAIT;
+        let outcome = match tokio::time::timeout_at(deadline, answered).await {
+            Ok(Ok(Err(e))) => Err(e.to_string()),
+            Ok(Err(_)) => Err("the new discovery source ended without an answer".to_owned()),
+            Ok(Ok(Ok(()))) => {
+                let probed = staged.wait_for(|set| {
+                    set.iter()
+                        .all(|ep| ep.state != llmstack_core::EndpointState::Pending)
+                });
+                if tokio::time::timeout_at(deadline, probed).await.is_err() {
+                    tracing::warn!(waited = ?SWITCH_WAIT, "new discovery source: engines not probed yet; switching anyway");
+                }
+                Ok(())
+            }
+            Err(_) => {
+                tracing::warn!(waited = ?SWITCH_WAIT, "new discovery source has not answered yet; switching anyway");
+                Ok(())
+            }
+        };
+        let failed = outcome.is_err();
+        if ready.send(outcome).is_err() || failed || go.await.is_err() {
+            return;
+        }
+        loop {
+            let set = staged.borrow_and_update().clone();
+            on_change(&set);
+            set_tx.send_replace(set);
+            if staged.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    // Serving ends when the publisher does (its source ended: the last set stays
+    // served), or first, when the switch is off: then the publisher is dropped with it.
+    tokio::pin!(serve);
+    tokio::select! {
+        () = publisher => serve.await,
+        () = &mut serve => {}
     }
 }
 

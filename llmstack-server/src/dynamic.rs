@@ -10,9 +10,9 @@
 //! - the static engine list (`static_backends`, `static_models`,
 //!   `static_model_labels`): re-read by the static discovery source itself;
 //! - the other discovery settings (its kind, DNS, Kubernetes, the prober): a new
-//!   source replaces the running one once started, and its first answer replaces the
-//!   endpoint set (engines that stay keep their connections; streams on engines that
-//!   leave run to their end).
+//!   source replaces the running one once it has answered and probed what it found
+//!   (`discover.rs`); its set then replaces the endpoint set (engines that stay keep
+//!   their connections; streams on engines that leave run to their end).
 //!
 //! Other changed settings (listeners, proxy, gateway, scrape, peers) are kept as they
 //! are, logged, and listed in `/health` as needing a restart. A part that cannot start

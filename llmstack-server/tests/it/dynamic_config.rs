@@ -178,36 +178,74 @@ async fn a_changed_file_switches_discovery_from_a_static_list_to_dns() {
     use llmstack_test_support::dnsmasq::Dnsmasq;
     let (a, b) = engines_at_two_addresses(M).await;
     let port = a.addr().port();
-    let dns = Dnsmasq::start("127.0.0.3 vllm.test\n", &[]);
+    // An engine that accepts connections and never answers (a hung host): its probe
+    // takes the whole probe timeout. No real engine hangs on demand; a bound socket
+    // nobody reads is exactly that to a client.
+    let hung = std::net::TcpListener::bind(("127.0.0.4", port)).unwrap();
+    let hung_url = format!("http://{}", hung.local_addr().unwrap());
+    let dns = Dnsmasq::start("127.0.0.3 vllm.test\n127.0.0.4 vllm.test\n", &[]);
+    // The probe timeout is the same in both files (it is also the scrape timeout,
+    // which needs a restart to change).
     let file = TempFile::new(&format!(
-        "service_discovery: static\nstatic_backends: [{}]\nstatic_models: [{M}]\n",
+        "service_discovery: static\nstatic_backends: [{}]\nstatic_models: [{M}]\nbackend_health_check_timeout_seconds: 1\n",
         a.base_url()
     ));
-    let s = router_on(&file, vec![a, b]).await;
-    let only = |i: usize| vec![s.engines[i].base_url()];
+    let s = Arc::new(router_on(&file, vec![a, b]).await);
     assert!(
         eventually(Duration::from_secs(5), || async {
-            listed(&s).await == only(0)
+            listed(&s).await == vec![s.engines[0].base_url()]
         })
         .await
     );
 
+    // Requests run the whole time: the old engine serves until the new source has
+    // probed what it found (DNS names no model: the engine's models come from its probe).
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = {
+        let (s, stop) = (Arc::clone(&s), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let r = post(&s.client, &s.at("/v1/chat/completions"), &chat(M, 2)).await;
+                statuses.push(r.status);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            statuses
+        })
+    };
     replace_file(
         &file.0,
         &format!(
-            "service_discovery: dns\ndns_name: vllm.test\ndns_port: {port}\ndns_nameservers: [\"{}\"]\ndns_min_refresh: 0.2\ndns_max_refresh: 1\n",
+            "service_discovery: dns\ndns_name: vllm.test\ndns_port: {port}\ndns_nameservers: [\"{}\"]\ndns_min_refresh: 0.2\ndns_max_refresh: 1\nbackend_health_check_timeout_seconds: 1\n",
             dns.addr()
         ),
     );
-    // Listed, then probed (DNS names no model: the engine's models come from its probe).
+    let mut new_set = vec![s.engines[1].base_url(), hung_url];
+    new_set.sort();
+    // No engine is listed before its probe: the hung one would be `pending` for a second.
+    let seen_pending = std::sync::Mutex::new(Vec::new());
     let switched = eventually(Duration::from_secs(8), || async {
-        listed(&s).await == only(1)
-            && s.engine_entry(1)
-                .await
-                .is_some_and(|e| e["state"] == "ready")
+        let engines = get(&s.client, &engines_url(&s.server)).await.json();
+        let mut urls = Vec::new();
+        for e in engines.as_array().unwrap() {
+            if e["state"] == "pending" {
+                seen_pending.lock().unwrap().push(e.to_string());
+            }
+            urls.push(e["url"].as_str().unwrap().to_owned());
+        }
+        urls.sort();
+        urls == new_set
     })
     .await;
+    stop.store(true, Ordering::Relaxed);
+    let statuses = client.await.unwrap();
     assert!(switched, "{:?} {}", listed(&s).await, s.health().await);
+    assert_eq!(seen_pending.into_inner().unwrap(), Vec::<String>::new());
+    assert_eq!(s.engine_entry(1).await.unwrap()["state"], "ready");
+    assert!(
+        statuses.len() > 20 && statuses.iter().all(|&st| st == 200),
+        "{statuses:?}"
+    );
     let health = s.health().await;
     assert_eq!(health["dynamic_config"]["error"], Value::Null, "{health}");
     assert_eq!(
@@ -215,11 +253,15 @@ async fn a_changed_file_switches_discovery_from_a_static_list_to_dns() {
         serde_json::json!([]),
         "{health}"
     );
+    let before = finished(&s.client, &s.engines[1], "length").await;
     for _ in 0..3 {
         let r = post(&s.client, &s.at("/v1/chat/completions"), &chat(M, 2)).await;
         assert_eq!(r.status, 200, "{}", r.text());
     }
-    assert_eq!(finished(&s.client, &s.engines[1], "length").await, 3.0);
+    assert_eq!(
+        finished(&s.client, &s.engines[1], "length").await,
+        before + 3.0
+    );
 
     // DNS without a name is not valid: nothing changes.
     replace_file(&file.0, "service_discovery: dns\ndns_port: 8000\n");
@@ -228,7 +270,7 @@ async fn a_changed_file_switches_discovery_from_a_static_list_to_dns() {
     })
     .await;
     assert!(reported, "{}", s.health().await);
-    assert_eq!(listed(&s).await, only(1));
+    assert_eq!(listed(&s).await, new_set);
     let r = post(&s.client, &s.at("/v1/chat/completions"), &chat(M, 2)).await;
     assert_eq!(r.status, 200, "{}", r.text());
 }
