@@ -211,17 +211,25 @@ pub(crate) fn check(matches: &ArgMatches) -> Result<Vec<String>, String> {
             Refused(what) => return Err(format!("--{name}: {what}")),
         }
     }
-    if let Some(rewriter) = matches.get_one::<String>("request-rewriter")
-        && rewriter != "noop"
-    {
-        return Err(format!(
-            "--request-rewriter `{rewriter}`: production-stack's only rewriter is `noop`"
-        ));
+    if let Some(rewriter) = matches.get_one::<String>("request-rewriter") {
+        request_rewriter(Some(rewriter)).map_err(|e| format!("--request-rewriter {e}"))?;
     }
     if let Some(gates) = matches.get_one::<String>("feature-gates") {
         feature_gates(gates)?;
     }
     Ok(notes)
+}
+
+/// production-stack's only request rewriter, `noop`, is what this router does: any
+/// other is refused.
+fn request_rewriter(name: Option<&str>) -> Result<(), String> {
+    match name {
+        Some("noop") => Ok(()),
+        Some(other) => Err(format!(
+            "`{other}`: production-stack's only rewriter is `noop`"
+        )),
+        None => Err("expects a rewriter name: production-stack's only one is `noop`".into()),
+    }
 }
 
 /// `Name=true|false,...`: any gate off is what this router does; `SemanticCache=true`
@@ -281,7 +289,7 @@ pub(crate) fn file_key(key: &str, value: &serde_yaml_ng::Value) -> Result<Option
     if flag == "feature-gates" {
         return match value.as_str() {
             Some(gates) => feature_gates(gates).map(|()| Some(format!("{key}: accepted"))),
-            None if off => Ok(None),
+            None if off => Ok(Some(format!("{key}: not set"))),
             None => Err(format!(
                 "{key}: expected a string such as `SemanticCache=false`"
             )),
@@ -297,8 +305,8 @@ pub(crate) fn file_key(key: &str, value: &serde_yaml_ng::Value) -> Result<Option
     if off {
         return Ok(Some(format!("{key}: not set")));
     }
-    if *name == "request-rewriter" && value.as_str() != Some("noop") {
-        return Err(format!("{key}: production-stack's only rewriter is `noop`"));
+    if *name == "request-rewriter" {
+        request_rewriter(value.as_str()).map_err(|e| format!("{key} {e}"))?;
     }
     match fate {
         Accepted(why) => Ok(Some(format!("{key} is accepted without effect: {why}"))),

@@ -103,6 +103,30 @@ fn the_dynamic_config_file_is_read_at_start_in_production_stack_forms() {
     std::fs::write(&yaml, "static_backends: [http://a:1]\ncallbacks: my.cb\n").unwrap();
     let err = serve(&["--dynamic-config-yaml", yaml.to_str().unwrap()]).unwrap_err();
     assert!(err.contains("callbacks"), "{err}");
+    // Gates off and the `noop` rewriter are what this router does; other rewriters stop it.
+    std::fs::write(
+        &yaml,
+        "static_backends: [http://a:1]\nfeature_gates: false\nrequest_rewriter: noop\n",
+    )
+    .unwrap();
+    let (config, _) = serve(&["--dynamic-config-yaml", yaml.to_str().unwrap()]).unwrap();
+    assert_eq!(config.discovery.static_backends.len(), 1);
+    std::fs::write(
+        &yaml,
+        "static_backends: [http://a:1]\nfeature_gates: \"SemanticCache=false\"\n",
+    )
+    .unwrap();
+    serve(&["--dynamic-config-yaml", yaml.to_str().unwrap()]).unwrap();
+    std::fs::write(
+        &yaml,
+        "static_backends: [http://a:1]\nrequest_rewriter: fancy\n",
+    )
+    .unwrap();
+    let err = serve(&["--dynamic-config-yaml", yaml.to_str().unwrap()]).unwrap_err();
+    assert!(
+        err.contains("request_rewriter `fancy`") && err.contains("noop"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
