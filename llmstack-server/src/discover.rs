@@ -33,7 +33,7 @@ pub(crate) type OnChange = Box<dyn FnMut(&EndpointSet) + Send>;
 impl Rediscover {
     /// Starts discovery as `config` says (probed as it says) and has it replace the
     /// running one once it has answered and probed every engine it found (at most
-    /// [`SWITCH_WAIT`], as at start): until then requests go to the engines of the
+    /// [`FIRST_ANSWER_WAIT`], as at start): until then requests go to the engines of the
     /// running source, so none meets a new engine before its probe has told its models
     /// and readiness. The running source is stopped before the new one's set is served.
     /// On error (a bad setting, a first answer that is an error), the running one is kept.
@@ -72,12 +72,50 @@ impl Rediscover {
     }
 }
 
-/// Longest wait for a new discovery source's first answer and first probes before it
-/// replaces the running one anyway (the start waits as long).
-const SWITCH_WAIT: Duration = Duration::from_secs(10);
+/// Longest wait for a discovery source's first answer and then its first probes, at
+/// start and when the dynamic config switches sources; the router goes on after it.
+pub(crate) const FIRST_ANSWER_WAIT: Duration = Duration::from_secs(10);
+
+/// How a discovery source's first answer went ([`first_answer`]).
+pub(crate) enum FirstAnswer {
+    /// It answered, and every engine it found was probed (or the wait ran out, logged).
+    Answered,
+    /// Its first answer was an error.
+    Failed(BoxError),
+    /// Its publisher ended without a word.
+    Ended,
+    /// No answer within [`FIRST_ANSWER_WAIT`].
+    Silent,
+}
+
+/// Waits at most [`FIRST_ANSWER_WAIT`] for a source's first answer (`answered`, as
+/// [`publish`] sends it), then for every engine in the set it publishes (`set`) to be
+/// probed: DNS and Kubernetes answer after a round trip, and a new engine's models are
+/// known after its first probe.
+pub(crate) async fn first_answer(
+    answered: oneshot::Receiver<Result<(), BoxError>>,
+    set: &mut watch::Receiver<EndpointSet>,
+) -> FirstAnswer {
+    let deadline = tokio::time::Instant::now() + FIRST_ANSWER_WAIT;
+    match tokio::time::timeout_at(deadline, answered).await {
+        Ok(Ok(Err(e))) => FirstAnswer::Failed(e),
+        Ok(Err(_)) => FirstAnswer::Ended,
+        Err(_) => FirstAnswer::Silent,
+        Ok(Ok(Ok(()))) => {
+            let probed = set.wait_for(|set| {
+                set.iter()
+                    .all(|ep| ep.state != llmstack_core::EndpointState::Pending)
+            });
+            if tokio::time::timeout_at(deadline, probed).await.is_err() {
+                tracing::warn!(waited = ?FIRST_ANSWER_WAIT, "engines not probed yet; going on");
+            }
+            FirstAnswer::Answered
+        }
+    }
+}
 
 /// Runs `source` into an endpoint set of its own until it has answered and every engine
-/// it found has been probed (or [`SWITCH_WAIT`] passed), tells `ready` (with the
+/// it found has been probed (or [`FIRST_ANSWER_WAIT`] passed), tells `ready` (with the
 /// source's error, if its first answer is one), and once told to `go` keeps the served
 /// set (`set_tx`) equal to its own, calling `on_change` before each change. Ends when
 /// `ready` or `go` is dropped unanswered.
@@ -92,22 +130,12 @@ async fn stage_then_serve(
     let (answered_tx, answered) = oneshot::channel();
     let publisher = publish(source, staged_tx, |_: &EndpointSet| {}, Some(answered_tx));
     let serve = async move {
-        let deadline = tokio::time::Instant::now() + SWITCH_WAIT;
-        let outcome = match tokio::time::timeout_at(deadline, answered).await {
-            Ok(Ok(Err(e))) => Err(e.to_string()),
-            Ok(Err(_)) => Err("the new discovery source ended without an answer".to_owned()),
-            Ok(Ok(Ok(()))) => {
-                let probed = staged.wait_for(|set| {
-                    set.iter()
-                        .all(|ep| ep.state != llmstack_core::EndpointState::Pending)
-                });
-                if tokio::time::timeout_at(deadline, probed).await.is_err() {
-                    tracing::warn!(waited = ?SWITCH_WAIT, "new discovery source: engines not probed yet; switching anyway");
-                }
-                Ok(())
-            }
-            Err(_) => {
-                tracing::warn!(waited = ?SWITCH_WAIT, "new discovery source has not answered yet; switching anyway");
+        let outcome = match first_answer(answered, &mut staged).await {
+            FirstAnswer::Answered => Ok(()),
+            FirstAnswer::Failed(e) => Err(e.to_string()),
+            FirstAnswer::Ended => Err("the new discovery source ended without an answer".into()),
+            FirstAnswer::Silent => {
+                tracing::warn!(waited = ?FIRST_ANSWER_WAIT, "new discovery source has not answered yet; switching anyway");
                 Ok(())
             }
         };

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::ServerConfig;
-use crate::discover::{Rediscover, source};
+use crate::discover::{FIRST_ANSWER_WAIT, FirstAnswer, Rediscover, first_answer, source};
 use crate::kv::KvParts;
 use crate::service::{self, Listener};
 use crate::stack;
@@ -240,26 +240,16 @@ impl Server {
         // known after its first probe: serve once both happened (so a request is not
         // a 404 for a model about to appear), or after FIRST_ANSWER_WAIT with /ready at
         // 503 until engines are found. The admin listener already answers.
-        let deadline = tokio::time::Instant::now() + FIRST_ANSWER_WAIT;
-        match tokio::time::timeout_at(deadline, answered).await {
-            Ok(Ok(Err(fatal))) => return Err(StartError::Discovery(fatal)),
-            Ok(Ok(Ok(()))) => {
-                let mut set = set_rx.clone();
-                let probed = set.wait_for(|set| {
-                    set.iter()
-                        .all(|ep| ep.state != llmstack_core::EndpointState::Pending)
-                });
-                if tokio::time::timeout_at(deadline, probed).await.is_err() {
-                    tracing::warn!(waited = ?FIRST_ANSWER_WAIT, "engines not probed yet; serving anyway");
-                }
-            }
-            Ok(Err(_)) => {
+        match first_answer(answered, &mut set_rx.clone()).await {
+            FirstAnswer::Failed(fatal) => return Err(StartError::Discovery(fatal)),
+            FirstAnswer::Answered => {}
+            FirstAnswer::Ended => {
                 // The discovery task ended without a word: report how.
                 if let Err(e) = (&mut discovery).await {
                     return Err(StartError::Discovery(e.into()));
                 }
             }
-            Err(_) => tracing::warn!(
+            FirstAnswer::Silent => tracing::warn!(
                 waited = ?FIRST_ANSWER_WAIT,
                 "discovery has not answered yet; serving anyway (requests get 503 until engines are found)"
             ),
@@ -357,9 +347,6 @@ impl Drop for Spawned {
 fn nofile() -> u64 {
     rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
 }
-
-/// How long [`Server::start`] waits for discovery's first answer before serving.
-const FIRST_ANSWER_WAIT: Duration = Duration::from_secs(10);
 
 /// How often the `--api-keys-file` is checked for changes.
 const KEYS_FILE_POLL: Duration = Duration::from_secs(1);

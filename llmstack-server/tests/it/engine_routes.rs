@@ -61,15 +61,7 @@ async fn engine_control_reaches_the_named_engine_only() {
     assert_eq!(woke.status, 200, "{}", woke.text());
     assert!(!sleeping(&a).await);
     assert_eq!(s.engine_entry(0).await.unwrap()["asleep"], false);
-    for _ in 0..4 {
-        let r = post(&s.client, &s.at("/v1/chat/completions"), &chat(M, 2)).await;
-        assert_eq!(r.status, 200, "{}", r.text());
-    }
-    assert_eq!(
-        finished(&s.client, &s.engines[0], "length").await,
-        2.0,
-        "back in rotation"
-    );
+    assert_back_in_rotation(&s).await;
     // Without ?id=, or with an unknown one: 400 naming `id`; a wrong method: 405.
     for path in ["/sleep", "/wake_up", "/sleep?id=nope"] {
         let r = post(&s.client, &s.at(path), &json!({})).await;
@@ -111,6 +103,11 @@ async fn an_engine_woken_without_the_router_rejoins_once_probed_awake() {
         e["state"] == "ready" && e["asleep"] == false
     });
     assert!(back.await, "{:?}", s.engine_entry(0).await);
+    assert_back_in_rotation(&s).await;
+}
+
+/// Four chats over the two engines all succeed, and engine 0 (woken) took two of them.
+async fn assert_back_in_rotation(s: &Stack) {
     for _ in 0..4 {
         let r = post(&s.client, &s.at("/v1/chat/completions"), &chat(M, 2)).await;
         assert_eq!(r.status, 200, "{}", r.text());
